@@ -1,0 +1,1 @@
+//! hast-api (placeholder while the crate is written).

@@ -1,0 +1,1 @@
+//! hast-conf (placeholder while the crate is written).

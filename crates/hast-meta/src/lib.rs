@@ -1,0 +1,1 @@
+//! hast-meta (placeholder while the crate is written).

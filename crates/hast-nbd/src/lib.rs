@@ -1,0 +1,1 @@
+//! hast-nbd (placeholder while the crate is written).

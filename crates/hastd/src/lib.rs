@@ -1,0 +1,2 @@
+//! hastd (placeholder while the crate is written).
+pub fn main() -> i32 { 0 }
