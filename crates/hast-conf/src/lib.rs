@@ -1,1 +1,216 @@
-//! hast-conf (placeholder while the crate is written).
+//! hast-conf: `/etc/hast.conf` to a typed `Config` for one node (SPEC §3).
+//!
+//! The FreeBSD hast.conf(5) grammar is accepted unchanged, plus our options
+//! (`nbd_listen`, `freeze_timeout`, `on_io_error`, `resync_rate`, ...).
+//! Parsing is pure: `parse` takes the text and the node name; only `load`
+//! touches the file system and the host name. Every error is one line naming
+//! the file and line, and maps to a sysexits(3) status via
+//! `ConfigError::exit_code`.
+//!
+//! `lexer` turns text into tokens, `parser` builds a raw tree of typed
+//! values with line numbers, `resolve` picks this node's sections and applies
+//! inheritance.
+
+mod addr;
+mod error;
+mod lexer;
+mod parser;
+mod resolve;
+mod value;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use addr::{Addr, AddrError, NBD_PORT, REPLICATION_PORT, UNIX_PATH_MAX};
+pub use error::{ConfigError, ErrorKind};
+pub use parser::Level;
+pub use value::{parse_size, Checksum, Compression, OnIoError, ParseKeywordError, Replication};
+
+/// Larger files are refused before they are read.
+pub const FILE_SIZE_MAX: u64 = 1 << 20;
+/// Longest word or quoted string, in bytes.
+pub const TOKEN_LEN_MAX: usize = 4096;
+/// `resource { on NODE { } }` is as deep as the grammar goes.
+pub const DEPTH_MAX: usize = 2;
+pub const RESOURCES_MAX: usize = 1024;
+/// `on NODE` sections at the top level, and in each resource.
+pub const NODE_SECTIONS_MAX: usize = 64;
+/// `listen` statements in one section.
+pub const LISTEN_MAX: usize = 64;
+
+/// Values used when no section sets an option.
+pub mod defaults {
+    use crate::addr::{Addr, NBD_PORT, REPLICATION_PORT};
+    use crate::value::{Checksum, Compression, OnIoError, Replication};
+
+    pub const CONTROL_PATH: &str = "/run/hastctl";
+    pub const PIDFILE: &str = "/run/hastd.pid";
+    pub const NBD_SOCKET_DIR: &str = "/run/hast";
+    pub const STATE_DIR: &str = "/var/lib/hast";
+    pub const REPLICATION: Replication = Replication::Fullsync;
+    pub const CHECKSUM: Checksum = Checksum::None;
+    pub const COMPRESSION: Compression = Compression::Hole;
+    pub const TIMEOUT_SECS: u32 = 20;
+    pub const METAFLUSH: bool = true;
+    pub const FREEZE_TIMEOUT_SECS: u32 = 60;
+    pub const ON_IO_ERROR: OnIoError = OnIoError::Detach;
+    /// Bytes per second; 0 is unlimited.
+    pub const RESYNC_RATE: u64 = 0;
+
+    /// `tcp://0.0.0.0:8457`
+    pub fn listen() -> Addr {
+        Addr::Tcp {
+            host: "0.0.0.0".to_owned(),
+            port: REPLICATION_PORT,
+        }
+    }
+
+    /// `tcp://127.0.0.1:10809`: NBD has no authentication, so loopback only.
+    pub fn nbd_listen() -> Addr {
+        Addr::Tcp {
+            host: "127.0.0.1".to_owned(),
+            port: NBD_PORT,
+        }
+    }
+}
+
+/// The configuration of one node: daemon options and its resources.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub file: PathBuf,
+    /// The node name the sections were chosen by.
+    pub node: String,
+    /// Control socket; always `Addr::Unix`.
+    pub control: Addr,
+    pub pidfile: PathBuf,
+    /// Replication listeners; never empty.
+    pub listen: Vec<Addr>,
+    /// `None`: no NBD over TCP.
+    pub nbd_listen: Option<Addr>,
+    /// `None`: no per-resource NBD Unix sockets.
+    pub nbd_socket_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub metrics_listen: Option<Addr>,
+    /// In file order.
+    pub resources: Vec<Resource>,
+}
+
+impl Config {
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+
+    /// `<nbd_socket_dir>/<resource name>.nbd`, if NBD Unix sockets are on.
+    /// Its length was checked against `UNIX_PATH_MAX` when parsing.
+    pub fn nbd_socket_path(&self, resource: &Resource) -> Option<PathBuf> {
+        self.nbd_socket_dir
+            .as_deref()
+            .map(|dir| nbd_socket_path(dir, &resource.name))
+    }
+}
+
+fn nbd_socket_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.nbd"))
+}
+
+/// One resource as this node sees it, all options resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// The section name.
+    pub name: String,
+    /// The `name` option (default: the section name); the NBD export name.
+    pub provider_name: String,
+    pub local: PathBuf,
+    /// `None`: `remote none`, a single-node resource.
+    pub remote: Option<Addr>,
+    /// Local address to connect to the remote from.
+    pub source: Option<Addr>,
+    pub replication: Replication,
+    pub checksum: Checksum,
+    pub compression: Compression,
+    pub timeout_secs: u32,
+    pub exec: Option<PathBuf>,
+    pub metaflush: bool,
+    pub freeze_timeout_secs: u32,
+    pub on_io_error: OnIoError,
+    /// Bytes per second; 0 is unlimited.
+    pub resync_rate: u64,
+    /// Line of `resource NAME {`.
+    pub line: u32,
+}
+
+/// Parses hast.conf text for node `node`. `file` is only used in messages.
+pub fn parse(text: &str, file: &Path, node: &str) -> Result<Config, ConfigError> {
+    let size = u64::try_from(text.len()).unwrap_or(u64::MAX);
+    if size > FILE_SIZE_MAX {
+        return Err(ConfigError::whole(
+            file,
+            ErrorKind::TooBig {
+                size,
+                max: FILE_SIZE_MAX,
+            },
+        ));
+    }
+    let raw = parser::parse(text, file)?;
+    resolve::resolve(raw, file, node)
+}
+
+/// Reads and parses `file`; `node` defaults to the host name.
+pub fn load(file: &Path, node: Option<&str>) -> Result<Config, ConfigError> {
+    let text = read_limited(file)?;
+    match node {
+        Some(node) => parse(&text, file, node),
+        None => parse(&text, file, &hostname()),
+    }
+}
+
+fn read_limited(file: &Path) -> Result<String, ConfigError> {
+    let read_err = |e| ConfigError::whole(file, ErrorKind::Read(e));
+    let f = std::fs::File::open(file).map_err(read_err)?;
+    let too_big = |size| {
+        ConfigError::whole(
+            file,
+            ErrorKind::TooBig {
+                size,
+                max: FILE_SIZE_MAX,
+            },
+        )
+    };
+    let size = f.metadata().map_err(read_err)?.len();
+    if size > FILE_SIZE_MAX {
+        return Err(too_big(size));
+    }
+    // The size may change under us, or be 0 for special files: read one
+    // byte past the limit to notice.
+    let mut bytes = Vec::new();
+    f.take(FILE_SIZE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if len > FILE_SIZE_MAX {
+        return Err(too_big(len));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let newlines = good.iter().filter(|&&b| b == b'\n').count();
+        let line = u32::try_from(newlines)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        ConfigError::at(file, line, ErrorKind::NotUtf8)
+    })
+}
+
+/// This host's name, or an empty string if it cannot be had (`parse` then
+/// asks for `--node`).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and
+    // gethostname writes at most that many.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    // A name that fills the buffer may lack its NUL; take it all then.
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

@@ -1,2 +1,368 @@
-//! hastctl (placeholder while the crate is written).
-pub fn main() -> i32 { 0 }
+//! `hastctl`, the control utility, as in FreeBSD's HASTCTL(8): `create` and
+//! `dump` work on the local components directly (no daemon needed); `role`,
+//! `status` and `list` ask hastd over the control socket. This crate only
+//! parses arguments, calls `hast-meta` or `hast-api`, and renders; every
+//! failure is one line on stderr and a sysexits(3) status.
+
+mod render;
+
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use hast_api::{Request, Response, RoleArg};
+
+/// sysexits(3) codes.
+mod exit {
+    pub const OK: i32 = 0;
+    pub const USAGE: i32 = 64;
+    pub const NOINPUT: i32 = 66;
+    pub const SOFTWARE: i32 = 70;
+    pub const TEMPFAIL: i32 = 75;
+    pub const PROTOCOL: i32 = 76;
+}
+
+const DEFAULT_EXTENTSIZE: u32 = 2 << 20;
+const DEFAULT_KEEPDIRTY: u32 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hastctl",
+    version,
+    about = "Highly Available Storage control utility"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Print debugging information (repeatable).
+    #[arg(short = 'd', action = clap::ArgAction::Count, global = true)]
+    debug: u8,
+    /// Configuration file.
+    #[arg(
+        short = 'c',
+        value_name = "config",
+        default_value = "/etc/hast.conf",
+        global = true
+    )]
+    config: PathBuf,
+    /// Node name used to pick `on <node>` sections (default: the host name).
+    #[arg(long, value_name = "NAME", global = true, env = "HAST_NODE")]
+    node: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Initialize the local component of the given resources.
+    #[command(
+        override_usage = "hastctl create [-d] [-c config] [-e extentsize] [-k keepdirty] [-m mediasize] name ..."
+    )]
+    Create {
+        /// Extent size (k, M, G suffixes), a power of two >= 4k. Default 2M.
+        #[arg(short = 'e', value_name = "extentsize")]
+        extentsize: Option<String>,
+        /// Number of most recently used extents kept dirty. Default 64.
+        #[arg(short = 'k', value_name = "keepdirty")]
+        keepdirty: Option<u32>,
+        /// Size of the provider to use (k, M, G, T suffixes). Default: all of it.
+        #[arg(short = 'm', value_name = "mediasize")]
+        mediasize: Option<String>,
+        #[arg(required = true, value_name = "name")]
+        names: Vec<String>,
+    },
+    /// Change the role of the given resources.
+    #[command(
+        override_usage = "hastctl role [-d] [-c config] <init | primary | secondary> all | name ..."
+    )]
+    Role {
+        #[arg(value_parser = parse_role)]
+        role: RoleArg,
+        #[arg(required = true, value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Verbose status of the resources.
+    #[command(override_usage = "hastctl list [-d] [-c config] [--json] [all | name ...]")]
+    List {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Terse status of the resources.
+    #[command(override_usage = "hastctl status [-d] [-c config] [--json] [all | name ...]")]
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Dump the metadata stored on the local components.
+    #[command(override_usage = "hastctl dump [-d] [-c config] [all | name ...]")]
+    Dump {
+        #[arg(value_name = "all | name")]
+        names: Vec<String>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<RoleArg, String> {
+    match s {
+        "init" => Ok(RoleArg::Init),
+        "primary" => Ok(RoleArg::Primary),
+        "secondary" => Ok(RoleArg::Secondary),
+        _ => Err(format!("invalid role \"{s}\" (init, primary or secondary)")),
+    }
+}
+
+/// A failure: one line for stderr and the exit status.
+struct Fail(i32, String);
+
+type Res<T = ()> = Result<T, Fail>;
+
+/// Entry point of the `hastctl` binary; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return exit::OK;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return exit::USAGE;
+            }
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("bad arguments");
+            eprintln!(
+                "hastctl: {} (see hastctl --help)",
+                first.trim_start_matches("error: ")
+            );
+            return exit::USAGE;
+        }
+    };
+    match run(&cli.common, cli.cmd) {
+        Ok(()) => exit::OK,
+        Err(Fail(code, msg)) => {
+            eprintln!("hastctl: {msg}");
+            code
+        }
+    }
+}
+
+fn run(common: &Common, cmd: Cmd) -> Res {
+    match cmd {
+        Cmd::Create {
+            extentsize,
+            keepdirty,
+            mediasize,
+            names,
+        } => create(common, extentsize, keepdirty, mediasize, &names),
+        Cmd::Dump { names } => dump(common, &names),
+        Cmd::Role { role, names } => set_role(common, role, &names),
+        Cmd::Status { json, names } => status(common, json, &names, false),
+        Cmd::List { json, names } => status(common, json, &names, true),
+    }
+}
+
+fn load(common: &Common) -> Res<hast_conf::Config> {
+    if common.debug > 0 {
+        eprintln!("hastctl: reading {}", common.config.display());
+    }
+    hast_conf::load(&common.config, common.node.as_deref())
+        .map_err(|e| Fail(e.exit_code(), e.to_string()))
+}
+
+/// The configured resources named on the command line (`all` or none = every one).
+fn select<'a>(cfg: &'a hast_conf::Config, names: &[String]) -> Res<Vec<&'a hast_conf::Resource>> {
+    if names.is_empty() || names.iter().any(|n| n == "all") {
+        return Ok(cfg.resources.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            cfg.resource(n).ok_or_else(|| {
+                Fail(
+                    exit::USAGE,
+                    format!("unknown resource \"{n}\" (not in {})", cfg.file.display()),
+                )
+            })
+        })
+        .collect()
+}
+
+fn meta_fail(e: hast_meta::MetaError) -> Fail {
+    Fail(e.exit_code(), e.to_string())
+}
+
+fn create(
+    common: &Common,
+    extentsize: Option<String>,
+    keepdirty: Option<u32>,
+    mediasize: Option<String>,
+    names: &[String],
+) -> Res {
+    let extentsize = match extentsize {
+        None => DEFAULT_EXTENTSIZE,
+        Some(s) => hast_conf::parse_size(&s)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| Fail(exit::USAGE, format!("invalid extent size \"{s}\"")))?,
+    };
+    let keepdirty = keepdirty.unwrap_or(DEFAULT_KEEPDIRTY);
+    let mediasize = match mediasize {
+        None => None,
+        Some(s) => Some(
+            hast_conf::parse_size(&s)
+                .ok_or_else(|| Fail(exit::USAGE, format!("invalid media size \"{s}\"")))?,
+        ),
+    };
+    if names.iter().any(|n| n == "all") {
+        return Err(Fail(
+            exit::USAGE,
+            "create takes resource names, not \"all\"".into(),
+        ));
+    }
+    let cfg = load(common)?;
+    for r in select(&cfg, names)? {
+        let _lock = lock_provider(&r.local)?;
+        let h = hast_meta::Store::create(&r.local, &r.name, mediasize, extentsize, keepdirty)
+            .map_err(meta_fail)?;
+        if common.debug > 0 {
+            eprintln!(
+                "hastctl: {}: created, datasize {} extentsize {} keepdirty {}",
+                r.name, h.datasize, h.extentsize, h.keepdirty
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Takes the lock hastd holds on components it has open, so `create` cannot
+/// overwrite the metadata of an active resource.
+fn lock_provider(path: &Path) -> Res<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                exit::NOINPUT
+            } else {
+                hast_meta_ioerr()
+            };
+            Fail(code, format!("cannot open {}: {e}", path.display()))
+        })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Fail(
+            exit::TEMPFAIL,
+            format!(
+                "{} is in use by hastd (set the resource's role to init first)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(f)
+}
+
+fn hast_meta_ioerr() -> i32 {
+    74
+}
+
+fn dump(common: &Common, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    let mut out = String::new();
+    for r in select(&cfg, names)? {
+        let store = hast_meta::Store::open(&r.local).map_err(meta_fail)?;
+        let picked = store.read_header().map_err(meta_fail)?;
+        out.push_str(&render::dump(&r.name, &picked));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn control_path(cfg: &hast_conf::Config) -> Res<PathBuf> {
+    match &cfg.control {
+        hast_conf::Addr::Unix(p) => Ok(p.clone()),
+        other => Err(Fail(
+            hast_conf::ConfigError::EX_CONFIG,
+            format!("control address {other} is not a uds:// path"),
+        )),
+    }
+}
+
+fn call(common: &Common, cfg: &hast_conf::Config, req: Request) -> Res<Response> {
+    let path = control_path(cfg)?;
+    if common.debug > 0 {
+        eprintln!("hastctl: asking hastd at {}", path.display());
+    }
+    match hast_api::call(&path, req) {
+        Ok(Response::Error(e)) => Err(Fail(e.kind.exit_code(), e.message)),
+        Ok(r) => Ok(r),
+        Err(e) => Err(Fail(e.exit_code(), e.to_string())),
+    }
+}
+
+fn set_role(common: &Common, role: RoleArg, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    // Check names locally first so a typo changes nothing anywhere.
+    select(&cfg, names)?;
+    let Response::Role(outcomes) = call(
+        common,
+        &cfg,
+        Request::Role {
+            role,
+            names: names.to_vec(),
+        },
+    )?
+    else {
+        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    };
+    let mut failure = None;
+    for o in outcomes {
+        if let Err(e) = o.result {
+            eprintln!("hastctl: {}: {}", o.name, e.message);
+            failure.get_or_insert(e.kind.exit_code());
+        } else if common.debug > 0 {
+            eprintln!("hastctl: {}: role {role}", o.name);
+        }
+    }
+    match failure {
+        // Each failure was already printed on its own line.
+        Some(code) => std::process::exit(code),
+        None => Ok(()),
+    }
+}
+
+fn status(common: &Common, json: bool, names: &[String], verbose: bool) -> Res {
+    let cfg = load(common)?;
+    select(&cfg, names)?;
+    let Response::Status(list) = call(
+        common,
+        &cfg,
+        Request::Status {
+            names: names.to_vec(),
+        },
+    )?
+    else {
+        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    };
+    let text = if json {
+        let v = serde_json::json!({ "resources": list });
+        let mut s =
+            serde_json::to_string_pretty(&v).map_err(|e| Fail(exit::SOFTWARE, e.to_string()))?;
+        s.push('\n');
+        s
+    } else if verbose {
+        render::list(&list)
+    } else {
+        render::status(&list)
+    };
+    print!("{text}");
+    Ok(())
+}

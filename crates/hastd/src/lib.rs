@@ -1,2 +1,75 @@
-//! hastd (placeholder while the crate is written).
-pub fn main() -> i32 { 0 }
+//! `hastd`, the storage daemon: one task per resource owning its role and
+//! local component, the data path that serves NBD clients while primary,
+//! and the control socket `hastctl` talks to.
+//!
+//! Code map: [`daemon`] (startup, signals, reload, shutdown), [`resource`]
+//! (role state machine per resource), [`datapath`] (the I/O path: gate,
+//! range lock, activemap, local component), [`nbdfront`] (binds the NBD
+//! server of `hast-nbd` to the data paths), [`control`] (the control socket).
+
+mod control;
+mod daemon;
+mod datapath;
+mod logging;
+mod nbdfront;
+mod pidfile;
+mod resource;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// sysexits(3) codes used by the daemon.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const USAGE: i32 = 64;
+    pub const SOFTWARE: i32 = 70;
+    pub const OSERR: i32 = 71;
+    pub const CANTCREAT: i32 = 73;
+    pub const TEMPFAIL: i32 = 75;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hastd",
+    version,
+    about = "Highly Available Storage daemon",
+    override_usage = "hastd [-dFh] [-c config] [-P pidfile] [--node NAME]"
+)]
+pub struct Args {
+    /// Print debugging information; repeat to raise the level.
+    #[arg(short = 'd', action = clap::ArgAction::Count)]
+    pub debug: u8,
+    /// Stay in the foreground and log to stderr.
+    #[arg(short = 'F')]
+    pub foreground: bool,
+    /// Configuration file.
+    #[arg(short = 'c', value_name = "config", default_value = "/etc/hast.conf")]
+    pub config: PathBuf,
+    /// Pidfile (overrides the configuration's `pidfile`).
+    #[arg(short = 'P', value_name = "pidfile")]
+    pub pidfile: Option<PathBuf>,
+    /// Node name used to pick `on <node>` sections (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+}
+
+/// Entry point of the `hastd` binary; returns the process exit status.
+pub fn main() -> i32 {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return exit::OK;
+            }
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("bad arguments");
+            eprintln!("hastd: {}", first.trim_start_matches("error: "));
+            eprintln!("usage: hastd [-dFh] [-c config] [-P pidfile] [--node NAME]");
+            return exit::USAGE;
+        }
+    };
+    daemon::main(args)
+}

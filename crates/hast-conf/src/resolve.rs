@@ -1,0 +1,249 @@
+//! From the raw tree to this node's `Config`: picks the sections that match
+//! the node name, applies inheritance (resource-node > resource > global and
+//! node section > default), and checks what only makes sense once values
+//! are resolved (required options, names and paths unique on this node).
+//! Sections for other nodes were validated by the parser and are dropped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::addr::{Addr, UNIX_PATH_MAX};
+use crate::error::{ConfigError, ErrorKind};
+use crate::parser::{At, RawConfig, RawResource};
+use crate::{defaults, Config, Resource};
+
+fn first_label(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+/// FreeBSD's rule: the full name, or the short host name on either side.
+/// Host names are compared without regard to ASCII case (RFC 4343).
+pub(crate) fn node_matches(section: &str, node: &str) -> bool {
+    section.eq_ignore_ascii_case(node)
+        || section.eq_ignore_ascii_case(first_label(node))
+        || first_label(section).eq_ignore_ascii_case(node)
+}
+
+fn acceptable_names(node: &str) -> String {
+    let short = first_label(node);
+    if short == node {
+        node.to_owned()
+    } else {
+        format!("{node}, {short}")
+    }
+}
+
+/// The one section among `items` that matches `node`; two are an error.
+fn pick<'s, T>(
+    items: &'s [T],
+    name_line: impl Fn(&T) -> (&str, u32),
+    node: &str,
+) -> Result<Option<&'s T>, (u32, ErrorKind)> {
+    let mut found: Option<(&T, u32)> = None;
+    for item in items {
+        let (name, line) = name_line(item);
+        if !node_matches(name, node) {
+            continue;
+        }
+        if let Some((first, first_line)) = found {
+            return Err((
+                line,
+                ErrorKind::AmbiguousNode {
+                    first: name_line(first).0.to_owned(),
+                    first_line,
+                    second: name.to_owned(),
+                },
+            ));
+        }
+        found = Some((item, line));
+    }
+    Ok(found.map(|(item, _)| item))
+}
+
+/// The innermost of up to three levels that sets the option.
+fn inherit<T>(levels: [Option<&At<T>>; 3]) -> Option<&T> {
+    levels.into_iter().flatten().next().map(|at| &at.value)
+}
+
+pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config, ConfigError> {
+    if node.is_empty() {
+        return Err(ConfigError::whole(file, ErrorKind::NoNodeName));
+    }
+    let err = |(line, kind)| ConfigError::at(file, line, kind);
+
+    let g = &raw.node_opts;
+    let section = pick(&raw.nodes, |n| (&n.name, n.line), node)
+        .map_err(err)?
+        .map(|n| &n.opts);
+    macro_rules! node_level {
+        ($field:ident) => {
+            inherit([
+                section.and_then(|s| s.$field.as_ref()),
+                g.$field.as_ref(),
+                None,
+            ])
+            .cloned()
+        };
+    }
+    let control =
+        node_level!(control).unwrap_or_else(|| Addr::Unix(PathBuf::from(defaults::CONTROL_PATH)));
+    let pidfile = node_level!(pidfile).unwrap_or_else(|| defaults::PIDFILE.into());
+    let state_dir = node_level!(state_dir).unwrap_or_else(|| defaults::STATE_DIR.into());
+    let nbd_listen = match node_level!(nbd_listen) {
+        Some(a) => a,
+        None => Some(defaults::nbd_listen()),
+    };
+    let nbd_socket_dir = match node_level!(nbd_socket_dir) {
+        Some(d) => d,
+        None => Some(PathBuf::from(defaults::NBD_SOCKET_DIR)),
+    };
+    let metrics_listen = node_level!(metrics_listen).flatten();
+    // A node section's listen list replaces the global one rather than
+    // adding to it: the global addresses are usually wildcard binds.
+    let listen = match section.map(|s| &s.listen).filter(|l| !l.is_empty()) {
+        Some(l) => l.iter().map(|a| a.value.clone()).collect(),
+        None if !g.listen.is_empty() => g.listen.iter().map(|a| a.value.clone()).collect(),
+        None => vec![defaults::listen()],
+    };
+
+    let mut resources = Vec::with_capacity(raw.resources.len());
+    let mut exports: HashMap<String, (String, u32)> = HashMap::new();
+    let mut locals: HashMap<PathBuf, (String, u32)> = HashMap::new();
+    for res in &raw.resources {
+        let r = resource(&raw, res, node).map_err(err)?;
+        if let Some(dir) = &nbd_socket_dir {
+            let path = crate::nbd_socket_path(dir, &r.name);
+            if path.as_os_str().len() > UNIX_PATH_MAX {
+                return Err(err((
+                    r.line,
+                    ErrorKind::SocketPathTooLong {
+                        resource: r.name.clone(),
+                        path: path.display().to_string(),
+                        max: UNIX_PATH_MAX,
+                    },
+                )));
+            }
+        }
+        // Two exports with one name, or two resources on one disk, would
+        // send a client's or a peer's writes to the wrong place.
+        if let Some((other, other_line)) = exports.get(&r.provider_name) {
+            return Err(err((
+                r.line,
+                ErrorKind::DuplicateExportName {
+                    resource: r.name.clone(),
+                    name: r.provider_name.clone(),
+                    other: other.clone(),
+                    other_line: *other_line,
+                },
+            )));
+        }
+        if let Some((other, other_line)) = locals.get(&r.local) {
+            return Err(err((
+                r.line,
+                ErrorKind::DuplicateLocal {
+                    resource: r.name.clone(),
+                    path: r.local.display().to_string(),
+                    other: other.clone(),
+                    other_line: *other_line,
+                },
+            )));
+        }
+        exports.insert(r.provider_name.clone(), (r.name.clone(), r.line));
+        locals.insert(r.local.clone(), (r.name.clone(), r.line));
+        resources.push(r);
+    }
+
+    Ok(Config {
+        file: file.to_path_buf(),
+        node: node.to_owned(),
+        control,
+        pidfile,
+        listen,
+        nbd_listen,
+        nbd_socket_dir,
+        state_dir,
+        metrics_listen,
+        resources,
+    })
+}
+
+fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, (u32, ErrorKind)> {
+    let Some(rn) = pick(&res.nodes, |n| (&n.name, n.line), node)? else {
+        return Err((
+            res.line,
+            ErrorKind::NoNodeSection {
+                resource: res.name.clone(),
+                acceptable: acceptable_names(node),
+            },
+        ));
+    };
+    let (n, r, g) = (&rn.opts, &res.opts, &raw.res_opts);
+    macro_rules! get {
+        ($field:ident) => {
+            inherit([n.$field.as_ref(), r.$field.as_ref(), g.$field.as_ref()]).cloned()
+        };
+    }
+    let Some(local) = get!(local) else {
+        return Err((
+            rn.line,
+            ErrorKind::MissingLocal {
+                resource: res.name.clone(),
+            },
+        ));
+    };
+    let Some(remote) = get!(remote) else {
+        return Err((
+            rn.line,
+            ErrorKind::MissingRemote {
+                resource: res.name.clone(),
+            },
+        ));
+    };
+    Ok(Resource {
+        name: res.name.clone(),
+        provider_name: get!(name).unwrap_or_else(|| res.name.clone()),
+        local,
+        remote,
+        source: get!(source),
+        replication: get!(replication).unwrap_or(defaults::REPLICATION),
+        checksum: get!(checksum).unwrap_or(defaults::CHECKSUM),
+        compression: get!(compression).unwrap_or(defaults::COMPRESSION),
+        timeout_secs: get!(timeout).unwrap_or(defaults::TIMEOUT_SECS),
+        exec: get!(exec),
+        metaflush: get!(metaflush).unwrap_or(defaults::METAFLUSH),
+        freeze_timeout_secs: get!(freeze_timeout).unwrap_or(defaults::FREEZE_TIMEOUT_SECS),
+        on_io_error: get!(on_io_error).unwrap_or(defaults::ON_IO_ERROR),
+        resync_rate: get!(resync_rate).unwrap_or(defaults::RESYNC_RATE),
+        line: res.line,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_matching() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("nodeA", "nodeA", true),
+            ("nodeA", "nodeA.example.com", true),
+            ("nodeA.example.com", "nodeA", true),
+            ("nodeA.example.com", "nodeA.example.com", true),
+            ("nodea", "NODEA.example.com", true),
+            ("nodeA.example.com", "nodeA.other.com", false),
+            ("nodeB", "nodeA", false),
+            ("node", "nodeA", false),
+            ("nodeA", "node", false),
+            ("nodeAB", "nodeA.example.com", false),
+        ];
+        for (section, node, want) in cases {
+            assert_eq!(node_matches(section, node), *want, "on {section} / {node}");
+        }
+    }
+
+    #[test]
+    fn acceptable() {
+        assert_eq!(acceptable_names("a"), "a");
+        assert_eq!(acceptable_names("a.b.c"), "a.b.c, a");
+    }
+}

@@ -1,0 +1,727 @@
+//! The tokio shell around the sans-IO codec: one [`serve`] call per accepted
+//! connection. It moves bytes for the [`Negotiation`], then runs the
+//! transmission phase:
+//!
+//! ```text
+//!  socket ──read──▶ reader loop ──validate──▶ spawned task per request ──▶ Export
+//!                      │  (semaphores: requests and payload bytes in flight)   │
+//!                      └──error frames──▶ bounded channel ◀──reply frames──────┘
+//!                                             │
+//!                                        writer task ──writev──▶ socket
+//! ```
+//!
+//! Requests are pipelined: the reader keeps reading while earlier requests
+//! run; replies go out in completion order (cookies match them). One writer
+//! owns the write half, so a reply's head and data are never interleaved
+//! with another reply, and batches of replies leave in one vectored write.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::error::NbdError;
+use crate::handshake::{greeting, Catalog, Negotiated, Negotiation, Outcome, Transmission};
+use crate::proto::*;
+use crate::reply::{self, Head};
+use crate::request::{backend_errno, validate, Command, CommandType, Discard, Request};
+
+/// One block device offered over NBD. Methods are called concurrently for
+/// requests in flight; the server never calls them with ranges outside the
+/// export or with a zero length.
+pub trait Export: Send + Sync + 'static {
+    /// Size and capabilities; read once when a client selects the export.
+    fn info(&self) -> ExportInfo;
+    /// `buf` has the request's length; fill it and hand it back.
+    fn read(
+        &self,
+        offset: u64,
+        buf: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>, Errno>> + Send;
+    /// `fua`: do not return before the data is on stable storage.
+    fn write(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), Errno>> + Send;
+    /// Everything already acknowledged must reach stable storage.
+    fn flush(&self) -> impl Future<Output = Result<(), Errno>> + Send;
+    fn trim(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), Errno>> + Send;
+    /// `may_trim`: deallocating is acceptable. `fast_only`: answer
+    /// `Errno::NotSup` at once unless zeroing is faster than writing.
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fast_only: bool,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), Errno>> + Send;
+    fn cache(&self, offset: u64, len: u32) -> impl Future<Output = Result<(), Errno>> + Send;
+    /// `base:allocation` extents from `offset`; `req_one`: one is enough.
+    /// The server clips and cleans the list (see `reply::encode_extents`).
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        req_one: bool,
+    ) -> impl Future<Output = Result<Vec<BlockExtent>, Errno>> + Send;
+    /// Resolves when the export is withdrawn (the resource stopped being
+    /// primary or the daemon is stopping).
+    fn withdrawn(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The table of exports a listener offers.
+pub trait Exports: Send + Sync + 'static {
+    type Export: Export;
+    /// Exports offered now: (name, description).
+    fn list(&self) -> Vec<(String, Option<String>)>;
+    /// Open an export by name (`""` is the default export, if any).
+    fn open(&self, name: &str) -> Result<Arc<Self::Export>, OpenError>;
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests in flight per connection; the reader stops reading (TCP
+    /// back-pressure) when this many are being served.
+    pub inflight_max: usize,
+    /// Time allowed from accept to the end of option haggling.
+    pub handshake_timeout: Duration,
+    /// Largest READ/WRITE payload advertised and accepted.
+    pub payload_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            inflight_max: 128,
+            handshake_timeout: Duration::from_secs(10),
+            payload_max: PAYLOAD_MAX,
+        }
+    }
+}
+
+/// After the export is withdrawn, the client gets this long to see its
+/// ESHUTDOWN errors and send DISC before the server closes.
+pub const WITHDRAW_GRACE: Duration = Duration::from_secs(10);
+/// Payload bytes (read buffers and write data) in flight per connection;
+/// bounds memory to this, not `inflight_max × payload_max`. At least one
+/// maximal request always fits.
+pub const INFLIGHT_BYTES_MAX: usize = 128 * 1024 * 1024;
+/// Read buffer in front of the socket: many 28-byte headers per syscall.
+const READ_BUFFER_LEN: usize = 64 * 1024;
+/// Replies gathered into one vectored write.
+const WRITE_BATCH_MAX: usize = 32;
+
+/// Serve one accepted connection until the client disconnects, the export
+/// is withdrawn (plus grace), or the client breaks the protocol. The caller
+/// should have set `TCP_NODELAY` on TCP sockets (proto.md recommends it).
+pub async fn serve<E, S>(
+    exports: Arc<E>,
+    stream: S,
+    peer: String,
+    limits: Limits,
+) -> Result<(), NbdError>
+where
+    E: Exports,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut rd = BufReader::with_capacity(READ_BUFFER_LEN, rd);
+    let hs = tokio::time::timeout(
+        limits.handshake_timeout,
+        handshake(&*exports, &mut rd, &mut wr, limits.payload_max),
+    )
+    .await;
+    let (export, t) = match hs {
+        Err(_) => {
+            debug!(%peer, "nbd handshake timed out");
+            return Err(NbdError::HandshakeTimeout(limits.handshake_timeout));
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "nbd handshake failed");
+            return Err(e);
+        }
+        Ok(Ok(None)) => {
+            debug!(%peer, "nbd client aborted the handshake");
+            return Ok(());
+        }
+        Ok(Ok(Some(x))) => x,
+    };
+    let name = t.negotiated.export.clone();
+    info!(
+        %peer,
+        export = %name,
+        structured = t.negotiated.structured_replies,
+        "nbd connection open"
+    );
+    let conn = Connection {
+        export,
+        info: t.info,
+        neg: t.negotiated,
+        peer: &peer,
+        limits: &limits,
+    };
+    let (result, served) = conn.run(rd, wr).await;
+    match &result {
+        Ok(()) => info!(%peer, export = %name, requests = served, "nbd connection closed"),
+        Err(e) => info!(
+            %peer,
+            export = %name,
+            requests = served,
+            error = %e,
+            "nbd connection closed"
+        ),
+    }
+    result
+}
+
+// ------------------------------------------------------------ handshake
+
+/// The shell's side of [`Catalog`]: opens exports and keeps the last one so
+/// the chosen export is at hand when transmission starts.
+struct ShellCatalog<'a, E: Exports> {
+    exports: &'a E,
+    opened: Option<Arc<E::Export>>,
+}
+
+impl<E: Exports> Catalog for ShellCatalog<'_, E> {
+    fn list(&self) -> Vec<(String, Option<String>)> {
+        self.exports.list()
+    }
+
+    fn lookup(&mut self, name: &str) -> Result<ExportInfo, OpenError> {
+        self.opened = None;
+        let export = self.exports.open(name)?;
+        let info = export.info();
+        self.opened = Some(export);
+        Ok(info)
+    }
+}
+
+type Chosen<X> = (Arc<X>, Transmission);
+
+async fn handshake<E, R, W>(
+    exports: &E,
+    rd: &mut R,
+    wr: &mut W,
+    payload_max: u32,
+) -> Result<Option<Chosen<E::Export>>, NbdError>
+where
+    E: Exports,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    wr.write_all(&greeting()).await?;
+    wr.flush().await?;
+    let mut flags = [0u8; 4];
+    rd.read_exact(&mut flags).await?;
+    let mut neg = Negotiation::new(payload_max);
+    neg.client_flags(flags)?;
+    let mut catalog = ShellCatalog {
+        exports,
+        opened: None,
+    };
+    let mut payload = Vec::new();
+    loop {
+        let mut raw = [0u8; OPTION_HEADER_LEN];
+        rd.read_exact(&mut raw).await?;
+        let step = match neg.option_header(&raw) {
+            Ok(header) => {
+                // The header check above bounded `len` to OPTION_LEN_MAX.
+                payload.clear();
+                payload.resize(header.len as usize, 0);
+                rd.read_exact(&mut payload).await?;
+                neg.option(header, &payload, &mut catalog)
+            }
+            Err(step) => *step,
+        };
+        if !step.reply.is_empty() {
+            wr.write_all(&step.reply).await?;
+            wr.flush().await?;
+        }
+        match step.outcome {
+            Outcome::Continue => {}
+            Outcome::Abort => return Ok(None),
+            Outcome::Reject(e) => return Err(e),
+            Outcome::Transmission(t) => {
+                let export = catalog
+                    .opened
+                    .take()
+                    .ok_or(NbdError::Misuse("transmission without an open export"))?;
+                return Ok(Some((export, t)));
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------- transmission
+
+/// What a reply frame carries after its head.
+enum Body {
+    Empty,
+    Data(Vec<u8>),
+    Text(&'static str),
+}
+
+impl Body {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Empty => &[],
+            Body::Data(d) => d,
+            Body::Text(t) => t.as_bytes(),
+        }
+    }
+}
+
+/// One whole reply, written atomically by the writer. Holding the permits
+/// until the bytes are written bounds queued replies and their memory.
+struct Frame {
+    head: Head,
+    body: Body,
+    _permits: Permits,
+}
+
+#[derive(Default)]
+struct Permits {
+    _request: Option<OwnedSemaphorePermit>,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// How replies are shaped on this connection.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    structured: bool,
+    meta_context: u32,
+}
+
+impl Mode {
+    fn error(self, cookie: u64, errno: Errno, message: &'static str, permits: Permits) -> Frame {
+        if self.structured {
+            // Structured errors carry a message for the human user.
+            let (head, msg) = reply::error(cookie, errno, message);
+            Frame {
+                head,
+                body: Body::Text(msg),
+                _permits: permits,
+            }
+        } else {
+            Frame {
+                head: reply::simple(cookie, Some(errno)),
+                body: Body::Empty,
+                _permits: permits,
+            }
+        }
+    }
+
+    fn ok(self, cookie: u64, permits: Permits) -> Frame {
+        // A simple reply is allowed for payload-free successes even with
+        // structured replies, and is the shortest.
+        Frame {
+            head: reply::simple(cookie, None),
+            body: Body::Empty,
+            _permits: permits,
+        }
+    }
+}
+
+/// Why the reader stopped.
+enum Stop {
+    /// DISC, or EOF at a request boundary.
+    Client,
+    /// The grace period after withdrawal ran out.
+    Grace,
+    /// The writer is gone (socket failed).
+    Writer,
+}
+
+/// Runs reader-side futures while watching for withdrawal, the grace
+/// deadline and writer failure. The future is polled by reference, so a
+/// withdrawal never cancels a half-read request.
+struct Watch<'a, F: Future<Output = ()>> {
+    withdrawn: Pin<&'a mut F>,
+    deadline: Option<Instant>,
+    /// The reader's sender; `None` once the reader is done, so the writer
+    /// can finish (and waiting for it does not count as "writer gone").
+    tx: Option<mpsc::Sender<Frame>>,
+}
+
+impl<F: Future<Output = ()>> Watch<'_, F> {
+    fn is_withdrawn(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    async fn run<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, Stop> {
+        let mut fut = pin!(fut);
+        loop {
+            let deadline = self.deadline;
+            // Checked before the request future so a client that keeps the
+            // pipe full cannot starve withdrawal.
+            tokio::select! {
+                biased;
+                _ = self.withdrawn.as_mut(), if deadline.is_none() => {
+                    self.deadline = Some(Instant::now() + WITHDRAW_GRACE);
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => return Err(Stop::Grace),
+                _ = closed_opt(&self.tx) => return Err(Stop::Writer),
+                out = &mut fut => return Ok(out),
+            }
+        }
+    }
+}
+
+async fn closed_opt(tx: &Option<mpsc::Sender<Frame>>) {
+    match tx {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Connection<'a, X: Export> {
+    export: Arc<X>,
+    info: ExportInfo,
+    neg: Negotiated,
+    peer: &'a str,
+    limits: &'a Limits,
+}
+
+impl<X: Export> Connection<'_, X> {
+    /// The transmission phase; returns the result and the requests read.
+    async fn run<R, W>(self, mut rd: BufReader<R>, wr: W) -> (Result<(), NbdError>, u64)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let inflight_max = self.limits.inflight_max.max(1);
+        let (tx, rx) = mpsc::channel::<Frame>(inflight_max);
+        let mut writer = tokio::spawn(write_replies(wr, rx));
+        let export = Arc::clone(&self.export);
+        let withdrawn = pin!(export.withdrawn());
+        let mut watch = Watch {
+            withdrawn,
+            deadline: None,
+            tx: Some(tx),
+        };
+        let mut served = 0u64;
+        let result = match self.read_loop(&mut rd, &mut watch, &mut served).await {
+            Err(e) => Err(e),
+            // DISC or EOF: in-flight requests finish and their replies are
+            // written, unless the grace period after withdrawal runs out.
+            Ok(Stop::Client) => {
+                watch.tx = None;
+                match watch.run(&mut writer).await {
+                    Ok(Ok(Ok(()))) | Err(_) => Ok(()),
+                    Ok(Ok(Err(e))) => Err(NbdError::Io(e)),
+                    Ok(Err(join)) => Err(NbdError::Io(io::Error::other(join))),
+                }
+            }
+            Ok(Stop::Grace | Stop::Writer) => Ok(()),
+        };
+        writer.abort();
+        (result, served)
+    }
+
+    async fn read_loop<R, F>(
+        &self,
+        rd: &mut BufReader<R>,
+        watch: &mut Watch<'_, F>,
+        served: &mut u64,
+    ) -> Result<Stop, NbdError>
+    where
+        R: AsyncRead + Unpin,
+        F: Future<Output = ()>,
+    {
+        let requests = Arc::new(Semaphore::new(self.limits.inflight_max.max(1)));
+        let bytes_max = INFLIGHT_BYTES_MAX.max(self.neg.block_sizes.max_payload as usize);
+        let bytes = Arc::new(Semaphore::new(bytes_max));
+        let mode = Mode {
+            structured: self.neg.structured_replies,
+            meta_context: self.neg.meta_context.unwrap_or(0),
+        };
+        let Some(tx) = watch.tx.clone() else {
+            return Ok(Stop::Writer);
+        };
+        loop {
+            let mut raw = [0u8; REQUEST_LEN];
+            match watch.run(read_header(rd, &mut raw)).await {
+                Err(stop) => return Ok(stop),
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(Stop::Client),
+                Ok(Err(e)) => return Err(e.into()),
+            }
+            let req = match Request::parse(&raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(peer = %self.peer, error = %e, "nbd request header out of sync");
+                    return Err(e);
+                }
+            };
+            *served += 1;
+            let permit = match watch.run(Arc::clone(&requests).acquire_owned()).await {
+                Err(stop) => return Ok(stop),
+                // The semaphore is never closed.
+                Ok(p) => p.ok(),
+            };
+            let mut permits = Permits {
+                _request: permit,
+                _bytes: None,
+            };
+            let verdict = if watch.is_withdrawn() && req.kind != CommandType::Disc {
+                Err((Errno::Shutdown, "export withdrawn"))
+            } else {
+                validate(&req, &self.info, &self.neg).map_err(|r| (r.errno, r.reason))
+            };
+            let cmd = match verdict {
+                Ok(Command::Disconnect) => return Ok(Stop::Client),
+                Ok(cmd) => cmd,
+                Err((errno, reason)) => {
+                    debug!(
+                        peer = %self.peer,
+                        cookie = req.cookie,
+                        command = ?req.kind,
+                        flags = req.flags,
+                        offset = req.offset,
+                        len = req.len,
+                        %errno,
+                        reason,
+                        "nbd request refused"
+                    );
+                    match req.discard() {
+                        Discard::Nothing => {}
+                        Discard::Bytes(n) => {
+                            let mut sink = tokio::io::sink();
+                            let mut take = (&mut *rd).take(u64::from(n));
+                            match watch.run(tokio::io::copy(&mut take, &mut sink)).await {
+                                Err(stop) => return Ok(stop),
+                                Ok(Ok(got)) if got == u64::from(n) => {}
+                                Ok(Ok(_)) => {
+                                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())
+                                }
+                                Ok(Err(e)) => return Err(e.into()),
+                            }
+                        }
+                        Discard::Close(n) => return Err(NbdError::PayloadTooBig(n)),
+                    }
+                    if tx
+                        .send(mode.error(req.cookie, errno, reason, permits))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(Stop::Writer);
+                    }
+                    continue;
+                }
+            };
+
+            // Payload memory is budgeted before it is allocated.
+            let payload = match cmd {
+                Command::Read { len, .. } | Command::Write { len, .. } => len as usize,
+                _ => 0,
+            };
+            if payload > 0 {
+                let n = payload.min(bytes_max) as u32;
+                match watch.run(Arc::clone(&bytes).acquire_many_owned(n)).await {
+                    Err(stop) => return Ok(stop),
+                    Ok(p) => permits._bytes = p.ok(),
+                }
+            }
+            let data = if let Command::Write { len, .. } = cmd {
+                let mut data = vec![0u8; len as usize];
+                match watch.run(rd.read_exact(&mut data)).await {
+                    Err(stop) => return Ok(stop),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                }
+                data
+            } else {
+                Vec::new()
+            };
+            tokio::spawn(execute(
+                Arc::clone(&self.export),
+                cmd,
+                req.cookie,
+                mode,
+                data,
+                permits,
+                tx.clone(),
+            ));
+        }
+    }
+}
+
+/// Read one request header. `Ok(false)`: clean EOF before its first byte.
+async fn read_header<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
+    raw: &mut [u8; REQUEST_LEN],
+) -> io::Result<bool> {
+    let n = rd.read(raw).await?;
+    if n == 0 {
+        return Ok(false);
+    }
+    rd.read_exact(&mut raw[n..]).await?;
+    Ok(true)
+}
+
+/// Run one validated command against the export and queue its reply.
+async fn execute<X: Export>(
+    export: Arc<X>,
+    cmd: Command,
+    cookie: u64,
+    mode: Mode,
+    data: Vec<u8>,
+    permits: Permits,
+    tx: mpsc::Sender<Frame>,
+) {
+    let result: Result<Option<Frame>, Errno> = match cmd {
+        Command::Read { offset, len } => match export.read(offset, vec![0u8; len as usize]).await {
+            Ok(buf) if buf.len() == len as usize => {
+                let head = if mode.structured {
+                    reply::offset_data(cookie, offset, len, true)
+                } else {
+                    reply::simple(cookie, None)
+                };
+                Ok(Some(Frame {
+                    head,
+                    body: Body::Data(buf),
+                    _permits: Permits::default(),
+                }))
+            }
+            // A wrong-sized buffer would desynchronise simple replies.
+            Ok(_) => Err(Errno::Io),
+            Err(e) => Err(e),
+        },
+        Command::Write { offset, fua, .. } => export.write(offset, data, fua).await.map(|_| None),
+        Command::Flush => export.flush().await.map(|_| None),
+        Command::Trim { offset, len, fua } => export.trim(offset, len, fua).await.map(|_| None),
+        Command::WriteZeroes {
+            offset,
+            len,
+            may_trim,
+            fast_only,
+            fua,
+        } => export
+            .write_zeroes(offset, len, may_trim, fast_only, fua)
+            .await
+            .map(|_| None),
+        Command::Cache { offset, len } => export.cache(offset, len).await.map(|_| None),
+        Command::BlockStatus {
+            offset,
+            len,
+            req_one,
+        } => export
+            .block_status(offset, len, req_one)
+            .await
+            .map(|extents| {
+                let body = reply::encode_extents(&extents, len, req_one);
+                Some(Frame {
+                    head: reply::block_status(cookie, mode.meta_context, body.len() as u32, true),
+                    body: Body::Data(body),
+                    _permits: Permits::default(),
+                })
+            }),
+        Command::Disconnect => Ok(None),
+    };
+    let frame = match result {
+        Ok(Some(mut f)) => {
+            f._permits = permits;
+            f
+        }
+        Ok(None) => mode.ok(cookie, permits),
+        Err(e) => {
+            let errno = backend_errno(&cmd, e);
+            mode.error(cookie, errno, errno.message(), permits)
+        }
+    };
+    // The writer is gone only if the connection is closing; nothing to do.
+    let _ = tx.send(frame).await;
+}
+
+/// The single writer: batches queued replies into vectored writes.
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Frame>,
+) -> io::Result<()> {
+    let mut batch: Vec<Frame> = Vec::with_capacity(WRITE_BATCH_MAX);
+    while rx.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
+        write_frames(&mut wr, &batch).await?;
+        // Dropping the frames releases their permits.
+        batch.clear();
+    }
+    wr.flush().await?;
+    wr.shutdown().await
+}
+
+/// Write every head and body of `frames`, resuming after partial writes.
+async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, frames: &[Frame]) -> io::Result<()> {
+    const IOV: usize = WRITE_BATCH_MAX * 2;
+    // Position of the next unwritten byte: part index (two per frame) and
+    // offset inside that part.
+    let part = |i: usize| -> &[u8] {
+        let f = &frames[i / 2];
+        if i % 2 == 0 {
+            f.head.as_bytes()
+        } else {
+            f.body.as_bytes()
+        }
+    };
+    let parts = frames.len() * 2;
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < parts {
+        let mut iov = [IoSlice::new(&[]); IOV];
+        let mut n = 0;
+        let mut i = idx;
+        while i < parts && n < IOV {
+            let p = part(i);
+            let p = if i == idx { &p[off..] } else { p };
+            if !p.is_empty() {
+                iov[n] = IoSlice::new(p);
+                n += 1;
+            }
+            i += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        let mut written = wr.write_vectored(&iov[..n]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && idx < parts {
+            let left = part(idx).len() - off;
+            if written >= left {
+                written -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += written;
+                written = 0;
+            }
+        }
+        // Skip empty parts so the loop condition sees the true end.
+        while idx < parts && part(idx).len() == off {
+            idx += 1;
+            off = 0;
+        }
+    }
+    wr.flush().await
+}

@@ -1,0 +1,213 @@
+//! Outside tools the tests drive: the python NBD scripts, a `qemu-nbd` reference
+//! server, and guards for FUSE and loop mounts that unmount even when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::env::{py_script, timeout_s, PYTHON};
+use crate::net::{free_port, nbd_info, NbdAddr};
+use crate::proc::{describe, run, tail, wait_for, Proc};
+
+/// Run `tests/py/<script>` with `/usr/bin/python3` under a time bound.
+pub fn python(script: &str, args: &[&str], bound: Duration) -> Output {
+    let mut cmd = python_command(script, args);
+    run(&mut cmd, bound)
+}
+
+/// The command [`python`] runs (for spawning in the background).
+pub fn python_command(script: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg("-B")
+        .arg(py_script(script))
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// Panic with the command's output unless it exited 0; returns stdout.
+pub fn expect_ok(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+}
+
+/// stdout and stderr as text, for messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `qemu-nbd` serving a raw file on a loopback port, the reference server tests
+/// compare answers with. Stopped by PID on drop.
+pub struct QemuNbd {
+    proc: Proc,
+    port: u16,
+    export: String,
+}
+
+impl QemuNbd {
+    /// Serve `file` as `export` with the writeback cache (as the bench does).
+    pub fn start(file: &Path, export: &str, log: &Path) -> QemuNbd {
+        let port = free_port();
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.args(["-f", "raw", "--cache=writeback", "--aio=threads", "-t", "-e", "16"])
+            .args(["-b", "127.0.0.1", "-p", &port.to_string(), "-x", export])
+            .arg(file);
+        let what = describe(&cmd);
+        let proc = Proc::spawn(&mut cmd, "qemu-nbd", Some(log))
+            .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
+        let mut q = QemuNbd {
+            proc,
+            port,
+            export: export.to_string(),
+        };
+        let addr = NbdAddr::local(port);
+        let up = wait_for(timeout_s(20), || {
+            if !q.proc.is_running() {
+                return Some(false);
+            }
+            nbd_info(&addr, export, Duration::from_secs(5)).ok().map(|_| true)
+        });
+        if up != Some(true) {
+            panic!("`{what}` did not come up:\n{}", tail(log, 50));
+        }
+        q
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nbd://127.0.0.1:PORT/EXPORT`.
+    pub fn uri(&self) -> String {
+        NbdAddr::local(self.port).uri(&self.export)
+    }
+}
+
+/// A FUSE mount made by `nbdfuse`; unmounted (`fusermount3 -u`) and its process
+/// reaped on drop.
+pub struct NbdFuse {
+    proc: Option<Proc>,
+    mountpoint: PathBuf,
+}
+
+impl NbdFuse {
+    /// `nbdfuse MOUNTPOINT URI`, waiting (bounded) until `MOUNTPOINT/nbd` exists.
+    pub fn mount(mountpoint: &Path, uri: &str, log: &Path) -> NbdFuse {
+        std::fs::create_dir_all(mountpoint).expect("mkdir mountpoint");
+        let pidfile = mountpoint.with_extension("nbdfuse.pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let mut cmd = Command::new("nbdfuse");
+        cmd.arg("-P").arg(&pidfile).arg(mountpoint).arg(uri);
+        let what = describe(&cmd);
+        let proc = Proc::spawn(&mut cmd, "nbdfuse", Some(log))
+            .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
+        let mut m = NbdFuse {
+            proc: Some(proc),
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        let file = m.file();
+        let ready = wait_for(timeout_s(20), || {
+            if m.proc.as_mut().map(|p| !p.is_running()).unwrap_or(true) {
+                return Some(false);
+            }
+            (pidfile.exists() && file.exists()).then_some(true)
+        });
+        if ready != Some(true) {
+            panic!("`{what}` did not mount:\n{}", tail(log, 50));
+        }
+        m
+    }
+
+    /// The block-device-like file, `MOUNTPOINT/nbd`.
+    pub fn file(&self) -> PathBuf {
+        self.mountpoint.join("nbd")
+    }
+
+    /// Unmount and wait for nbdfuse to exit; returns its exit status.
+    pub fn unmount(&mut self) -> Option<std::process::ExitStatus> {
+        let mut proc = self.proc.take()?;
+        let _ = run(
+            Command::new("fusermount3").arg("-u").arg(&self.mountpoint),
+            timeout_s(30),
+        );
+        match proc.wait_timeout(timeout_s(30)) {
+            Some(st) => Some(st),
+            None => {
+                // Lazy unmount so a killed nbdfuse leaves no dead mount behind.
+                let _ = run(
+                    Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mountpoint),
+                    timeout_s(30),
+                );
+                Some(proc.kill9())
+            }
+        }
+    }
+}
+
+impl Drop for NbdFuse {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// A filesystem mounted with `mount -o loop`; unmounted on drop.
+pub struct LoopMount {
+    target: PathBuf,
+    mounted: bool,
+}
+
+impl LoopMount {
+    /// `mount -o loop IMAGE TARGET` (panics with mount's message on failure).
+    pub fn mount(image: &Path, target: &Path) -> LoopMount {
+        std::fs::create_dir_all(target).expect("mkdir mount target");
+        let out = run(
+            Command::new(crate::env::which("mount").unwrap_or_else(|| "mount".into()))
+                .arg("-o")
+                .arg("loop")
+                .arg(image)
+                .arg(target),
+            timeout_s(60),
+        );
+        expect_ok(&out, &format!("mount -o loop {}", image.display()));
+        LoopMount {
+            target: target.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// `umount TARGET`; panics if it fails (data might not have been written).
+    pub fn unmount(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        let out = run(Command::new("umount").arg(&self.target), timeout_s(120));
+        expect_ok(&out, &format!("umount {}", self.target.display()));
+        self.mounted = false;
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            self.mounted = false;
+            let out = run(Command::new("umount").arg(&self.target), timeout_s(120));
+            if !out.status.success() {
+                // Lazy unmount rather than leave the test machine with a stuck mount.
+                let _ = run(Command::new("umount").arg("-l").arg(&self.target), timeout_s(30));
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Text output in the shapes FreeBSD's hastctl prints.
+
+use std::fmt::Write;
+
+use hast_api::ResourceStatus;
+use hast_meta::Picked;
+
+/// FreeBSD humanize_number style: "2.0MB", "100MB", "512B".
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else if v < 10.0 {
+        format!("{v:.1}{}", UNITS[u])
+    } else {
+        format!("{:.0}{}", v.floor(), UNITS[u])
+    }
+}
+
+pub fn dump(name: &str, p: &Picked) -> String {
+    let h = &p.header;
+    let mut s = String::new();
+    let slot = if p.slot == 0 { "A" } else { "B" };
+    let _ = writeln!(s, "resource: {name}");
+    let _ = writeln!(s, "    datasize: {} ({})", h.datasize, human(h.datasize));
+    let _ = writeln!(
+        s,
+        "    extentsize: {} ({})",
+        h.extentsize,
+        human(u64::from(h.extentsize))
+    );
+    let _ = writeln!(s, "    keepdirty: {}", h.keepdirty);
+    let _ = writeln!(s, "    localoff: {}", h.data_offset);
+    let _ = writeln!(s, "    resuid: {}", h.resuid);
+    let _ = writeln!(s, "    localcnt: {}", h.localcnt);
+    let _ = writeln!(s, "    remotecnt: {}", h.remotecnt);
+    let _ = writeln!(s, "    prevrole: {}", h.prevrole);
+    let _ = writeln!(s, "    epoch: {}", h.epoch);
+    let _ = writeln!(s, "    generation: {} (slot {slot})", h.generation);
+    let _ = writeln!(s, "    name: {}", h.name);
+    if let Some(e) = &p.other_error {
+        let _ = writeln!(s, "    warning: other slot invalid: {e}");
+    }
+    s
+}
+
+pub fn status(list: &[ResourceStatus]) -> String {
+    let mut s = String::from("Name\tStatus\t Role\t\tComponents\n");
+    for r in list {
+        let _ = writeln!(
+            s,
+            "{}\t{:<8} {:<14}\t{}\t{}",
+            r.name, r.status, r.role, r.local, r.remote
+        );
+    }
+    s
+}
+
+pub fn list(list: &[ResourceStatus]) -> String {
+    let mut s = String::new();
+    for r in list {
+        let _ = writeln!(s, "{}:", r.name);
+        let _ = writeln!(s, "  role: {}", r.role);
+        let _ = writeln!(s, "  provname: {}", r.provider_name);
+        let _ = writeln!(s, "  localpath: {}", r.local);
+        if let Some(m) = &r.meta {
+            let _ = writeln!(
+                s,
+                "  extentsize: {} ({})",
+                m.extentsize,
+                human(u64::from(m.extentsize))
+            );
+            let _ = writeln!(s, "  keepdirty: {}", m.keepdirty);
+            let _ = writeln!(s, "  datasize: {} ({})", m.datasize, human(m.datasize));
+        }
+        let _ = writeln!(s, "  remoteaddr: {}", r.remote);
+        let _ = writeln!(s, "  replication: {}", r.replication);
+        let _ = writeln!(s, "  checksum: {}", r.checksum);
+        let _ = writeln!(s, "  compression: {}", r.compression);
+        let _ = writeln!(s, "  status: {}", r.status);
+        let _ = writeln!(s, "  dirty: {} ({})", r.dirty_bytes, human(r.dirty_bytes));
+        if let Some(m) = &r.meta {
+            let _ = writeln!(s, "  resuid: {}", m.resuid);
+            let _ = writeln!(s, "  localcnt: {}", m.localcnt);
+            let _ = writeln!(s, "  remotecnt: {}", m.remotecnt);
+            let _ = writeln!(s, "  epoch: {}", m.epoch);
+        }
+        match &r.sync {
+            Some(p) => {
+                let pct = if p.total_bytes == 0 {
+                    100.0
+                } else {
+                    p.done_bytes as f64 * 100.0 / p.total_bytes as f64
+                };
+                let eta = p
+                    .eta_secs
+                    .map_or_else(|| "-".to_string(), |e| format!("{e}s"));
+                let _ = writeln!(
+                    s,
+                    "  synchronization: {} / {} ({pct:.1}%), {}/s, eta {eta}",
+                    human(p.done_bytes),
+                    human(p.total_bytes),
+                    human(p.rate_bytes_per_sec)
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  synchronization: -");
+            }
+        }
+        for uri in &r.nbd {
+            let _ = writeln!(s, "  export: {uri}");
+        }
+        let t = &r.stats;
+        let _ = writeln!(s, "  statistics:");
+        let _ = writeln!(s, "    reads: {}", t.reads);
+        let _ = writeln!(s, "    writes: {}", t.writes);
+        let _ = writeln!(s, "    deletes: {}", t.deletes);
+        let _ = writeln!(s, "    zeroes: {}", t.zeroes);
+        let _ = writeln!(s, "    flushes: {}", t.flushes);
+        let _ = writeln!(s, "    activemap updates: {}", t.activemap_updates);
+        let _ = writeln!(
+            s,
+            "    local errors: read: {}, write: {}, delete: {}, flush: {}",
+            t.read_errors, t.write_errors, t.delete_errors, t.flush_errors
+        );
+        let _ = writeln!(
+            s,
+            "    queues: inflight: {}, connections: {}",
+            r.queues.inflight, r.queues.connections
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn humanize_like_freebsd() {
+        let cases = [
+            (0, "0B"),
+            (512, "512B"),
+            (2 << 20, "2.0MB"),
+            (100 << 20, "100MB"),
+            (1073733632, "1023MB"),
+            (1 << 30, "1.0GB"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(human(v), want, "{v}");
+        }
+    }
+}

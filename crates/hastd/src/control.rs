@@ -1,0 +1,194 @@
+//! The control socket: reads framed `hast_api` requests from `hastctl` and
+//! answers them by sending typed commands to the resource tasks. It holds no
+//! resource state of its own and is never in the data path.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hast_api::{
+    decode_body, decode_len, encode, ApiError, Envelope, ErrorKind, Request, Response, RoleOutcome,
+    HEADER_LEN,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{oneshot, RwLock};
+
+use crate::resource::{Command, ResourceHandle};
+
+/// Control connections served at once; more wait in the listen backlog.
+const CONTROL_CONNECTIONS_MAX: usize = 32;
+/// A control client that sends nothing for this long is dropped.
+const CONTROL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The resources in configuration order, shared with the reload logic.
+pub type Resources = Arc<RwLock<Vec<ResourceHandle>>>;
+
+/// Binds the control socket with mode 0600 (root only), replacing a stale
+/// socket file but refusing to steal one a live daemon still answers on.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another hastd answers on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // SAFETY: umask only swaps the process's file mode mask; restored below.
+    // The socket must never exist with looser permissions, even briefly.
+    let old = unsafe { libc::umask(0o177) };
+    let res = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    res
+}
+
+pub async fn serve(listener: UnixListener, resources: Resources) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONTROL_CONNECTIONS_MAX));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("control accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let resources = resources.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, resources).await {
+                tracing::debug!("control connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(mut stream: UnixStream, resources: Resources) -> std::io::Result<()> {
+    loop {
+        let mut prefix = [0u8; HEADER_LEN];
+        match tokio::time::timeout(CONTROL_IDLE_TIMEOUT, stream.read_exact(&mut prefix)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        let response = match decode_len(prefix) {
+            Err(e) => {
+                // The stream is out of step after a bad length: answer, close.
+                let resp = error(ErrorKind::Usage, e.to_string());
+                stream.write_all(&frame(&resp)).await?;
+                return Ok(());
+            }
+            Ok(len) => {
+                let mut body = vec![0u8; len];
+                stream.read_exact(&mut body).await?;
+                match decode_body::<Envelope<Request>>(&body) {
+                    Err(e) => error(ErrorKind::Usage, e.to_string()),
+                    Ok(env) if env.version != hast_api::PROTOCOL_VERSION => error(
+                        ErrorKind::Usage,
+                        format!(
+                            "control protocol version {} not supported (hastd speaks {})",
+                            env.version,
+                            hast_api::PROTOCOL_VERSION
+                        ),
+                    ),
+                    Ok(env) => handle(env.body, &resources).await,
+                }
+            }
+        };
+        stream.write_all(&frame(&response)).await?;
+    }
+}
+
+fn frame(resp: &Response) -> Vec<u8> {
+    encode(&Envelope::new(resp.clone())).unwrap_or_else(|e| {
+        let fallback = Response::Error(ApiError {
+            kind: ErrorKind::Software,
+            message: format!("cannot encode answer: {e}"),
+        });
+        // A bare error always encodes: it is a few short strings.
+        encode(&Envelope::new(fallback)).unwrap_or_default()
+    })
+}
+
+fn error(kind: ErrorKind, message: String) -> Response {
+    Response::Error(ApiError { kind, message })
+}
+
+/// Resolves `names` (empty or `all` = every resource) against the config.
+fn select(names: &[String], resources: &[ResourceHandle]) -> Result<Vec<ResourceHandle>, ApiError> {
+    if names.is_empty() || names.iter().any(|n| n == "all") {
+        return Ok(resources.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            resources
+                .iter()
+                .find(|r| &r.name == n)
+                .cloned()
+                .ok_or_else(|| ApiError {
+                    kind: ErrorKind::Usage,
+                    message: format!("unknown resource \"{n}\""),
+                })
+        })
+        .collect()
+}
+
+async fn handle(req: Request, resources: &Resources) -> Response {
+    let all = resources.read().await.clone();
+    match req {
+        Request::Role { role, names } => {
+            let targets = match select(&names, &all) {
+                Ok(t) => t,
+                Err(e) => return Response::Error(e),
+            };
+            let mut out = Vec::with_capacity(targets.len());
+            for r in targets {
+                let (tx, rx) = oneshot::channel();
+                let result = match r.tx.send(Command::Role(role, tx)).await {
+                    Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(&r.name))),
+                    Err(_) => Err(gone(&r.name)),
+                };
+                out.push(RoleOutcome {
+                    name: r.name.clone(),
+                    result,
+                });
+            }
+            Response::Role(out)
+        }
+        Request::Status { names } => {
+            let targets = match select(&names, &all) {
+                Ok(t) => t,
+                Err(e) => return Response::Error(e),
+            };
+            let mut out = Vec::with_capacity(targets.len());
+            for r in targets {
+                let (tx, rx) = oneshot::channel();
+                if r.tx.send(Command::Status(tx)).await.is_err() {
+                    return Response::Error(gone(&r.name));
+                }
+                match rx.await {
+                    Ok(st) => out.push(st),
+                    Err(_) => return Response::Error(gone(&r.name)),
+                }
+            }
+            Response::Status(out)
+        }
+    }
+}
+
+fn gone(name: &str) -> ApiError {
+    ApiError {
+        kind: ErrorKind::TempFail,
+        message: format!("resource \"{name}\" is stopping"),
+    }
+}

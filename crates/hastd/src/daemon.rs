@@ -1,0 +1,237 @@
+//! Startup, signals, reload and shutdown of the daemon.
+//!
+//! Nothing starts half-configured: the config is parsed and checked, the
+//! pidfile locked and the control socket bound before any resource task
+//! runs, and any failure there exits with a sysexits(3) code.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{oneshot, RwLock};
+
+use crate::control::{self, Resources};
+use crate::nbdfront::{self, Registry};
+use crate::pidfile::PidFile;
+use crate::resource::{Command, Env, ResourceHandle};
+use crate::{exit, Args};
+
+pub fn main(args: Args) -> i32 {
+    // Absolute config path: a daemon must find it again on SIGHUP whatever
+    // its working directory.
+    let config_path = std::fs::canonicalize(&args.config).unwrap_or(args.config.clone());
+    let config = match hast_conf::load(&config_path, args.node.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hastd: {e}");
+            return e.exit_code();
+        }
+    };
+    let pid_path = args.pidfile.clone().unwrap_or(config.pidfile.clone());
+    let mut pidfile = match PidFile::acquire(&pid_path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hastd: {e}");
+            return match e {
+                crate::pidfile::PidFileError::Running { .. } => exit::TEMPFAIL,
+                crate::pidfile::PidFileError::Io { .. } => exit::CANTCREAT,
+            };
+        }
+    };
+    if !args.foreground {
+        // SAFETY: no threads exist yet (the runtime is built below), so
+        // forking here is sound. nochdir=1 keeps relative paths of the
+        // config valid; noclose=0 detaches from the terminal.
+        if unsafe { libc::daemon(1, 0) } != 0 {
+            eprintln!(
+                "hastd: cannot daemonize: {}",
+                std::io::Error::last_os_error()
+            );
+            return exit::OSERR;
+        }
+    }
+    crate::logging::init(args.debug, !args.foreground);
+    if let Err(e) = pidfile.write_pid() {
+        tracing::error!("cannot write pidfile {}: {e}", pid_path.display());
+        return exit::CANTCREAT;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hastd")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start runtime: {e}");
+            return exit::OSERR;
+        }
+    };
+    let code = runtime.block_on(run(config, config_path, args.node.clone()));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    pidfile.remove();
+    code
+}
+
+async fn run(
+    config: hast_conf::Config,
+    config_path: std::path::PathBuf,
+    node: Option<String>,
+) -> i32 {
+    let control_path = match &config.control {
+        hast_conf::Addr::Unix(p) => p.clone(),
+        other => {
+            tracing::error!("control address {other} is not a uds:// path");
+            return hast_conf::ConfigError::EX_CONFIG;
+        }
+    };
+    let listener = match control::bind(&control_path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot bind control socket {}: {e}", control_path.display());
+            return exit::CANTCREAT;
+        }
+    };
+    let registry = Arc::new(Registry::default());
+    let nbd_tcp = match &config.nbd_listen {
+        Some(addr) => match nbdfront::listen_tcp(addr, registry.clone()).await {
+            Ok((local, task)) => Some((local, task)),
+            Err(e) => {
+                tracing::error!("cannot listen for NBD on {addr}: {e}");
+                let _ = std::fs::remove_file(&control_path);
+                return exit::CANTCREAT;
+            }
+        },
+        None => None,
+    };
+    if let Some(dir) = &config.nbd_socket_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::error!("cannot create {}: {e}", dir.display());
+            return exit::CANTCREAT;
+        }
+    }
+    let env = Env {
+        registry: registry.clone(),
+        nbd_socket_dir: config.nbd_socket_dir.clone(),
+        nbd_tcp: nbd_tcp.as_ref().map(|(a, _)| a.to_string()),
+    };
+    let resources: Resources = Arc::new(RwLock::new(Vec::new()));
+    for r in &config.resources {
+        let (handle, _) = ResourceHandle::spawn(r.clone(), env.clone());
+        resources.write().await.push(handle);
+    }
+    let control_task = tokio::spawn(control::serve(listener, resources.clone()));
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return exit::SOFTWARE;
+        }
+    };
+    tracing::info!(
+        node = %config.node,
+        resources = config.resources.len(),
+        control = %control_path.display(),
+        nbd = ?env.nbd_tcp,
+        "hastd started"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut current = config;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                match hast_conf::load(&config_path, node.as_deref()) {
+                    Ok(new) => {
+                        reload(&current, &new, &resources, &env).await;
+                        current = new;
+                    }
+                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    control_task.abort();
+    registry.set_stopping();
+    let all = std::mem::take(&mut *resources.write().await);
+    for r in all {
+        stop(&r).await;
+    }
+    if let Some((_, task)) = nbd_tcp {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(&control_path);
+    tracing::info!("stopped");
+    exit::OK
+}
+
+async fn stop(r: &ResourceHandle) {
+    let (tx, rx) = oneshot::channel();
+    if r.tx.send(Command::Stop(tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+}
+
+/// Applies a new configuration as FreeBSD's hastd does: new resources start
+/// in init, removed ones stop, a changed `local` or `name` restarts the
+/// resource (in init), other options apply live.
+async fn reload(
+    old: &hast_conf::Config,
+    new: &hast_conf::Config,
+    resources: &Resources,
+    env: &Env,
+) {
+    for (what, a, b) in [
+        ("control", old.control.to_string(), new.control.to_string()),
+        (
+            "nbd_listen",
+            format!("{:?}", old.nbd_listen.as_ref().map(|a| a.to_string())),
+            format!("{:?}", new.nbd_listen.as_ref().map(|a| a.to_string())),
+        ),
+        (
+            "nbd_socket_dir",
+            format!("{:?}", old.nbd_socket_dir),
+            format!("{:?}", new.nbd_socket_dir),
+        ),
+    ] {
+        if a != b {
+            tracing::warn!("change of {what} ({a} -> {b}) takes effect when hastd restarts");
+        }
+    }
+    let mut list = resources.write().await;
+    let mut next = Vec::with_capacity(new.resources.len());
+    for cfg in &new.resources {
+        match list.iter().position(|h| h.name == cfg.name) {
+            None => {
+                tracing::info!(resource = %cfg.name, "resource added");
+                next.push(ResourceHandle::spawn(cfg.clone(), env.clone()).0);
+            }
+            Some(i) => {
+                let mut h = list.swap_remove(i);
+                if h.config.local != cfg.local || h.config.provider_name != cfg.provider_name {
+                    tracing::info!(resource = %cfg.name, "local or name changed, restarting the resource");
+                    stop(&h).await;
+                    next.push(ResourceHandle::spawn(cfg.clone(), env.clone()).0);
+                } else {
+                    if h.config != *cfg {
+                        let _ = h.tx.send(Command::Reconfigure(Box::new(cfg.clone()))).await;
+                        h.config = cfg.clone();
+                    }
+                    next.push(h);
+                }
+            }
+        }
+    }
+    for gone in list.drain(..) {
+        tracing::info!(resource = %gone.name, "resource removed");
+        stop(&gone).await;
+    }
+    *list = next;
+}

@@ -1,0 +1,213 @@
+//! Positional I/O on the data area of the local component.
+//!
+//! Every call is blocking (pread/pwrite/fallocate/fdatasync on a shared
+//! file descriptor) and is run on tokio's blocking pool by the caller. One
+//! descriptor serves all requests: positional calls need no seek lock, and a
+//! single `fdatasync` covers every write any connection completed, which is
+//! what makes `CAN_MULTI_CONN` true.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+
+/// Largest chunk of zeroes written when fallocate cannot zero a range.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// The data area of a local component: data byte `x` lives at file offset
+/// `data_offset + x`.
+pub struct LocalData<'a> {
+    pub file: &'a File,
+    pub data_offset: u64,
+}
+
+impl LocalData<'_> {
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, self.data_offset + offset)
+    }
+
+    pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, self.data_offset + offset)
+    }
+
+    pub fn datasync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Makes `[offset, offset+len)` read as zeroes. With `may_punch` the
+    /// range may be deallocated (TRIM, WRITE_ZEROES without NO_HOLE);
+    /// otherwise it stays allocated. Returns `Unsupported` when
+    /// `fast_only` and the only way left is writing zeroes.
+    pub fn zero(&self, offset: u64, len: u64, may_punch: bool, fast_only: bool) -> io::Result<()> {
+        let start = self.data_offset + offset;
+        if may_punch
+            && fallocate(
+                self.file,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start,
+                len,
+            )
+            .is_ok()
+        {
+            return Ok(());
+        }
+        match fallocate(
+            self.file,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            start,
+            len,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if !is_unsupported(&e) => return Err(e),
+            Err(_) => {}
+        }
+        if fast_only {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let zeroes = vec![0u8; ZERO_CHUNK_BYTES.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(zeroes.len() as u64) as usize;
+            self.file.write_all_at(&zeroes[..n], start + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to read the range ahead (NBD_CMD_CACHE).
+    pub fn prefetch(&self, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: plain syscall on a descriptor we own for the call's duration.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                (self.data_offset + offset) as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
+    }
+
+    /// Allocation map of `[offset, offset+len)` as (length, is_hole) runs,
+    /// from SEEK_DATA/SEEK_HOLE. Where the file system cannot tell (block
+    /// devices, old file systems) everything is reported as data, which is
+    /// always correct.
+    pub fn allocation(&self, offset: u64, len: u64, one: bool) -> io::Result<Vec<(u64, bool)>> {
+        let fd = self.file.as_raw_fd();
+        let end = offset + len;
+        let mut pos = offset;
+        let mut runs = Vec::new();
+        while pos < end {
+            let abs = (self.data_offset + pos) as libc::off_t;
+            let data = match lseek(fd, abs, libc::SEEK_DATA) {
+                Ok(d) => d.saturating_sub(self.data_offset),
+                // ENXIO: no data after pos, the rest is a hole.
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
+                Err(_) => {
+                    runs.push((end - pos, false));
+                    break;
+                }
+            };
+            if data > pos {
+                runs.push((data.min(end) - pos, true));
+                pos = data.min(end);
+            } else {
+                let hole = match lseek(fd, abs, libc::SEEK_HOLE) {
+                    Ok(h) => h.saturating_sub(self.data_offset),
+                    Err(_) => end,
+                };
+                let stop = hole.clamp(pos + 1, end);
+                runs.push((stop - pos, false));
+                pos = stop;
+            }
+            if one {
+                break;
+            }
+        }
+        Ok(runs)
+    }
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own for the call's duration.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn lseek(fd: libc::c_int, offset: libc::off_t, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: lseek only reads its integer arguments.
+    let rc = unsafe { libc::lseek(fd, offset, whence) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as u64)
+    }
+}
+
+fn is_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::ENODEV)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpfile(len: u64) -> File {
+        let path = std::env::temp_dir().join(format!(
+            "hastd-local-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.set_len(len).unwrap();
+        f
+    }
+
+    #[test]
+    fn write_read_zero_and_allocation() {
+        let f = tmpfile(8 << 20);
+        let d = LocalData {
+            file: &f,
+            data_offset: 8192,
+        };
+        d.write(1 << 20, &[7u8; 65536]).unwrap();
+        let mut buf = vec![0u8; 65536];
+        d.read(1 << 20, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+        let runs = d.allocation(0, 4 << 20, false).unwrap();
+        assert_eq!(runs.iter().map(|r| r.0).sum::<u64>(), 4 << 20);
+        d.zero(1 << 20, 65536, true, true).unwrap();
+        d.read(1 << 20, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        d.write(0, &[1u8; 4096]).unwrap();
+        d.zero(0, 4096, false, false).unwrap();
+        d.read(0, &mut buf[..4096]).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 0));
+        let one = d.allocation(0, 4 << 20, true).unwrap();
+        assert_eq!(one.len(), 1);
+    }
+}

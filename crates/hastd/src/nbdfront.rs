@@ -1,0 +1,281 @@
+//! Binds the NBD server of `hast-nbd` to the resources' data paths.
+//!
+//! The [`Registry`] maps export names to the data paths of the resources
+//! that are primary right now; the NBD server asks it for `LIST`/`GO`, so a
+//! secondary or init resource is simply absent. Listeners: one TCP address
+//! for all exports (`nbd_listen`) and, per primary resource, a Unix socket
+//! `<nbd_socket_dir>/<name>.nbd` that exists only while it is primary — the
+//! counterpart of FreeBSD's `/dev/hast/<name>`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+use hast_nbd::{BlockExtent, Errno, Export, ExportInfo, Exports, Limits, OpenError};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinHandle;
+
+use crate::datapath::{DataPath, DpError};
+
+/// NBD connections served at once per listener; more wait in the backlog.
+const NBD_CONNECTIONS_MAX: usize = 256;
+/// Largest READ/WRITE payload (the NBD default maximum block size).
+const NBD_PAYLOAD_MAX: u32 = 32 << 20;
+
+#[derive(Default)]
+pub struct Registry {
+    exports: RwLock<HashMap<String, Arc<DataPath>>>,
+    stopping: AtomicBool,
+}
+
+impl Registry {
+    pub fn insert(&self, name: &str, dp: Arc<DataPath>) {
+        self.exports
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), dp);
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.exports
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+}
+
+/// One open export: a connection's handle on a primary's data path.
+pub struct NbdExport {
+    dp: Arc<DataPath>,
+}
+
+impl Exports for Registry {
+    type Export = NbdExport;
+
+    fn list(&self) -> Vec<(String, Option<String>)> {
+        if self.stopping.load(Relaxed) {
+            return Vec::new();
+        }
+        let map = self.exports.read().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<_> = map
+            .keys()
+            .map(|k| (k.clone(), Some(format!("hast resource {k} (primary)"))))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn open(&self, name: &str) -> Result<Arc<NbdExport>, OpenError> {
+        if self.stopping.load(Relaxed) {
+            return Err(OpenError::shutdown("hastd is shutting down"));
+        }
+        let map = self.exports.read().unwrap_or_else(|p| p.into_inner());
+        match map.get(name) {
+            Some(dp) if !dp.is_withdrawn() => Ok(Arc::new(NbdExport::new(dp.clone()))),
+            _ => Err(OpenError::unknown(format!(
+                "no primary resource \"{name}\" on this node"
+            ))),
+        }
+    }
+}
+
+impl NbdExport {
+    fn new(dp: Arc<DataPath>) -> NbdExport {
+        dp.counters.connections.fetch_add(1, Relaxed);
+        NbdExport { dp }
+    }
+}
+
+impl Drop for NbdExport {
+    fn drop(&mut self) {
+        self.dp.counters.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+fn errno(e: DpError) -> Errno {
+    match e {
+        DpError::Shutdown => Errno::Shutdown,
+        DpError::Unsupported => Errno::NotSup,
+        // Errors of the component are EIO to the client whatever the cause:
+        // an EINVAL from the disk must not read as "your request was bad".
+        DpError::Io(e) => match Errno::from(&e) {
+            Errno::NoSpc => Errno::NoSpc,
+            _ => Errno::Io,
+        },
+    }
+}
+
+impl Export for NbdExport {
+    fn info(&self) -> ExportInfo {
+        let mut info = ExportInfo::new(self.dp.datasize);
+        // One shared descriptor and a resource-wide flush: a FLUSH on any
+        // connection covers writes completed on all of them.
+        info.can_multi_conn = true;
+        info.can_trim = true;
+        info.can_zero = true;
+        info.can_fast_zero = true;
+        info.can_cache = true;
+        info.min_block = 1;
+        info.preferred_block = 4096;
+        info.max_block = NBD_PAYLOAD_MAX;
+        info.description = Some(format!("hast resource {}", self.dp.name));
+        info
+    }
+
+    async fn read(&self, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>, Errno> {
+        self.dp.read(offset, buf).await.map_err(errno)
+    }
+
+    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), Errno> {
+        self.dp.write(offset, data, fua).await.map_err(errno)
+    }
+
+    async fn flush(&self) -> Result<(), Errno> {
+        self.dp.flush().await.map_err(errno)
+    }
+
+    async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), Errno> {
+        self.dp
+            .zero(offset, u64::from(len), true, false, fua, true)
+            .await
+            .map_err(errno)
+    }
+
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fast_only: bool,
+        fua: bool,
+    ) -> Result<(), Errno> {
+        self.dp
+            .zero(offset, u64::from(len), may_trim, fast_only, fua, false)
+            .await
+            .map_err(errno)
+    }
+
+    async fn cache(&self, offset: u64, len: u32) -> Result<(), Errno> {
+        self.dp.cache(offset, u64::from(len)).await.map_err(errno)
+    }
+
+    async fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        req_one: bool,
+    ) -> Result<Vec<BlockExtent>, Errno> {
+        let runs = self
+            .dp
+            .allocation(offset, u64::from(len), req_one)
+            .await
+            .map_err(errno)?;
+        Ok(runs
+            .into_iter()
+            .filter(|&(l, _)| l > 0)
+            .map(|(l, hole)| BlockExtent {
+                // Runs never exceed the request length, which is a u32.
+                len: u32::try_from(l).unwrap_or(u32::MAX),
+                hole,
+                zero: hole,
+            })
+            .collect())
+    }
+
+    async fn withdrawn(&self) {
+        self.dp.withdrawn().await
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        payload_max: NBD_PAYLOAD_MAX,
+        ..Limits::default()
+    }
+}
+
+/// Listens on `addr` (tcp://host:port) for NBD clients of every export.
+pub async fn listen_tcp(
+    addr: &hast_conf::Addr,
+    registry: Arc<Registry>,
+) -> std::io::Result<(std::net::SocketAddr, JoinHandle<()>)> {
+    let hast_conf::Addr::Tcp { host, port } = addr else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "nbd_listen must be a tcp:// address",
+        ));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let listener = TcpListener::bind((host, *port)).await?;
+    let local = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(NBD_CONNECTIONS_MAX));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("NBD accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // Small requests and replies: latency matters more than batching.
+            let _ = stream.set_nodelay(true);
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hast_nbd::serve(registry, stream, peer.to_string(), limits()).await
+                {
+                    tracing::debug!(%peer, "NBD connection ended: {e}");
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+/// Listens on the per-resource Unix socket `path` (mode 0600).
+pub fn listen_unix(path: &Path, registry: Arc<Registry>) -> std::io::Result<JoinHandle<()>> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    // SAFETY: umask only swaps the process's file mode mask; restored below.
+    let old = unsafe { libc::umask(0o177) };
+    let res = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = res?;
+    let shown = path.display().to_string();
+    let slots = Arc::new(tokio::sync::Semaphore::new(NBD_CONNECTIONS_MAX));
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("NBD accept on {shown} failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let registry = registry.clone();
+            let peer = shown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hast_nbd::serve(registry, stream, peer.clone(), limits()).await {
+                    tracing::debug!(%peer, "NBD connection ended: {e}");
+                }
+                drop(permit);
+            });
+        }
+    }))
+}

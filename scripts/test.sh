@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# THE test command (README, and .ci/run calls it): formatting, lints, every test —
+# unit, integration tests that drive real hastd/hastctl processes with real NBD
+# clients (qemu-io, nbdinfo, nbdcopy, nbdfuse, fio, python3-libnbd), the root-only
+# ext4-over-nbdfuse test — then a short fuzz smoke run of every fuzz target.
+#
+#   scripts/test.sh
+#
+# Environment:
+#   CI=true               nothing may be skipped: a missing tool, root or nightly fails
+#   HAST_FUZZ_SECONDS=20  time per fuzz target
+#   HAST_TEST_THREADS=N   passed to the test harness as --test-threads
+#   HAST_CRASH_ROUNDS=3   rounds of the kill -9 test (tests/crash.rs)
+#   HAST_KEEP_TMP=1       keep the test nodes' directories (logs, configs, images)
+#
+# Ends with the summary line of every test binary, so the result is on screen.
+
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS=${HAST_FUZZ_SECONDS:-20}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+mkdir -p "$TARGET_DIR"
+TEST_LOG=$TARGET_DIR/test-output.log
+
+in_ci() {
+    case "${CI:-}" in "" | 0 | false | FALSE | False) return 1 ;; *) return 0 ;; esac
+}
+
+step() {
+    printf '\n==> %s\n' "$*"
+}
+
+skipped=()
+skip_or_fail() {
+    if in_ci; then
+        echo "ERROR: $1 (CI must run everything)" >&2
+        exit 1
+    fi
+    echo "*** SKIPPED: $1 ***" >&2
+    skipped+=("$1")
+}
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check || { echo "formatting differs: run cargo fmt --all" >&2; exit 1; }
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings || exit 1
+
+if [ "$(id -u)" != 0 ]; then
+    skip_or_fail "not root: tests that mount (ext4 over nbdfuse) will skip themselves"
+fi
+
+step "cargo test --workspace"
+test_args=()
+if [ -n "${HAST_TEST_THREADS:-}" ]; then
+    test_args=(-- "--test-threads=$HAST_TEST_THREADS")
+fi
+cargo test --workspace "${test_args[@]}" 2>&1 | tee "$TEST_LOG"
+test_rc=${PIPESTATUS[0]}
+
+fuzz_rc=0
+fuzz_results=()
+step "fuzz smoke: ${FUZZ_SECONDS} s per target"
+if [ "$test_rc" != 0 ]; then
+    echo "tests failed: fuzz smoke not run"
+elif ! cargo +nightly --version >/dev/null 2>&1; then
+    skip_or_fail "fuzz smoke: no nightly toolchain (rustup toolchain install nightly)"
+elif ! cargo fuzz --version >/dev/null 2>&1; then
+    skip_or_fail "fuzz smoke: cargo-fuzz not installed (cargo install cargo-fuzz --locked)"
+else
+    targets=$(cargo +nightly fuzz list 2>/dev/null)
+    if [ -z "$targets" ]; then
+        skip_or_fail "fuzz smoke: no fuzz targets found"
+    fi
+    if [ -n "$targets" ] && ! cargo +nightly fuzz build; then
+        fuzz_rc=1
+        fuzz_results+=("fuzz build: FAILED")
+    elif [ -n "$targets" ]; then
+        for t in $targets; do
+            echo "--- fuzz target $t (log: $TARGET_DIR/fuzz-$t.log)"
+            cargo +nightly fuzz run "$t" -- -max_total_time="$FUZZ_SECONDS" \
+                -print_final_stats=1 >"$TARGET_DIR/fuzz-$t.log" 2>&1
+            rc=$?
+            tail -n 15 "$TARGET_DIR/fuzz-$t.log"
+            if [ "$rc" = 0 ]; then
+                fuzz_results+=("fuzz $t: ok (${FUZZ_SECONDS} s)")
+            else
+                fuzz_results+=("fuzz $t: FAILED (exit $rc; see fuzz/artifacts/$t)")
+                fuzz_rc=1
+            fi
+        done
+    fi
+fi
+
+step "summary"
+# One line per test binary: which binary, then its result line.
+awk '/^ *Running / { bin = $2 } /^ *Doc-tests / { bin = "doc-tests " $2 }
+     /^test result:/ { printf "%-60s %s\n", bin, $0 }' "$TEST_LOG"
+grep -h "SKIPPED" "$TEST_LOG" | sort -u || true
+for s in "${skipped[@]}"; do echo "SKIPPED: $s"; done
+for f in "${fuzz_results[@]}"; do echo "$f"; done
+if [ "$test_rc" != 0 ] || [ "$fuzz_rc" != 0 ]; then
+    echo "FAILED (cargo test exit $test_rc, fuzz $fuzz_rc; full test output in $TEST_LOG)"
+    exit 1
+fi
+echo "ALL PASSED"

@@ -1,0 +1,159 @@
+#!/usr/bin/python3
+"""Write versioned blocks (see vblock.py) with many requests in flight, some with
+FUA, with a FLUSH every few hundred writes, and log which writes are durable.
+
+    versioned_writer.py --uri URI --first-lba A --blocks N --log LOG --seq-base B
+                        [--seed S] [--inflight 64] [--fua-one-in 8]
+                        [--flush-every 256] [--duration 120]
+
+Log lines (appended, fsync'd after each batch of completions):
+    I lba seq   the write was submitted (written before submission)
+    D lba seq   the write is durable: acknowledged with FUA, or acknowledged before
+                a FLUSH was sent that then completed successfully
+At most one write per LBA is in flight, so after a crash an LBA must hold its
+newest durable version or a later submitted one, never older, never torn.
+
+Runs until --duration or until the server goes away (the test kills it), then
+prints a JSON summary. Exit 0 when the connection was lost or the time ran out;
+exit 2 if the server answered a request with an error while still connected.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import nbd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vblock  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--uri", required=True)
+    p.add_argument("--first-lba", type=int, required=True)
+    p.add_argument("--blocks", type=int, required=True)
+    p.add_argument("--log", required=True)
+    p.add_argument("--seq-base", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inflight", type=int, default=64)
+    p.add_argument("--fua-one-in", type=int, default=8)
+    p.add_argument("--flush-every", type=int, default=256)
+    p.add_argument("--duration", type=float, default=120.0)
+    a = p.parse_args()
+
+    rng = random.Random(a.seed)
+    h = nbd.NBD()
+    h.connect_uri(a.uri)
+    log = open(a.log, "a")
+    summary = {"issued": 0, "acked": 0, "durable": 0, "flushes": 0, "fua": 0, "end": None}
+
+    inflight = {}        # cookie -> (lba, seq, fua, buf)
+    flushes = {}         # cookie -> {lba: seq} covered by that flush
+    acked = {}           # lba -> seq acknowledged without FUA since the last FLUSH was sent
+    busy = set()
+    seq = a.seq_base
+    since_flush = 0
+    deadline = time.monotonic() + a.duration
+    server_error = None
+
+    def sync_log():
+        log.flush()
+        os.fsync(log.fileno())
+
+    def retire():
+        """Retire completed commands; returns False once the connection is gone."""
+        nonlocal server_error
+        wrote = False
+        while inflight or flushes:
+            try:
+                k = h.aio_peek_command_completed()
+            except nbd.Error:
+                break
+            if k <= 0:
+                break
+            try:
+                ok = h.aio_command_completed(k)
+                err = None
+            except nbd.Error as e:
+                ok, err = False, e
+            if k in inflight:
+                lba, s, fua, _buf = inflight.pop(k)
+                busy.discard(lba)
+                if ok:
+                    summary["acked"] += 1
+                    if fua:
+                        log.write("D %d %d\n" % (lba, s))
+                        summary["durable"] += 1
+                        wrote = True
+                    else:
+                        acked[lba] = s
+                elif not h.aio_is_dead() and server_error is None:
+                    server_error = "write lba %d: %s" % (lba, err)
+            elif k in flushes:
+                covered = flushes.pop(k)
+                if ok:
+                    summary["flushes"] += 1
+                    for lba, s in covered.items():
+                        log.write("D %d %d\n" % (lba, s))
+                    summary["durable"] += len(covered)
+                    wrote = True
+                elif not h.aio_is_dead() and server_error is None:
+                    server_error = "flush: %s" % err
+        if wrote:
+            sync_log()
+        return not (h.aio_is_dead() or h.aio_is_closed())
+
+    try:
+        while time.monotonic() < deadline and server_error is None:
+            while len(inflight) < a.inflight:
+                lba = None
+                for _ in range(16):
+                    cand = a.first_lba + rng.randrange(a.blocks)
+                    if cand not in busy:
+                        lba = cand
+                        break
+                if lba is None:
+                    break
+                seq += 1
+                fua = rng.randrange(a.fua_one_in) == 0
+                buf = vblock.make(lba, seq)
+                log.write("I %d %d\n" % (lba, seq))
+                log.flush()
+                cookie = h.aio_pwrite(buf, lba * vblock.BLOCK,
+                                      flags=nbd.CMD_FLAG_FUA if fua else 0)
+                inflight[cookie] = (lba, seq, fua, buf)
+                busy.add(lba)
+                summary["issued"] += 1
+                summary["fua"] += int(fua)
+                since_flush += 1
+                if since_flush >= a.flush_every:
+                    since_flush = 0
+                    covered = dict(acked)
+                    acked.clear()
+                    flushes[h.aio_flush()] = covered
+            h.poll(1000)
+            if not retire():
+                summary["end"] = "connection lost"
+                break
+        else:
+            if server_error is None:
+                summary["end"] = "deadline"
+    except nbd.Error as e:
+        if h.aio_is_dead() or h.aio_is_closed():
+            summary["end"] = "connection lost"
+        else:
+            server_error = str(e)
+    retire()
+    sync_log()
+    if server_error is not None:
+        summary["end"] = "server error: " + server_error
+    print(json.dumps(summary), flush=True)
+    sys.exit(2 if server_error is not None else 0)
+
+
+if __name__ == "__main__":
+    main()
