@@ -133,6 +133,11 @@ fn kill9_during_writes_loses_no_durable_write() {
             hast_testkit::tail(&dir.join(format!("writer-{round}.out")), 20)
         );
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..2000)));
+        assert!(
+            fio.is_running(),
+            "fio (the load) stopped before the kill:\n{}",
+            hast_testkit::tail(&dir.join(format!("fio-{round}.out")), 20)
+        );
         node.kill9();
 
         let st = writer

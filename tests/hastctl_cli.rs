@@ -80,10 +80,13 @@ fn create_then_dump_shows_every_field() {
     num(&d, "epoch");
     num(&d, "generation");
     assert!(
-        localoff >= 8192 && localoff % 4096 == 0,
+        localoff >= 8192 && localoff.is_multiple_of(4096),
         "localoff {localoff}"
     );
-    assert!(datasize % 4096 == 0 && datasize > 0, "datasize {datasize}");
+    assert!(
+        datasize.is_multiple_of(4096) && datasize > 0,
+        "datasize {datasize}"
+    );
     assert!(
         datasize + localoff <= 64 * MIB,
         "datasize {datasize} + localoff {localoff}"

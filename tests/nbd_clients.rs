@@ -37,7 +37,7 @@ fn nbdinfo_reports_size_and_flags() {
     }
     let node = Node::primary(bins!(), "nbdinfo", FILE_SIZE);
     let datasize = node.datasize("r0");
-    assert!(datasize > 0 && datasize % 4096 == 0 && datasize < FILE_SIZE);
+    assert!(datasize > 0 && datasize.is_multiple_of(4096) && datasize < FILE_SIZE);
     assert!(
         FILE_SIZE - datasize <= MIB,
         "metadata takes {} bytes",
@@ -91,6 +91,21 @@ fn nbdinfo_reports_size_and_flags() {
         0,
         "size not a multiple of the minimum block size"
     );
+
+    // BLOCK_STATUS through nbdinfo --map: extents tile the whole export.
+    let map = run_ok(
+        Command::new("nbdinfo").args(["--map", "--json", &node.uri("r0")]),
+        timeout_s(60),
+    );
+    let extents: serde_json::Value = serde_json::from_str(&map).expect("nbdinfo --map --json");
+    let mut next = 0u64;
+    for e in extents.as_array().expect("array of extents") {
+        assert_eq!(e["offset"].as_u64(), Some(next), "extents not contiguous: {map}");
+        let len = e["length"].as_u64().expect("length");
+        assert!(len > 0, "{map}");
+        next += len;
+    }
+    assert_eq!(next, datasize, "extents do not cover the export: {map}");
 
     // Same export over the per-resource Unix socket, and in the export list.
     let unix_size = run_ok(

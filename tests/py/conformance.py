@@ -265,6 +265,36 @@ def group_commands(t):
         record(g, "oversize_requests", True, "max payload %d" % s.max_bs,
                "skipped: no usable maximum payload advertised")
 
+    # Good requests of the less common kinds: CACHE and BLOCK_STATUS.
+    s.case(g, "cache_in_range", lambda h: h.cache(1 << 20, SCRATCH_OFF), {"OK"}, "OK")
+    data4 = pattern(13, 4 * BLOCK)
+    s.bystander.pwrite(data4, SCRATCH_OFF, nbd.CMD_FLAG_FUA)
+
+    def block_status_in_range(h):
+        got = []
+
+        def cb(ctx, off, entries, err):
+            got.append((ctx, off, list(entries)))
+            return 0
+        h.block_status(8 * BLOCK, SCRATCH_OFF, cb)
+        h.block_status(8 * BLOCK, SCRATCH_OFF, cb, nbd.CMD_FLAG_REQ_ONE)
+        if len(got) != 2 or any(c != "base:allocation" or o != SCRATCH_OFF for c, o, _ in got):
+            raise nbd.Error("block status answers %r" % (got,), 0)
+        for _, _, ent in got:
+            lens, flags = ent[0::2], ent[1::2]
+            if not lens or any(n <= 0 for n in lens) or any(f & ~3 for f in flags):
+                raise nbd.Error("bad extents %r" % (ent,), 0)
+            # The first 4 blocks hold non-zero data: they must not be reported ZERO.
+            covered = 0
+            for n, f in zip(lens, flags):
+                if covered < 4 * BLOCK and f & 2:
+                    raise nbd.Error("written data reported as reading zero: %r" % (ent,), 0)
+                covered += n
+        if len(got[1][2]) != 2:
+            raise nbd.Error("REQ_ONE answered %d extents" % (len(got[1][2]) // 2), 0)
+    s.case(g, "block_status_in_range", block_status_in_range, {"OK"},
+           "extents from the offset, data not ZERO, REQ_ONE gives one")
+
     # WRITE_ZEROES semantics.
     s.bystander.pwrite(pattern(11, 4 * BLOCK), SCRATCH_OFF, nbd.CMD_FLAG_FUA)
 

@@ -4,9 +4,10 @@
 //! [`handshake`] (fixed-newstyle option haggling as the [`Negotiation`]
 //! state machine), [`request`] (request headers and [`validate`]) and
 //! [`reply`] (simple and structured replies) — and a thin tokio shell,
-//! [`server`], that serves one connection per [`serve`] call over any
-//! byte stream. The daemon supplies exports through the [`Exports`] and
-//! [`Export`] traits; this crate knows nothing of replication.
+//! [`server`], that serves one connection per [`serve`] (or
+//! [`serve_split`]) call over any byte stream. The daemon supplies exports
+//! through the [`Exports`] and [`Export`] traits; this crate knows nothing
+//! of replication.
 //!
 //! Network input never panics: malformed options get an option error or a
 //! closed connection, malformed requests an NBD error reply (the connection
@@ -29,4 +30,4 @@ pub use proto::{
     PAYLOAD_MAX,
 };
 pub use request::{validate, Command, CommandType, Discard, Rejected, Request};
-pub use server::{serve, Export, Exports, Limits};
+pub use server::{serve, serve_split, Export, Exports, Limits};

@@ -129,6 +129,7 @@ const WRITE_BATCH_MAX: usize = 32;
 /// Serve one accepted connection until the client disconnects, the export
 /// is withdrawn (plus grace), or the client breaks the protocol. The caller
 /// should have set `TCP_NODELAY` on TCP sockets (proto.md recommends it).
+/// `peer` only labels log lines.
 pub async fn serve<E, S>(
     exports: Arc<E>,
     stream: S,
@@ -139,7 +140,25 @@ where
     E: Exports,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (rd, mut wr) = tokio::io::split(stream);
+    let (rd, wr) = tokio::io::split(stream);
+    serve_split(exports, rd, wr, peer, limits).await
+}
+
+/// [`serve`] over a stream already split into owned halves, e.g.
+/// `TcpStream::into_split()`: the halves then share no lock, which
+/// `tokio::io::split` needs on every read and write.
+pub async fn serve_split<E, R, W>(
+    exports: Arc<E>,
+    rd: R,
+    mut wr: W,
+    peer: String,
+    limits: Limits,
+) -> Result<(), NbdError>
+where
+    E: Exports,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut rd = BufReader::with_capacity(READ_BUFFER_LEN, rd);
     let hs = tokio::time::timeout(
         limits.handshake_timeout,
@@ -435,7 +454,12 @@ impl<X: Export> Connection<'_, X> {
                     Ok(Err(join)) => Err(NbdError::Io(io::Error::other(join))),
                 }
             }
-            Ok(Stop::Grace | Stop::Writer) => Ok(()),
+            // The writer stopped on its own: a socket error worth reporting.
+            Ok(Stop::Writer) => match (&mut writer).await {
+                Ok(Err(e)) => Err(NbdError::Io(e)),
+                _ => Ok(()),
+            },
+            Ok(Stop::Grace) => Ok(()),
         };
         writer.abort();
         (result, served)
@@ -511,7 +535,7 @@ impl<X: Export> Connection<'_, X> {
                         Discard::Bytes(n) => {
                             let mut sink = tokio::io::sink();
                             let mut take = (&mut *rd).take(u64::from(n));
-                            match watch.run(tokio::io::copy(&mut take, &mut sink)).await {
+                            match watch.run(tokio::io::copy_buf(&mut take, &mut sink)).await {
                                 Err(stop) => return Ok(stop),
                                 Ok(Ok(got)) if got == u64::from(n) => {}
                                 Ok(Ok(_)) => {

@@ -10,8 +10,8 @@ use hast_nbd::handshake::encode_option;
 use hast_nbd::proto::*;
 use hast_nbd::reply::{parse_block_status_payload, parse_error_payload, ChunkHeader, SimpleReply};
 use hast_nbd::{
-    serve, BlockExtent, ClientFlags, CommandType, Errno, Export, ExportInfo, Exports, InfoRequest,
-    Limits, MetaRequest, NbdError, OpenError, OptionReplyHeader, Request,
+    serve, serve_split, BlockExtent, ClientFlags, CommandType, Errno, Export, ExportInfo, Exports,
+    InfoRequest, Limits, MetaRequest, NbdError, OpenError, OptionReplyHeader, Request,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
@@ -1040,7 +1040,8 @@ async fn large_transfers_over_loopback_tcp() {
     let server = tokio::spawn(async move {
         let (s, peer) = listener.accept().await.unwrap();
         s.set_nodelay(true).unwrap();
-        serve(ex, s, peer.to_string(), Limits::default()).await
+        let (rd, wr) = s.into_split();
+        serve_split(ex, rd, wr, peer.to_string(), Limits::default()).await
     });
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut c = Client {

@@ -94,12 +94,15 @@ pub fn require_python_nbd() -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    ok || skip(&format!("{PYTHON} cannot `import nbd` (install python3-libnbd)"))
+    ok || skip(&format!(
+        "{PYTHON} cannot `import nbd` (install python3-libnbd)"
+    ))
 }
 
 /// `/dev/fuse` exists (nbdfuse needs it).
 pub fn require_fuse() -> bool {
-    Path::new("/dev/fuse").exists() || skip("/dev/fuse is missing (no FUSE in this kernel/container)")
+    Path::new("/dev/fuse").exists()
+        || skip("/dev/fuse is missing (no FUSE in this kernel/container)")
 }
 
 /// A factor applied to every harness timeout, for slow machines:

@@ -157,7 +157,8 @@ fn handshake(s: &mut dyn Stream) -> Result<(), ProbeError> {
 }
 
 fn send_option(s: &mut dyn Stream, opt: u32, data: &[u8]) -> Result<(), ProbeError> {
-    let len = u32::try_from(data.len()).map_err(|_| ProbeError::Protocol("option too long".into()))?;
+    let len =
+        u32::try_from(data.len()).map_err(|_| ProbeError::Protocol("option too long".into()))?;
     let mut msg = Vec::with_capacity(16 + data.len());
     msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
     msg.extend_from_slice(&opt.to_be_bytes());
@@ -174,7 +175,9 @@ fn read_reply(s: &mut dyn Stream, opt: u32) -> Result<(u32, Vec<u8>), ProbeError
     }
     let got_opt = read_u32(s)?;
     if got_opt != opt {
-        return Err(ProbeError::Protocol(format!("reply for option {got_opt}, sent {opt}")));
+        return Err(ProbeError::Protocol(format!(
+            "reply for option {got_opt}, sent {opt}"
+        )));
     }
     let typ = read_u32(s)?;
     let len = read_u32(s)?;
@@ -210,7 +213,8 @@ pub fn nbd_info(addr: &NbdAddr, export: &str, timeout: Duration) -> Result<u64, 
         match typ {
             REP_ACK => {
                 abort(&mut *s);
-                return size.ok_or_else(|| ProbeError::Protocol("ACK without NBD_INFO_EXPORT".into()));
+                return size
+                    .ok_or_else(|| ProbeError::Protocol("ACK without NBD_INFO_EXPORT".into()));
             }
             REP_INFO if payload.len() >= 12 && payload[..2] == INFO_EXPORT.to_be_bytes() => {
                 let mut b = [0u8; 8];
@@ -222,7 +226,11 @@ pub fn nbd_info(addr: &NbdAddr, export: &str, timeout: Duration) -> Result<u64, 
                 abort(&mut *s);
                 return Err(ProbeError::Refused(t));
             }
-            t => return Err(ProbeError::Protocol(format!("unexpected reply type {t:#x}"))),
+            t => {
+                return Err(ProbeError::Protocol(format!(
+                    "unexpected reply type {t:#x}"
+                )))
+            }
         }
     }
     Err(ProbeError::Protocol("endless INFO replies".into()))
@@ -254,7 +262,11 @@ pub fn nbd_list(addr: &NbdAddr, timeout: Duration) -> Result<Vec<String>, ProbeE
                 abort(&mut *s);
                 return Err(ProbeError::Refused(t));
             }
-            t => return Err(ProbeError::Protocol(format!("unexpected reply type {t:#x}"))),
+            t => {
+                return Err(ProbeError::Protocol(format!(
+                    "unexpected reply type {t:#x}"
+                )))
+            }
         }
     }
     Err(ProbeError::Protocol("endless LIST replies".into()))

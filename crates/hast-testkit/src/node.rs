@@ -166,9 +166,24 @@ pub struct NodeBuilder {
     config: Option<ConfigFn>,
     create: bool,
     hastd_args: Vec<String>,
+    nbd_port: Option<u16>,
+    repl_port: Option<u16>,
 }
 
 impl NodeBuilder {
+    /// Use this `nbd_listen` port instead of a fresh one.
+    pub fn nbd_port(mut self, port: u16) -> Self {
+        self.nbd_port = Some(port);
+        self
+    }
+
+    /// Use this replication `listen` port instead of a fresh one: a cluster harness
+    /// picks every node's port first so each config can name its peers.
+    pub fn repl_port(mut self, port: u16) -> Self {
+        self.repl_port = Some(port);
+        self
+    }
+
     /// Node name (default `nodea`).
     pub fn node_name(mut self, name: &str) -> Self {
         self.node_name = name.to_string();
@@ -215,8 +230,8 @@ impl NodeBuilder {
             config_path: d.join("hast.conf"),
             control: d.join("ctl.sock"),
             pidfile: d.join("hastd.pid"),
-            nbd_port: free_port(),
-            repl_port: free_port(),
+            nbd_port: self.nbd_port.unwrap_or_else(free_port),
+            repl_port: self.repl_port.unwrap_or_else(free_port),
             nbd_socket_dir: d.join("nbd"),
             state_dir: d.join("state"),
             resources: self.resources.clone(),
@@ -227,7 +242,8 @@ impl NodeBuilder {
         }
         for r in &layout.resources {
             let path = layout.local(&r.name);
-            let f = std::fs::File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+            let f = std::fs::File::create(&path)
+                .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
             f.set_len(r.file_size)
                 .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
         }
@@ -287,6 +303,8 @@ impl Node {
             config: None,
             create: true,
             hastd_args: Vec::new(),
+            nbd_port: None,
+            repl_port: None,
         }
     }
 
@@ -416,7 +434,9 @@ impl Node {
             if let Some(st) = self.daemon.as_mut().and_then(Proc::try_wait) {
                 return Some(Err(st));
             }
-            std::os::unix::net::UnixStream::connect(&control).ok().map(|_| Ok(()))
+            std::os::unix::net::UnixStream::connect(&control)
+                .ok()
+                .map(|_| Ok(()))
         });
         match ready {
             Some(Ok(())) => {}
@@ -498,11 +518,13 @@ impl Node {
     pub fn wait_export(&self, res: &str) -> u64 {
         let addr = self.layout.nbd_addr();
         let mut last = String::new();
-        let got = wait_for(timeout_s(EXPORT_TIMEOUT_S), || match nbd_info(&addr, res, Duration::from_secs(5)) {
-            Ok(size) => Some(size),
-            Err(e) => {
-                last = e.to_string();
-                None
+        let got = wait_for(timeout_s(EXPORT_TIMEOUT_S), || {
+            match nbd_info(&addr, res, Duration::from_secs(5)) {
+                Ok(size) => Some(size),
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
             }
         });
         got.unwrap_or_else(|| {
@@ -538,7 +560,11 @@ impl Drop for Node {
 
 fn append_log(path: &Path, line: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::File::options().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{line}");
     }
 }
@@ -549,7 +575,9 @@ pub fn parse_dump(text: &str) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     let mut seen_resource = false;
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let k = k.trim();
         if k == "resource" {
             if seen_resource {

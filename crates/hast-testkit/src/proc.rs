@@ -124,7 +124,11 @@ impl Proc {
         self.signal(libc::SIGKILL);
         match self.wait_timeout(Duration::from_secs(30)) {
             Some(st) => st,
-            None => panic!("{} (pid {}) survived SIGKILL for 30 s", self.name, self.pid()),
+            None => panic!(
+                "{} (pid {}) survived SIGKILL for 30 s",
+                self.name,
+                self.pid()
+            ),
         }
     }
 }
@@ -154,8 +158,12 @@ pub fn describe(cmd: &Command) -> String {
 /// panic if it runs longer than `bound`. Panics if it cannot be started.
 pub fn run(cmd: &mut Command, bound: Duration) -> Output {
     let what = describe(cmd);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
     let out_reader = child.stdout.take().map(spawn_reader);
     let err_reader = child.stderr.take().map(spawn_reader);
     let deadline = Instant::now() + bound;

@@ -61,9 +61,17 @@ impl QemuNbd {
     pub fn start(file: &Path, export: &str, log: &Path) -> QemuNbd {
         let port = free_port();
         let mut cmd = Command::new("qemu-nbd");
-        cmd.args(["-f", "raw", "--cache=writeback", "--aio=threads", "-t", "-e", "16"])
-            .args(["-b", "127.0.0.1", "-p", &port.to_string(), "-x", export])
-            .arg(file);
+        cmd.args([
+            "-f",
+            "raw",
+            "--cache=writeback",
+            "--aio=threads",
+            "-t",
+            "-e",
+            "16",
+        ])
+        .args(["-b", "127.0.0.1", "-p", &port.to_string(), "-x", export])
+        .arg(file);
         let what = describe(&cmd);
         let proc = Proc::spawn(&mut cmd, "qemu-nbd", Some(log))
             .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
@@ -77,7 +85,9 @@ impl QemuNbd {
             if !q.proc.is_running() {
                 return Some(false);
             }
-            nbd_info(&addr, export, Duration::from_secs(5)).ok().map(|_| true)
+            nbd_info(&addr, export, Duration::from_secs(5))
+                .ok()
+                .map(|_| true)
         });
         if up != Some(true) {
             panic!("`{what}` did not come up:\n{}", tail(log, 50));
@@ -148,7 +158,10 @@ impl NbdFuse {
             None => {
                 // Lazy unmount so a killed nbdfuse leaves no dead mount behind.
                 let _ = run(
-                    Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mountpoint),
+                    Command::new("fusermount3")
+                        .arg("-u")
+                        .arg("-z")
+                        .arg(&self.mountpoint),
                     timeout_s(30),
                 );
                 Some(proc.kill9())
@@ -206,7 +219,10 @@ impl Drop for LoopMount {
             let out = run(Command::new("umount").arg(&self.target), timeout_s(120));
             if !out.status.success() {
                 // Lazy unmount rather than leave the test machine with a stuck mount.
-                let _ = run(Command::new("umount").arg("-l").arg(&self.target), timeout_s(30));
+                let _ = run(
+                    Command::new("umount").arg("-l").arg(&self.target),
+                    timeout_s(30),
+                );
             }
         }
     }

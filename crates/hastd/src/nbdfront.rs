@@ -270,8 +270,11 @@ pub fn listen_unix(path: &Path, registry: Arc<Registry>) -> std::io::Result<Join
             };
             let registry = registry.clone();
             let peer = shown.clone();
+            let (rd, wr) = stream.into_split();
             tokio::spawn(async move {
-                if let Err(e) = hast_nbd::serve(registry, stream, peer.clone(), limits()).await {
+                if let Err(e) =
+                    hast_nbd::serve_split(registry, rd, wr, peer.clone(), limits()).await
+                {
                     tracing::debug!(%peer, "NBD connection ended: {e}");
                 }
                 drop(permit);

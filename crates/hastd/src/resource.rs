@@ -156,13 +156,18 @@ impl ResourceTask {
         }
         // Every transition passes through a closed component: demote first.
         if self.role == RoleArg::Primary {
-            self.demote().await?;
+            let next = if role == RoleArg::Init {
+                Role::Init
+            } else {
+                Role::Secondary
+            };
+            self.demote(next).await?;
         }
         if let Some(active) = self.active.take() {
-            if role == RoleArg::Init || role == RoleArg::Primary {
-                drop(active);
-            } else {
-                self.active = Some(active);
+            match role {
+                RoleArg::Init => close_component(&self.config.name, active).await,
+                RoleArg::Primary => drop(active),
+                RoleArg::Secondary => self.active = Some(active),
             }
         }
         self.role = if self.active.is_some() {
@@ -251,7 +256,7 @@ impl ResourceTask {
     }
 
     /// Stops serving clients, drains and persists; the component stays open.
-    async fn demote(&mut self) -> Result<(), ApiError> {
+    async fn demote(&mut self, next: Role) -> Result<(), ApiError> {
         let Some(active) = self.active.as_mut() else {
             return Ok(());
         };
@@ -267,7 +272,7 @@ impl ResourceTask {
         let header = match result {
             Ok(_) => primary
                 .dp
-                .update_header(|h| h.prevrole = Role::Secondary)
+                .update_header(|h| h.prevrole = next)
                 .await
                 .map_err(|e| api_err(ErrorKind::IoErr, e.to_string())),
             Err(e) => Err(api_err(ErrorKind::IoErr, e.to_string())),
@@ -368,6 +373,21 @@ impl ResourceTask {
             epoch: header.epoch,
         });
         st
+    }
+}
+
+/// Records `prevrole init` and closes the component (which drops the lock).
+async fn close_component(name: &str, active: Active) {
+    let mut h = active.header.clone();
+    if h.prevrole == Role::Init {
+        return;
+    }
+    h.prevrole = Role::Init;
+    h.generation += 1;
+    let store = active.store.clone();
+    let res = tokio::task::spawn_blocking(move || store.write_header(&h)).await;
+    if let Ok(Err(e)) = res {
+        tracing::error!(resource = %name, "cannot record role init: {e}");
     }
 }
 
