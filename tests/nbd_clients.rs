@@ -100,7 +100,11 @@ fn nbdinfo_reports_size_and_flags() {
     let extents: serde_json::Value = serde_json::from_str(&map).expect("nbdinfo --map --json");
     let mut next = 0u64;
     for e in extents.as_array().expect("array of extents") {
-        assert_eq!(e["offset"].as_u64(), Some(next), "extents not contiguous: {map}");
+        assert_eq!(
+            e["offset"].as_u64(),
+            Some(next),
+            "extents not contiguous: {map}"
+        );
         let len = e["length"].as_u64().expect("length");
         assert!(len > 0, "{map}");
         next += len;

@@ -271,3 +271,29 @@ pub fn nbd_list(addr: &NbdAddr, timeout: Duration) -> Result<Vec<String>, ProbeE
     }
     Err(ProbeError::Protocol("endless LIST replies".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_not_repeated() {
+        let ports: HashSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 50);
+    }
+
+    #[test]
+    fn uris() {
+        assert_eq!(NbdAddr::local(10809).uri("r0"), "nbd://127.0.0.1:10809/r0");
+        assert_eq!(
+            NbdAddr::Unix("/run/hast/r0.nbd".into()).uri("r0"),
+            "nbd+unix:///r0?socket=/run/hast/r0.nbd"
+        );
+    }
+
+    #[test]
+    fn probe_of_a_closed_port_is_an_error() {
+        let port = free_port();
+        assert!(nbd_info(&NbdAddr::local(port), "r0", Duration::from_secs(2)).is_err());
+    }
+}

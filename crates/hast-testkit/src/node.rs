@@ -590,3 +590,46 @@ pub fn parse_dump(text: &str) -> BTreeMap<String, String> {
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_dump_takes_first_word_and_first_resource() {
+        let text = "resource: r0\n    datasize: 1073733632 (1.0GB)\n    prevrole: init\n\
+                    resource: r1\n    datasize: 5 (5B)\n";
+        let m = parse_dump(text);
+        assert_eq!(m["resource"], "r0");
+        assert_eq!(m["datasize"], "1073733632");
+        assert_eq!(m["prevrole"], "init");
+    }
+
+    #[test]
+    fn default_config_names_every_path() {
+        let l = Layout {
+            dir: "/t".into(),
+            node_name: "n1".into(),
+            config_path: "/t/hast.conf".into(),
+            control: "/t/ctl.sock".into(),
+            pidfile: "/t/hastd.pid".into(),
+            nbd_port: 1,
+            repl_port: 2,
+            nbd_socket_dir: "/t/nbd".into(),
+            state_dir: "/t/state".into(),
+            resources: vec![ResourceSpec::new("r0", 1)],
+        };
+        let c = l.default_config();
+        for needle in [
+            "control uds:///t/ctl.sock",
+            "nbd_listen tcp://127.0.0.1:1",
+            "listen tcp://127.0.0.1:2",
+            "on n1 {",
+            "local /t/r0.img",
+            "remote none",
+        ] {
+            assert!(c.contains(needle), "{needle} missing from:\n{c}");
+        }
+        assert_eq!(l.unix_uri("r0"), "nbd+unix:///r0?socket=/t/nbd/r0.nbd");
+    }
+}
