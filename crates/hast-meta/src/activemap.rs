@@ -359,6 +359,62 @@ impl ActiveMap {
         self.bulk_pending = self.next_gen;
     }
 
+    /// Marks needsync every extent whose bit is set in `other` (the peer's map
+    /// image, same geometry): on connection both maps are merged, so extents
+    /// that were in flight or dirty on either side get copied. The bits become
+    /// durable with the next flush job; the caller waits for it before syncing.
+    /// Returns how many extents became needsync.
+    pub fn merge_needsync(&mut self, other: &[u8]) -> u64 {
+        let mut added = 0;
+        for (i, &byte) in other.iter().enumerate().take(self.image.len()) {
+            if byte == 0 {
+                continue;
+            }
+            for b in 0..8u64 {
+                let e = i as u64 * 8 + b;
+                if e < self.extent_count && byte & (1 << b) != 0 && !self.is_needsync(e) {
+                    self.set_needsync(e);
+                    added += 1;
+                }
+            }
+        }
+        added
+    }
+
+    /// Marks every extent whose bit is set in our own image needsync (a
+    /// connection after an outage: whatever was dirty here may differ there).
+    pub fn dirty_to_needsync(&mut self) -> u64 {
+        let own = self.image.clone();
+        self.merge_needsync(&own)
+    }
+
+    /// The first needsync extent at or after `from`, for the resync cursor.
+    pub fn next_needsync(&self, from: u64) -> Option<u64> {
+        let mut wi = (from / 64) as usize;
+        let mut word = *self.needsync.get(wi)? & (u64::MAX << (from % 64));
+        loop {
+            if word != 0 {
+                let e = wi as u64 * 64 + u64::from(word.trailing_zeros());
+                return (e < self.extent_count).then_some(e);
+            }
+            wi += 1;
+            word = *self.needsync.get(wi)?;
+        }
+    }
+
+    /// The generation whose completion makes every bit set so far durable
+    /// (None when nothing is pending).
+    pub fn pending_gen(&self) -> Option<u64> {
+        let g = self
+            .pending
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.bulk_pending);
+        (g > self.flushed_gen).then_some(g)
+    }
+
     /// Resync copied the extent: it is no longer needsync; its bit is cleared after
     /// the next barrier like any candidate.
     pub fn synced(&mut self, extent: u64) {

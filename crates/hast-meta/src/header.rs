@@ -102,7 +102,16 @@ pub struct Header {
     pub remotecnt: u64,
     pub prevrole: Role,
     pub epoch: u64,
+    /// [`FLAG_INCONSISTENT`] and future flags; unknown bits are rejected.
+    pub flags: u32,
 }
+
+/// This copy is the target of a resync that has not finished: its data may be
+/// a mix of old and new blocks, so it must not become primary, and the next
+/// connection must resume the resync rather than call the copies in sync.
+pub const FLAG_INCONSISTENT: u32 = 1;
+/// Every flag this version knows.
+pub const FLAGS_KNOWN: u32 = FLAG_INCONSISTENT;
 
 impl Header {
     /// The 4096-byte slot image. Fields are written as they are; call
@@ -134,7 +143,7 @@ impl Header {
         w.u64(self.remotecnt);
         w.u8(self.prevrole.code());
         w.u64(self.epoch);
-        w.u32(0); // flags: reserved
+        w.u32(self.flags);
         let used = w.pos;
         let crc = crc32c::crc32c(&slot[..used]);
         slot[used..used + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
@@ -458,10 +467,11 @@ fn decode_slot(slot: &[u8]) -> Result<Header, HeaderError> {
     let prevrole = Role::from_code(r.u8())?;
     let epoch = r.u64();
     let flags = r.u32();
-    if flags != 0 {
+    if flags & !FLAGS_KNOWN != 0 {
         return Err(HeaderError::UnknownFlags(flags));
     }
     let header = Header {
+        flags,
         generation,
         name,
         datasize,

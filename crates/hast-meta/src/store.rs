@@ -15,8 +15,6 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rand::Rng;
-
 use crate::error::MetaError;
 use crate::header::{
     check_extentsize, check_keepdirty, map_size, pick_slot, validate_name, Header, Layout, Picked,
@@ -268,7 +266,10 @@ impl Store {
             data_offset: layout.data_offset,
             map_offset: layout.map_offset,
             map_size: layout.map_size,
-            resuid: rand::thread_rng().gen_range(1..=u64::MAX),
+            // 0 = never synced: the first primary assigns a resuid and a
+            // secondary with 0 adopts it with a full sync (FreeBSD's rule).
+            resuid: 0,
+            flags: 0,
             localcnt: 0,
             remotecnt: 0,
             prevrole: Role::Init,

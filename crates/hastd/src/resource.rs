@@ -207,6 +207,23 @@ impl ResourceTask {
             }
             let mut header = picked.header;
             hast_meta::check_name(&header, &name).map_err(|e| meta_err(&e))?;
+            if role == Role::Primary {
+                if header.flags & hast_meta::FLAG_INCONSISTENT != 0 {
+                    return Err(api_err(
+                        ErrorKind::TempFail,
+                        format!(
+                            "{} is the target of an unfinished resync and may hold a mix of old \
+                             and new data; let the resync finish (or recreate it with hastctl create)",
+                            local.display()
+                        ),
+                    ));
+                }
+                if header.resuid == 0 {
+                    // First promotion of this resource anywhere: name it. A
+                    // secondary that has never synced adopts this id.
+                    header.resuid = rand::random::<u64>().max(1);
+                }
+            }
             header.prevrole = role;
             header.generation += 1;
             store.write_header(&header).map_err(|e| meta_err(&e))?;

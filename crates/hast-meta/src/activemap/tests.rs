@@ -726,3 +726,33 @@ proptest! {
         prop_assert_eq!(am.needsync_count(), 0);
     }
 }
+
+#[test]
+fn merge_and_cursor() {
+    // 20 extents of 4 KiB; the peer had extents 3 and 17 dirty.
+    let mut m = ActiveMap::new(4096, 20 * ES, 4, &[0u8; 4096], true).unwrap();
+    let mut peer = vec![0u8; 4096];
+    peer[0] = 1 << 3;
+    peer[2] = 1 << 1;
+    assert_eq!(m.merge_needsync(&peer), 2);
+    assert_eq!(m.merge_needsync(&peer), 0, "merging twice adds nothing");
+    assert_eq!(m.needsync_count(), 2);
+    assert_eq!(m.next_needsync(0), Some(3));
+    assert_eq!(m.next_needsync(4), Some(17));
+    assert_eq!(m.next_needsync(18), None);
+    // The merged bits must reach the disk before a sync relies on them.
+    let g = m.pending_gen().expect("merged bits pending");
+    let job = m.begin_flush().unwrap();
+    assert_eq!(job.gen, g);
+    m.flush_done(job.gen);
+    assert_eq!(m.pending_gen(), None);
+    m.synced(3);
+    assert_eq!(m.next_needsync(0), Some(17));
+    // Own dirty bits (a write that never reached the peer) become needsync too.
+    let mut n = ActiveMap::new(4096, 20 * ES, 4, &[0u8; 4096], true).unwrap();
+    n.write_start(5 * ES, ES);
+    n.write_done(5 * ES, ES, true);
+    assert_eq!(n.needsync_count(), 0);
+    assert_eq!(n.dirty_to_needsync(), 1);
+    assert_eq!(n.next_needsync(0), Some(5));
+}

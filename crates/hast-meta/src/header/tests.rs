@@ -21,6 +21,7 @@ fn sample(name: &str, generation: u64) -> Header {
         remotecnt: 2,
         prevrole: Role::Primary,
         epoch: 9,
+        flags: 0,
     }
 }
 
@@ -253,9 +254,9 @@ fn decode_rejects_bad_slots() {
         ),
         (
             "flags",
-            |s| put(s, off::FLAGS, &1u32.to_le_bytes()),
+            |s| put(s, off::FLAGS, &2u32.to_le_bytes()),
             true,
-            HeaderError::UnknownFlags(1),
+            HeaderError::UnknownFlags(2),
         ),
     ];
     for (what, edit, reseal_it, want) in cases {

@@ -51,7 +51,8 @@ fn create_then_read_header() {
     let (t, h) = created(4 * MIB);
     assert_eq!(h.generation, 1);
     assert_eq!(h.name, "r0");
-    assert_ne!(h.resuid, 0);
+    assert_eq!(h.resuid, 0, "never synced: the first primary assigns it");
+    assert_eq!(h.flags, 0);
     assert_eq!((h.localcnt, h.remotecnt, h.epoch), (0, 0, 0));
     assert_eq!(h.prevrole, Role::Init);
     assert_eq!(h.map_offset, MAP_OFFSET);
