@@ -124,6 +124,10 @@ pub struct ResourceStatus {
     pub sync: Option<SyncProgress>,
     /// NBD endpoints while exported.
     pub nbd: Vec<String>,
+    /// State of the link to the peer (`connected`, `split-brain`, the last
+    /// connection error), when a remote is configured and the component open.
+    #[serde(default)]
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,6 +139,9 @@ pub struct MetaStatus {
     pub localcnt: u64,
     pub remotecnt: u64,
     pub epoch: u64,
+    /// This copy is the target of an unfinished resync.
+    #[serde(default)]
+    pub inconsistent: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -151,6 +158,9 @@ pub struct Stats {
     pub write_errors: u64,
     pub delete_errors: u64,
     pub flush_errors: u64,
+    /// Bytes copied by resyncs since the resource was opened.
+    #[serde(default)]
+    pub resynced_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

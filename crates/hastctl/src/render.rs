@@ -80,6 +80,9 @@ pub fn list(list: &[ResourceStatus]) -> String {
             let _ = writeln!(s, "  datasize: {} ({})", m.datasize, human(m.datasize));
         }
         let _ = writeln!(s, "  remoteaddr: {}", r.remote);
+        if let Some(p) = &r.peer {
+            let _ = writeln!(s, "  peer: {p}");
+        }
         let _ = writeln!(s, "  replication: {}", r.replication);
         let _ = writeln!(s, "  checksum: {}", r.checksum);
         let _ = writeln!(s, "  compression: {}", r.compression);
@@ -90,6 +93,9 @@ pub fn list(list: &[ResourceStatus]) -> String {
             let _ = writeln!(s, "  localcnt: {}", m.localcnt);
             let _ = writeln!(s, "  remotecnt: {}", m.remotecnt);
             let _ = writeln!(s, "  epoch: {}", m.epoch);
+            if m.inconsistent {
+                let _ = writeln!(s, "  inconsistent: yes (target of an unfinished resync)");
+            }
         }
         match &r.sync {
             Some(p) => {
@@ -124,6 +130,12 @@ pub fn list(list: &[ResourceStatus]) -> String {
         let _ = writeln!(s, "    zeroes: {}", t.zeroes);
         let _ = writeln!(s, "    flushes: {}", t.flushes);
         let _ = writeln!(s, "    activemap updates: {}", t.activemap_updates);
+        let _ = writeln!(
+            s,
+            "    resynced: {} ({})",
+            t.resynced_bytes,
+            human(t.resynced_bytes)
+        );
         let _ = writeln!(
             s,
             "    local errors: read: {}, write: {}, delete: {}, flush: {}",

@@ -109,6 +109,7 @@ async fn run(
         }
     }
     let env = Env {
+        node: config.node.clone(),
         registry: registry.clone(),
         nbd_socket_dir: config.nbd_socket_dir.clone(),
         nbd_tcp: nbd_tcp.as_ref().map(|(a, _)| a.to_string()),
@@ -117,6 +118,23 @@ async fn run(
     for r in &config.resources {
         let (handle, _) = ResourceHandle::spawn(r.clone(), env.clone());
         resources.write().await.push(handle);
+    }
+    let mut repl_tasks = Vec::new();
+    // Only nodes with a peer need to listen for one.
+    if config.resources.iter().any(|r| r.remote.is_some()) {
+        for addr in &config.listen {
+            match crate::replication::listener::listen(addr, resources.clone()).await {
+                Ok((local, task)) => {
+                    tracing::info!(listen = %local, "replication listener ready");
+                    repl_tasks.push(task);
+                }
+                Err(e) => {
+                    tracing::error!("cannot listen for replication on {addr}: {e}");
+                    let _ = std::fs::remove_file(&control_path);
+                    return exit::CANTCREAT;
+                }
+            }
+        }
     }
     let control_task = tokio::spawn(control::serve(listener, resources.clone()));
     let (mut hup, mut term, mut int) = match (
@@ -166,6 +184,9 @@ async fn run(
     }
     if let Some((_, task)) = nbd_tcp {
         task.abort();
+    }
+    for t in repl_tasks {
+        t.abort();
     }
     let _ = std::fs::remove_file(&control_path);
     tracing::info!("stopped");

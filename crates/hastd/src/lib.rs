@@ -13,6 +13,7 @@ mod datapath;
 mod logging;
 mod nbdfront;
 mod pidfile;
+mod replication;
 mod resource;
 
 use std::path::PathBuf;

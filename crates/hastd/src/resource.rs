@@ -1,26 +1,40 @@
 //! One task per resource: the owner of its role and of its local component.
 //!
-//! Role changes, status requests and reconfiguration arrive as typed
-//! commands on a bounded channel and are handled one at a time, so a role
-//! change never races another. The task never sits in the data path: once
-//! primary, clients reach the [`DataPath`] directly through the NBD front
-//! end, and a demotion only closes that data path and waits for it to drain.
+//! Role changes, status requests, reconfiguration and incoming primary
+//! connections arrive as typed commands on a bounded channel and are handled
+//! one at a time, so a role change never races another. The task never sits
+//! in the data path: clients (primary) and the replication session
+//! (secondary) reach the [`DataPath`] directly; a role change only closes
+//! that data path, waits for it to drain, and opens the next one.
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use hast_api::{ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, RoleArg, Stats};
-use hast_meta::{Header, MetaError, Role, Store};
+use hast_api::{
+    ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, RoleArg, Stats, SyncProgress,
+};
+use hast_meta::{MetaError, Role, Store};
+use hast_repl::{Hello, HelloStatus};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::datapath::DataPath;
+use crate::datapath::{DataPath, Side};
 use crate::nbdfront::Registry;
+use crate::replication::{primary, secondary};
 
 /// Commands queued per resource; control requests beyond this wait.
 const COMMAND_QUEUE_DEPTH: usize = 16;
+
+/// A primary that connected to our replication listener for this resource.
+pub struct PeerConn {
+    pub hello: Hello,
+    pub rd: OwnedReadHalf,
+    pub wr: OwnedWriteHalf,
+    pub peer: String,
+}
 
 pub enum Command {
     Role(RoleArg, oneshot::Sender<Result<RoleArg, ApiError>>),
@@ -28,6 +42,7 @@ pub enum Command {
     /// Options changed that apply live (`local` and `name` changes restart
     /// the resource instead: see the daemon's reload).
     Reconfigure(Box<hast_conf::Resource>),
+    Peer(Box<PeerConn>),
     /// Go to init and end the task (SIGTERM, or the resource left the config).
     Stop(oneshot::Sender<()>),
 }
@@ -46,8 +61,7 @@ impl ResourceHandle {
         let task = ResourceTask {
             config: config.clone(),
             env,
-            role: RoleArg::Init,
-            active: None,
+            state: State::Init,
         };
         let join = tokio::spawn(task.run(rx));
         (
@@ -64,30 +78,46 @@ impl ResourceHandle {
 /// What every resource task shares with the daemon.
 #[derive(Clone)]
 pub struct Env {
+    pub node: String,
     pub registry: Arc<Registry>,
     pub nbd_socket_dir: Option<PathBuf>,
     pub nbd_tcp: Option<String>,
 }
 
-/// The open local component and what runs on it.
-struct Active {
-    store: Arc<Store>,
-    /// Present while primary.
-    primary: Option<Primary>,
-    /// Header while secondary (the data path owns it while primary).
-    header: Header,
+enum State {
+    Init,
+    Primary {
+        dp: Arc<DataPath>,
+        socket: Option<(PathBuf, JoinHandle<()>)>,
+        connector: Option<JoinHandle<()>>,
+    },
+    Secondary {
+        dp: Arc<DataPath>,
+        session: Option<JoinHandle<String>>,
+    },
 }
 
-struct Primary {
-    dp: Arc<DataPath>,
-    socket: Option<(PathBuf, JoinHandle<()>)>,
+impl State {
+    fn role(&self) -> RoleArg {
+        match self {
+            State::Init => RoleArg::Init,
+            State::Primary { .. } => RoleArg::Primary,
+            State::Secondary { .. } => RoleArg::Secondary,
+        }
+    }
+
+    fn dp(&self) -> Option<&Arc<DataPath>> {
+        match self {
+            State::Init => None,
+            State::Primary { dp, .. } | State::Secondary { dp, .. } => Some(dp),
+        }
+    }
 }
 
 struct ResourceTask {
     config: hast_conf::Resource,
     env: Env,
-    role: RoleArg,
-    active: Option<Active>,
+    state: State,
 }
 
 fn api_err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
@@ -128,15 +158,13 @@ impl ResourceTask {
                     let _ = reply.send(self.status().await);
                 }
                 Command::Reconfigure(cfg) => {
-                    if let Some(Active {
-                        primary: Some(p), ..
-                    }) = &self.active
-                    {
-                        p.dp.set_metaflush(cfg.metaflush);
+                    if let Some(dp) = self.state.dp() {
+                        dp.reconfigure(&cfg);
                     }
                     self.config = *cfg;
                     tracing::info!(resource = %self.config.name, "configuration reloaded");
                 }
+                Command::Peer(conn) => self.peer(*conn).await,
                 Command::Stop(reply) => {
                     if let Err(e) = self.set_role(RoleArg::Init).await {
                         tracing::error!(resource = %self.config.name, "stop failed: {}", e.message);
@@ -151,54 +179,78 @@ impl ResourceTask {
     }
 
     async fn set_role(&mut self, role: RoleArg) -> Result<RoleArg, ApiError> {
-        if role == self.role {
+        if role == self.state.role() {
             return Ok(role);
         }
-        // Every transition passes through a closed component: demote first.
-        if self.role == RoleArg::Primary {
-            let next = if role == RoleArg::Init {
-                Role::Init
-            } else {
-                Role::Secondary
-            };
-            self.demote(next).await?;
-        }
-        if let Some(active) = self.active.take() {
-            match role {
-                RoleArg::Init => close_component(&self.config.name, active).await,
-                RoleArg::Primary => drop(active),
-                RoleArg::Secondary => self.active = Some(active),
-            }
-        }
-        self.role = if self.active.is_some() {
-            RoleArg::Secondary
-        } else {
-            RoleArg::Init
+        let next = match role {
+            RoleArg::Init => Role::Init,
+            RoleArg::Primary => Role::Primary,
+            RoleArg::Secondary => Role::Secondary,
         };
+        // Every change passes through a closed component, so the old role's
+        // I/O has drained and its metadata is written before the new one starts.
+        self.close(next).await?;
         match role {
             RoleArg::Init => {}
             RoleArg::Secondary => {
-                if self.active.is_none() {
-                    let (store, header) = self.open_component(Role::Secondary).await?;
-                    self.active = Some(Active {
-                        store,
-                        primary: None,
-                        header,
-                    });
-                }
-                self.role = RoleArg::Secondary;
+                let dp = self.open(Role::Secondary).await?;
+                self.state = State::Secondary { dp, session: None };
             }
             RoleArg::Primary => self.promote().await?,
         }
-        Ok(self.role)
+        Ok(self.state.role())
+    }
+
+    /// Stops whatever runs on the component, drains, persists, closes.
+    async fn close(&mut self, next: Role) -> Result<(), ApiError> {
+        let dp = match std::mem::replace(&mut self.state, State::Init) {
+            State::Init => return Ok(()),
+            State::Primary {
+                dp,
+                socket,
+                connector,
+            } => {
+                // No new clients first, then the peer, then the drain.
+                self.env.registry.remove(&self.config.provider_name);
+                if let Some((path, task)) = socket {
+                    task.abort();
+                    let _ = std::fs::remove_file(&path);
+                }
+                let closed = dp.close().await;
+                if let Some(c) = connector {
+                    c.abort();
+                    let _ = c.await;
+                }
+                if let Some(link) = dp.link() {
+                    link.fail("resource closing");
+                }
+                dp.set_link(None);
+                closed.map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
+                dp
+            }
+            State::Secondary { dp, session } => {
+                let closed = dp.close().await;
+                if let Some(s) = session {
+                    s.abort();
+                    let _ = s.await;
+                }
+                closed.map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
+                dp
+            }
+        };
+        dp.update_header(|h| h.prevrole = next)
+            .await
+            .map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
+        Ok(())
     }
 
     /// Opens the local component, checks its metadata against the config,
-    /// locks it against `hastctl create`, and records the new role.
-    async fn open_component(&self, role: Role) -> Result<(Arc<Store>, Header), ApiError> {
+    /// locks it against `hastctl create`, records the new role, and opens a
+    /// data path on it.
+    async fn open(&self, role: Role) -> Result<Arc<DataPath>, ApiError> {
         let local = self.config.local.clone();
         let name = self.config.name.clone();
-        let opened = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let (store, header) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let store = Store::open(&local).map_err(|e| meta_err(&e))?;
             lock_component(store.file(), &local)?;
             let picked = store.read_header().map_err(|e| meta_err(&e))?;
@@ -231,19 +283,17 @@ impl ResourceTask {
         })
         .await
         .map_err(|e| api_err(ErrorKind::Software, e.to_string()))??;
-        Ok(opened)
+        let side = if role == Role::Primary {
+            Side::Primary
+        } else {
+            Side::Secondary
+        };
+        DataPath::open(&self.config.name, side, store, header, &self.config)
+            .map_err(|e| meta_err(&e))
     }
 
     async fn promote(&mut self) -> Result<(), ApiError> {
-        let (store, header) = self.open_component(Role::Primary).await?;
-        let dp = DataPath::open(
-            &self.config.name,
-            store.clone(),
-            header.clone(),
-            self.config.metaflush,
-            self.config.remote.is_some(),
-        )
-        .map_err(|e| meta_err(&e))?;
+        let dp = self.open(Role::Primary).await?;
         let socket = match &self.env.nbd_socket_dir {
             Some(dir) => {
                 let path = dir.join(format!("{}.nbd", self.config.provider_name));
@@ -260,54 +310,64 @@ impl ResourceTask {
             }
             None => None,
         };
+        let connector = self.config.remote.is_some().then(|| {
+            tokio::spawn(primary::run(
+                dp.clone(),
+                self.config.clone(),
+                self.env.node.clone(),
+            ))
+        });
         self.env
             .registry
             .insert(&self.config.provider_name, dp.clone());
-        self.active = Some(Active {
-            store,
-            primary: Some(Primary { dp, socket }),
-            header,
-        });
-        self.role = RoleArg::Primary;
+        self.state = State::Primary {
+            dp,
+            socket,
+            connector,
+        };
         Ok(())
     }
 
-    /// Stops serving clients, drains and persists; the component stays open.
-    async fn demote(&mut self, next: Role) -> Result<(), ApiError> {
-        let Some(active) = self.active.as_mut() else {
-            return Ok(());
+    /// A primary connected for this resource.
+    async fn peer(&mut self, conn: PeerConn) {
+        let PeerConn {
+            hello,
+            rd,
+            mut wr,
+            peer,
+        } = conn;
+        let State::Secondary { dp, session } = &mut self.state else {
+            let (status, why) = match self.state.role() {
+                RoleArg::Primary => (
+                    HelloStatus::BothPrimary,
+                    "this node is primary too: refusing (two primaries would diverge)",
+                ),
+                _ => (
+                    HelloStatus::NotSecondary,
+                    "this node is not secondary (role init)",
+                ),
+            };
+            tracing::warn!(resource = %self.config.name, %peer, "{why}");
+            secondary::refuse(&mut wr, status, why).await;
+            return;
         };
-        let Some(primary) = active.primary.take() else {
-            return Ok(());
-        };
-        self.env.registry.remove(&self.config.provider_name);
-        if let Some((path, task)) = primary.socket {
-            task.abort();
-            let _ = std::fs::remove_file(&path);
+        if let Some(old) = session.take() {
+            // The primary reconnected before we noticed the old link die.
+            old.abort();
+            let _ = old.await;
+            tracing::info!(resource = %self.config.name, %peer, "replacing the previous primary connection");
         }
-        let result = primary.dp.close().await;
-        let header = match result {
-            Ok(_) => primary
-                .dp
-                .update_header(|h| h.prevrole = next)
-                .await
-                .map_err(|e| api_err(ErrorKind::IoErr, e.to_string())),
-            Err(e) => Err(api_err(ErrorKind::IoErr, e.to_string())),
-        };
-        self.role = RoleArg::Secondary;
-        match header {
-            Ok(h) => {
-                active.header = h;
-                Ok(())
-            }
-            Err(e) => {
-                // The component may be failing: close it rather than keep a
-                // half-written state open.
-                self.active = None;
-                self.role = RoleArg::Init;
-                Err(e)
-            }
-        }
+        let (dp, cfg, node, name) = (
+            dp.clone(),
+            self.config.clone(),
+            self.env.node.clone(),
+            self.config.name.clone(),
+        );
+        *session = Some(tokio::spawn(async move {
+            let why = secondary::serve(dp, cfg, node, hello, rd, wr, peer.clone()).await;
+            tracing::warn!(resource = %name, %peer, "primary disconnected: {why}");
+            why
+        }));
     }
 
     async fn status(&self) -> ResourceStatus {
@@ -315,7 +375,7 @@ impl ResourceTask {
         let mut st = ResourceStatus {
             name: c.name.clone(),
             provider_name: c.provider_name.clone(),
-            role: self.role,
+            role: self.state.role(),
             status: "-".into(),
             local: c.local.display().to_string(),
             remote: c
@@ -331,55 +391,84 @@ impl ResourceTask {
             queues: Queues::default(),
             sync: None,
             nbd: Vec::new(),
+            peer: None,
         };
-        let Some(active) = &self.active else {
+        let Some(dp) = self.state.dp() else {
             return st;
         };
-        // No replication yet: a resource with a peer is degraded until it
-        // has one; without a peer it is as complete as it can be.
-        st.status = if c.remote.is_none() {
+        let header = dp.header().await;
+        let peer_state = dp.peer_state();
+        let syncing = dp.sync.active.load(Relaxed);
+        let needsync = dp.map_lock().needsync_count();
+        let inconsistent = header.flags & hast_meta::FLAG_INCONSISTENT != 0;
+        let complete = match dp.side {
+            Side::Primary => dp.peer_connected() && !syncing && needsync == 0,
+            Side::Secondary => peer_state == "connected" && !inconsistent,
+        };
+        st.status = if c.remote.is_none() || complete {
             "complete".into()
+        } else if peer_state.starts_with("split-brain") {
+            "split-brain".into()
         } else {
             "degraded".into()
         };
-        let header = match &active.primary {
-            Some(p) => {
-                let dp = &p.dp;
-                let k = &dp.counters;
-                st.stats = Stats {
-                    reads: k.reads.load(Relaxed),
-                    writes: k.writes.load(Relaxed),
-                    deletes: k.deletes.load(Relaxed),
-                    zeroes: k.zeroes.load(Relaxed),
-                    flushes: k.flushes.load(Relaxed),
-                    bytes_read: k.bytes_read.load(Relaxed),
-                    bytes_written: k.bytes_written.load(Relaxed),
-                    activemap_updates: k.activemap_updates.load(Relaxed),
-                    read_errors: k.read_errors.load(Relaxed),
-                    write_errors: k.write_errors.load(Relaxed),
-                    delete_errors: k.delete_errors.load(Relaxed),
-                    flush_errors: k.flush_errors.load(Relaxed),
-                };
-                st.queues = Queues {
-                    inflight: dp.inflight(),
-                    connections: k.connections.load(Relaxed),
-                };
-                st.dirty_bytes = dp.dirty_bytes();
-                if let Some(addr) = &self.env.nbd_tcp {
-                    st.nbd.push(format!("nbd://{addr}/{}", c.provider_name));
-                }
-                if let Some((path, _)) = &p.socket {
-                    st.nbd.push(format!(
-                        "nbd+unix:///{}?socket={}",
-                        c.provider_name,
-                        path.display()
-                    ));
-                }
-                dp.header().await
-            }
-            None => active.header.clone(),
+        if c.remote.is_some() {
+            st.peer = Some(peer_state);
+        }
+        if syncing {
+            let total = dp.sync.total_bytes.load(Relaxed);
+            let done = dp.sync.done_bytes.load(Relaxed).min(total);
+            let secs = dp
+                .sync
+                .started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map_or(0.0, |t| t.elapsed().as_secs_f64());
+            let rate = if secs > 0.0 {
+                (done as f64 / secs) as u64
+            } else {
+                0
+            };
+            st.sync = Some(SyncProgress {
+                done_bytes: done,
+                total_bytes: total,
+                rate_bytes_per_sec: rate,
+                eta_secs: (rate > 0).then(|| (total - done) / rate),
+            });
+        }
+        let k = &dp.counters;
+        st.stats = Stats {
+            reads: k.reads.load(Relaxed),
+            writes: k.writes.load(Relaxed),
+            deletes: k.deletes.load(Relaxed),
+            zeroes: k.zeroes.load(Relaxed),
+            flushes: k.flushes.load(Relaxed),
+            bytes_read: k.bytes_read.load(Relaxed),
+            bytes_written: k.bytes_written.load(Relaxed),
+            activemap_updates: k.activemap_updates.load(Relaxed),
+            read_errors: k.read_errors.load(Relaxed),
+            write_errors: k.write_errors.load(Relaxed),
+            delete_errors: k.delete_errors.load(Relaxed),
+            flush_errors: k.flush_errors.load(Relaxed),
+            resynced_bytes: k.resynced_bytes.load(Relaxed),
         };
-        let _ = &active.store;
+        st.queues = Queues {
+            inflight: dp.inflight(),
+            connections: k.connections.load(Relaxed),
+        };
+        st.dirty_bytes = dp.dirty_bytes();
+        if let State::Primary { socket, .. } = &self.state {
+            if let Some(addr) = &self.env.nbd_tcp {
+                st.nbd.push(format!("nbd://{addr}/{}", c.provider_name));
+            }
+            if let Some((path, _)) = socket {
+                st.nbd.push(format!(
+                    "nbd+unix:///{}?socket={}",
+                    c.provider_name,
+                    path.display()
+                ));
+            }
+        }
         st.meta = Some(MetaStatus {
             datasize: header.datasize,
             extentsize: header.extentsize,
@@ -388,23 +477,9 @@ impl ResourceTask {
             localcnt: header.localcnt,
             remotecnt: header.remotecnt,
             epoch: header.epoch,
+            inconsistent,
         });
         st
-    }
-}
-
-/// Records `prevrole init` and closes the component (which drops the lock).
-async fn close_component(name: &str, active: Active) {
-    let mut h = active.header.clone();
-    if h.prevrole == Role::Init {
-        return;
-    }
-    h.prevrole = Role::Init;
-    h.generation += 1;
-    let store = active.store.clone();
-    let res = tokio::task::spawn_blocking(move || store.write_header(&h)).await;
-    if let Ok(Err(e)) = res {
-        tracing::error!(resource = %name, "cannot record role init: {e}");
     }
 }
 
@@ -422,4 +497,20 @@ pub fn lock_component(file: &std::fs::File, path: &Path) -> Result<(), ApiError>
         ));
     }
     Ok(())
+}
+
+/// Used by the replication listener before handing a connection over.
+pub fn peer_allowed(cfg: &hast_conf::Resource, peer: &std::net::SocketAddr) -> bool {
+    let Some(hast_conf::Addr::Tcp { host, port }) = &cfg.remote else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip == peer.ip();
+    }
+    use std::net::ToSocketAddrs;
+    (host, *port)
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.any(|a| a.ip() == peer.ip()))
+        .unwrap_or(false)
 }

@@ -17,6 +17,10 @@ pub struct Gate {
 
 pub struct Pass<'a>(&'a Gate);
 
+/// A pass that may outlive the request's future: the tail of a memsync or
+/// async write that waits for the peer after the client was answered.
+pub struct OwnedPass(std::sync::Arc<Gate>);
+
 impl Gate {
     /// Admits one request, or `None` once the gate is closed.
     pub fn enter(&self) -> Option<Pass<'_>> {
@@ -26,6 +30,12 @@ impl Gate {
             return None;
         }
         Some(Pass(self))
+    }
+
+    pub fn enter_owned(self: &std::sync::Arc<Self>) -> Option<OwnedPass> {
+        let pass = self.enter()?;
+        std::mem::forget(pass);
+        Some(OwnedPass(self.clone()))
     }
 
     fn leave(&self) {
@@ -73,6 +83,12 @@ impl Gate {
             }
             n.await;
         }
+    }
+}
+
+impl Drop for OwnedPass {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 

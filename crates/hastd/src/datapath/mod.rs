@@ -1,8 +1,9 @@
-//! The data path of a resource whose local component is open: every client
-//! request goes gate → range lock → activemap → local component (and, with a
-//! peer, replication) → reply. It knows nothing of NBD or of the control
-//! plane: the NBD front end calls it, and role changes only open, drain and
-//! close it.
+//! The data path of a resource whose local component is open: every request
+//! goes gate → range lock → activemap → local component and, on a primary
+//! with a connected peer, the replication link → reply. It knows nothing of
+//! NBD or of the control plane: the NBD front end (primary) and the
+//! replication session (secondary) call it, and role changes only open,
+//! drain and close it.
 //!
 //! Safety rules it enforces (see ARCHITECTURE.md, "Invariants"):
 //! - an extent's activemap bit is durable before the first data write to it
@@ -19,15 +20,18 @@ pub mod local;
 mod rangelock;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
+use hast_conf::Replication;
 use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
 
+use crate::replication::link::{InFlight, Link, RemoteError};
 use gate::Gate;
 use local::LocalData;
+pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
 
 /// How often idle clean-up of the activemap runs when writes happened.
@@ -63,6 +67,38 @@ pub struct Counters {
     pub delete_errors: AtomicU64,
     pub flush_errors: AtomicU64,
     pub connections: AtomicU64,
+    pub resynced_bytes: AtomicU64,
+}
+
+/// Which end of the replication this data path serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Serves clients; replicates to the peer when one is connected.
+    Primary,
+    /// Applies what the primary replicates; serves no clients.
+    Secondary,
+}
+
+/// Resync progress, published for `hastctl status`.
+#[derive(Default)]
+pub struct SyncCounters {
+    pub active: AtomicBool,
+    pub total_bytes: AtomicU64,
+    pub done_bytes: AtomicU64,
+    pub started: Mutex<Option<Instant>>,
+}
+
+/// What a modification does to the range.
+pub enum Change {
+    Write(Vec<u8>),
+    /// Zeroes; `punch` allows deallocation, `fast_only` fails rather than
+    /// writing zeroes slowly, `trim` counts it as a TRIM.
+    Zero {
+        len: u64,
+        punch: bool,
+        fast_only: bool,
+        trim: bool,
+    },
 }
 
 #[derive(Clone, Copy, Default)]
@@ -73,6 +109,7 @@ struct FlushState {
 
 pub struct DataPath {
     pub name: String,
+    pub side: Side,
     store: Arc<Store>,
     pub datasize: u64,
     data_offset: u64,
@@ -81,12 +118,17 @@ pub struct DataPath {
     meta_kick: Notify,
     flushed: watch::Sender<FlushState>,
     metaflush: AtomicBool,
-    ranges: RangeLock,
-    gate: Gate,
+    ranges: Arc<RangeLock>,
+    gate: Arc<Gate>,
     /// A peer is configured (`remote` is not `none`).
     peer_configured: bool,
-    /// The peer is connected and in sync (always false until replication).
-    peer_connected: AtomicBool,
+    /// The live replication link (primary side), if connected.
+    link: RwLock<Option<Arc<Link>>>,
+    replication: AtomicU8,
+    /// Resync runs secondary → primary: reads of needsync extents go to the peer.
+    pub sync_from_peer: AtomicBool,
+    pub sync: SyncCounters,
+    peer_state: Mutex<String>,
     /// `localcnt` was bumped for the current degraded period.
     degraded_recorded: AtomicBool,
     writes_since_barrier: AtomicU64,
@@ -98,11 +140,12 @@ impl DataPath {
     /// checked by the caller.
     pub fn open(
         name: &str,
+        side: Side,
         store: Arc<Store>,
         header: Header,
-        metaflush: bool,
-        peer_configured: bool,
+        cfg: &hast_conf::Resource,
     ) -> Result<Arc<DataPath>, hast_meta::MetaError> {
+        let peer_configured = cfg.remote.is_some();
         let ondisk = store.read_map(&header)?;
         let map = ActiveMap::new(
             header.extentsize,
@@ -113,6 +156,7 @@ impl DataPath {
         )?;
         let dp = Arc::new(DataPath {
             name: name.to_string(),
+            side,
             datasize: header.datasize,
             data_offset: header.data_offset,
             store,
@@ -120,11 +164,19 @@ impl DataPath {
             map: Mutex::new(map),
             meta_kick: Notify::new(),
             flushed: watch::Sender::new(FlushState::default()),
-            metaflush: AtomicBool::new(metaflush),
-            ranges: RangeLock::new(),
-            gate: Gate::default(),
+            metaflush: AtomicBool::new(cfg.metaflush),
+            ranges: Arc::new(RangeLock::new()),
+            gate: Arc::new(Gate::default()),
             peer_configured,
-            peer_connected: AtomicBool::new(false),
+            link: RwLock::new(None),
+            replication: AtomicU8::new(mode_code(cfg.replication)),
+            sync_from_peer: AtomicBool::new(false),
+            sync: SyncCounters::default(),
+            peer_state: Mutex::new(if peer_configured {
+                "connecting".into()
+            } else {
+                "none".into()
+            }),
             degraded_recorded: AtomicBool::new(false),
             writes_since_barrier: AtomicU64::new(0),
             counters: Counters::default(),
@@ -139,8 +191,84 @@ impl DataPath {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_metaflush(&self, on: bool) {
-        self.metaflush.store(on, Relaxed);
+    /// Options that apply live on SIGHUP.
+    pub fn reconfigure(&self, cfg: &hast_conf::Resource) {
+        self.metaflush.store(cfg.metaflush, Relaxed);
+        self.replication.store(mode_code(cfg.replication), Relaxed);
+    }
+
+    pub fn replication(&self) -> Replication {
+        match self.replication.load(Relaxed) {
+            1 => Replication::Memsync,
+            2 => Replication::Async,
+            _ => Replication::Fullsync,
+        }
+    }
+
+    pub fn link(&self) -> Option<Arc<Link>> {
+        self.link
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|l| !l.is_dead())
+            .cloned()
+    }
+
+    /// Installs (or removes) the replication link. A new link starts a new
+    /// in-sync period: the next disconnection counts as a new degraded one.
+    pub fn set_link(&self, link: Option<Arc<Link>>) {
+        if link.is_some() {
+            self.degraded_recorded.store(false, Relaxed);
+        }
+        *self.link.write().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+
+    pub fn set_peer_state(&self, s: &str) {
+        *self.peer_state.lock().unwrap_or_else(|p| p.into_inner()) = s.to_string();
+    }
+
+    pub fn peer_state(&self) -> String {
+        self.peer_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn peer_connected(&self) -> bool {
+        self.link().is_some()
+    }
+
+    pub fn map_lock(&self) -> std::sync::MutexGuard<'_, ActiveMap> {
+        self.map()
+    }
+
+    pub fn ranges(&self) -> &Arc<RangeLock> {
+        &self.ranges
+    }
+
+    /// Waits until every activemap bit set so far is durable.
+    pub async fn persist_map(&self) -> Result<(), DpError> {
+        let (need, failures) = {
+            let failures = self.flushed.borrow().failures;
+            (self.map().pending_gen(), failures)
+        };
+        let Some(gen) = need else { return Ok(()) };
+        self.wait_flushed(gen, failures).await
+    }
+
+    async fn wait_flushed(&self, gen: u64, failures: u64) -> Result<(), DpError> {
+        self.meta_kick.notify_one();
+        let mut rx = self.flushed.subscribe();
+        let state = rx
+            .wait_for(|s| s.gen >= gen || s.failures != failures)
+            .await
+            .map(|s| *s)
+            .unwrap_or_default();
+        if state.gen >= gen {
+            Ok(())
+        } else {
+            Err(DpError::Io(io::Error::other("activemap update failed")))
+        }
     }
 
     /// Runs blocking local I/O on tokio's blocking pool.
@@ -163,6 +291,22 @@ impl DataPath {
     pub async fn read(&self, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
         let len = buf.len() as u64;
+        // A stale primary (resync from the peer running) must not serve its
+        // own old copy of an extent the peer has newer.
+        if self.sync_from_peer.load(Relaxed) && self.any_needsync(offset, len) {
+            if let Some(link) = self.link() {
+                if let Ok(data) = link.read(offset, len as u32, 0).await {
+                    if data.len() as u64 == len {
+                        self.counters.reads.fetch_add(1, Relaxed);
+                        self.counters.bytes_read.fetch_add(len, Relaxed);
+                        return Ok(data);
+                    }
+                }
+            }
+            return Err(DpError::Io(io::Error::other(
+                "extent not yet resynced and the peer is unreachable",
+            )));
+        }
         let res = self
             .blocking(move |d| d.read(offset, &mut buf).map(|()| buf))
             .await;
@@ -175,21 +319,40 @@ impl DataPath {
             Err(e) => {
                 self.counters.read_errors.fetch_add(1, Relaxed);
                 tracing::error!(resource = %self.name, offset, len, "local read failed: {e}");
+                // The secondary has the same data: retry there.
+                if let Some(link) = self.link() {
+                    if let Ok(data) = link.read(offset, len as u32, 0).await {
+                        if data.len() as u64 == len {
+                            tracing::warn!(resource = %self.name, offset, len, "read served by the peer");
+                            return Ok(data);
+                        }
+                    }
+                }
                 Err(e.into())
             }
         }
     }
 
-    pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), DpError> {
-        let len = data.len() as u64;
-        self.modify(offset, len, fua, Op::Write, move |d| d.write(offset, &data))
-            .await
+    fn any_needsync(&self, offset: u64, len: u64) -> bool {
+        let m = self.map();
+        let first = m.extent_of(offset);
+        let last = m.extent_of(offset + len.max(1) - 1);
+        (first..=last).any(|e| m.is_needsync(e))
+    }
+
+    pub async fn write(
+        self: &Arc<Self>,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    ) -> Result<(), DpError> {
+        self.modify(offset, fua, Change::Write(data), None).await
     }
 
     /// TRIM (`trim`) or WRITE_ZEROES: both leave the range reading as zeroes
     /// so that the two copies stay identical.
     pub async fn zero(
-        &self,
+        self: &Arc<Self>,
         offset: u64,
         len: u64,
         may_punch: bool,
@@ -197,47 +360,190 @@ impl DataPath {
         fua: bool,
         trim: bool,
     ) -> Result<(), DpError> {
-        let op = if trim { Op::Trim } else { Op::Zero };
-        let res = self
-            .modify(offset, len, fua, op, move |d| {
-                d.zero(offset, len, may_punch, fast_only)
-            })
-            .await;
-        match res {
-            Err(DpError::Io(e)) if e.kind() == io::ErrorKind::Unsupported => {
-                Err(DpError::Unsupported)
-            }
-            other => other,
-        }
+        let change = Change::Zero {
+            len,
+            punch: may_punch,
+            fast_only,
+            trim,
+        };
+        self.modify(offset, fua, change, None).await
     }
 
-    /// Every modification: ordered, recorded in the activemap first, applied,
-    /// made durable when FUA asks for it.
-    async fn modify(
-        &self,
+    /// Every modification: ordered, recorded in the activemap first, applied
+    /// locally and sent to the peer at the same time, acknowledged when the
+    /// replication mode allows. `ticket` is a place in line taken earlier
+    /// (the secondary takes it in the primary's order).
+    pub async fn modify(
+        self: &Arc<Self>,
         offset: u64,
-        len: u64,
         fua: bool,
-        op: Op,
-        apply: impl FnOnce(LocalData<'_>) -> io::Result<()> + Send + 'static,
+        change: Change,
+        ticket: Option<RangeGuard>,
     ) -> Result<(), DpError> {
-        let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
-        let _range = self.ranges.lock(offset, len).await;
-        let in_sync = !self.peer_configured || self.peer_connected.load(Relaxed);
-        if !in_sync {
+        let pass = self.gate.enter_owned().ok_or(DpError::Shutdown)?;
+        let len = match &change {
+            Change::Write(d) => d.len() as u64,
+            Change::Zero { len, .. } => *len,
+        };
+        let range = match ticket {
+            Some(t) => t.acquire().await,
+            None => self.ranges.lock(offset, len).await,
+        };
+        let link = match self.side {
+            Side::Primary => self.link(),
+            Side::Secondary => None,
+        };
+        if link.is_none() && self.side == Side::Primary && self.peer_configured {
             self.record_degraded().await?;
         }
         self.mark_dirty(offset, len).await?;
-        let mut res = self.blocking(apply).await;
-        if res.is_ok() && fua {
-            res = self.blocking(|d| d.datasync()).await;
+        let mode = self.replication();
+        let (op, remote) = match &change {
+            Change::Write(d) => (
+                Op::Write,
+                self.send(&link, offset, Payload::Data(d), 0, fua, mode)
+                    .await,
+            ),
+            Change::Zero { punch, trim, .. } => {
+                let flags = if *punch { hast_repl::flags::PUNCH } else { 0 };
+                let op = if *trim { Op::Trim } else { Op::Zero };
+                // Zero requests are bounded by the NBD payload limit (u32).
+                let n = u32::try_from(len).unwrap_or(u32::MAX);
+                (
+                    op,
+                    self.send(&link, offset, Payload::Zero(n), flags, fua, mode)
+                        .await,
+                )
+            }
+        };
+        let res = self.apply_local(offset, fua, change).await;
+        self.count(op, len, &res);
+        let Some(mut remote) = remote else {
+            // No peer now (or the send failed): only this copy has it.
+            let in_sync = !(self.side == Side::Primary && self.peer_configured);
+            if !in_sync && link.is_some() {
+                self.record_degraded().await?;
+            }
+            self.map().write_done(offset, len, in_sync && res.is_ok());
+            self.writes_since_barrier.fetch_add(1, Relaxed);
+            return res;
+        };
+        match mode {
+            Replication::Fullsync => {
+                let r = remote.done().await;
+                self.finish_remote(offset, len, &res, r.map(|_| ()), &link)
+                    .await?;
+                res
+            }
+            Replication::Memsync | Replication::Async => {
+                if mode == Replication::Memsync && remote.received().await.is_err() {
+                    self.finish_remote(offset, len, &res, Err(RemoteError::Down), &link)
+                        .await?;
+                    return res;
+                }
+                // The client is answered now; the peer's completion is
+                // recorded when it comes, still holding the range so that
+                // overlapping writes stay ordered on both copies.
+                let dp = self.clone();
+                let ok = res.is_ok();
+                tokio::spawn(async move {
+                    let r = remote.done().await;
+                    let local: Result<(), DpError> = if ok {
+                        Ok(())
+                    } else {
+                        Err(DpError::Io(io::Error::other("local write failed")))
+                    };
+                    let _ = dp
+                        .finish_remote(offset, len, &local, r.map(|_| ()), &link)
+                        .await;
+                    drop(range);
+                    drop(pass);
+                });
+                res
+            }
         }
-        // The write may have reached the disk even when it failed: treat the
-        // extent as out of sync so a resync covers it.
-        self.map().write_done(offset, len, in_sync && res.is_ok());
+    }
+
+    /// Sends the change to the peer when a link is up; `None` if there is no
+    /// link or it just died (the caller then treats the write as degraded).
+    async fn send(
+        &self,
+        link: &Option<Arc<Link>>,
+        offset: u64,
+        payload: Payload<'_>,
+        flags: u8,
+        fua: bool,
+        mode: Replication,
+    ) -> Option<InFlight> {
+        let link = link.as_ref()?;
+        let mut flags = flags;
+        if fua && mode != Replication::Async {
+            flags |= hast_repl::flags::FUA;
+        }
+        let memsync = mode == Replication::Memsync;
+        let r = match payload {
+            Payload::Data(d) => link.write(offset, d, flags, memsync).await,
+            Payload::Zero(len) => link.zero(offset, len, flags, memsync).await,
+        };
+        r.ok()
+    }
+
+    async fn apply_local(&self, offset: u64, fua: bool, change: Change) -> Result<(), DpError> {
+        let res = match change {
+            Change::Write(data) => self.blocking(move |d| d.write(offset, &data)).await,
+            Change::Zero {
+                len,
+                punch,
+                fast_only,
+                ..
+            } => {
+                self.blocking(move |d| d.zero(offset, len, punch, fast_only))
+                    .await
+            }
+        };
+        let res = match res {
+            Ok(()) if fua => self.blocking(|d| d.datasync()).await,
+            other => other,
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Err(DpError::Unsupported),
+            Err(e) => {
+                tracing::error!(resource = %self.name, offset, "local write failed: {e}");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Records the outcome of a replicated change. A change that did not
+    /// reach the peer makes this copy the newer one: the counters say so
+    /// durably before the client can be told the write succeeded.
+    async fn finish_remote(
+        &self,
+        offset: u64,
+        len: u64,
+        local: &Result<(), DpError>,
+        remote: Result<(), RemoteError>,
+        link: &Option<Arc<Link>>,
+    ) -> Result<(), DpError> {
+        let in_sync = remote.is_ok() && local.is_ok();
+        let mut res = Ok(());
+        if let Err(e) = remote {
+            if let Some(l) = link {
+                // An error from the secondary's disk leaves its copy behind:
+                // drop the link so the next connection resyncs.
+                l.fail(&format!("replication failed: {e}"));
+            }
+            res = self.record_degraded().await;
+        }
+        self.map().write_done(offset, len, in_sync);
         self.writes_since_barrier.fetch_add(1, Relaxed);
+        res
+    }
+
+    fn count(&self, op: Op, len: u64, res: &Result<(), DpError>) {
         let c = &self.counters;
-        match (&res, op) {
+        match (res, op) {
             (Ok(()), Op::Write) => {
                 c.writes.fetch_add(1, Relaxed);
                 c.bytes_written.fetch_add(len, Relaxed);
@@ -248,6 +554,7 @@ impl DataPath {
             (Ok(()), Op::Zero) => {
                 c.zeroes.fetch_add(1, Relaxed);
             }
+            (Err(DpError::Unsupported), _) => {}
             (Err(_), Op::Write | Op::Zero) => {
                 c.write_errors.fetch_add(1, Relaxed);
             }
@@ -255,12 +562,6 @@ impl DataPath {
                 c.delete_errors.fetch_add(1, Relaxed);
             }
         }
-        if let Err(e) = &res {
-            if e.kind() != io::ErrorKind::Unsupported {
-                tracing::error!(resource = %self.name, offset, len, ?op, "local write failed: {e}");
-            }
-        }
-        res.map_err(DpError::from)
     }
 
     /// Marks the extents of the range dirty and waits until that is durable.
@@ -270,20 +571,11 @@ impl DataPath {
             (self.map().write_start(offset, len), failures)
         };
         let Some(gen) = need else { return Ok(()) };
-        self.meta_kick.notify_one();
-        let mut rx = self.flushed.subscribe();
-        let state = rx
-            .wait_for(|s| s.gen >= gen || s.failures != failures)
-            .await
-            .map(|s| *s)
-            .unwrap_or_default();
-        if state.gen >= gen {
-            return Ok(());
+        if let Err(e) = self.wait_flushed(gen, failures).await {
+            self.map().write_done(offset, len, false);
+            return Err(e);
         }
-        self.map().write_done(offset, len, false);
-        Err(DpError::Io(io::Error::other(
-            "activemap update failed; write not issued",
-        )))
+        Ok(())
     }
 
     /// First write of a degraded period: the peer will miss it, so the
@@ -322,16 +614,63 @@ impl DataPath {
         res.map_err(DpError::from)
     }
 
-    /// Makes every completed write durable, then lets the activemap clear the
-    /// extents that were idle before it started.
-    async fn barrier(&self) -> io::Result<()> {
+    /// Makes every completed write durable on this copy and, when connected,
+    /// on the peer; then lets the activemap clear the extents that were idle
+    /// before it started. Without the peer's flush nothing is cleared (its
+    /// copy of those extents may still be only in its page cache), but the
+    /// local flush still succeeds: the resource runs degraded.
+    pub async fn barrier(&self) -> io::Result<()> {
         let ticket = self.map().barrier_start();
         self.writes_since_barrier.store(0, Relaxed);
-        self.blocking(|d| d.datasync()).await?;
-        self.map().barrier_done(ticket);
-        // Cleared bits go out lazily; nothing waits for them.
-        self.meta_kick.notify_one();
+        let link = match self.side {
+            Side::Primary => self.link(),
+            Side::Secondary => None,
+        };
+        let remote = async {
+            match &link {
+                Some(l) => l.flush().await.is_ok(),
+                None => !(self.side == Side::Primary && self.peer_configured),
+            }
+        };
+        let (local, remote_ok) = tokio::join!(self.blocking(|d| d.datasync()), remote);
+        local?;
+        if remote_ok {
+            self.map().barrier_done(ticket);
+            // Cleared bits go out lazily; nothing waits for them.
+            self.meta_kick.notify_one();
+        } else if link.is_some() {
+            self.record_degraded()
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// Resync access: the caller holds the extent's range lock and its bit
+    /// is already durable (needsync), so no gate and no activemap here.
+    pub async fn read_unlocked(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.blocking(move |d| {
+            let mut buf = vec![0u8; len];
+            d.read(offset, &mut buf).map(|()| buf)
+        })
+        .await
+    }
+
+    pub async fn write_unlocked(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        let all_zero = data.iter().all(|&b| b == 0);
+        let len = data.len() as u64;
+        if all_zero {
+            // Keep the copy as sparse as its source.
+            self.blocking(move |d| d.zero(offset, len, true, false))
+                .await
+        } else {
+            self.blocking(move |d| d.write(offset, &data)).await
+        }
+    }
+
+    pub async fn allocation_unlocked(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
+        self.blocking(move |d| d.allocation(offset, len, false))
+            .await
     }
 
     pub async fn cache(&self, offset: u64, len: u64) -> Result<(), DpError> {
@@ -500,4 +839,17 @@ enum Op {
     Write,
     Trim,
     Zero,
+}
+
+fn mode_code(m: Replication) -> u8 {
+    match m {
+        Replication::Fullsync => 0,
+        Replication::Memsync => 1,
+        Replication::Async => 2,
+    }
+}
+
+enum Payload<'a> {
+    Data(&'a [u8]),
+    Zero(u32),
 }

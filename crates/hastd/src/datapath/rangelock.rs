@@ -7,7 +7,7 @@
 //! each other, so the pipeline stays full. The in-flight list is bounded by
 //! the number of requests in flight, so the linear scan is short.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 pub struct RangeLock {
@@ -29,8 +29,8 @@ struct Entry {
 
 /// Held while a write is being applied; dropping it lets overlapping later
 /// writes go.
-pub struct RangeGuard<'a> {
-    lock: &'a RangeLock,
+pub struct RangeGuard {
+    lock: Arc<RangeLock>,
     seq: u64,
 }
 
@@ -47,24 +47,23 @@ impl RangeLock {
 
     /// Registers `[start, start+len)` now and waits until every earlier
     /// overlapping write has released.
-    pub async fn lock(&self, start: u64, len: u64) -> RangeGuard<'_> {
+    pub async fn lock(self: &Arc<Self>, start: u64, len: u64) -> RangeGuard {
+        self.register(start, len).acquire().await
+    }
+
+    /// Takes a place in line for `[start, start+len)` without waiting. The
+    /// secondary registers each replicated write as it reads it off the
+    /// socket, so writes apply in the primary's order even though each runs
+    /// in its own task.
+    pub fn register(self: &Arc<Self>, start: u64, len: u64) -> RangeGuard {
         let end = start.saturating_add(len.max(1));
-        let seq = {
-            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let seq = inner.next_seq;
-            inner.next_seq += 1;
-            inner.held.push(Entry { seq, start, end });
-            seq
-        };
-        let guard = RangeGuard { lock: self, seq };
-        loop {
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.blocked(seq, start, end) {
-                return guard;
-            }
-            notified.await;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.held.push(Entry { seq, start, end });
+        RangeGuard {
+            lock: self.clone(),
+            seq,
         }
     }
 
@@ -87,7 +86,30 @@ impl RangeLock {
     }
 }
 
-impl Drop for RangeGuard<'_> {
+impl RangeGuard {
+    /// Waits until no earlier overlapping registration is still held.
+    pub async fn acquire(self) -> Self {
+        let lock = self.lock.clone();
+        let (start, end) = {
+            let inner = lock.inner.lock().unwrap_or_else(|p| p.into_inner());
+            match inner.held.iter().find(|e| e.seq == self.seq) {
+                Some(e) => (e.start, e.end),
+                None => return self,
+            }
+        };
+        loop {
+            let notified = lock.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !lock.blocked(self.seq, start, end) {
+                return self;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for RangeGuard {
     fn drop(&mut self) {
         let mut inner = self.lock.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = inner.held.iter().position(|e| e.seq == self.seq) {
@@ -101,12 +123,11 @@ impl Drop for RangeGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test]
     async fn disjoint_ranges_do_not_wait() {
-        let l = RangeLock::new();
+        let l = Arc::new(RangeLock::new());
         let a = l.lock(0, 4096).await;
         let b = tokio::time::timeout(Duration::from_secs(1), l.lock(4096, 4096))
             .await

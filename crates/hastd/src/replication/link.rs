@@ -1,0 +1,377 @@
+//! The primary's side of a live replication connection.
+//!
+//! Requests (WRITE, ZERO, FLUSH, READ) are numbered, registered as pending,
+//! encoded and queued to one writer task; one reader task matches REPLY and
+//! RECEIVED frames to them by sequence number. Nothing waits for one request
+//! before sending the next: the pipeline is as deep as the client's. When the
+//! connection fails every pending request fails at once with `Down`, which is
+//! what turns a write into a degraded one (see the data path).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hast_repl::{ChecksumKind, Compression, Data, Kind};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::wire::{read_frame, write_all, WireError};
+
+/// Encoded frames queued for the writer; beyond this, senders wait.
+const SEND_QUEUE_DEPTH: usize = 1024;
+/// Frames are coalesced into one socket write up to this many bytes.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RemoteError {
+    /// The connection is gone; the request may or may not have been applied.
+    #[error("peer disconnected")]
+    Down,
+    /// The secondary answered with an error (errno).
+    #[error("peer failed the request (errno {0})")]
+    Errno(u32),
+}
+
+type DoneTx = oneshot::Sender<Result<Vec<u8>, RemoteError>>;
+
+struct Waiter {
+    received: Option<oneshot::Sender<()>>,
+    done: DoneTx,
+}
+
+/// A request on its way: `received` resolves when the secondary has it in
+/// memory (memsync), `done` when it was applied there.
+pub struct InFlight {
+    received: Option<oneshot::Receiver<()>>,
+    done: oneshot::Receiver<Result<Vec<u8>, RemoteError>>,
+}
+
+impl InFlight {
+    pub async fn received(&mut self) -> Result<(), RemoteError> {
+        match self.received.take() {
+            Some(rx) => rx.await.map_err(|_| RemoteError::Down),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn done(self) -> Result<Vec<u8>, RemoteError> {
+        self.done.await.unwrap_or(Err(RemoteError::Down))
+    }
+}
+
+pub struct Link {
+    pub peer: String,
+    out: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    seq: AtomicU64,
+    dead: AtomicBool,
+    died: Notify,
+    reason: Mutex<String>,
+    compression: Compression,
+    checksum: ChecksumKind,
+}
+
+pub struct LinkTasks<R, W> {
+    pub rd: R,
+    pub wr: W,
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Link {
+    pub fn new<R, W>(
+        peer: String,
+        rd: R,
+        wr: W,
+        compression: Compression,
+        checksum: ChecksumKind,
+        first_seq: u64,
+    ) -> (std::sync::Arc<Link>, LinkTasks<R, W>) {
+        let (out, rx) = mpsc::channel(SEND_QUEUE_DEPTH);
+        let link = std::sync::Arc::new(Link {
+            peer,
+            out,
+            pending: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(first_seq),
+            dead: AtomicBool::new(false),
+            died: Notify::new(),
+            reason: Mutex::new(String::new()),
+            compression,
+            checksum,
+        });
+        (link, LinkTasks { rd, wr, rx })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(SeqCst)
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Marks the link dead and fails everything pending. Idempotent.
+    pub fn fail(&self, why: &str) {
+        if self.dead.swap(true, SeqCst) {
+            return;
+        }
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = why.to_string();
+        let waiters: Vec<Waiter> = self.pending().drain().map(|(_, w)| w).collect();
+        for w in waiters {
+            let _ = w.done.send(Err(RemoteError::Down));
+        }
+        self.died.notify_waiters();
+    }
+
+    /// Resolves once the link is dead.
+    pub async fn dead(&self) {
+        loop {
+            let n = self.died.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_dead() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    async fn submit(
+        &self,
+        want_received: bool,
+        encode: impl FnOnce(u64, &mut Vec<u8>),
+    ) -> Result<InFlight, RemoteError> {
+        if self.is_dead() {
+            return Err(RemoteError::Down);
+        }
+        let seq = self.seq.fetch_add(1, SeqCst);
+        let (done_tx, done_rx) = oneshot::channel();
+        let (rec_tx, rec_rx) = if want_received {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        self.pending().insert(
+            seq,
+            Waiter {
+                received: rec_tx,
+                done: done_tx,
+            },
+        );
+        // fail() drains after setting `dead`: re-check so a request registered
+        // during a failure is not left waiting forever.
+        if self.is_dead() {
+            self.pending().remove(&seq);
+            return Err(RemoteError::Down);
+        }
+        let mut buf = Vec::new();
+        encode(seq, &mut buf);
+        if self.out.send(buf).await.is_err() {
+            self.pending().remove(&seq);
+            return Err(RemoteError::Down);
+        }
+        Ok(InFlight {
+            received: rec_rx,
+            done: done_rx,
+        })
+    }
+
+    pub async fn write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        flags: u8,
+        want_received: bool,
+    ) -> Result<InFlight, RemoteError> {
+        let (compression, checksum) = (self.compression, self.checksum);
+        self.submit(want_received, |seq, out| {
+            hast_repl::encode_data_frame(
+                Kind::Write,
+                flags,
+                seq,
+                offset,
+                data,
+                compression,
+                checksum,
+                out,
+            )
+        })
+        .await
+    }
+
+    pub async fn zero(
+        &self,
+        offset: u64,
+        len: u32,
+        flags: u8,
+        want_received: bool,
+    ) -> Result<InFlight, RemoteError> {
+        self.submit(want_received, |seq, out| {
+            hast_repl::encode_control_frame(Kind::Zero, flags, seq, offset, len, out)
+        })
+        .await
+    }
+
+    /// Makes every write the secondary completed before it durable there.
+    pub async fn flush(&self) -> Result<(), RemoteError> {
+        let f = self
+            .submit(false, |seq, out| {
+                hast_repl::encode_control_frame(Kind::Flush, 0, seq, 0, 0, out)
+            })
+            .await?;
+        f.done().await.map(|_| ())
+    }
+
+    /// Reads from the secondary's copy (stale primary, local read error, resync).
+    pub async fn read(&self, offset: u64, len: u32, flags: u8) -> Result<Vec<u8>, RemoteError> {
+        let f = self
+            .submit(false, |seq, out| {
+                hast_repl::encode_control_frame(Kind::Read, flags, seq, offset, len, out)
+            })
+            .await?;
+        f.done().await
+    }
+
+    /// Tells the secondary the resync finished and which counters to store.
+    pub async fn sync_done(&self, localcnt: u64, remotecnt: u64) -> Result<(), RemoteError> {
+        let mut payload = Vec::with_capacity(16);
+        payload.extend_from_slice(&localcnt.to_le_bytes());
+        payload.extend_from_slice(&remotecnt.to_le_bytes());
+        let f = self
+            .submit(false, |seq, out| {
+                hast_repl::encode_message_frame(Kind::SyncDone, 0, seq, 0, &payload, out)
+            })
+            .await?;
+        f.done().await.map(|_| ())
+    }
+
+    fn complete(&self, seq: u64, result: Result<Vec<u8>, RemoteError>) {
+        if let Some(w) = self.pending().remove(&seq) {
+            if let Some(r) = w.received {
+                let _ = r.send(());
+            }
+            let _ = w.done.send(result);
+        }
+    }
+
+    fn received(&self, seq: u64) {
+        if let Some(w) = self.pending().get_mut(&seq) {
+            if let Some(r) = w.received.take() {
+                let _ = r.send(());
+            }
+        }
+    }
+
+    /// Runs the reader and writer until the link dies.
+    pub async fn run<R, W>(
+        self: std::sync::Arc<Self>,
+        tasks: LinkTasks<R, W>,
+        timeout: Duration,
+        keepalive: Duration,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let LinkTasks { rd, wr, rx } = tasks;
+        let reader = tokio::spawn(self.clone().reader(rd, timeout));
+        let writer = tokio::spawn(self.clone().writer(wr, rx, timeout, keepalive));
+        self.dead().await;
+        reader.abort();
+        // Give the writer a moment to send GOODBYE-less close; then stop it.
+        writer.abort();
+    }
+
+    async fn reader<R: AsyncRead + Unpin>(
+        self: std::sync::Arc<Self>,
+        mut rd: R,
+        timeout: Duration,
+    ) {
+        loop {
+            let frame = match read_frame(&mut rd, timeout).await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.fail(&e.to_string());
+                    return;
+                }
+            };
+            let h = frame.header;
+            match h.kind {
+                Kind::Reply => {
+                    let result = if h.length != 0 {
+                        Err(RemoteError::Errno(h.length))
+                    } else if h.payload_len == 0 && h.flags & hast_repl::flags::ZERO == 0 {
+                        Ok(Vec::new())
+                    } else {
+                        match hast_repl::decode_data(&h, &frame.digest, frame.payload) {
+                            Ok(Data::Bytes(b)) => Ok(b),
+                            Ok(Data::Zero(n)) => Ok(vec![0u8; n as usize]),
+                            Err(e) => {
+                                self.fail(&format!("bad reply from {}: {e}", self.peer));
+                                return;
+                            }
+                        }
+                    };
+                    self.complete(h.seq, result);
+                }
+                Kind::Received => self.received(h.seq),
+                Kind::Keepalive => {}
+                Kind::Goodbye => {
+                    let why = String::from_utf8_lossy(&frame.payload).to_string();
+                    self.fail(&format!("peer closed: {why}"));
+                    return;
+                }
+                other => {
+                    self.fail(&format!("unexpected {other:?} frame from the secondary"));
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn writer<W: AsyncWrite + Unpin>(
+        self: std::sync::Arc<Self>,
+        mut wr: W,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+        timeout: Duration,
+        keepalive: Duration,
+    ) {
+        let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
+        loop {
+            let first = tokio::select! {
+                f = rx.recv() => f,
+                _ = tokio::time::sleep(keepalive) => {
+                    let mut k = Vec::new();
+                    hast_repl::encode_control_frame(Kind::Keepalive, 0, 0, 0, 0, &mut k);
+                    Some(k)
+                }
+            };
+            let Some(first) = first else { return };
+            batch.clear();
+            batch.extend_from_slice(&first);
+            // Coalesce whatever else is queued into one write: fewer syscalls
+            // at high queue depth, no added latency at depth one.
+            while batch.len() < WRITE_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(f) => batch.extend_from_slice(&f),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = write_all(&mut wr, &batch, timeout).await {
+                self.fail(&e.to_string());
+                return;
+            }
+            if let Err(e) = wr.flush().await {
+                self.fail(&WireError::from(e).to_string());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The primary's connector: connects to the secondary, performs the
+//! handshake (hello, decision, activemap merge), installs the link in the
+//! data path, runs the resync, and reconnects with backoff whenever the link
+//! dies, for as long as the resource is primary.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hast_conf::Addr;
+use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler, PeerRole};
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::link::Link;
+use super::resync::{self, Direction};
+use super::wire::{read_frame, write_all};
+use crate::datapath::DataPath;
+
+/// Waits between connection attempts: first, then doubling up to the max.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+/// Bound on connecting and on every handshake step.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs until the data path is withdrawn (demotion, stop).
+pub async fn run(dp: Arc<DataPath>, cfg: hast_conf::Resource, node: String) {
+    let mut backoff = BACKOFF_FIRST;
+    let mut last_error = String::new();
+    while !dp.is_withdrawn() {
+        match connect(&dp, &cfg, &node).await {
+            Ok((link, tasks, decision, peer)) => {
+                backoff = BACKOFF_FIRST;
+                last_error.clear();
+                dp.set_peer_state("connected");
+                tracing::info!(resource = %cfg.name, peer = %link.peer, ?decision, "connected to secondary");
+                let timeout = Duration::from_secs(u64::from(cfg.timeout_secs.max(1)));
+                let keepalive = (timeout / 4).max(Duration::from_millis(500));
+                let runner = tokio::spawn(link.clone().run(tasks, timeout, keepalive));
+                dp.set_link(Some(link.clone()));
+                let direction =
+                    if decision.direction() == Some(hast_repl::Direction::SecondaryToPrimary) {
+                        Direction::FromPeer
+                    } else {
+                        Direction::ToPeer
+                    };
+                let synced = tokio::select! {
+                    r = resync::run(dp.clone(), link.clone(), direction, cfg.resync_rate) => r,
+                    _ = dp.withdrawn() => Err("resource closing".into()),
+                };
+                match synced {
+                    Ok(()) => {
+                        if let Err(e) = finish_sync(&dp, &link, &peer).await {
+                            link.fail(&e);
+                        }
+                    }
+                    Err(e) => link.fail(&e),
+                }
+                tokio::select! {
+                    _ = link.dead() => {}
+                    _ = dp.withdrawn() => link.fail("resource closing"),
+                }
+                dp.set_link(None);
+                runner.abort();
+                dp.sync_from_peer.store(false, Relaxed);
+                dp.set_peer_state("disconnected");
+                if !dp.is_withdrawn() {
+                    tracing::warn!(resource = %cfg.name, "secondary disconnected: {}", link.reason());
+                }
+            }
+            Err(e) => {
+                if e != last_error {
+                    tracing::warn!(resource = %cfg.name, "cannot connect to secondary: {e}");
+                    last_error = e.clone();
+                }
+                dp.set_peer_state(&e);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = dp.withdrawn() => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Records the counters of a completed sync on both copies.
+async fn finish_sync(dp: &DataPath, link: &Link, peer: &Hello) -> Result<(), String> {
+    let own = dp.header().await;
+    let ((p_local, p_remote), (s_local, s_remote)) =
+        hast_repl::counters_after_sync(&hello_of(&own, "", PeerRole::Primary), peer);
+    link.sync_done(s_local, s_remote)
+        .await
+        .map_err(|e| format!("sync done not acknowledged: {e}"))?;
+    dp.update_header(|h| {
+        h.localcnt = p_local;
+        h.remotecnt = p_remote;
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    dp.sync_from_peer.store(false, Relaxed);
+    tracing::info!(resource = %dp.name, localcnt = p_local, remotecnt = p_remote, "resync complete, copies in sync");
+    Ok(())
+}
+
+pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
+    Hello {
+        version: hast_repl::PROTOCOL_VERSION,
+        resource: h.name.clone(),
+        node: if node.is_empty() {
+            "-".into()
+        } else {
+            node.to_string()
+        },
+        role,
+        resuid: h.resuid,
+        localcnt: h.localcnt,
+        remotecnt: h.remotecnt,
+        datasize: h.datasize,
+        extentsize: h.extentsize,
+        epoch: h.epoch,
+        inconsistent: h.flags & hast_meta::FLAG_INCONSISTENT != 0,
+    }
+}
+
+type Connected = (
+    Arc<Link>,
+    super::link::LinkTasks<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>,
+    Decision,
+    Hello,
+);
+
+async fn dial(remote: &Addr, source: Option<&Addr>) -> Result<TcpStream, String> {
+    let Addr::Tcp { host, port } = remote else {
+        return Err(format!("remote {remote} is not a tcp address"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, *port))
+        .await
+        .map_err(|e| format!("cannot resolve {remote}: {e}"))?
+        .collect();
+    let target = addrs
+        .first()
+        .ok_or_else(|| format!("{remote} resolves to nothing"))?;
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(Addr::Tcp { host, port }) = source {
+        let h = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr = h
+            .parse()
+            .map_err(|_| format!("source {h} is not an IP address"))?;
+        socket
+            .bind(std::net::SocketAddr::new(ip, *port))
+            .map_err(|e| format!("cannot bind source {h}: {e}"))?;
+    }
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.connect(*target))
+        .await
+        .map_err(|_| format!("connecting to {remote} timed out"))?
+        .map_err(|e| format!("{remote}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect(
+    dp: &Arc<DataPath>,
+    cfg: &hast_conf::Resource,
+    node: &str,
+) -> Result<Connected, String> {
+    let remote = cfg
+        .remote
+        .as_ref()
+        .ok_or_else(|| "no remote configured".to_string())?;
+    let stream = dial(remote, cfg.source.as_ref()).await?;
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| remote.to_string());
+    let (mut rd, mut wr) = stream.into_split();
+    let own = dp.header().await;
+    let hello = hello_of(&own, node, PeerRole::Primary);
+    let mut out = Vec::new();
+    hast_repl::encode_message_frame(Kind::Hello, 0, 0, 0, &hello.encode(), &mut out);
+    write_all(&mut wr, &out, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let frame = read_frame(&mut rd, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(|e| format!("{peer}: {e}"))?;
+    if frame.header.kind != Kind::HelloReply {
+        return Err(format!(
+            "{peer}: expected a hello reply, got {:?}",
+            frame.header.kind
+        ));
+    }
+    let reply = HelloReply::decode(&frame.payload).map_err(|e| format!("{peer}: {e}"))?;
+    let theirs = reply.hello.clone();
+    let decision = match hast_repl::verify_reply(&hello, &reply) {
+        Ok(d) => d,
+        Err(HelloStatus::SplitBrain) => return Err(format!("split-brain: {}", reply.message)),
+        Err(status) if !reply.message.is_empty() => {
+            return Err(format!("{status}: {}", reply.message))
+        }
+        Err(status) => return Err(format!("{peer}: {status}")),
+    };
+    let theirs =
+        theirs.ok_or_else(|| format!("{peer}: hello reply without the secondary's state"))?;
+    let mut assembler =
+        MapAssembler::new(own.map_size as usize).map_err(|e| format!("{peer}: {e}"))?;
+    let peer_map = loop {
+        let f = read_frame(&mut rd, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| format!("{peer}: {e}"))?;
+        if f.header.kind != Kind::Map {
+            return Err(format!(
+                "{peer}: expected the activemap, got {:?}",
+                f.header.kind
+            ));
+        }
+        let last = f.header.has(hast_repl::flags::LAST);
+        if let Some(map) = assembler
+            .add(f.header.offset, &f.payload, last)
+            .map_err(|e| format!("{peer}: {e}"))?
+        {
+            break map;
+        }
+    };
+    {
+        let mut map = dp.map_lock();
+        if decision.is_full() {
+            map.set_all_needsync();
+        } else {
+            map.merge_needsync(&peer_map);
+            map.dirty_to_needsync();
+        }
+    }
+    if decision.direction() == Some(hast_repl::Direction::SecondaryToPrimary) {
+        dp.sync_from_peer.store(true, Relaxed);
+    }
+    dp.persist_map().await.map_err(|e| e.to_string())?;
+    let compression = match cfg.compression {
+        hast_conf::Compression::None => hast_repl::Compression::None,
+        hast_conf::Compression::Hole => hast_repl::Compression::Hole,
+        hast_conf::Compression::Lz4 => hast_repl::Compression::Lz4,
+    };
+    let checksum = match cfg.checksum {
+        hast_conf::Checksum::None => hast_repl::ChecksumKind::None,
+        hast_conf::Checksum::Crc32 => hast_repl::ChecksumKind::Crc32,
+        hast_conf::Checksum::Crc32c => hast_repl::ChecksumKind::Crc32c,
+        hast_conf::Checksum::Sha256 => hast_repl::ChecksumKind::Sha256,
+    };
+    let (link, tasks) = Link::new(peer, rd, wr, compression, checksum, 1);
+    Ok((link, tasks, decision, theirs))
+}

@@ -1,0 +1,193 @@
+//! The resync engine, run by the primary after a connection: copies every
+//! needsync extent in the direction the handshake decided, several extents
+//! in flight, within `resync_rate`, while clients keep using the resource.
+//!
+//! Safety: each extent is copied under the data path's range lock, so a
+//! client write to the same extent is ordered before or after the copy on
+//! both copies, never torn by it. An extent stops being needsync only after
+//! its copy was acknowledged; its bit is cleared only after a barrier that
+//! flushed both copies. The counters say "in sync" (SYNC_DONE) only after a
+//! final barrier, so an interruption at any point leaves the bits and
+//! counters that make the next connection resume.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hast_repl::flags;
+
+use crate::datapath::DataPath;
+use crate::replication::link::Link;
+
+/// Extents copied concurrently.
+const RESYNC_INFLIGHT: usize = 4;
+/// Largest piece of an extent sent in one frame.
+const CHUNK_BYTES: u64 = 4 << 20;
+/// Passes over the map before giving up on extents that keep failing.
+const PASSES_MAX: usize = 64;
+
+/// Which copy is the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToPeer,
+    FromPeer,
+}
+
+/// Copies until no extent is needsync, then makes both copies durable.
+/// Returns the error that stopped it (the link died, the resource closed).
+pub async fn run(
+    dp: Arc<DataPath>,
+    link: Arc<Link>,
+    direction: Direction,
+    rate_bytes_per_sec: u64,
+) -> Result<(), String> {
+    let extentsize = u64::from(dp.map_lock().extentsize());
+    let total = dp.map_lock().needsync_count() * extentsize;
+    dp.sync.total_bytes.store(total.min(dp.datasize), Relaxed);
+    dp.sync.done_bytes.store(0, Relaxed);
+    *dp.sync.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    dp.sync.active.store(true, Relaxed);
+    if total > 0 {
+        tracing::info!(resource = %dp.name, bytes = total, ?direction, "resync started");
+    }
+    let result = copy_all(&dp, &link, direction, extentsize, rate_bytes_per_sec).await;
+    dp.sync.active.store(false, Relaxed);
+    result
+}
+
+async fn copy_all(
+    dp: &Arc<DataPath>,
+    link: &Arc<Link>,
+    direction: Direction,
+    extentsize: u64,
+    rate: u64,
+) -> Result<(), String> {
+    dp.persist_map().await.map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let slots = Arc::new(tokio::sync::Semaphore::new(RESYNC_INFLIGHT));
+    for _ in 0..PASSES_MAX {
+        let mut cursor = 0;
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if link.is_dead() || dp.is_withdrawn() {
+                return Err(format!("resync interrupted: {}", link.reason()));
+            }
+            let next = dp.map_lock().next_needsync(cursor);
+            let Some(extent) = next else { break };
+            cursor = extent + 1;
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            let (dp2, link2) = (dp.clone(), link.clone());
+            tasks.spawn(async move {
+                let r = copy_extent(&dp2, &link2, direction, extent, extentsize).await;
+                drop(permit);
+                r
+            });
+            // Drain finished copies as we go so errors surface early.
+            while let Some(done) = tasks.try_join_next() {
+                done.map_err(|e| e.to_string())??;
+            }
+            throttle(dp, started, rate).await;
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|e| e.to_string())??;
+        }
+        if dp.map_lock().needsync_count() > 0 {
+            continue;
+        }
+        // Both copies durable before anyone is told they are in sync.
+        dp.barrier().await.map_err(|e| e.to_string())?;
+        if link.is_dead() {
+            return Err(format!("resync interrupted: {}", link.reason()));
+        }
+        if dp.map_lock().needsync_count() == 0 {
+            return Ok(());
+        }
+    }
+    Err("resync did not converge".into())
+}
+
+/// Sleeps as long as needed to keep the average under `rate` bytes/s.
+async fn throttle(dp: &DataPath, started: Instant, rate: u64) {
+    if rate == 0 {
+        return;
+    }
+    let done = dp.sync.done_bytes.load(Relaxed);
+    let due = Duration::from_secs_f64(done as f64 / rate as f64);
+    let elapsed = started.elapsed();
+    if due > elapsed {
+        tokio::time::sleep(due - elapsed).await;
+    }
+}
+
+async fn copy_extent(
+    dp: &Arc<DataPath>,
+    link: &Arc<Link>,
+    direction: Direction,
+    extent: u64,
+    extentsize: u64,
+) -> Result<(), String> {
+    let start = extent * extentsize;
+    let len = extentsize.min(dp.datasize.saturating_sub(start));
+    let _range = dp.ranges().lock(start, len).await;
+    // Checked again under the range: a concurrent pass may have copied it.
+    if !dp.map_lock().is_needsync(extent) {
+        return Ok(());
+    }
+    match direction {
+        Direction::ToPeer => {
+            let runs = dp
+                .allocation_unlocked(start, len)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut pending = Vec::new();
+            let mut pos = start;
+            for (run_len, hole) in runs {
+                let end = pos + run_len;
+                while pos < end {
+                    let n = (end - pos).min(CHUNK_BYTES);
+                    let f = if hole {
+                        // Sparse regions cost one small frame, not their size.
+                        link.zero(pos, n as u32, flags::SYNC | flags::PUNCH, false)
+                            .await
+                    } else {
+                        let data = dp
+                            .read_unlocked(pos, n as usize)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        link.write(pos, &data, flags::SYNC, false).await
+                    };
+                    pending.push(f.map_err(|e| e.to_string())?);
+                    pos += n;
+                }
+            }
+            for f in pending {
+                f.done().await.map_err(|e| e.to_string())?;
+            }
+        }
+        Direction::FromPeer => {
+            let mut pos = start;
+            while pos < start + len {
+                let n = (start + len - pos).min(CHUNK_BYTES);
+                let data = link
+                    .read(pos, n as u32, flags::SYNC)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if data.len() as u64 != n {
+                    return Err(format!("peer returned {} of {n} bytes", data.len()));
+                }
+                dp.write_unlocked(pos, data)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                pos += n;
+            }
+        }
+    }
+    dp.map_lock().synced(extent);
+    dp.sync.done_bytes.fetch_add(len, Relaxed);
+    dp.counters.resynced_bytes.fetch_add(len, Relaxed);
+    Ok(())
+}

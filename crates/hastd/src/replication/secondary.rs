@@ -1,0 +1,387 @@
+//! The secondary's side: answers the primary's hello, sends its activemap,
+//! then applies the replicated stream through its own data path.
+//!
+//! Order: each WRITE/ZERO takes its place in the range lock as it is read
+//! off the socket, so overlapping writes apply in the primary's order while
+//! disjoint ones run concurrently. A FLUSH waits for every earlier request
+//! to finish before it flushes, so "durable" covers exactly what the primary
+//! sent before it.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind, PeerRole};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+
+use super::primary::hello_of;
+use super::wire::{read_frame, write_all, Frame};
+use crate::datapath::{Change, DataPath, DpError};
+
+/// Replies queued for the writer.
+const REPLY_QUEUE_DEPTH: usize = 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers a hello that must be refused, without touching any resource.
+pub async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, status: HelloStatus, message: &str) {
+    let reply = HelloReply {
+        status,
+        message: message.chars().take(1000).collect(),
+        hello: None,
+        decision: None,
+    };
+    let mut out = Vec::new();
+    hast_repl::encode_message_frame(Kind::HelloReply, 0, 0, 0, &reply.encode(), &mut out);
+    let _ = write_all(wr, &out, HANDSHAKE_TIMEOUT).await;
+    let _ = wr.shutdown().await;
+}
+
+/// Serves one primary connection until it ends. Returns why it ended.
+pub async fn serve<R, W>(
+    dp: Arc<DataPath>,
+    cfg: hast_conf::Resource,
+    node: String,
+    hello: Hello,
+    mut rd: R,
+    mut wr: W,
+    peer: String,
+) -> String
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let own_header = dp.header().await;
+    let own = hello_of(&own_header, &node, PeerRole::Secondary);
+    let decision = hast_repl::accept(&hello, &own);
+    let refusal = match decision {
+        Ok(_) => None,
+        Err(HelloStatus::SplitBrain) => Some((
+            HelloStatus::SplitBrain,
+            format!(
+                "split-brain: both copies changed while apart (primary localcnt {} remotecnt {}, \
+                 secondary localcnt {} remotecnt {}); no data moved. Recover by running \
+                 'hastctl role init; hastctl create; hastctl role secondary' on the node whose \
+                 changes are to be discarded",
+                hello.localcnt, hello.remotecnt, own.localcnt, own.remotecnt
+            ),
+        )),
+        Err(HelloStatus::ResuidMismatch) => Some((
+            HelloStatus::ResuidMismatch,
+            format!(
+                "resource unique id mismatch ({:x} vs {:x}): not the same resource",
+                hello.resuid, own.resuid
+            ),
+        )),
+        Err(HelloStatus::SizeMismatch) => Some((
+            HelloStatus::SizeMismatch,
+            format!(
+                "size mismatch: primary {} bytes / extent {}, secondary {} / {}",
+                hello.datasize, hello.extentsize, own.datasize, own.extentsize
+            ),
+        )),
+        Err(status) => Some((status, format!("connection refused: {status}"))),
+    };
+    if let Some((status, message)) = refusal {
+        tracing::error!(resource = %cfg.name, %peer, "{message}");
+        dp.set_peer_state(if status == HelloStatus::SplitBrain {
+            "split-brain"
+        } else {
+            "refused"
+        });
+        refuse(&mut wr, status, &message).await;
+        return message;
+    }
+    let Ok(decision) = decision else {
+        return "refused".into();
+    };
+    // Become the target: adopt the primary's identity on a first sync and
+    // mark this copy inconsistent until the primary says the sync finished.
+    // Deferred to the primary's first frame after the handshake: the primary
+    // sends nothing before the extents to copy are durable in its activemap,
+    // so this copy never claims the resource's identity while no durable
+    // record of what it lacks exists anywhere.
+    let adopt = Adopt {
+        resuid: (decision.is_full() && own.resuid != hello.resuid).then_some(hello.resuid),
+        inconsistent: decision.direction() == Some(Direction::PrimaryToSecondary),
+    };
+    let reply = HelloReply {
+        status: HelloStatus::Ok,
+        message: String::new(),
+        hello: Some(own),
+        decision: Some(decision),
+    };
+    let mut out = Vec::new();
+    hast_repl::encode_message_frame(Kind::HelloReply, 0, 0, 0, &reply.encode(), &mut out);
+    let map = dp.map_lock().map_bytes().to_vec();
+    for (offset, chunk, last) in hast_repl::map_chunks(&map, hast_repl::MAP_CHUNK_MAX as usize) {
+        let f = if last { flags::LAST } else { 0 };
+        hast_repl::encode_message_frame(Kind::Map, f, 0, offset, chunk, &mut out);
+    }
+    if let Err(e) = write_all(&mut wr, &out, HANDSHAKE_TIMEOUT).await {
+        return e.to_string();
+    }
+    dp.set_peer_state("connected");
+    tracing::info!(resource = %cfg.name, %peer, ?decision, "primary connected");
+    let timeout = Duration::from_secs(u64::from(cfg.timeout_secs.max(1)));
+    let session = Arc::new(Session {
+        dp,
+        memsync: cfg.replication == hast_conf::Replication::Memsync,
+        inflight: Mutex::new(BTreeSet::new()),
+        drained: Notify::new(),
+    });
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE_DEPTH);
+    let writer = tokio::spawn(reply_writer(wr, rx, timeout));
+    let why = session
+        .clone()
+        .read_loop(&mut rd, &tx, timeout, adopt)
+        .await;
+    drop(tx);
+    // Let queued replies go out (bounded by the write timeout), then stop.
+    let _ = tokio::time::timeout(timeout, writer).await;
+    session.dp.set_peer_state("disconnected");
+    why
+}
+
+async fn reply_writer<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    timeout: Duration,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(f) => batch.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        if write_all(&mut wr, &batch, timeout).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Header changes the handshake decided, applied on the first frame.
+struct Adopt {
+    resuid: Option<u64>,
+    inconsistent: bool,
+}
+
+struct Session {
+    dp: Arc<DataPath>,
+    memsync: bool,
+    /// Sequence numbers of requests being applied.
+    inflight: Mutex<BTreeSet<u64>>,
+    drained: Notify,
+}
+
+fn errno_of(e: &DpError) -> u32 {
+    match e {
+        DpError::Shutdown => 108,
+        DpError::Unsupported => 95,
+        DpError::Io(e) => e.raw_os_error().map_or(5, |c| c as u32),
+    }
+}
+
+impl Session {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn done(&self, seq: u64) {
+        self.inflight().remove(&seq);
+        self.drained.notify_waiters();
+    }
+
+    /// Waits until no request numbered below `seq` is still being applied.
+    async fn earlier_done(&self, seq: u64) {
+        loop {
+            let n = self.drained.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.inflight().range(..seq).next().is_none() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        self: Arc<Self>,
+        rd: &mut R,
+        tx: &mpsc::Sender<Vec<u8>>,
+        timeout: Duration,
+        adopt: Adopt,
+    ) -> String {
+        let mut adopt = Some(adopt);
+        loop {
+            let frame = tokio::select! {
+                f = read_frame(rd, timeout) => f,
+                _ = self.dp.withdrawn() => return "resource closing".into(),
+            };
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => return e.to_string(),
+            };
+            if let Some(a) = adopt.take() {
+                let r = self
+                    .dp
+                    .update_header(|h| {
+                        if let Some(id) = a.resuid {
+                            h.resuid = id;
+                        }
+                        if a.inconsistent {
+                            h.flags |= hast_meta::FLAG_INCONSISTENT;
+                        }
+                    })
+                    .await;
+                if let Err(e) = r {
+                    return format!("cannot record the sync in the metadata: {e}");
+                }
+            }
+            if let Err(e) = self.clone().handle(frame, tx).await {
+                return e;
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        frame: Frame,
+        tx: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), String> {
+        let h = frame.header;
+        match h.kind {
+            Kind::Write | Kind::Zero => {
+                let change = if h.kind == Kind::Write {
+                    match hast_repl::decode_data(&h, &frame.digest, frame.payload)
+                        .map_err(|e| e.to_string())?
+                    {
+                        Data::Bytes(b) => Change::Write(b),
+                        Data::Zero(n) => Change::Zero {
+                            len: u64::from(n),
+                            punch: h.has(flags::PUNCH),
+                            fast_only: false,
+                            trim: false,
+                        },
+                    }
+                } else {
+                    Change::Zero {
+                        len: u64::from(h.length),
+                        punch: h.has(flags::PUNCH),
+                        fast_only: false,
+                        trim: h.has(flags::PUNCH),
+                    }
+                };
+                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize {
+                    return Err(format!("replicated write beyond the end at {}", h.offset));
+                }
+                // Place in line now, in stream order.
+                let ticket = self.dp.ranges().register(h.offset, u64::from(h.length));
+                self.inflight().insert(h.seq);
+                if self.memsync && !h.has(flags::SYNC) {
+                    let mut out = Vec::new();
+                    hast_repl::encode_control_frame(Kind::Received, 0, h.seq, 0, 0, &mut out);
+                    tx.send(out)
+                        .await
+                        .map_err(|_| "reply queue closed".to_string())?;
+                }
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let r = self
+                        .dp
+                        .modify(h.offset, h.has(flags::FUA), change, Some(ticket))
+                        .await;
+                    let errno = r.as_ref().err().map_or(0, errno_of);
+                    let mut out = Vec::new();
+                    hast_repl::encode_control_frame(Kind::Reply, 0, h.seq, 0, errno, &mut out);
+                    self.done(h.seq);
+                    let _ = tx.send(out).await;
+                });
+            }
+            Kind::Flush => {
+                self.inflight().insert(h.seq);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    self.earlier_done(h.seq).await;
+                    let r = self.dp.barrier().await;
+                    let errno = r
+                        .err()
+                        .map_or(0, |e| e.raw_os_error().map_or(5, |c| c as u32));
+                    let mut out = Vec::new();
+                    hast_repl::encode_control_frame(Kind::Reply, 0, h.seq, 0, errno, &mut out);
+                    self.done(h.seq);
+                    let _ = tx.send(out).await;
+                });
+            }
+            Kind::Read => {
+                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize {
+                    return Err(format!("read beyond the end at {}", h.offset));
+                }
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    match self.dp.read_unlocked(h.offset, h.length as usize).await {
+                        Ok(data) => hast_repl::encode_data_frame(
+                            Kind::Reply,
+                            0,
+                            h.seq,
+                            h.offset,
+                            &data,
+                            hast_repl::Compression::Hole,
+                            hast_repl::ChecksumKind::Crc32c,
+                            &mut out,
+                        ),
+                        Err(e) => hast_repl::encode_control_frame(
+                            Kind::Reply,
+                            0,
+                            h.seq,
+                            0,
+                            e.raw_os_error().map_or(5, |c| c as u32),
+                            &mut out,
+                        ),
+                    }
+                    let _ = tx.send(out).await;
+                });
+            }
+            Kind::Keepalive => {
+                let mut out = Vec::new();
+                hast_repl::encode_control_frame(Kind::Keepalive, 0, 0, 0, 0, &mut out);
+                tx.send(out)
+                    .await
+                    .map_err(|_| "reply queue closed".to_string())?;
+            }
+            Kind::SyncDone => {
+                let (localcnt, remotecnt) =
+                    hast_repl::decode_sync_done(&frame.payload).map_err(|e| e.to_string())?;
+                self.earlier_done(h.seq).await;
+                self.dp.barrier().await.map_err(|e| e.to_string())?;
+                self.dp
+                    .update_header(|hd| {
+                        hd.localcnt = localcnt;
+                        hd.remotecnt = remotecnt;
+                        hd.flags &= !hast_meta::FLAG_INCONSISTENT;
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(resource = %self.dp.name, localcnt, remotecnt, "resync complete, copies in sync");
+                let mut out = Vec::new();
+                hast_repl::encode_control_frame(Kind::Reply, 0, h.seq, 0, 0, &mut out);
+                tx.send(out)
+                    .await
+                    .map_err(|_| "reply queue closed".to_string())?;
+            }
+            Kind::Goodbye => {
+                return Err(format!(
+                    "primary closed: {}",
+                    String::from_utf8_lossy(&frame.payload)
+                ))
+            }
+            other => return Err(format!("unexpected {other:?} frame from the primary")),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Reading and writing replication frames on a socket: the thin async shell
+//! around `hast-repl`'s pure codec. Every length is checked by the codec
+//! before a buffer is allocated for it.
+
+use std::time::Duration;
+
+use hast_repl::{FrameHeader, ReplError, HEADER_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// One received frame: header, digest, raw payload (not yet verified).
+pub struct Frame {
+    pub header: FrameHeader,
+    pub digest: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection closed by the peer")]
+    Closed,
+    #[error("peer silent for {0} s")]
+    Timeout(u64),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(#[from] ReplError),
+}
+
+/// Reads one frame, failing if nothing at all arrives within `timeout`.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    timeout: Duration,
+) -> Result<Frame, WireError> {
+    let mut raw = [0u8; HEADER_LEN];
+    match tokio::time::timeout(timeout, rd.read_exact(&mut raw)).await {
+        Err(_) => return Err(WireError::Timeout(timeout.as_secs())),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(WireError::Closed)
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(_)) => {}
+    }
+    let header = FrameHeader::decode(&raw)?;
+    let mut digest = vec![0u8; header.digest_len()];
+    let mut payload = vec![0u8; header.payload_len as usize];
+    // The rest of a frame follows its header at once; a long stall here is a
+    // dead peer just as silence is.
+    let body = async {
+        rd.read_exact(&mut digest).await?;
+        rd.read_exact(&mut payload).await
+    };
+    match tokio::time::timeout(timeout, body).await {
+        Err(_) => return Err(WireError::Timeout(timeout.as_secs())),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(WireError::Closed)
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(_)) => {}
+    }
+    Ok(Frame {
+        header,
+        digest,
+        payload,
+    })
+}
+
+/// Writes `bytes` (one or more encoded frames) within `timeout`.
+pub async fn write_all<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), WireError> {
+    match tokio::time::timeout(timeout, wr.write_all(bytes)).await {
+        Err(_) => Err(WireError::Timeout(timeout.as_secs())),
+        Ok(r) => Ok(r?),
+    }
+}
