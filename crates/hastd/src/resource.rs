@@ -216,15 +216,17 @@ impl ResourceTask {
                     task.abort();
                     let _ = std::fs::remove_file(&path);
                 }
+                // The drain and final barrier still use the link (the peer's
+                // flush); only then is the link closed.
                 let closed = dp.close().await;
-                if let Some(c) = connector {
-                    c.abort();
-                    let _ = c.await;
-                }
                 if let Some(link) = dp.link() {
                     link.fail("resource closing");
                 }
                 dp.set_link(None);
+                if let Some(c) = connector {
+                    c.abort();
+                    let _ = c.await;
+                }
                 closed.map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
                 dp
             }

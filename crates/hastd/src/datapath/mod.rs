@@ -634,14 +634,14 @@ impl DataPath {
         };
         let (local, remote_ok) = tokio::join!(self.blocking(|d| d.datasync()), remote);
         local?;
+        // Without the peer's flush nothing is cleared: the extents stay dirty
+        // and the next connection copies them. No counter changes here: every
+        // write the peer missed was already recorded degraded by itself, and a
+        // clean demotion must not look like a degraded period.
         if remote_ok {
             self.map().barrier_done(ticket);
             // Cleared bits go out lazily; nothing waits for them.
             self.meta_kick.notify_one();
-        } else if link.is_some() {
-            self.record_degraded()
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?;
         }
         Ok(())
     }

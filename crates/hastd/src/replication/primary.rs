@@ -43,22 +43,22 @@ pub async fn run(dp: Arc<DataPath>, cfg: hast_conf::Resource, node: String) {
                     } else {
                         Direction::ToPeer
                     };
-                let synced = tokio::select! {
-                    r = resync::run(dp.clone(), link.clone(), direction, cfg.resync_rate) => r,
-                    _ = dp.withdrawn() => Err("resource closing".into()),
-                };
+                // A demotion closes the data path first: its final barrier
+                // still flushes the peer through this link, and only then is
+                // the link failed (by the resource task). So on withdrawal
+                // just stop copying and let the link live until then.
+                let synced =
+                    resync::run(dp.clone(), link.clone(), direction, cfg.resync_rate).await;
                 match synced {
                     Ok(()) => {
                         if let Err(e) = finish_sync(&dp, &link, &peer).await {
                             link.fail(&e);
                         }
                     }
+                    Err(_) if dp.is_withdrawn() => {}
                     Err(e) => link.fail(&e),
                 }
-                tokio::select! {
-                    _ = link.dead() => {}
-                    _ = dp.withdrawn() => link.fail("resource closing"),
-                }
+                link.dead().await;
                 dp.set_link(None);
                 runner.abort();
                 dp.sync_from_peer.store(false, Relaxed);
