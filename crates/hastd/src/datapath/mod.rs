@@ -396,6 +396,19 @@ impl DataPath {
         if link.is_none() && self.side == Side::Primary && self.peer_configured {
             self.record_degraded().await?;
         }
+        if self.side == Side::Secondary {
+            // The secondary keeps no activemap of what the primary sends: the
+            // primary marked those extents dirty before sending and clears
+            // them only after a flush of both copies, so its map (merged at
+            // the next handshake) already covers anything this copy might
+            // lack after a crash. Skipping it saves a synchronous metadata
+            // write per replicated write.
+            let res = self.apply_local(offset, fua, change).await;
+            self.count(Op::Write, len, &res);
+            drop(range);
+            drop(pass);
+            return res;
+        }
         self.mark_dirty(offset, len).await?;
         let mode = self.replication();
         let (op, remote) = match &change {

@@ -367,6 +367,15 @@ impl Session {
                     })
                     .await
                     .map_err(|e| e.to_string())?;
+                // Whatever this copy had dirty from its own time as primary was
+                // merged into the primary's resync and is now copied.
+                {
+                    let mut map = self.dp.map_lock();
+                    let stale: Vec<u64> = map.needsync_extents().collect();
+                    for e in stale {
+                        map.synced(e);
+                    }
+                }
                 tracing::info!(resource = %self.dp.name, localcnt, remotecnt, "resync complete, copies in sync");
                 let mut out = Vec::new();
                 hast_repl::encode_control_frame(Kind::Reply, 0, h.seq, 0, 0, &mut out);

@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Benchmark replicated hastd (two nodes on this machine, sharing its one disk)
+# against qemu-nbd, in ONE run (SPEC §11, issue 3), printed as ratios.
+#
+#   bench/replicated.sh                              # 2 GiB, 15 s per figure
+#   BENCH_SIZE=1G BENCH_RUNTIME=5 bench/replicated.sh   # quick look
+#
+# Part 1: a fullsync pair and a memsync pair (nodea primary, nodeb secondary,
+# loopback) and qemu-nbd (--cache=writeback --aio=threads), each on its own
+# sparse file filled once; fio --ioengine=nbd runs 4 KiB random read/write at
+# QD32, 1 MiB sequential write at QD4 and 4 KiB sequential write at QD1 (plus
+# random at QD1, for information), interleaved over the servers. Targets:
+# writes >= 0.5x qemu-nbd, reads >= 0.9x, QD1 write latency <= 2x.
+# Part 2: full resync of BENCH_SYNC_SIZE (1G) of random data from a primary to a
+# fresh secondary, timed from `role secondary` to both sides `complete`,
+# against `nbdcopy` of the same data between two qemu-nbd exports. Target:
+# resync rate >= 0.8x nbdcopy's.
+# Every process started here is stopped by its PID on exit.
+# Environment: BENCH_SIZE (2G), BENCH_SYNC_SIZE (1G), BENCH_RUNTIME (15),
+# BENCH_RAMP (2), BENCH_DIR (/var/tmp), BENCH_KEEP=1, CARGO_TARGET_DIR.
+
+set -euo pipefail
+
+SIZE=${BENCH_SIZE:-2G}
+SYNC_SIZE=${BENCH_SYNC_SIZE:-1G}
+RUNTIME=${BENCH_RUNTIME:-15}
+RAMP=${BENCH_RAMP:-2}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+
+for tool in cargo fio qemu-nbd nbdinfo nbdcopy; do
+    command -v "$tool" >/dev/null || { echo "replicated.sh: $tool is not installed" >&2; exit 69; }
+done
+
+WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/hast-rbench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid i
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || continue
+        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ -n "${BENCH_KEEP:-}" ]; then echo "work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_export() {
+    local deadline=$((SECONDS + $2))
+    until nbdinfo --size "$1" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || { echo "replicated.sh: $1 not served" >&2; return 1; }
+        sleep 0.2
+    done
+}
+
+echo "== building hastd (release)" >&2
+(cd "$ROOT" && cargo build --release --bins --quiet)
+HASTD=$TARGET/release/hastd
+HASTCTL=$TARGET/release/hastctl
+
+# pair DIR MODE SIZE: writes a two-node config for one resource `bench`, creates
+# both components, starts both daemons; prints nothing. Roles are set by the caller.
+pair() {
+    local d=$1 mode=$2 size=$3
+    mkdir -p "$d"
+    local na nb ra rb
+    na=$(free_port); nb=$(free_port); ra=$(free_port); rb=$(free_port)
+    cat >"$d/hast.conf" <<CONF
+on nodea {
+    control uds://$d/a.sock
+    pidfile $d/a.pid
+    nbd_listen tcp://127.0.0.1:$na
+    nbd_socket_dir $d/nbda
+    listen tcp://127.0.0.1:$ra
+}
+on nodeb {
+    control uds://$d/b.sock
+    pidfile $d/b.pid
+    nbd_listen tcp://127.0.0.1:$nb
+    nbd_socket_dir $d/nbdb
+    listen tcp://127.0.0.1:$rb
+}
+resource bench {
+    replication $mode
+    on nodea {
+        local $d/a.img
+        remote tcp://127.0.0.1:$rb
+    }
+    on nodeb {
+        local $d/b.img
+        remote tcp://127.0.0.1:$ra
+    }
+}
+CONF
+    truncate -s "$size" "$d/a.img" "$d/b.img"
+    local n i
+    for n in nodea nodeb; do
+        "$HASTCTL" create -c "$d/hast.conf" --node $n bench
+        "$HASTD" -F -c "$d/hast.conf" --node $n 2>"$d/$n.log" &
+        PIDS+=($!)
+    done
+    for n in a b; do
+        for i in $(seq 100); do [ -S "$d/$n.sock" ] && break; sleep 0.1; done
+    done
+    echo "nbd://127.0.0.1:$na/bench" >"$d/uri"
+}
+ctl() { local d=$1 n=$2; shift 2; "$HASTCTL" -c "$d/hast.conf" --node "$n" "$@"; }
+wait_complete() {
+    local d=$1 deadline=$((SECONDS + $2))
+    until ctl "$d" nodea status bench | grep -q complete && ctl "$d" nodeb status bench | grep -q complete; do
+        [ $SECONDS -lt $deadline ] || { echo "replicated.sh: $d not in sync after $2 s" >&2; return 1; }
+        sleep 0.05
+    done
+}
+
+# ---- part 1: I/O through a replicated export -----------------------------------
+declare -A URI
+for mode in fullsync memsync; do
+    pair "$WORK/$mode" $mode "$SIZE"
+    ctl "$WORK/$mode" nodeb role secondary bench
+    ctl "$WORK/$mode" nodea role primary bench
+    wait_complete "$WORK/$mode" 120
+    URI[$mode]=$(cat "$WORK/$mode/uri")
+    wait_export "${URI[$mode]}" 20
+done
+Q=$WORK/qemu; mkdir -p "$Q"; truncate -s "$SIZE" "$Q/bench.img"
+QPORT=$(free_port)
+qemu-nbd -f raw --cache=writeback --aio=threads -t -e 16 -b 127.0.0.1 -p "$QPORT" \
+    -x bench "$Q/bench.img" 2>"$Q/qemu-nbd.log" &
+PIDS+=($!)
+URI[qemu-nbd]=nbd://127.0.0.1:$QPORT/bench
+wait_export "${URI[qemu-nbd]}" 20
+SERVERS=(fullsync memsync qemu-nbd)
+DATASIZE=$(for s in "${SERVERS[@]}"; do nbdinfo --size "${URI[$s]}"; done | sort -n | head -1)
+echo "== filling the ${SIZE} files through NBD" >&2
+for s in "${SERVERS[@]}"; do
+    fio --name=fill --ioengine=nbd --uri="${URI[$s]}" --rw=write --bs=1M --iodepth=8 \
+        --size="$DATASIZE" --output="$WORK/fill-$s.txt" >/dev/null
+done
+WORKLOADS=(
+    "randread-4k-qd32 randread 4k 32"
+    "randwrite-4k-qd32 randwrite 4k 32"
+    "seqwrite-1m-qd4 write 1M 4"
+    "write-4k-qd1 write 4k 1"
+    "randwrite-4k-qd1 randwrite 4k 1"
+)
+for w in "${WORKLOADS[@]}"; do
+    read -r name rw bs qd <<<"$w"
+    for s in "${SERVERS[@]}"; do
+        echo "== $name on $s" >&2
+        fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
+            --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
+            --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
+            --output="$WORK/$name-$s.json" >/dev/null
+    done
+done
+# Both pairs off: part 2 gets the disk to itself.
+for mode in fullsync memsync; do
+    ctl "$WORK/$mode" nodea role init bench
+    ctl "$WORK/$mode" nodeb role init bench
+done
+
+# ---- part 2: full resync vs nbdcopy --------------------------------------------
+S=$WORK/sync
+pair "$S" fullsync "$SYNC_SIZE"
+ctl "$S" nodea role primary bench
+SURI=$(cat "$S/uri")
+wait_export "$SURI" 20
+SDATA=$(nbdinfo --size "$SURI")
+head -c "$SDATA" /dev/urandom >"$WORK/random.img"
+nbdcopy "$WORK/random.img" "$SURI"
+sync
+ctl "$S" nodeb role secondary bench
+# The resync starts when the primary's next connection attempt succeeds (it
+# retries with backoff); time the copy itself, from connected to complete.
+deadline=$((SECONDS + 60))
+until ctl "$S" nodea list --json bench | grep -q '"peer": "connected"'; do
+    [ $SECONDS -lt $deadline ] || { echo "replicated.sh: never connected" >&2; exit 1; }
+    sleep 0.02
+done
+t0=$(date +%s.%N)
+wait_complete "$S" 600
+t1=$(date +%s.%N)
+C=$WORK/copy; mkdir -p "$C"
+truncate -s "$SDATA" "$C/src.img" "$C/dst.img"
+P1=$(free_port); P2=$(free_port)
+qemu-nbd -f raw --cache=writeback --aio=threads -t -b 127.0.0.1 -p "$P1" -x src "$C/src.img" 2>/dev/null &
+PIDS+=($!)
+qemu-nbd -f raw --cache=writeback --aio=threads -t -b 127.0.0.1 -p "$P2" -x dst "$C/dst.img" 2>/dev/null &
+PIDS+=($!)
+wait_export "nbd://127.0.0.1:$P1/src" 20
+wait_export "nbd://127.0.0.1:$P2/dst" 20
+nbdcopy "$WORK/random.img" "nbd://127.0.0.1:$P1/src"
+sync
+t2=$(date +%s.%N)
+nbdcopy "nbd://127.0.0.1:$P1/src" "nbd://127.0.0.1:$P2/dst"
+sync
+t3=$(date +%s.%N)
+
+echo
+echo "hast replicated bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, file ${SIZE}, ${RUNTIME} s per figure"
+"$PY" - "$WORK" "$SDATA" "$t0" "$t1" "$t2" "$t3" <<'REPORT'
+import json, sys
+work, sdata = sys.argv[1], int(sys.argv[2])
+t0, t1, t2, t3 = map(float, sys.argv[3:7])
+rows = [("randread-4k-qd32", "read", "4 KiB rand read QD32 (IOPS)", "IOPS", 0.9),
+        ("randwrite-4k-qd32", "write", "4 KiB rand write QD32 (IOPS)", "IOPS", 0.5),
+        ("seqwrite-1m-qd4", "write", "1 MiB seq write QD4 (MiB/s)", "MiB/s", 0.5),
+        ("write-4k-qd1", "write", "4 KiB write QD1 mean latency (us)", "lat", 2.0),
+        ("randwrite-4k-qd1", "write", "4 KiB random write QD1 mean latency (us)", "lat", None)]
+def fig(name, server, rw, key):
+    text = open("%s/%s-%s.json" % (work, name, server)).read()
+    job = json.loads(text[text.index("{"):])["jobs"][0]
+    if job.get("error"):
+        raise SystemExit("fio error %s for %s on %s" % (job["error"], name, server))
+    d = job[rw]
+    return {"IOPS": d["iops"], "MiB/s": d["bw"] / 1024.0, "lat": d["clat_ns"]["mean"] / 1000.0}[key]
+print("| workload | fullsync | memsync | qemu-nbd | fullsync/qemu | memsync/qemu | target |")
+print("|---|---:|---:|---:|---:|---:|---|")
+for name, rw, label, key, target in rows:
+    f, m, q = (fig(name, s, rw, key) for s in ("fullsync", "memsync", "qemu-nbd"))
+    cmp = "<=" if key == "lat" else ">="
+    goal = "%s %.1fx" % (cmp, target) if target else "(see README)"
+    print("| %s | %.1f | %.1f | %.1f | %.2f | %.2f | %s |" % (label, f, m, q, f / q, m / q, goal))
+mib = sdata / 1048576.0
+rs, cp = mib / (t1 - t0), mib / (t3 - t2)
+print()
+print("| full sync of %.0f MiB of random data | MiB/s | seconds |" % mib)
+print("|---|---:|---:|")
+print("| hastd resync (connected -> complete, both flushed) | %.1f | %.2f |" % (rs, t1 - t0))
+print("| nbdcopy qemu-nbd -> qemu-nbd | %.1f | %.2f |" % (cp, t3 - t2))
+print("| ratio hastd/nbdcopy (target >= 0.8) | %.2f | |" % (rs / cp))
+REPORT
