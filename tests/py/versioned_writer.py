@@ -5,11 +5,15 @@ FUA, with a FLUSH every few hundred writes, and log which writes are durable.
     versioned_writer.py --uri URI --first-lba A --blocks N --log LOG --seq-base B
                         [--seed S] [--inflight 64] [--fua-one-in 8]
                         [--flush-every 256] [--duration 120]
+                        [--ack-is-durable] [--stop-file PATH]
 
 Log lines (appended, fsync'd after each batch of completions):
     I lba seq   the write was submitted (written before submission)
     D lba seq   the write is durable: acknowledged with FUA, or acknowledged before
                 a FLUSH was sent that then completed successfully
+With --ack-is-durable every acknowledged write is logged D: for tests where an
+acknowledgement must survive (fullsync failover, a killed process whose page cache
+survives). --stop-file ends the run (as the deadline does) once PATH exists.
 At most one write per LBA is in flight, so after a crash an LBA must hold its
 newest durable version or a later submitted one, never older, never torn.
 
@@ -43,13 +47,17 @@ def main():
     p.add_argument("--fua-one-in", type=int, default=8)
     p.add_argument("--flush-every", type=int, default=256)
     p.add_argument("--duration", type=float, default=120.0)
+    p.add_argument("--ack-is-durable", action="store_true")
+    p.add_argument("--stop-file")
     a = p.parse_args()
 
     rng = random.Random(a.seed)
     h = nbd.NBD()
     h.connect_uri(a.uri)
     log = open(a.log, "a")
-    summary = {"issued": 0, "acked": 0, "durable": 0, "flushes": 0, "fua": 0, "end": None}
+    summary = {"issued": 0, "acked": 0, "durable": 0, "flushes": 0, "fua": 0, "end": None,
+               "max_latency_s": 0.0}
+    submitted = {}       # cookie -> submission time (monotonic)
 
     inflight = {}        # cookie -> (lba, seq, fua, buf)
     flushes = {}         # cookie -> {lba: seq} covered by that flush
@@ -80,12 +88,16 @@ def main():
                 err = None
             except nbd.Error as e:
                 ok, err = False, e
+            t_sub = submitted.pop(k, None)
+            if ok and t_sub is not None:
+                summary["max_latency_s"] = max(summary["max_latency_s"],
+                                               time.monotonic() - t_sub)
             if k in inflight:
                 lba, s, fua, _buf = inflight.pop(k)
                 busy.discard(lba)
                 if ok:
                     summary["acked"] += 1
-                    if fua:
+                    if fua or a.ack_is_durable:
                         log.write("D %d %d\n" % (lba, s))
                         summary["durable"] += 1
                         wrote = True
@@ -108,7 +120,8 @@ def main():
         return not (h.aio_is_dead() or h.aio_is_closed())
 
     try:
-        while time.monotonic() < deadline and server_error is None:
+        while (time.monotonic() < deadline and server_error is None
+               and not (a.stop_file and os.path.exists(a.stop_file))):
             while len(inflight) < a.inflight:
                 lba = None
                 for _ in range(16):
@@ -126,6 +139,7 @@ def main():
                 cookie = h.aio_pwrite(buf, lba * vblock.BLOCK,
                                       flags=nbd.CMD_FLAG_FUA if fua else 0)
                 inflight[cookie] = (lba, seq, fua, buf)
+                submitted[cookie] = time.monotonic()
                 busy.add(lba)
                 summary["issued"] += 1
                 summary["fua"] += int(fua)
@@ -134,7 +148,9 @@ def main():
                     since_flush = 0
                     covered = dict(acked)
                     acked.clear()
-                    flushes[h.aio_flush()] = covered
+                    cookie = h.aio_flush()
+                    flushes[cookie] = covered
+                    submitted[cookie] = time.monotonic()
             h.poll(1000)
             if not retire():
                 summary["end"] = "connection lost"
@@ -142,6 +158,15 @@ def main():
         else:
             if server_error is None:
                 summary["end"] = "deadline"
+                if a.stop_file and os.path.exists(a.stop_file):
+                    # Asked to stop: let what is in flight complete (bounded).
+                    summary["end"] = "stopped"
+                    drain_until = time.monotonic() + 60
+                    while (inflight or flushes) and time.monotonic() < drain_until:
+                        h.poll(1000)
+                        if not retire():
+                            summary["end"] = "connection lost"
+                            break
     except nbd.Error as e:
         if h.aio_is_dead() or h.aio_is_closed():
             summary["end"] = "connection lost"
@@ -149,6 +174,9 @@ def main():
             server_error = str(e)
     retire()
     sync_log()
+    if submitted:
+        summary["still_in_flight"] = len(submitted)
+        summary["oldest_in_flight_s"] = time.monotonic() - min(submitted.values())
     if server_error is not None:
         summary["end"] = "server error: " + server_error
     print(json.dumps(summary), flush=True)

@@ -372,9 +372,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, upward: bool, i
         let n = match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                continue
-            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
@@ -448,7 +446,8 @@ mod tests {
 
         // Blackhole: nothing comes back within a second; heal: the held bytes arrive.
         p.blackhole();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         s.write_all(b"quiet").unwrap();
         let mut b = [0u8; 5];
         assert!(s.read_exact(&mut b).is_err(), "blackhole let bytes through");
@@ -461,7 +460,10 @@ mod tests {
         p.cut();
         let mut b = [0u8; 1];
         let r = s.read(&mut b);
-        assert!(matches!(r, Ok(0) | Err(_)), "connection survived a cut: {r:?}");
+        assert!(
+            matches!(r, Ok(0) | Err(_)),
+            "connection survived a cut: {r:?}"
+        );
         let mut s2 = TcpStream::connect(("127.0.0.1", p.port())).unwrap();
         s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert!(roundtrip(&mut s2, b"x").is_err(), "cut link forwarded");

@@ -85,6 +85,8 @@ pub struct SyncCounters {
     pub active: AtomicBool,
     pub total_bytes: AtomicU64,
     pub done_bytes: AtomicU64,
+    /// Data bytes actually transferred (holes excluded), for `resync_rate`.
+    pub copied_bytes: AtomicU64,
     pub started: Mutex<Option<Instant>>,
 }
 
@@ -125,6 +127,7 @@ pub struct DataPath {
     /// The live replication link (primary side), if connected.
     link: RwLock<Option<Arc<Link>>>,
     replication: AtomicU8,
+    resync_rate: AtomicU64,
     /// Resync runs secondary → primary: reads of needsync extents go to the peer.
     pub sync_from_peer: AtomicBool,
     pub sync: SyncCounters,
@@ -170,6 +173,7 @@ impl DataPath {
             peer_configured,
             link: RwLock::new(None),
             replication: AtomicU8::new(mode_code(cfg.replication)),
+            resync_rate: AtomicU64::new(cfg.resync_rate),
             sync_from_peer: AtomicBool::new(false),
             sync: SyncCounters::default(),
             peer_state: Mutex::new(if peer_configured {
@@ -195,6 +199,12 @@ impl DataPath {
     pub fn reconfigure(&self, cfg: &hast_conf::Resource) {
         self.metaflush.store(cfg.metaflush, Relaxed);
         self.replication.store(mode_code(cfg.replication), Relaxed);
+        self.resync_rate.store(cfg.resync_rate, Relaxed);
+    }
+
+    /// `resync_rate` in bytes per second, 0 = unlimited.
+    pub fn resync_rate(&self) -> u64 {
+        self.resync_rate.load(Relaxed)
     }
 
     pub fn replication(&self) -> Replication {

@@ -47,8 +47,7 @@ pub async fn run(dp: Arc<DataPath>, cfg: hast_conf::Resource, node: String) {
                 // still flushes the peer through this link, and only then is
                 // the link failed (by the resource task). So on withdrawal
                 // just stop copying and let the link live until then.
-                let synced =
-                    resync::run(dp.clone(), link.clone(), direction, cfg.resync_rate).await;
+                let synced = resync::run(dp.clone(), link.clone(), direction).await;
                 match synced {
                     Ok(()) => {
                         if let Err(e) = finish_sync(&dp, &link, &peer).await {
@@ -199,6 +198,9 @@ async fn connect(
     let theirs = reply.hello.clone();
     let decision = match hast_repl::verify_reply(&hello, &reply) {
         Ok(d) => d,
+        Err(HelloStatus::SplitBrain) if reply.message.starts_with("split-brain") => {
+            return Err(reply.message.clone())
+        }
         Err(HelloStatus::SplitBrain) => return Err(format!("split-brain: {}", reply.message)),
         Err(status) if !reply.message.is_empty() => {
             return Err(format!("{status}: {}", reply.message))

@@ -25,6 +25,10 @@ const RESYNC_INFLIGHT: usize = 4;
 const CHUNK_BYTES: u64 = 4 << 20;
 /// Passes over the map before giving up on extents that keep failing.
 const PASSES_MAX: usize = 64;
+/// How often progress is made durable: a barrier (flush of both copies) lets
+/// the activemap clear the extents copied so far, and the metadata writer
+/// writes that out, so an interrupted resync resumes near where it stopped.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Which copy is the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,22 +39,18 @@ pub enum Direction {
 
 /// Copies until no extent is needsync, then makes both copies durable.
 /// Returns the error that stopped it (the link died, the resource closed).
-pub async fn run(
-    dp: Arc<DataPath>,
-    link: Arc<Link>,
-    direction: Direction,
-    rate_bytes_per_sec: u64,
-) -> Result<(), String> {
+pub async fn run(dp: Arc<DataPath>, link: Arc<Link>, direction: Direction) -> Result<(), String> {
     let extentsize = u64::from(dp.map_lock().extentsize());
     let total = dp.map_lock().needsync_count() * extentsize;
-    dp.sync.total_bytes.store(total.min(dp.datasize), Relaxed);
     dp.sync.done_bytes.store(0, Relaxed);
+    dp.sync.copied_bytes.store(0, Relaxed);
+    dp.sync.total_bytes.store(total.min(dp.datasize), Relaxed);
     *dp.sync.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     dp.sync.active.store(true, Relaxed);
     if total > 0 {
         tracing::info!(resource = %dp.name, bytes = total, ?direction, "resync started");
     }
-    let result = copy_all(&dp, &link, direction, extentsize, rate_bytes_per_sec).await;
+    let result = copy_all(&dp, &link, direction, extentsize).await;
     dp.sync.active.store(false, Relaxed);
     result
 }
@@ -60,10 +60,10 @@ async fn copy_all(
     link: &Arc<Link>,
     direction: Direction,
     extentsize: u64,
-    rate: u64,
 ) -> Result<(), String> {
     dp.persist_map().await.map_err(|e| e.to_string())?;
     let started = Instant::now();
+    let mut checkpoint = Instant::now();
     let slots = Arc::new(tokio::sync::Semaphore::new(RESYNC_INFLIGHT));
     for _ in 0..PASSES_MAX {
         let mut cursor = 0;
@@ -90,7 +90,12 @@ async fn copy_all(
             while let Some(done) = tasks.try_join_next() {
                 done.map_err(|e| e.to_string())??;
             }
-            throttle(dp, started, rate).await;
+            if checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                dp.barrier().await.map_err(|e| e.to_string())?;
+                checkpoint = Instant::now();
+            }
+            // Read live: SIGHUP may change resync_rate while we run.
+            throttle(dp, started, dp.resync_rate()).await;
         }
         while let Some(done) = tasks.join_next().await {
             done.map_err(|e| e.to_string())??;
@@ -110,12 +115,13 @@ async fn copy_all(
     Err("resync did not converge".into())
 }
 
-/// Sleeps as long as needed to keep the average under `rate` bytes/s.
+/// Sleeps as long as needed to keep the average under `rate` bytes/s of
+/// data actually copied (holes cost a small frame, not their size).
 async fn throttle(dp: &DataPath, started: Instant, rate: u64) {
     if rate == 0 {
         return;
     }
-    let done = dp.sync.done_bytes.load(Relaxed);
+    let done = dp.sync.copied_bytes.load(Relaxed);
     let due = Duration::from_secs_f64(done as f64 / rate as f64);
     let elapsed = started.elapsed();
     if due > elapsed {
@@ -158,6 +164,7 @@ async fn copy_extent(
                             .read_unlocked(pos, n as usize)
                             .await
                             .map_err(|e| e.to_string())?;
+                        dp.sync.copied_bytes.fetch_add(n, Relaxed);
                         link.write(pos, &data, flags::SYNC, false).await
                     };
                     pending.push(f.map_err(|e| e.to_string())?);
@@ -179,6 +186,7 @@ async fn copy_extent(
                 if data.len() as u64 != n {
                     return Err(format!("peer returned {} of {n} bytes", data.len()));
                 }
+                dp.sync.copied_bytes.fetch_add(n, Relaxed);
                 dp.write_unlocked(pos, data)
                     .await
                     .map_err(|e| e.to_string())?;
