@@ -62,6 +62,7 @@ impl ResourceHandle {
             config: config.clone(),
             env,
             state: State::Init,
+            kept: None,
         };
         let join = tokio::spawn(task.run(rx));
         (
@@ -118,6 +119,10 @@ struct ResourceTask {
     config: hast_conf::Resource,
     env: Env,
     state: State,
+    /// The component (and the lock on it) between closing one role and
+    /// opening the next: NBD connections may still hold the old data path
+    /// (closed, refusing everything), so reopening would find our own lock.
+    kept: Option<Arc<Store>>,
 }
 
 fn api_err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
@@ -243,18 +248,32 @@ impl ResourceTask {
         dp.update_header(|h| h.prevrole = next)
             .await
             .map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
+        if next == Role::Init {
+            // Clients may hold the closed data path (and its descriptors) a
+            // little longer; the component is free for `hastctl create` now.
+            unlock_component(dp.store().file());
+        } else {
+            self.kept = Some(dp.store().clone());
+        }
         Ok(())
     }
 
     /// Opens the local component, checks its metadata against the config,
     /// locks it against `hastctl create`, records the new role, and opens a
     /// data path on it.
-    async fn open(&self, role: Role) -> Result<Arc<DataPath>, ApiError> {
+    async fn open(&mut self, role: Role) -> Result<Arc<DataPath>, ApiError> {
         let local = self.config.local.clone();
         let name = self.config.name.clone();
+        let kept = self.kept.take();
         let (store, header) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-            let store = Store::open(&local).map_err(|e| meta_err(&e))?;
-            lock_component(store.file(), &local)?;
+            let store = match kept {
+                Some(store) => store,
+                None => {
+                    let store = Store::open(&local).map_err(|e| meta_err(&e))?;
+                    lock_component(store.file(), &local)?;
+                    Arc::new(store)
+                }
+            };
             let picked = store.read_header().map_err(|e| meta_err(&e))?;
             if let Some(other) = &picked.other_error {
                 tracing::warn!(resource = %name, "one metadata slot is invalid ({other}); using the other");
@@ -281,7 +300,7 @@ impl ResourceTask {
             header.prevrole = role;
             header.generation += 1;
             store.write_header(&header).map_err(|e| meta_err(&e))?;
-            Ok((Arc::new(store), header))
+            Ok((store, header))
         })
         .await
         .map_err(|e| api_err(ErrorKind::Software, e.to_string()))??;
@@ -499,6 +518,11 @@ pub fn lock_component(file: &std::fs::File, path: &Path) -> Result<(), ApiError>
         ));
     }
     Ok(())
+}
+
+fn unlock_component(file: &std::fs::File) {
+    // SAFETY: flock on a descriptor owned by `file` for the call's duration.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
 }
 
 /// Used by the replication listener before handing a connection over.

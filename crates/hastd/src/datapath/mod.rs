@@ -252,6 +252,10 @@ impl DataPath {
         self.map()
     }
 
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     pub fn ranges(&self) -> &Arc<RangeLock> {
         &self.ranges
     }
