@@ -13,15 +13,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hast_repl::{ChecksumKind, Compression, Data, Kind};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::wire::{read_frame, write_all, WireError};
+use super::wire::{read_frame, write_queued};
 
 /// Encoded frames queued for the writer; beyond this, senders wait.
 const SEND_QUEUE_DEPTH: usize = 1024;
-/// Frames are coalesced into one socket write up to this many bytes.
-const WRITE_BATCH_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RemoteError {
@@ -343,7 +341,7 @@ impl Link {
         timeout: Duration,
         keepalive: Duration,
     ) {
-        let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
+        let mut batch = Vec::new();
         loop {
             let first = tokio::select! {
                 f = rx.recv() => f,
@@ -354,22 +352,8 @@ impl Link {
                 }
             };
             let Some(first) = first else { return };
-            batch.clear();
-            batch.extend_from_slice(&first);
-            // Coalesce whatever else is queued into one write: fewer syscalls
-            // at high queue depth, no added latency at depth one.
-            while batch.len() < WRITE_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(f) => batch.extend_from_slice(&f),
-                    Err(_) => break,
-                }
-            }
-            if let Err(e) = write_all(&mut wr, &batch, timeout).await {
+            if let Err(e) = write_queued(&mut wr, first, &mut rx, &mut batch, timeout).await {
                 self.fail(&e.to_string());
-                return;
-            }
-            if let Err(e) = wr.flush().await {
-                self.fail(&WireError::from(e).to_string());
                 return;
             }
         }

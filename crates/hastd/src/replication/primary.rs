@@ -123,7 +123,10 @@ pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
 
 type Connected = (
     Arc<Link>,
-    super::link::LinkTasks<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>,
+    super::link::LinkTasks<
+        tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+        tokio::net::tcp::OwnedWriteHalf,
+    >,
     Decision,
     Hello,
 );
@@ -253,6 +256,8 @@ async fn connect(
         hast_conf::Checksum::Crc32c => hast_repl::ChecksumKind::Crc32c,
         hast_conf::Checksum::Sha256 => hast_repl::ChecksumKind::Sha256,
     };
+    // Buffered: replies are 32-byte frames, many per segment at high depth.
+    let rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let (link, tasks) = Link::new(peer, rd, wr, compression, checksum, 1);
     Ok((link, tasks, decision, theirs))
 }

@@ -16,12 +16,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::primary::hello_of;
-use super::wire::{read_frame, write_all, Frame};
+use super::wire::{read_frame, write_all, write_queued, Frame};
 use crate::datapath::{Change, DataPath, DpError};
 
 /// Replies queued for the writer.
 const REPLY_QUEUE_DEPTH: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer of the replication stream.
+const READ_BUFFER_BYTES: usize = 256 << 10;
 
 /// Answers a hello that must be refused, without touching any resource.
 pub async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, status: HelloStatus, message: &str) {
@@ -43,7 +45,7 @@ pub async fn serve<R, W>(
     cfg: hast_conf::Resource,
     node: String,
     hello: Hello,
-    mut rd: R,
+    rd: R,
     mut wr: W,
     peer: String,
 ) -> String
@@ -132,6 +134,9 @@ where
     });
     let (tx, rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE_DEPTH);
     let writer = tokio::spawn(reply_writer(wr, rx, timeout));
+    // Buffered: a header is 32 bytes, and at high queue depth many arrive
+    // in one segment; large payloads bypass the buffer.
+    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, rd);
     let why = session
         .clone()
         .read_loop(&mut rd, &tx, timeout, adopt)
@@ -150,15 +155,10 @@ async fn reply_writer<W: AsyncWrite + Unpin>(
 ) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < (1 << 20) {
-            match rx.try_recv() {
-                Ok(f) => batch.extend_from_slice(&f),
-                Err(_) => break,
-            }
-        }
-        if write_all(&mut wr, &batch, timeout).await.is_err() || wr.flush().await.is_err() {
+        if write_queued(&mut wr, first, &mut rx, &mut batch, timeout)
+            .await
+            .is_err()
+        {
             return;
         }
     }

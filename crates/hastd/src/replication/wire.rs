@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hast_repl::{FrameHeader, ReplError, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// One received frame: header, digest, raw payload (not yet verified).
 pub struct Frame {
@@ -74,4 +75,41 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
         Err(_) => Err(WireError::Timeout(timeout.as_secs())),
         Ok(r) => Ok(r?),
     }
+}
+
+/// Small frames are coalesced into one socket write up to this many bytes;
+/// a frame this large or larger goes out on its own, never copied again.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// Writes `first` and whatever else is already queued: small frames are
+/// gathered into one write (fewer syscalls at high queue depth, no added
+/// latency at depth one), large ones are written straight from their buffer.
+pub async fn write_queued<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    first: Vec<u8>,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    batch: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), WireError> {
+    batch.clear();
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        if frame.len() >= BATCH_BYTES {
+            if !batch.is_empty() {
+                write_all(wr, batch, timeout).await?;
+                batch.clear();
+            }
+            write_all(wr, &frame, timeout).await?;
+        } else {
+            batch.extend_from_slice(&frame);
+        }
+        if batch.len() < BATCH_BYTES {
+            next = rx.try_recv().ok();
+        }
+    }
+    if !batch.is_empty() {
+        write_all(wr, batch, timeout).await?;
+    }
+    wr.flush().await?;
+    Ok(())
 }
