@@ -567,7 +567,7 @@ impl Negotiation {
                 self.meta_context(opt, payload, catalog, &mut out);
                 Outcome::Continue
             }
-            // EXTENDED_HEADERS is not implemented yet: qemu falls back on
+            // EXTENDED_HEADERS is unsupported here (SPEC §2): qemu falls back on
             // ERR_UNSUP. STARTTLS: NOTLS mode answers ERR_UNSUP (proto.md).
             _ => {
                 push_option_reply(&mut out, opt, REP_ERR_UNSUP, b"option not supported");
