@@ -41,44 +41,9 @@ for tool in cargo fio qemu-nbd nbdkit nbdinfo; do
 done
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "compare.sh: this fio has no nbd engine" >&2; exit 69; }
 
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/hast-bench.XXXXXX")
-PIDS=()
-
-cleanup() {
-    local pid i
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for i in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ -n "${BENCH_KEEP:-}" ]; then
-        echo "work dir kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# wait_export URI SECONDS: until nbdinfo can open the export.
-wait_export() {
-    local uri=$1 deadline=$((SECONDS + $2))
-    until nbdinfo --size "$uri" >/dev/null 2>&1; do
-        if [ $SECONDS -ge $deadline ]; then
-            echo "compare.sh: $uri not served after $2 s" >&2
-            return 1
-        fi
-        sleep 0.2
-    done
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init bench
 
 echo "== building hastd (release)" >&2
 (cd "$ROOT" && cargo build --release --bins --quiet)

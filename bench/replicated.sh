@@ -34,31 +34,9 @@ for tool in cargo fio qemu-nbd nbdinfo nbdcopy; do
     command -v "$tool" >/dev/null || { echo "replicated.sh: $tool is not installed" >&2; exit 69; }
 done
 
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/hast-rbench.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid i
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ -n "${BENCH_KEEP:-}" ]; then echo "work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_export() {
-    local deadline=$((SECONDS + $2))
-    until nbdinfo --size "$1" >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || { echo "replicated.sh: $1 not served" >&2; return 1; }
-        sleep 0.2
-    done
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init rbench
 
 echo "== building hastd (release)" >&2
 (cd "$ROOT" && cargo build --release --bins --quiet)
