@@ -18,6 +18,7 @@ mod exit {
     pub const USAGE: i32 = 64;
     pub const NOINPUT: i32 = 66;
     pub const SOFTWARE: i32 = 70;
+    pub const IOERR: i32 = 74;
     pub const TEMPFAIL: i32 = 75;
     pub const PROTOCOL: i32 = 76;
 }
@@ -253,7 +254,7 @@ fn lock_provider(path: &Path) -> Res<std::fs::File> {
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 exit::NOINPUT
             } else {
-                hast_meta_ioerr()
+                exit::IOERR
             };
             Fail(code, format!("cannot open {}: {e}", path.display()))
         })?;
@@ -268,10 +269,6 @@ fn lock_provider(path: &Path) -> Res<std::fs::File> {
         ));
     }
     Ok(f)
-}
-
-fn hast_meta_ioerr() -> i32 {
-    74
 }
 
 fn dump(common: &Common, names: &[String]) -> Res {

@@ -38,8 +38,13 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    bind_private(path)
+}
+
+/// Binds a Unix socket with mode 0600: the umask is narrowed around the bind
+/// so the socket never exists with looser permissions, even briefly.
+pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     // SAFETY: umask only swaps the process's file mode mask; restored below.
-    // The socket must never exist with looser permissions, even briefly.
     let old = unsafe { libc::umask(0o177) };
     let res = UnixListener::bind(path);
     // SAFETY: as above.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
 use hast_nbd::{BlockExtent, Errno, Export, ExportInfo, Exports, Limits, OpenError};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::datapath::{DataPath, DpError};
@@ -213,32 +213,18 @@ pub async fn listen_tcp(
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let listener = TcpListener::bind((host, *port)).await?;
     let local = listener.local_addr()?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(NBD_CONNECTIONS_MAX));
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("NBD accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+    let shown = local.to_string();
+    let listener = Arc::new(listener);
+    let task = tokio::spawn(accept_loop(registry, shown, move || {
+        let listener = listener.clone();
+        async move {
+            let (stream, peer) = listener.accept().await?;
             // Small requests and replies: latency matters more than batching.
             let _ = stream.set_nodelay(true);
-            let registry = registry.clone();
-            tokio::spawn(async move {
-                if let Err(e) = hast_nbd::serve(registry, stream, peer.to_string(), limits()).await
-                {
-                    tracing::debug!(%peer, "NBD connection ended: {e}");
-                }
-                drop(permit);
-            });
+            let (rd, wr) = stream.into_split();
+            Ok((rd, wr, peer.to_string()))
         }
-    });
+    }));
     Ok((local, task))
 }
 
@@ -247,38 +233,49 @@ pub fn listen_unix(path: &Path, registry: Arc<Registry>) -> std::io::Result<Join
     if path.exists() {
         std::fs::remove_file(path)?;
     }
-    // SAFETY: umask only swaps the process's file mode mask; restored below.
-    let old = unsafe { libc::umask(0o177) };
-    let res = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let listener = res?;
+    let listener = Arc::new(crate::control::bind_private(path)?);
     let shown = path.display().to_string();
-    let slots = Arc::new(tokio::sync::Semaphore::new(NBD_CONNECTIONS_MAX));
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let stream = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("NBD accept on {shown} failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let registry = registry.clone();
-            let peer = shown.clone();
+    let peer = shown.clone();
+    Ok(tokio::spawn(accept_loop(registry, shown, move || {
+        let listener = listener.clone();
+        let peer = peer.clone();
+        async move {
+            let (stream, _) = listener.accept().await?;
             let (rd, wr) = stream.into_split();
-            tokio::spawn(async move {
-                if let Err(e) =
-                    hast_nbd::serve_split(registry, rd, wr, peer.clone(), limits()).await
-                {
-                    tracing::debug!(%peer, "NBD connection ended: {e}");
-                }
-                drop(permit);
-            });
+            Ok((rd, wr, peer))
         }
-    }))
+    })))
+}
+
+/// Accepts connections with `accept` (owned read and write halves: no lock
+/// shared between a connection's reader and writer) and serves each in its
+/// own task, at most [`NBD_CONNECTIONS_MAX`] at once.
+async fn accept_loop<R, W, F, Fut>(registry: Arc<Registry>, shown: String, mut accept: F)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(R, W, String)>>,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(NBD_CONNECTIONS_MAX));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (rd, wr, peer) = match accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("NBD accept on {shown} failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hast_nbd::serve_split(registry, rd, wr, peer.clone(), limits()).await {
+                tracing::debug!(%peer, "NBD connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
 }

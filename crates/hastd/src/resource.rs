@@ -525,8 +525,10 @@ fn unlock_component(file: &std::fs::File) {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
 }
 
-/// Used by the replication listener before handing a connection over.
-pub fn peer_allowed(cfg: &hast_conf::Resource, peer: &std::net::SocketAddr) -> bool {
+/// Used by the replication listener before handing a connection over: the
+/// peer's IP must be one of the configured `remote`'s addresses. Resolved
+/// asynchronously: a slow resolver must not stall the runtime's workers.
+pub async fn peer_allowed(cfg: &hast_conf::Resource, peer: &std::net::SocketAddr) -> bool {
     let Some(hast_conf::Addr::Tcp { host, port }) = &cfg.remote else {
         return false;
     };
@@ -534,9 +536,8 @@ pub fn peer_allowed(cfg: &hast_conf::Resource, peer: &std::net::SocketAddr) -> b
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return ip == peer.ip();
     }
-    use std::net::ToSocketAddrs;
-    (host, *port)
-        .to_socket_addrs()
-        .map(|mut addrs| addrs.any(|a| a.ip() == peer.ip()))
-        .unwrap_or(false)
+    match tokio::net::lookup_host((host, *port)).await {
+        Ok(mut addrs) => addrs.any(|a| a.ip() == peer.ip()),
+        Err(_) => false,
+    }
 }

@@ -417,30 +417,27 @@ impl DataPath {
             // the next handshake) already covers anything this copy might
             // lack after a crash. Skipping it saves a synchronous metadata
             // write per replicated write.
+            let op = op_of(&change);
             let res = self.apply_local(offset, fua, change).await;
-            self.count(Op::Write, len, &res);
+            self.count(op, len, &res);
             drop(range);
             drop(pass);
             return res;
         }
         self.mark_dirty(offset, len).await?;
         let mode = self.replication();
-        let (op, remote) = match &change {
-            Change::Write(d) => (
-                Op::Write,
+        let op = op_of(&change);
+        let remote = match &change {
+            Change::Write(d) => {
                 self.send(&link, offset, Payload::Data(d), 0, fua, mode)
-                    .await,
-            ),
-            Change::Zero { punch, trim, .. } => {
+                    .await
+            }
+            Change::Zero { punch, .. } => {
                 let flags = if *punch { hast_repl::flags::PUNCH } else { 0 };
-                let op = if *trim { Op::Trim } else { Op::Zero };
                 // Zero requests are bounded by the NBD payload limit (u32).
                 let n = u32::try_from(len).unwrap_or(u32::MAX);
-                (
-                    op,
-                    self.send(&link, offset, Payload::Zero(n), flags, fua, mode)
-                        .await,
-                )
+                self.send(&link, offset, Payload::Zero(n), flags, fua, mode)
+                    .await
             }
         };
         let res = self.apply_local(offset, fua, change).await;
@@ -615,16 +612,8 @@ impl DataPath {
         if self.degraded_recorded.load(Relaxed) {
             return Ok(());
         }
-        let mut next = h.clone();
-        next.localcnt += 1;
-        next.generation += 1;
-        let store = self.store.clone();
-        let written = next.clone();
-        tokio::task::spawn_blocking(move || store.write_header(&written))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        *h = next;
+        self.write_header_locked(&mut h, |n| n.localcnt += 1)
+            .await?;
         self.degraded_recorded.store(true, Relaxed);
         tracing::warn!(resource = %self.name, localcnt = h.localcnt, "peer absent: writing degraded");
         Ok(())
@@ -759,17 +748,28 @@ impl DataPath {
     /// Writes a new header generation built from the current one by `f`.
     pub async fn update_header(&self, f: impl FnOnce(&mut Header)) -> Result<Header, DpError> {
         let mut h = self.header.lock().await;
-        let mut next = h.clone();
+        self.write_header_locked(&mut h, f).await?;
+        Ok(h.clone())
+    }
+
+    /// Writes the next header generation (crash-atomic slot update) built
+    /// by `f`, and only then makes it the current one in memory.
+    async fn write_header_locked(
+        &self,
+        current: &mut Header,
+        f: impl FnOnce(&mut Header),
+    ) -> Result<(), DpError> {
+        let mut next = current.clone();
         f(&mut next);
-        next.generation = h.generation + 1;
+        next.generation = current.generation + 1;
         let store = self.store.clone();
         let written = next.clone();
         tokio::task::spawn_blocking(move || store.write_header(&written))
             .await
             .map_err(|e| io::Error::other(e.to_string()))?
             .map_err(|e| io::Error::other(e.to_string()))?;
-        *h = next.clone();
-        Ok(next)
+        *current = next;
+        Ok(())
     }
 
     pub async fn header(&self) -> Header {
@@ -873,6 +873,14 @@ fn mode_code(m: Replication) -> u8 {
         Replication::Fullsync => 0,
         Replication::Memsync => 1,
         Replication::Async => 2,
+    }
+}
+
+fn op_of(change: &Change) -> Op {
+    match change {
+        Change::Write(_) => Op::Write,
+        Change::Zero { trim: true, .. } => Op::Trim,
+        Change::Zero { .. } => Op::Zero,
     }
 }
 

@@ -81,7 +81,7 @@ pub async fn listen(
                     refuse(&mut wr, HelloStatus::UnknownResource, &msg).await;
                     return;
                 };
-                if !peer_allowed(&handle.config, &peer) {
+                if !peer_allowed(&handle.config, &peer).await {
                     let msg = format!(
                         "connection from {} refused: resource {} accepts only its remote {}",
                         peer.ip(),
