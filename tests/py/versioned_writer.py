@@ -23,6 +23,7 @@ exit 2 if the server answered a request with an error while still connected.
 """
 
 import argparse
+import errno
 import json
 import os
 import random
@@ -72,6 +73,15 @@ def main():
         log.flush()
         os.fsync(log.fileno())
 
+    def lost(err):
+        """A command failed because the connection went away, not by a reply.
+
+        libnbd retires everything in flight with ENOTCONN when the server
+        closes (CLOSED) or the socket breaks (DEAD); either may be seen first.
+        """
+        return (h.aio_is_dead() or h.aio_is_closed()
+                or getattr(err, "errno", None) == errno.ENOTCONN)
+
     def retire():
         """Retire completed commands; returns False once the connection is gone."""
         nonlocal server_error
@@ -103,7 +113,7 @@ def main():
                         wrote = True
                     else:
                         acked[lba] = s
-                elif not h.aio_is_dead() and server_error is None:
+                elif not lost(err) and server_error is None:
                     server_error = "write lba %d: %s" % (lba, err)
             elif k in flushes:
                 covered = flushes.pop(k)
@@ -113,7 +123,7 @@ def main():
                         log.write("D %d %d\n" % (lba, s))
                     summary["durable"] += len(covered)
                     wrote = True
-                elif not h.aio_is_dead() and server_error is None:
+                elif not lost(err) and server_error is None:
                     server_error = "flush: %s" % err
         if wrote:
             sync_log()
