@@ -53,15 +53,40 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let req = Envelope::new(Request::Role {
-            role: RoleArg::Primary,
-            names: vec!["shared".into()],
-        });
-        let frame = encode(&req).unwrap();
-        let len = decode_len(frame[..4].try_into().unwrap()).unwrap();
-        assert_eq!(len, frame.len() - 4);
-        let back: Envelope<Request> = decode_body(&frame[4..]).unwrap();
-        assert_eq!(back, req);
+        let reqs = [
+            Request::Role {
+                role: RoleArg::Primary,
+                names: vec!["shared".into()],
+                epoch: Some(7),
+            },
+            Request::Lease {
+                ms: 3000,
+                names: Vec::new(),
+            },
+        ];
+        for req in reqs {
+            let req = Envelope::new(req);
+            let frame = encode(&req).unwrap();
+            let len = decode_len(frame[..4].try_into().unwrap()).unwrap();
+            assert_eq!(len, frame.len() - 4);
+            let back: Envelope<Request> = decode_body(&frame[4..]).unwrap();
+            assert_eq!(back, req);
+        }
+    }
+
+    /// A role request from a hastctl that predates `-E` still decodes.
+    #[test]
+    fn role_without_epoch_decodes() {
+        let body = br#"{"version":1,"body":{"Role":{"role":"primary","names":["r0"]}}}"#;
+        let req: Envelope<Request> = decode_body(body).unwrap();
+        assert_eq!(
+            req.body,
+            Request::Role {
+                role: RoleArg::Primary,
+                names: vec!["r0".into()],
+                epoch: None
+            }
+        );
     }
 
     #[test]

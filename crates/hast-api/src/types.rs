@@ -46,9 +46,27 @@ impl std::fmt::Display for RoleArg {
 /// What `hastctl` asks. An empty `names` means every configured resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    Role { role: RoleArg, names: Vec<String> },
-    Status { names: Vec<String> },
+    /// `hastctl role [-E epoch]`: `epoch` is the fencing token the caller
+    /// (hastmon) assigns; absent, a promotion raises the stored one by 1.
+    Role {
+        role: RoleArg,
+        names: Vec<String>,
+        #[serde(default)]
+        epoch: Option<u64>,
+    },
+    Status {
+        names: Vec<String>,
+    },
+    /// `hastctl lease -t ms`: a primary demotes itself to secondary `ms`
+    /// milliseconds from now unless a later lease replaces this one.
+    Lease {
+        ms: u64,
+        names: Vec<String>,
+    },
 }
+
+/// Longest lease `hastctl lease -t` may ask for: one day.
+pub const LEASE_MS_MAX: u64 = 86_400_000;
 
 /// Why a request failed; each kind maps to one sysexits(3) code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +83,9 @@ pub enum ErrorKind {
     IoErr,
     /// A bug or an unexpected state in hastd.
     Software,
+    /// Refused by the fencing rules: a promotion with an epoch lower than
+    /// the one stored, a lease for a resource that is not primary.
+    NoPerm,
 }
 
 impl ErrorKind {
@@ -77,6 +98,7 @@ impl ErrorKind {
             ErrorKind::Software => 70,
             ErrorKind::IoErr => 74,
             ErrorKind::TempFail => 75,
+            ErrorKind::NoPerm => 77,
         }
     }
 }
@@ -92,6 +114,8 @@ pub enum Response {
     /// Per-resource outcome of a role change, in request order.
     Role(Vec<RoleOutcome>),
     Status(Vec<ResourceStatus>),
+    /// Per-resource outcome of a lease request, in request order.
+    Lease(Vec<LeaseOutcome>),
     Error(ApiError),
 }
 
@@ -99,6 +123,16 @@ pub enum Response {
 pub struct RoleOutcome {
     pub name: String,
     pub result: Result<RoleArg, ApiError>,
+    /// The resource's epoch after the request, when known.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseOutcome {
+    pub name: String,
+    /// The lease granted, in milliseconds from when hastd received it.
+    pub result: Result<u64, ApiError>,
 }
 
 /// A snapshot of one resource, as `status` and `list` show it.
@@ -128,6 +162,31 @@ pub struct ResourceStatus {
     /// connection error), when a remote is configured and the component open.
     #[serde(default)]
     pub peer: Option<String>,
+    /// The fencing token stored in the metadata (read from the component
+    /// while init); `None` when it cannot be read.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// Milliseconds left on the primary's lease (0: expired, demotion under
+    /// way); `None` without a lease.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    /// Degraded-write fencing of a primary (see `fence_peer`); `None` unless primary.
+    #[serde(default)]
+    pub fence: Option<FenceStatus>,
+}
+
+/// Where a primary stands with `fence_peer`. Each time it loses its peer
+/// while writes come in, a new degradation generation starts; no write of
+/// that generation is applied alone or acknowledged before the fence
+/// command succeeded for it (when `fence_peer` is set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceStatus {
+    /// Current degradation generation (0: never degraded since promotion).
+    pub generation: u64,
+    /// Last generation the fence command succeeded for.
+    pub fenced: u64,
+    /// A fence for `generation` is being run or retried right now.
+    pub pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,12 +2,14 @@
 //! newlines, each with the line it starts on. `#` starts a comment up to the
 //! end of the line. It streams one token at a time, so memory stays bounded
 //! by the longest token (`TOKEN_LEN_MAX`), whatever the input.
+//! hastmon.conf (crate `hast-mon`) uses it too, so both files share one
+//! lexical syntax.
 
 use crate::error::ErrorKind;
 use crate::TOKEN_LEN_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Tok {
+pub enum Tok {
     /// A bare word or a quoted string. `quoted` keeps `"on"` or `"{"` from
     /// being read as syntax.
     Word {
@@ -23,7 +25,7 @@ pub(crate) enum Tok {
 
 impl Tok {
     /// How the token is named in error messages.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             Tok::Word { text, .. } => format!("\"{text}\""),
             Tok::LBrace => "\"{\"".to_owned(),
@@ -36,12 +38,12 @@ impl Tok {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Token {
-    pub(crate) tok: Tok,
-    pub(crate) line: u32,
+pub struct Token {
+    pub tok: Tok,
+    pub line: u32,
 }
 
-pub(crate) struct Lexer<'a> {
+pub struct Lexer<'a> {
     rest: &'a str,
     line: u32,
 }
@@ -53,14 +55,14 @@ fn is_delimiter(c: char) -> bool {
 }
 
 impl<'a> Lexer<'a> {
-    pub(crate) fn new(text: &'a str) -> Self {
+    pub fn new(text: &'a str) -> Self {
         Lexer {
             rest: text,
             line: 1,
         }
     }
 
-    pub(crate) fn next_token(&mut self) -> Result<Token, (u32, ErrorKind)> {
+    pub fn next_token(&mut self) -> Result<Token, (u32, ErrorKind)> {
         self.skip_blanks_and_comment();
         let line = self.line;
         let mut chars = self.rest.chars();

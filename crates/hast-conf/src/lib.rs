@@ -13,7 +13,8 @@
 
 mod addr;
 mod error;
-mod lexer;
+/// Public so hastmon.conf (crate `hast-mon`) shares this tokenizer.
+pub mod lexer;
 mod parser;
 mod resolve;
 mod value;
@@ -130,6 +131,9 @@ pub struct Resource {
     pub compression: Compression,
     pub timeout_secs: u32,
     pub exec: Option<PathBuf>,
+    /// `fence_peer`: shell command that fences the peer before the primary
+    /// writes without it (`/bin/sh -c`); `None` when unset or `none`.
+    pub fence_peer: Option<String>,
     pub metaflush: bool,
     pub freeze_timeout_secs: u32,
     pub on_io_error: OnIoError,

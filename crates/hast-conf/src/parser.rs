@@ -67,6 +67,8 @@ pub(crate) struct ResOpts {
     pub(crate) compression: Option<At<Compression>>,
     pub(crate) timeout: Option<At<u32>>,
     pub(crate) exec: Option<At<PathBuf>>,
+    /// `fence_peer none` is `Some(At { value: None })`: it overrides a default.
+    pub(crate) fence_peer: Option<At<Option<String>>>,
     pub(crate) metaflush: Option<At<bool>>,
     pub(crate) freeze_timeout: Option<At<u32>>,
     pub(crate) on_io_error: Option<At<OnIoError>>,
@@ -121,6 +123,7 @@ enum Key {
     Compression,
     Timeout,
     Exec,
+    FencePeer,
     Metaflush,
     FreezeTimeout,
     OnIoError,
@@ -146,6 +149,7 @@ impl Key {
             "compression" => Key::Compression,
             "timeout" => Key::Timeout,
             "exec" => Key::Exec,
+            "fence_peer" => Key::FencePeer,
             "metaflush" => Key::Metaflush,
             "freeze_timeout" => Key::FreezeTimeout,
             "on_io_error" => Key::OnIoError,
@@ -660,6 +664,18 @@ fn apply_res(key: Key, w: &str, v: &str, line: u32, o: &mut ResOpts) -> Result<(
         Key::Timeout => set(&mut o.timeout, seconds(w, v, 1)?, w, line),
         Key::FreezeTimeout => set(&mut o.freeze_timeout, seconds(w, v, 0)?, w, line),
         Key::Exec => set(&mut o.exec, abs_path(w, v)?, w, line),
+        Key::FencePeer => {
+            // A shell command line, run with `/bin/sh -c`; quote it to keep
+            // its spaces. `none` turns off a default set in a wider section.
+            let cmd = match v {
+                "none" => None,
+                _ if v.trim().is_empty() => {
+                    return Err(bad(w, v, "expected a shell command or none"))
+                }
+                _ => Some(v.to_owned()),
+            };
+            set(&mut o.fence_peer, cmd, w, line)
+        }
         Key::Metaflush => {
             let on = match v {
                 "on" => true,

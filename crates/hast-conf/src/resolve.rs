@@ -210,6 +210,7 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
         compression: get!(compression).unwrap_or(defaults::COMPRESSION),
         timeout_secs: get!(timeout).unwrap_or(defaults::TIMEOUT_SECS),
         exec: get!(exec),
+        fence_peer: get!(fence_peer).flatten(),
         metaflush: get!(metaflush).unwrap_or(defaults::METAFLUSH),
         freeze_timeout_secs: get!(freeze_timeout).unwrap_or(defaults::FREEZE_TIMEOUT_SECS),
         on_io_error: get!(on_io_error).unwrap_or(defaults::ON_IO_ERROR),
@@ -238,6 +239,47 @@ mod tests {
         ];
         for (section, node, want) in cases {
             assert_eq!(node_matches(section, node), *want, "on {section} / {node}");
+        }
+    }
+
+    /// `fence_peer` inherits like every resource option; `none` turns a
+    /// wider default off; an empty command is an error on its line.
+    #[test]
+    fn fence_peer_inheritance() {
+        const TEXT: &str = "fence_peer \"/usr/sbin/fence-peer --hard\"\n\
+            resource dflt { on a { local /d0\n remote b } }\n\
+            resource own { fence_peer /bin/true\n on a { local /d1\n remote b } }\n\
+            resource off { on a { local /d2\n remote b\n fence_peer none } }\n";
+        let c = crate::parse(TEXT, Path::new("hast.conf"), "a").unwrap();
+        let got: Vec<_> = c
+            .resources
+            .iter()
+            .map(|r| (r.name.as_str(), r.fence_peer.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("dflt", Some("/usr/sbin/fence-peer --hard")),
+                ("own", Some("/bin/true")),
+                ("off", None),
+            ]
+        );
+        let unset = "resource r { on a { local /d\n remote b } }\n";
+        let c = crate::parse(unset, Path::new("hast.conf"), "a").unwrap();
+        assert_eq!(c.resources[0].fence_peer, None);
+
+        let cases = [
+            ("fence_peer \"  \"\n", 1, "fence_peer"),
+            ("resource r {\n fence_peer\n}\n", 2, "fence_peer"),
+            ("on a {\n fence_peer /x\n}\n", 2, "fence_peer"),
+        ];
+        for (text, line, word) in cases {
+            let e = crate::parse(text, Path::new("hast.conf"), "a").unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!("hast.conf:{line}:")) && msg.contains(word),
+                "{text:?}: {msg}"
+            );
         }
     }
 

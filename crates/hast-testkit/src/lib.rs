@@ -13,7 +13,9 @@
 //! Rules this crate keeps so tests stay trustworthy: no process is ever killed by
 //! name, every wait has a bound, and a failing test prints the daemon's log.
 
+pub mod cluster;
 pub mod env;
+pub mod hacluster;
 pub mod net;
 pub mod node;
 pub mod pair;

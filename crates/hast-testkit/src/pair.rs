@@ -99,7 +99,7 @@ pub struct ResStatus {
 }
 
 impl ResStatus {
-    fn from_json(v: serde_json::Value) -> ResStatus {
+    pub fn from_json(v: serde_json::Value) -> ResStatus {
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let n = |p: &str| v.pointer(p).and_then(serde_json::Value::as_u64);
         let sync = v.get("sync").filter(|x| !x.is_null()).map(|x| {

@@ -1,6 +1,7 @@
 //! `hastctl`, the control utility, as in FreeBSD's HASTCTL(8): `create` and
 //! `dump` work on the local components directly (no daemon needed); `role`,
-//! `status` and `list` ask hastd over the control socket. This crate only
+//! `status` and `list` ask hastd over the control socket, and so does our
+//! `lease` (with `role -E`, the fencing hooks `hastmon` drives). This crate only
 //! parses arguments, calls `hast-meta` or `hast-api`, and renders; every
 //! failure is one line on stderr and a sysexits(3) status.
 
@@ -78,11 +79,31 @@ enum Cmd {
     },
     /// Change the role of the given resources.
     #[command(
-        override_usage = "hastctl role [-d] [-c config] <init | primary | secondary> all | name ..."
+        override_usage = "hastctl role [-d] [-c config] [-E epoch] <init | primary | secondary> all | name ..."
     )]
     Role {
+        /// Fencing token: promotion is refused (exit 77) below the stored
+        /// epoch, which is raised to it otherwise. Without it a promotion
+        /// raises the stored epoch by one.
+        #[arg(short = 'E', long = "epoch", value_name = "epoch")]
+        epoch: Option<u64>,
         #[arg(value_parser = parse_role)]
         role: RoleArg,
+        #[arg(required = true, value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Give primary resources a lease: unless renewed within the given
+    /// milliseconds, hastd demotes them to secondary itself.
+    #[command(override_usage = "hastctl lease [-d] [-c config] -t milliseconds all | name ...")]
+    Lease {
+        /// Lease length in milliseconds (1 to 86400000), from when hastd receives it.
+        #[arg(
+            short = 't',
+            value_name = "milliseconds",
+            required = true,
+            value_parser = clap::value_parser!(u64).range(1..=hast_api::LEASE_MS_MAX)
+        )]
+        ms: u64,
         #[arg(required = true, value_name = "all | name")]
         names: Vec<String>,
     },
@@ -166,7 +187,8 @@ fn run(common: &Common, cmd: Cmd) -> Res {
             names,
         } => create(common, extentsize, keepdirty, mediasize, &names),
         Cmd::Dump { names } => dump(common, &names),
-        Cmd::Role { role, names } => set_role(common, role, &names),
+        Cmd::Role { epoch, role, names } => set_role(common, role, epoch, &names),
+        Cmd::Lease { ms, names } => lease(common, ms, &names),
         Cmd::Status { json, names } => status(common, json, &names, false),
         Cmd::List { json, names } => status(common, json, &names, true),
     }
@@ -305,7 +327,7 @@ fn call(common: &Common, cfg: &hast_conf::Config, req: Request) -> Res<Response>
     }
 }
 
-fn set_role(common: &Common, role: RoleArg, names: &[String]) -> Res {
+fn set_role(common: &Common, role: RoleArg, epoch: Option<u64>, names: &[String]) -> Res {
     let cfg = load(common)?;
     // Check names locally first so a typo changes nothing anywhere.
     select(&cfg, names)?;
@@ -315,21 +337,60 @@ fn set_role(common: &Common, role: RoleArg, names: &[String]) -> Res {
         Request::Role {
             role,
             names: names.to_vec(),
+            epoch,
         },
     )?
     else {
         return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
     };
-    let mut failure = None;
-    for o in outcomes {
-        if let Err(e) = o.result {
-            eprintln!("hastctl: {}: {}", o.name, e.message);
-            failure.get_or_insert(e.kind.exit_code());
-        } else if common.debug > 0 {
-            eprintln!("hastctl: {}: role {role}", o.name);
+    let failures = outcomes.into_iter().filter_map(|o| match o.result {
+        Err(e) => Some((o.name, e)),
+        Ok(_) => {
+            if common.debug > 0 {
+                let epoch = o.epoch.map_or_else(|| "unknown".into(), |e| e.to_string());
+                eprintln!("hastctl: {}: role {role}, epoch {epoch}", o.name);
+            }
+            None
         }
+    });
+    report(failures)
+}
+
+fn lease(common: &Common, ms: u64, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    select(&cfg, names)?;
+    let Response::Lease(outcomes) = call(
+        common,
+        &cfg,
+        Request::Lease {
+            ms,
+            names: names.to_vec(),
+        },
+    )?
+    else {
+        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    };
+    let failures = outcomes.into_iter().filter_map(|o| match o.result {
+        Err(e) => Some((o.name, e)),
+        Ok(ms) => {
+            if common.debug > 0 {
+                eprintln!("hastctl: {}: lease {ms} ms", o.name);
+            }
+            None
+        }
+    });
+    report(failures)
+}
+
+/// Prints one line per resource that failed and exits with the status of
+/// the first failure.
+fn report(failures: impl Iterator<Item = (String, hast_api::ApiError)>) -> Res {
+    let mut first = None;
+    for (name, e) in failures {
+        eprintln!("hastctl: {name}: {}", e.message);
+        first.get_or_insert(e.kind.exit_code());
     }
-    match failure {
+    match first {
         // Each failure was already printed on its own line.
         Some(code) => std::process::exit(code),
         None => Ok(()),

@@ -92,10 +92,31 @@ pub fn list(list: &[ResourceStatus]) -> String {
             let _ = writeln!(s, "  resuid: {}", m.resuid);
             let _ = writeln!(s, "  localcnt: {}", m.localcnt);
             let _ = writeln!(s, "  remotecnt: {}", m.remotecnt);
-            let _ = writeln!(s, "  epoch: {}", m.epoch);
             if m.inconsistent {
                 let _ = writeln!(s, "  inconsistent: yes (target of an unfinished resync)");
             }
+        }
+        if let Some(e) = r.epoch {
+            let _ = writeln!(s, "  epoch: {e}");
+        }
+        if r.role == hast_api::RoleArg::Primary {
+            match r.lease_ms {
+                Some(ms) => {
+                    let _ = writeln!(s, "  lease: {ms} ms left");
+                }
+                None => {
+                    let _ = writeln!(s, "  lease: none");
+                }
+            }
+        }
+        if let Some(f) = &r.fence {
+            let _ = writeln!(
+                s,
+                "  fence: generation {}, fenced {}{}",
+                f.generation,
+                f.fenced,
+                if f.pending { ", pending" } else { "" }
+            );
         }
         match &r.sync {
             Some(p) => {

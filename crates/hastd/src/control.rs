@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hast_api::{
-    decode_body, decode_len, encode, ApiError, Envelope, ErrorKind, Request, Response, RoleOutcome,
-    HEADER_LEN,
+    decode_body, decode_len, encode, ApiError, Envelope, ErrorKind, LeaseOutcome, Request,
+    Response, RoleOutcome, HEADER_LEN, LEASE_MS_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -151,7 +151,7 @@ fn select(names: &[String], resources: &[ResourceHandle]) -> Result<Vec<Resource
 async fn handle(req: Request, resources: &Resources) -> Response {
     let all = resources.read().await.clone();
     match req {
-        Request::Role { role, names } => {
+        Request::Role { role, names, epoch } => {
             let targets = match select(&names, &all) {
                 Ok(t) => t,
                 Err(e) => return Response::Error(e),
@@ -159,16 +159,46 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             let mut out = Vec::with_capacity(targets.len());
             for r in targets {
                 let (tx, rx) = oneshot::channel();
-                let result = match r.tx.send(Command::Role(role, tx)).await {
+                let result = match r.tx.send(Command::Role(role, epoch, tx)).await {
                     Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(&r.name))),
                     Err(_) => Err(gone(&r.name)),
+                };
+                let (result, epoch) = match result {
+                    Ok((role, epoch)) => (Ok(role), epoch),
+                    Err(e) => (Err(e), None),
                 };
                 out.push(RoleOutcome {
                     name: r.name.clone(),
                     result,
+                    epoch,
                 });
             }
             Response::Role(out)
+        }
+        Request::Lease { ms, names } => {
+            if ms == 0 || ms > LEASE_MS_MAX {
+                return error(
+                    ErrorKind::Usage,
+                    format!("lease of {ms} ms: expected 1..={LEASE_MS_MAX}"),
+                );
+            }
+            let targets = match select(&names, &all) {
+                Ok(t) => t,
+                Err(e) => return Response::Error(e),
+            };
+            let mut out = Vec::with_capacity(targets.len());
+            for r in targets {
+                let (tx, rx) = oneshot::channel();
+                let result = match r.tx.send(Command::Lease(ms, tx)).await {
+                    Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(&r.name))),
+                    Err(_) => Err(gone(&r.name)),
+                };
+                out.push(LeaseOutcome {
+                    name: r.name.clone(),
+                    result,
+                });
+            }
+            Response::Lease(out)
         }
         Request::Status { names } => {
             let targets = match select(&names, &all) {

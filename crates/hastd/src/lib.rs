@@ -4,12 +4,16 @@
 //!
 //! Code map: [`daemon`] (startup, signals, reload, shutdown), [`resource`]
 //! (role state machine per resource), [`datapath`] (the I/O path: gate,
-//! range lock, activemap, local component), [`nbdfront`] (binds the NBD
-//! server of `hast-nbd` to the data paths), [`control`] (the control socket).
+//! range lock, activemap, lease, peer fencing, local component),
+//! [`nbdfront`] (binds the NBD server of `hast-nbd` to the data paths),
+//! [`control`] (the control socket), [`epoch`] (the fencing-token rules of
+//! role changes), [`command`] (bounded runs of operator commands).
 
+mod command;
 mod control;
 mod daemon;
 mod datapath;
+mod epoch;
 mod logging;
 mod nbdfront;
 mod pidfile;

@@ -89,6 +89,16 @@ impl NbdExport {
         dp.counters.connections.fetch_add(1, Relaxed);
         NbdExport { dp }
     }
+
+    /// The last word before a modification or flush is acknowledged: once
+    /// the primary's lease passed, success turns into ESHUTDOWN (the demotion
+    /// that follows would give the same), whatever the timer's delay.
+    fn ack(&self, res: Result<(), DpError>) -> Result<(), Errno> {
+        match res {
+            Ok(()) if !self.dp.ack_allowed() => Err(Errno::Shutdown),
+            other => other.map_err(errno),
+        }
+    }
 }
 
 impl Drop for NbdExport {
@@ -132,18 +142,19 @@ impl Export for NbdExport {
     }
 
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), Errno> {
-        self.dp.write(offset, data, fua).await.map_err(errno)
+        self.ack(self.dp.write(offset, data, fua).await)
     }
 
     async fn flush(&self) -> Result<(), Errno> {
-        self.dp.flush().await.map_err(errno)
+        self.ack(self.dp.flush().await)
     }
 
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), Errno> {
-        self.dp
-            .zero(offset, u64::from(len), true, false, fua, true)
-            .await
-            .map_err(errno)
+        self.ack(
+            self.dp
+                .zero(offset, u64::from(len), true, false, fua, true)
+                .await,
+        )
     }
 
     async fn write_zeroes(
@@ -154,10 +165,11 @@ impl Export for NbdExport {
         fast_only: bool,
         fua: bool,
     ) -> Result<(), Errno> {
-        self.dp
-            .zero(offset, u64::from(len), may_trim, fast_only, fua, false)
-            .await
-            .map_err(errno)
+        self.ack(
+            self.dp
+                .zero(offset, u64::from(len), may_trim, fast_only, fua, false)
+                .await,
+        )
     }
 
     async fn cache(&self, offset: u64, len: u32) -> Result<(), Errno> {

@@ -13,9 +13,16 @@
 //! - while the configured peer is absent, written extents stay dirty
 //!   (needsync) and `localcnt` is bumped durably before the first such write
 //!   is acknowledged;
+//! - with `fence_peer`, no write goes to the local component alone, and none
+//!   is acknowledged without the peer (nor bumps `localcnt`), before the
+//!   fence command succeeded for its degradation generation (`fence.rs`);
+//! - once the primary's lease passed, no modification or flush is
+//!   acknowledged with success (`lease.rs`);
 //! - overlapping writes are applied in arrival order.
 
+mod fence;
 mod gate;
+mod lease;
 pub mod local;
 mod rangelock;
 
@@ -29,13 +36,26 @@ use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::replication::link::{InFlight, Link, RemoteError};
+pub use fence::Fence;
 use gate::Gate;
+pub use lease::Lease;
 use local::LocalData;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
 
 /// How often idle clean-up of the activemap runs when writes happened.
 const IDLE_BARRIER_INTERVAL: Duration = Duration::from_secs(10);
+/// Bound on one run of the `fence_peer` command; it is killed after this.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Wait between failed runs of the `fence_peer` command.
+const FENCE_RETRY: Duration = Duration::from_secs(1);
+/// Output of one `fence_peer` run kept for the log, per stream.
+const FENCE_OUTPUT_MAX: usize = 4096;
+/// Output lines of one `fence_peer` run written to the log.
+const FENCE_LOG_LINES: usize = 20;
+/// A command that keeps failing is logged on its first failure and then
+/// once per this many attempts.
+const FENCE_LOG_EVERY: u64 = 30;
 
 /// Why a request failed, independent of the transport that carried it.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +156,12 @@ pub struct DataPath {
     degraded_recorded: AtomicBool,
     writes_since_barrier: AtomicU64,
     pub counters: Counters,
+    /// The primary's lease; never set on a secondary.
+    pub lease: Lease,
+    /// Degradation generations and `fence_peer` (primary with a peer only).
+    pub fence: Fence,
+    /// This node's name and the peer's address, for the fence command.
+    fence_env: (String, String),
 }
 
 impl DataPath {
@@ -143,12 +169,14 @@ impl DataPath {
     /// checked by the caller.
     pub fn open(
         name: &str,
+        node: &str,
         side: Side,
         store: Arc<Store>,
         header: Header,
         cfg: &hast_conf::Resource,
     ) -> Result<Arc<DataPath>, hast_meta::MetaError> {
         let peer_configured = cfg.remote.is_some();
+        let fences = side == Side::Primary && peer_configured;
         let ondisk = store.read_map(&header)?;
         let map = ActiveMap::new(
             header.extentsize,
@@ -184,6 +212,14 @@ impl DataPath {
             degraded_recorded: AtomicBool::new(false),
             writes_since_barrier: AtomicU64::new(0),
             counters: Counters::default(),
+            lease: Lease::default(),
+            fence: Fence::new(cfg.fence_peer.as_deref().filter(|_| fences)),
+            fence_env: (
+                node.to_string(),
+                cfg.remote
+                    .as_ref()
+                    .map_or_else(String::new, ToString::to_string),
+            ),
         });
         tokio::spawn(dp.clone().metadata_writer());
         Ok(dp)
@@ -200,6 +236,9 @@ impl DataPath {
         self.metaflush.store(cfg.metaflush, Relaxed);
         self.replication.store(mode_code(cfg.replication), Relaxed);
         self.resync_rate.store(cfg.resync_rate, Relaxed);
+        if self.side == Side::Primary && self.peer_configured {
+            self.fence.set_command(cfg.fence_peer.as_deref());
+        }
     }
 
     /// `resync_rate` in bytes per second, 0 = unlimited.
@@ -227,10 +266,15 @@ impl DataPath {
     /// Installs (or removes) the replication link. A new link starts a new
     /// in-sync period: the next disconnection counts as a new degraded one.
     pub fn set_link(&self, link: Option<Arc<Link>>) {
-        if link.is_some() {
+        let installed = link.is_some();
+        if installed {
             self.degraded_recorded.store(false, Relaxed);
         }
         *self.link.write().unwrap_or_else(|p| p.into_inner()) = link;
+        if installed {
+            // After the store: a held write woken by this finds the link.
+            self.fence.linked();
+        }
     }
 
     pub fn set_peer_state(&self, s: &str) {
@@ -395,6 +439,10 @@ impl DataPath {
         ticket: Option<RangeGuard>,
     ) -> Result<(), DpError> {
         let pass = self.gate.enter_owned().ok_or(DpError::Shutdown)?;
+        if self.lease.expired() {
+            // The demotion is on its way; nothing more is written here.
+            return Err(DpError::Shutdown);
+        }
         let len = match &change {
             Change::Write(d) => d.len() as u64,
             Change::Zero { len, .. } => *len,
@@ -403,12 +451,17 @@ impl DataPath {
             Some(t) => t.acquire().await,
             None => self.ranges.lock(offset, len).await,
         };
-        let link = match self.side {
+        let mut link = match self.side {
             Side::Primary => self.link(),
             Side::Secondary => None,
         };
         if link.is_none() && self.side == Side::Primary && self.peer_configured {
-            self.record_degraded().await?;
+            // Not issued anywhere yet: a link that comes back while the
+            // fence is pending takes it.
+            link = self.hold_degraded(true).await?;
+            if link.is_none() {
+                self.record_degraded().await?;
+            }
         }
         if self.side == Side::Secondary {
             // The secondary keeps no activemap of what the primary sends: the
@@ -440,14 +493,24 @@ impl DataPath {
                     .await
             }
         };
+        if remote.is_none() && link.is_some() && self.peer_configured {
+            // The link died as the change was being sent: it goes to this
+            // copy alone, so the fence comes first, as for any degraded write.
+            let held = match self.hold_degraded(false).await {
+                Ok(_) => self.record_degraded().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = held {
+                self.map().write_done(offset, len, false);
+                return Err(e);
+            }
+        }
         let res = self.apply_local(offset, fua, change).await;
         self.count(op, len, &res);
         let Some(mut remote) = remote else {
-            // No peer now (or the send failed): only this copy has it.
+            // No peer now (or the send failed): only this copy has it, and
+            // the degraded period was recorded above.
             let in_sync = !(self.side == Side::Primary && self.peer_configured);
-            if !in_sync && link.is_some() {
-                self.record_degraded().await?;
-            }
             self.map().write_done(offset, len, in_sync && res.is_ok());
             self.writes_since_barrier.fetch_add(1, Relaxed);
             return res;
@@ -540,10 +603,12 @@ impl DataPath {
     }
 
     /// Records the outcome of a replicated change. A change that did not
-    /// reach the peer makes this copy the newer one: the counters say so
-    /// durably before the client can be told the write succeeded.
+    /// reach the peer makes this copy the newer one: the fence (when set)
+    /// succeeds and the counters say so durably before the client can be
+    /// told the write succeeded; a demotion while the fence is pending fails
+    /// it unacknowledged, its extents left needsync.
     async fn finish_remote(
-        &self,
+        self: &Arc<Self>,
         offset: u64,
         len: u64,
         local: &Result<(), DpError>,
@@ -558,7 +623,10 @@ impl DataPath {
                 // drop the link so the next connection resyncs.
                 l.fail(&format!("replication failed: {e}"));
             }
-            res = self.record_degraded().await;
+            res = match self.hold_degraded(false).await {
+                Ok(_) => self.record_degraded().await,
+                Err(e) => Err(e),
+            };
         }
         self.map().write_done(offset, len, in_sync);
         self.writes_since_barrier.fetch_add(1, Relaxed);
@@ -619,8 +687,128 @@ impl DataPath {
         Ok(())
     }
 
+    /// The reply path's last check before a modification or flush is
+    /// acknowledged with success: false once the lease passed (the timer
+    /// that demotes may run late). One atomic load, a clock read only while
+    /// a lease is set.
+    #[inline]
+    pub fn ack_allowed(&self) -> bool {
+        !self.lease.expired()
+    }
+
+    /// A write is about to go to this copy without the peer (`reroute`: not
+    /// issued anywhere yet) or to be acknowledged without it (already
+    /// applied, its replication failed). With `fence_peer` set, holds it
+    /// until the command succeeded for its degradation generation; a
+    /// `reroute` write instead takes a link that comes back meanwhile
+    /// (returned). A demotion ends the wait with `Shutdown`. Without
+    /// `fence_peer`, or once fenced, returns at once (one atomic check).
+    async fn hold_degraded(self: &Arc<Self>, reroute: bool) -> Result<Option<Arc<Link>>, DpError> {
+        let mut g = self.fence.degraded_generation();
+        if self.fence.allows(g) {
+            return Ok(None);
+        }
+        let _waiter = self.fence.waiter();
+        loop {
+            let changed = self.fence.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if reroute {
+                if let Some(l) = self.link() {
+                    return Ok(Some(l));
+                }
+                // Still alone: the link may have come and gone meanwhile.
+                g = self.fence.degraded_generation();
+            }
+            if self.fence.allows(g) {
+                return Ok(None);
+            }
+            if self.gate.is_closed() {
+                return Err(DpError::Shutdown);
+            }
+            self.start_fencer();
+            tokio::select! {
+                _ = changed => {}
+                _ = self.gate.closed() => return Err(DpError::Shutdown),
+            }
+        }
+    }
+
+    fn start_fencer(self: &Arc<Self>) {
+        if self.fence.start_running() {
+            tokio::spawn(self.clone().fencer());
+        }
+    }
+
+    /// Runs `fence_peer` for the current generation until it succeeds,
+    /// retrying every [`FENCE_RETRY`], for as long as this is primary and
+    /// degraded (no link, or writes still held from before the link came
+    /// back). Never in the data path: held writes only wait for its result.
+    async fn fencer(self: Arc<Self>) {
+        let (node, peer) = self.fence_env.clone();
+        let mut attempts: u64 = 0;
+        let mut last_gen = 0;
+        let mut last_output: Vec<String> = Vec::new();
+        loop {
+            let g = self.fence.generation();
+            if self.gate.is_closed() || self.fence.fenced() >= g {
+                break;
+            }
+            if self.link().is_some() && self.fence.waiting() == 0 {
+                // Back on the replicated path and nobody waits for this one.
+                break;
+            }
+            let Some(command) = self.fence.command() else {
+                break;
+            };
+            if g != last_gen {
+                (last_gen, attempts) = (g, 0);
+            }
+            attempts += 1;
+            let epoch = self.header().await.epoch;
+            let env = [
+                ("HAST_RESOURCE", self.name.clone()),
+                ("HAST_NODE", node.clone()),
+                ("HAST_PEER", peer.clone()),
+                ("HAST_EPOCH", epoch.to_string()),
+                ("HAST_FENCE_SEQ", g.to_string()),
+            ];
+            if attempts == 1 {
+                tracing::warn!(resource = %self.name, seq = g, epoch, "peer lost: fencing it before writing alone (fence_peer)");
+            }
+            let run = tokio::select! {
+                r = crate::command::run(&command, &env, FENCE_TIMEOUT, FENCE_OUTPUT_MAX) => r,
+                // Dropping the run kills the command's process group.
+                _ = self.gate.closed() => break,
+            };
+            let output = run.lines(FENCE_LOG_LINES);
+            if output != last_output {
+                for line in &output {
+                    tracing::info!(resource = %self.name, seq = g, "fence_peer: {line}");
+                }
+                last_output = output;
+            }
+            if run.success() {
+                self.fence.succeeded(g);
+                tracing::info!(resource = %self.name, seq = g, epoch, attempts, "fence_peer succeeded: writing without the peer");
+                continue;
+            }
+            if attempts == 1 || attempts.is_multiple_of(FENCE_LOG_EVERY) {
+                tracing::warn!(resource = %self.name, seq = g, epoch, attempts, "fence_peer failed ({}); writes held, retrying every {}s", run.ended, FENCE_RETRY.as_secs());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FENCE_RETRY) => {}
+                _ = self.gate.closed() => break,
+            }
+        }
+        self.fence.stop_running();
+    }
+
     pub async fn flush(&self) -> Result<(), DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
+        if self.lease.expired() {
+            return Err(DpError::Shutdown);
+        }
         let res = self.barrier().await;
         self.counters.flushes.fetch_add(1, Relaxed);
         if let Err(e) = &res {

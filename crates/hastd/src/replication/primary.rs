@@ -205,6 +205,10 @@ async fn connect(
             return Err(reply.message.clone())
         }
         Err(HelloStatus::SplitBrain) => return Err(format!("split-brain: {}", reply.message)),
+        // The secondary's message already names the refusal ("stale epoch 3 < 5: ...").
+        Err(status) if reply.message.starts_with(&status.to_string()) => {
+            return Err(reply.message.clone())
+        }
         Err(status) if !reply.message.is_empty() => {
             return Err(format!("{status}: {}", reply.message))
         }

@@ -82,14 +82,22 @@ where
                 hello.datasize, hello.extentsize, own.datasize, own.extentsize
             ),
         )),
+        Err(HelloStatus::StaleEpoch) => Some((
+            HelloStatus::StaleEpoch,
+            format!(
+                "stale epoch {} < {}: primary {} was superseded by a later primary; \
+                 refusing its replication",
+                hello.epoch, own.epoch, hello.node
+            ),
+        )),
         Err(status) => Some((status, format!("connection refused: {status}"))),
     };
     if let Some((status, message)) = refusal {
         tracing::error!(resource = %cfg.name, %peer, "{message}");
-        dp.set_peer_state(if status == HelloStatus::SplitBrain {
-            "split-brain"
-        } else {
-            "refused"
+        dp.set_peer_state(match status {
+            HelloStatus::SplitBrain => "split-brain",
+            HelloStatus::StaleEpoch => "refused: stale epoch",
+            _ => "refused",
         });
         refuse(&mut wr, status, &message).await;
         return message;
@@ -97,6 +105,24 @@ where
     let Ok(decision) = decision else {
         return "refused".into();
     };
+    // Fencing: from now on this copy refuses every primary of an older
+    // epoch, even after a restart, so the epoch is durable before the Ok.
+    if hello.epoch > own.epoch {
+        match dp
+            .update_header(|h| h.epoch = h.epoch.max(hello.epoch))
+            .await
+        {
+            Ok(h) => {
+                tracing::info!(resource = %cfg.name, %peer, epoch = h.epoch, "epoch adopted from the primary")
+            }
+            Err(e) => {
+                let message = format!("cannot record epoch {}: {e}", hello.epoch);
+                tracing::error!(resource = %cfg.name, %peer, "{message}");
+                refuse(&mut wr, HelloStatus::PeerRefused, &message).await;
+                return message;
+            }
+        }
+    }
     // Become the target: adopt the primary's identity on a first sync and
     // mark this copy inconsistent until the primary says the sync finished.
     // Deferred to the primary's first frame after the handshake: the primary

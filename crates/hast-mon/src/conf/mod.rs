@@ -1,0 +1,244 @@
+//! `/etc/hastmon.conf` to a typed `Config` (SPEC §5), in hastmon's grammar
+//! with hast.conf's lexical syntax (the tokenizer is `hast_conf::lexer`):
+//!
+//! ```text
+//! control unix:///var/run/hastmonctl      # host options: global or in a
+//! listen 0.0.0.0                          # top-level `on NODE { }`
+//! heartbeat_interval 1                    # resource options: global
+//! key { secret "at least 16 bytes" }      # defaults, overridden per resource
+//! resource www {
+//!     exec /usr/libexec/hast/hastmon-hastd
+//!     on nodea { remote nodeb nodew; priority 0 }
+//!     on nodeb { remote nodea nodew; priority 1 }
+//!     on nodew { remote nodea nodeb }
+//! }
+//! ```
+//!
+//! `parse` works on text; besides `secret_file` (read while parsing, so its
+//! errors name its line) it touches nothing. `load` reads the file with a
+//! size limit and defaults the node name to the host name. Errors are one
+//! line `file:line: message` with a sysexits(3) status (`exit_code`).
+//!
+//! Which node of a resource is primary, secondary or watchdog is decided at
+//! run time by roles; the config only lists the 2 or 3 hosts, how to reach
+//! them and their takeover priority.
+
+mod error;
+mod parser;
+mod resolve;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use crate::auth::Key;
+pub use error::{ConfigError, ErrorKind};
+pub use hast_conf::Addr;
+pub use parser::Level;
+
+/// Default port of `listen` and `remote` addresses.
+pub const MON_PORT: u16 = 8457;
+/// Larger files are refused before they are read (hast.conf's limit).
+pub const FILE_SIZE_MAX: u64 = hast_conf::FILE_SIZE_MAX;
+pub const RESOURCES_MAX: usize = hast_conf::RESOURCES_MAX;
+/// Top-level `on NODE` sections.
+pub const NODE_SECTIONS_MAX: usize = hast_conf::NODE_SECTIONS_MAX;
+/// `on` sections of a resource: two data nodes and a watchdog host.
+pub const RESOURCE_NODES_MAX: usize = 3;
+/// Addresses after one `remote`: the other hosts of the resource.
+pub const REMOTES_MAX: usize = RESOURCE_NODES_MAX - 1;
+/// Longest duration option, so that deadlines computed from it (`Instant +
+/// Duration`) can never overflow.
+pub const DURATION_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// Largest `secret_file` read.
+pub const SECRET_FILE_SIZE_MAX: u64 = 4096;
+
+/// Values used when no section sets an option.
+pub mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::{Addr, MON_PORT};
+
+    pub const CONTROL_PATH: &str = "/var/run/hastmonctl";
+    pub const PIDFILE: &str = "/var/run/hastmon.pid";
+    pub const STATE_DIR: &str = "/var/lib/hastmon";
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const COMPLAINT_COUNT: u32 = 2;
+    pub const COMPLAINT_INTERVAL: Duration = Duration::from_secs(10);
+    pub const TIMEOUT: Duration = Duration::from_secs(2);
+    pub const ATTEMPTS: u32 = 3;
+    pub const LEASE: Duration = Duration::from_secs(2);
+    pub const PRIORITY: u32 = 0;
+
+    /// `unix:///var/run/hastmonctl`
+    pub fn control() -> Addr {
+        Addr::Unix(PathBuf::from(CONTROL_PATH))
+    }
+
+    /// `tcp://0.0.0.0:8457`
+    pub fn listen() -> Addr {
+        Addr::Tcp {
+            host: "0.0.0.0".to_owned(),
+            port: MON_PORT,
+        }
+    }
+}
+
+/// The configuration as one node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Control socket (`hastmonctl`); always `Addr::Unix`.
+    pub control: Addr,
+    /// Where peers reach this node; always `Addr::Tcp`.
+    pub listen: Addr,
+    pub pidfile: PathBuf,
+    /// Where hastmon persists its state across restarts.
+    pub state_dir: PathBuf,
+    /// The node name the sections were chosen by.
+    pub node: String,
+    /// Every resource of the file, in file order, including those without
+    /// a section for this node.
+    pub resources: Vec<Resource>,
+}
+
+impl Config {
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    /// The script run with `start|stop|status|role|connect|disconnect|complain`.
+    pub exec: PathBuf,
+    pub timing: Timing,
+    pub key: Key,
+    /// The 2 or 3 hosts of the resource, in file order.
+    pub nodes: Vec<NodeSection>,
+    /// Line of `resource NAME {`.
+    pub line: u32,
+}
+
+impl Resource {
+    /// The section of `node` (FreeBSD's matching: full or short host name,
+    /// any ASCII case), or `None` if this node takes no part in the
+    /// resource. At most one matches the node given to `parse`.
+    pub fn local(&self, node: &str) -> Option<&NodeSection> {
+        self.nodes
+            .iter()
+            .find(|n| value::node_matches(&n.name, node))
+    }
+}
+
+/// `on NODE { remote ...; priority N }` of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSection {
+    pub name: String,
+    /// Addresses of the other hosts of the resource, as this host reaches
+    /// them; never empty, always `Addr::Tcp` with a non-zero port.
+    pub remote: Vec<Addr>,
+    /// Lower takes over first.
+    pub priority: u32,
+    /// Line of `on NODE {`.
+    pub line: u32,
+}
+
+/// The timing options of a resource. Every duration is in
+/// (0, `DURATION_MAX`], counts are at least 1, and `lease` is at least
+/// twice `heartbeat_interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub heartbeat_interval: Duration,
+    /// Complaints from the watchdog within `complaint_interval` before a
+    /// secondary takes over.
+    pub complaint_count: u32,
+    pub complaint_interval: Duration,
+    /// Bound of one exchange with a peer, connecting included.
+    pub timeout: Duration,
+    /// Failed status checks of the running resource before the primary
+    /// gives it up.
+    pub attempts: u32,
+    /// How long a primary may act without renewing its lease.
+    pub lease: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
+            complaint_count: defaults::COMPLAINT_COUNT,
+            complaint_interval: defaults::COMPLAINT_INTERVAL,
+            timeout: defaults::TIMEOUT,
+            attempts: defaults::ATTEMPTS,
+            lease: defaults::LEASE,
+        }
+    }
+}
+
+/// Parses hastmon.conf text for node `node`. `file` names the file in
+/// messages.
+pub fn parse(text: &str, file: &Path, node: &str) -> Result<Config, ConfigError> {
+    let size = u64::try_from(text.len()).unwrap_or(u64::MAX);
+    if size > FILE_SIZE_MAX {
+        return Err(ConfigError::whole(
+            file,
+            ErrorKind::TooBig {
+                size,
+                max: FILE_SIZE_MAX,
+            },
+        ));
+    }
+    let raw = parser::parse(text, file)?;
+    resolve::resolve(raw, file, node)
+}
+
+/// Reads and parses `file`; `node` defaults to the host name.
+pub fn load(file: &Path, node: Option<&str>) -> Result<Config, ConfigError> {
+    let text = read_limited(file)?;
+    match node {
+        Some(node) => parse(&text, file, node),
+        None => parse(&text, file, &hast_conf::hostname()),
+    }
+}
+
+fn read_limited(file: &Path) -> Result<String, ConfigError> {
+    let read_err = |e| ConfigError::whole(file, ErrorKind::Read(e));
+    let too_big = |size| {
+        ConfigError::whole(
+            file,
+            ErrorKind::TooBig {
+                size,
+                max: FILE_SIZE_MAX,
+            },
+        )
+    };
+    let f = std::fs::File::open(file).map_err(read_err)?;
+    let size = f.metadata().map_err(read_err)?.len();
+    if size > FILE_SIZE_MAX {
+        return Err(too_big(size));
+    }
+    // The size may change under us, or be 0 for special files: read one
+    // byte past the limit to notice.
+    let mut bytes = Vec::new();
+    f.take(FILE_SIZE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if len > FILE_SIZE_MAX {
+        return Err(too_big(len));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let newlines = good.iter().filter(|&&b| b == b'\n').count();
+        let line = u32::try_from(newlines)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        ConfigError::at(file, line, ErrorKind::NotUtf8)
+    })
+}

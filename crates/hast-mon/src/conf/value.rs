@@ -1,0 +1,331 @@
+//! Values of hastmon.conf options: durations, counts, names, addresses,
+//! paths and the secret file. Each parser takes the option's keyword for
+//! its message and returns the `ErrorKind` to report on the option's line.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hast_conf::Addr;
+
+use super::error::ErrorKind;
+use super::{DURATION_MAX, MON_PORT, SECRET_FILE_SIZE_MAX};
+
+pub(super) fn bad(key: &str, value: &str, reason: impl Into<String>) -> ErrorKind {
+    ErrorKind::BadValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// `2` (seconds, hastmon's convention), `2s` or `500ms`; never zero, never
+/// above `DURATION_MAX` (so `Instant + duration` cannot overflow anywhere).
+pub(super) fn duration(key: &str, value: &str) -> Result<Duration, ErrorKind> {
+    let (digits, unit_ms) = if let Some(d) = value.strip_suffix("ms") {
+        (d, 1)
+    } else if let Some(d) = value.strip_suffix('s') {
+        (d, 1000)
+    } else {
+        (value, 1000)
+    };
+    // `u64::from_str` alone would also take a leading '+'.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(
+            key,
+            value,
+            "expected seconds, or a number with the suffix ms or s (500ms, 2s)",
+        ));
+    }
+    let too_large = || {
+        bad(
+            key,
+            value,
+            format!("too large (the limit is {})", show(DURATION_MAX)),
+        )
+    };
+    let ms = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .ok_or_else(too_large)?;
+    if ms == 0 {
+        return Err(bad(key, value, "must be greater than 0"));
+    }
+    let d = Duration::from_millis(ms);
+    if d > DURATION_MAX {
+        return Err(too_large());
+    }
+    Ok(d)
+}
+
+/// A duration as the operator would write it.
+pub(super) fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A whole number of at least `min`.
+pub(super) fn number(key: &str, value: &str, min: u32) -> Result<u32, ErrorKind> {
+    let reason = if min == 0 {
+        "expected a whole number".to_owned()
+    } else {
+        format!("expected a whole number of at least {min}")
+    };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(key, value, reason));
+    }
+    match value.parse::<u32>() {
+        Ok(n) if n >= min => Ok(n),
+        Ok(_) => Err(bad(key, value, reason)),
+        Err(_) => Err(bad(
+            key,
+            value,
+            format!("too large (the limit is {})", u32::MAX),
+        )),
+    }
+}
+
+/// Paths are absolute because the daemon does not run in the directory the
+/// operator wrote the file from.
+pub(super) fn abs_path(key: &str, value: &str) -> Result<PathBuf, ErrorKind> {
+    if !value.starts_with('/') {
+        return Err(bad(key, value, "must be an absolute path"));
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// hastmon writes Unix sockets as `unix:///path`; hast.conf's `Addr` calls
+/// the scheme `uds://`. Both are accepted.
+fn addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
+    let parsed = match value.strip_prefix("unix://") {
+        Some(path) => Addr::parse(&format!("uds://{path}"), Some(MON_PORT)),
+        None => Addr::parse(value, Some(MON_PORT)),
+    };
+    parsed.map_err(|e| bad(key, value, e.to_string()))
+}
+
+/// The control socket is root-only through its file mode, so a Unix socket.
+pub(super) fn unix_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
+    let a = addr(key, value)?;
+    if !a.is_unix() {
+        return Err(bad(key, value, "must be a Unix socket (unix:///path)"));
+    }
+    Ok(a)
+}
+
+/// hastmon peers talk over TCP (`net::serve` listens on a TCP socket).
+pub(super) fn tcp_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
+    let a = addr(key, value)?;
+    if a.is_unix() {
+        return Err(bad(key, value, "must be a TCP address"));
+    }
+    Ok(a)
+}
+
+pub(super) fn remote_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
+    let a = tcp_addr(key, value)?;
+    if a.port() == Some(0) {
+        return Err(bad(key, value, "port 0 cannot be connected to"));
+    }
+    Ok(a)
+}
+
+const NAME_LEN_MAX: usize = 64;
+const NODE_NAME_LEN_MAX: usize = 255;
+
+/// The rules of hast.conf's resource names: they become file names under
+/// `state_dir` and arguments of the `exec` script, so a safe alphabet, no
+/// leading '.' or '-', and `all` is left to `hastmonctl role ... all`.
+pub(super) fn check_resource_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > NAME_LEN_MAX {
+        return Err("must be 1 to 64 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("use only A-Z a-z 0-9 . _ -");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err("must not start with '.' or '-'");
+    }
+    if name == "all" {
+        return Err("\"all\" is reserved by hastmonctl");
+    }
+    Ok(())
+}
+
+/// Node names are host names or short host names.
+pub(super) fn check_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NODE_NAME_LEN_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// FreeBSD's rule for `on` sections: the full name, or the short host name
+/// on either side, without regard to ASCII case (RFC 4343).
+pub(super) fn node_matches(section: &str, node: &str) -> bool {
+    fn short(name: &str) -> &str {
+        name.split('.').next().unwrap_or(name)
+    }
+    section.eq_ignore_ascii_case(node)
+        || section.eq_ignore_ascii_case(short(node))
+        || short(section).eq_ignore_ascii_case(node)
+}
+
+/// The secret of `secret_file`: its first line without surrounding
+/// whitespace. Only a regular file is read (a FIFO or a device would block
+/// or never end), and at most `SECRET_FILE_SIZE_MAX` bytes of it.
+pub(super) fn read_secret_file(path: &Path) -> Result<Vec<u8>, ErrorKind> {
+    let unreadable = |source| ErrorKind::SecretFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(bad("secret_file", &shown, "not a regular file"));
+    }
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(SECRET_FILE_SIZE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > SECRET_FILE_SIZE_MAX {
+        return Err(bad(
+            "secret_file",
+            &shown,
+            format!("larger than {SECRET_FILE_SIZE_MAX} bytes"),
+        ));
+    }
+    let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(first.trim_ascii().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok: &[(&str, u64)] = &[
+            ("1", 1000),
+            ("2s", 2000),
+            ("500ms", 500),
+            ("1ms", 1),
+            ("86400", 86_400_000),
+            ("86400000ms", 86_400_000),
+            ("007", 7000),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(
+                duration("lease", text).ok(),
+                Some(Duration::from_millis(*ms)),
+                "{text}"
+            );
+        }
+        let bad: &[(&str, &str)] = &[
+            ("0", "greater than 0"),
+            ("0ms", "greater than 0"),
+            ("0s", "greater than 0"),
+            ("", "expected seconds"),
+            ("s", "expected seconds"),
+            ("ms", "expected seconds"),
+            ("+1", "expected seconds"),
+            ("-1", "expected seconds"),
+            ("1.5s", "expected seconds"),
+            ("1m", "expected seconds"),
+            ("2 s", "expected seconds"),
+            ("1sms", "expected seconds"),
+            ("86401", "too large (the limit is 86400s)"),
+            ("86400001ms", "too large"),
+            ("18446744073709551615", "too large"),
+            ("18446744073709551616", "too large"),
+            ("99999999999999999999999ms", "too large"),
+        ];
+        for (text, msg) in bad {
+            let e = duration("lease", text).unwrap_err().to_string();
+            assert!(e.contains(msg), "{text:?}: {e}");
+        }
+        assert_eq!(show(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(show(Duration::from_secs(3)), "3s");
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(number("attempts", "3", 1).ok(), Some(3));
+        assert_eq!(number("priority", "0", 0).ok(), Some(0));
+        assert_eq!(number("priority", "4294967295", 0).ok(), Some(u32::MAX));
+        let bad: &[(&str, u32, &str)] = &[
+            ("0", 1, "at least 1"),
+            ("", 0, "whole number"),
+            ("-1", 0, "whole number"),
+            ("+1", 0, "whole number"),
+            ("1k", 0, "whole number"),
+            ("4294967296", 0, "too large"),
+        ];
+        for (text, min, msg) in bad {
+            let e = number("n", text, *min).unwrap_err().to_string();
+            assert!(e.contains(msg), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        let tcp = |h: &str, p| Addr::Tcp {
+            host: h.into(),
+            port: p,
+        };
+        assert_eq!(
+            tcp_addr("listen", "0.0.0.0").ok(),
+            Some(tcp("0.0.0.0", 8457))
+        );
+        assert_eq!(
+            remote_addr("remote", "tcp://nodeb:99").ok(),
+            Some(tcp("nodeb", 99))
+        );
+        assert_eq!(
+            unix_addr("control", "unix:///run/x").ok(),
+            Some(Addr::Unix("/run/x".into()))
+        );
+        assert_eq!(
+            unix_addr("control", "uds:///run/x").ok(),
+            Some(Addr::Unix("/run/x".into()))
+        );
+        type AddrParser = fn(&str, &str) -> Result<Addr, ErrorKind>;
+        let bad: &[(AddrParser, &str, &str)] = &[
+            (unix_addr, "tcp://h", "must be a Unix socket"),
+            (unix_addr, "unix://rel", "absolute"),
+            (tcp_addr, "unix:///x", "must be a TCP address"),
+            (remote_addr, "h:0", "port 0"),
+            (remote_addr, "udp://h", "unsupported scheme"),
+        ];
+        for (f, text, msg) in bad {
+            let e = f("k", text).unwrap_err().to_string();
+            assert!(e.contains(msg), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn node_names_match_like_hast_conf() {
+        let cases = [
+            ("nodea", "nodea", true),
+            ("NodeA", "nodea", true),
+            ("nodea", "nodea.example.com", true),
+            ("nodea.example.com", "nodea", true),
+            ("nodea.example.com", "nodea.other.org", false),
+            ("nodeb", "nodea", false),
+            ("node", "nodea", false),
+        ];
+        for (section, node, want) in cases {
+            assert_eq!(node_matches(section, node), want, "{section} {node}");
+        }
+    }
+}

@@ -1,0 +1,764 @@
+//! The `hastmon` daemon: the peer listener, the control socket, and one
+//! task per resource that owns its [`Policy`] and carries out its actions —
+//! exchanges with the remotes, the `exec` script (one ordered queue, plus a
+//! separate "latest value wins" runner for lease renewals so a slow start
+//! never delays them), and persisting the watchdog state before replying.
+//!
+//! The policy's clock is `Instant` (CLOCK_MONOTONIC) in milliseconds since
+//! the daemon started; wall-clock jumps change nothing.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hast_conf::Addr;
+use hast_sys::exit;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::auth::Key;
+use crate::conf::{self, Config, Resource};
+use crate::ctl::{self, CtlRequest, CtlResponse, RemoteStatus, ResourceStatus};
+use crate::exec;
+use crate::msg::{self, ReplyBody, Request, RequestBody, Role};
+use crate::net;
+use crate::policy::{Action, Exec, Ms, Params, Policy, DRIFT_PPM};
+use crate::store;
+
+/// How often each resource's policy is ticked.
+const TICK: Duration = Duration::from_millis(100);
+/// Bound on one run of the exec script.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub node: Option<String>,
+    pub pidfile: Option<PathBuf>,
+    pub foreground: bool,
+    pub debug: u8,
+}
+
+pub fn main(opts: Options) -> i32 {
+    let config_path = std::fs::canonicalize(&opts.config).unwrap_or(opts.config.clone());
+    let config = match conf::load(&config_path, opts.node.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hastmon: {e}");
+            return e.exit_code();
+        }
+    };
+    let pid_path = opts.pidfile.clone().unwrap_or(config.pidfile.clone());
+    let mut pidfile = match hast_sys::pidfile::PidFile::acquire("hastmon", &pid_path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hastmon: {e}");
+            return match e {
+                hast_sys::pidfile::PidFileError::Running { .. } => exit::TEMPFAIL,
+                hast_sys::pidfile::PidFileError::Io { .. } => exit::CANTCREAT,
+            };
+        }
+    };
+    if !opts.foreground {
+        // SAFETY: no threads exist yet (the runtime is built below), so
+        // forking here is sound. nochdir=1 keeps relative paths valid.
+        if unsafe { libc::daemon(1, 0) } != 0 {
+            eprintln!(
+                "hastmon: cannot daemonize: {}",
+                std::io::Error::last_os_error()
+            );
+            return exit::OSERR;
+        }
+    }
+    hast_sys::logging::init(c"hastmon", opts.debug, !opts.foreground);
+    if let Err(e) = pidfile.write_pid() {
+        tracing::error!("cannot write pidfile {}: {e}", pid_path.display());
+        return exit::CANTCREAT;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("hastmon")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start runtime: {e}");
+            return exit::OSERR;
+        }
+    };
+    let code = runtime.block_on(run(config));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    pidfile.remove();
+    code
+}
+
+type Routes = Arc<HashMap<String, mpsc::Sender<Input>>>;
+
+async fn run(config: Config) -> i32 {
+    let control_path = match &config.control {
+        Addr::Unix(p) => p.clone(),
+        other => {
+            tracing::error!("control address {other} is not a unix:// path");
+            return exit::CONFIG;
+        }
+    };
+    let keys: Vec<&Key> = config.resources.iter().map(|r| &r.key).collect();
+    if keys.windows(2).any(|w| w[0].as_bytes() != w[1].as_bytes()) {
+        tracing::error!("all resources must share one key: the listener authenticates before it knows the resource");
+        return exit::CONFIG;
+    }
+    let Some(key) = keys.first().map(|k| (*k).clone()) else {
+        tracing::error!("no resource configured");
+        return exit::CONFIG;
+    };
+    let control = match hast_sys::sock::bind_control("hastmon", &control_path).and_then(|l| {
+        l.set_nonblocking(true)?;
+        tokio::net::UnixListener::from_std(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot bind control socket {}: {e}", control_path.display());
+            return exit::CANTCREAT;
+        }
+    };
+    let listen_addr = match &config.listen {
+        Addr::Tcp { host, port } => format!("{host}:{port}"),
+        other => {
+            tracing::error!("listen address {other} must be tcp://");
+            return exit::CONFIG;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&listen_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {listen_addr}: {e}");
+            let _ = std::fs::remove_file(&control_path);
+            return exit::CANTCREAT;
+        }
+    };
+    let t0 = Instant::now();
+    let mut routes = HashMap::new();
+    for r in &config.resources {
+        let Some(local) = r.local(&config.node) else {
+            tracing::warn!(resource = %r.name, "no `on {}` section: resource ignored", config.node);
+            continue;
+        };
+        let witness = match store::load(&config.state_dir, &r.name) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(resource = %r.name, "cannot load watchdog state: {e}");
+                return exit::IOERR;
+            }
+        };
+        let params = Params {
+            heartbeat: ms(r.timing.heartbeat_interval),
+            lease: ms(r.timing.lease),
+            complaint_count: r.timing.complaint_count,
+            complaint_interval: ms(r.timing.complaint_interval),
+            attempts: r.timing.attempts,
+            priority: local.priority,
+            drift_ppm: DRIFT_PPM,
+            timeout: ms(r.timing.timeout),
+        };
+        let now = ms(t0.elapsed());
+        let policy = Policy::new(&config.node, params, local.remote.len(), witness, now);
+        let (tx, rx) = mpsc::channel(256);
+        let actor = Actor {
+            res: r.clone(),
+            node: config.node.clone(),
+            remotes: local.remote.clone(),
+            key: Arc::new(key.clone()),
+            state_dir: config.state_dir.clone(),
+            policy,
+            t0,
+            tx: tx.clone(),
+            last_clear: None,
+            exec_busy: 0,
+        };
+        tokio::spawn(actor.run(rx));
+        routes.insert(r.name.clone(), tx);
+    }
+    let routes: Routes = Arc::new(routes);
+    let timeout = config
+        .resources
+        .iter()
+        .map(|r| r.timing.timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(2));
+    let peer_routes = routes.clone();
+    let peer_task = tokio::spawn(net::serve(listener, key, timeout, move |addr, body| {
+        let routes = peer_routes.clone();
+        async move { handle_peer(&routes, addr, body).await }
+    }));
+    let ctl_task = tokio::spawn(serve_control(control, routes.clone()));
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return exit::SOFTWARE;
+        }
+    };
+    tracing::info!(node = %config.node, listen = %listen_addr, resources = routes.len(), "hastmon started");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => tracing::warn!("SIGHUP: hastmon does not reload its configuration; restart it (roles are set again with hastmonctl)"),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    peer_task.abort();
+    ctl_task.abort();
+    let _ = std::fs::remove_file(&control_path);
+    exit::OK
+}
+
+fn ms(d: Duration) -> Ms {
+    d.as_millis().min(u128::from(u64::MAX)) as Ms
+}
+
+async fn handle_peer(
+    routes: &Routes,
+    addr: std::net::SocketAddr,
+    body: Vec<u8>,
+) -> Option<Vec<u8>> {
+    let req: Request = match msg::decode(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(peer = %addr, "{e}");
+            return None;
+        }
+    };
+    let Some(tx) = routes.get(&req.resource) else {
+        tracing::warn!(peer = %addr, resource = %req.resource, "request for an unknown resource");
+        return None;
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    tx.send(Input::Request {
+        req,
+        reply: reply_tx,
+    })
+    .await
+    .ok()?;
+    let reply = reply_rx.await.ok()??;
+    Some(msg::encode(&reply))
+}
+
+async fn serve_control(listener: tokio::net::UnixListener, routes: Routes) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let resp = match tokio::time::timeout(Duration::from_secs(5), ctl::read_request(&mut s))
+                .await
+            {
+                Ok(Ok(req)) => control(&routes, req).await,
+                Ok(Err(e)) => CtlResponse::Error {
+                    code: exit::DATAERR,
+                    message: e,
+                },
+                Err(_) => return,
+            };
+            let _ = ctl::write_response(&mut s, &resp).await;
+        });
+    }
+}
+
+/// Fans a control request out to the resources it names.
+async fn control(routes: &Routes, req: CtlRequest) -> CtlResponse {
+    let names: Vec<String> = match &req {
+        CtlRequest::Role { names, .. } | CtlRequest::Status { names } => {
+            if names.is_empty() || names.iter().any(|n| n == "all") {
+                let mut all: Vec<String> = routes.keys().cloned().collect();
+                all.sort();
+                all
+            } else {
+                names.clone()
+            }
+        }
+        CtlRequest::Outdate { resource, .. } => vec![resource.clone()],
+    };
+    let mut statuses = Vec::new();
+    for name in &names {
+        let Some(tx) = routes.get(name) else {
+            return CtlResponse::Error {
+                code: exit::NOINPUT,
+                message: format!("resource {name} is not configured on this node"),
+            };
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if tx
+            .send(Input::Ctl {
+                req: req.clone(),
+                reply: reply_tx,
+            })
+            .await
+            .is_err()
+        {
+            return CtlResponse::Error {
+                code: exit::SOFTWARE,
+                message: format!("resource {name}: its task is gone"),
+            };
+        }
+        match reply_rx.await {
+            Ok(CtlResponse::Status { resources }) => statuses.extend(resources),
+            Ok(CtlResponse::Ok) => {}
+            Ok(err @ CtlResponse::Error { .. }) => return err,
+            Err(_) => {
+                return CtlResponse::Error {
+                    code: exit::SOFTWARE,
+                    message: format!("resource {name}: no answer"),
+                }
+            }
+        }
+    }
+    match req {
+        CtlRequest::Status { .. } => CtlResponse::Status {
+            resources: statuses,
+        },
+        _ => CtlResponse::Ok,
+    }
+}
+
+enum Input {
+    Tick,
+    Request {
+        req: Request,
+        reply: oneshot::Sender<Option<ReplyBody>>,
+    },
+    Reply {
+        to: usize,
+        req: RequestBody,
+        reply: Option<ReplyBody>,
+        sent_at: Ms,
+    },
+    ExecDone {
+        what: Exec,
+        outcome: exec::Outcome,
+    },
+    Cleared {
+        mark: (u64, u64),
+    },
+    Ctl {
+        req: CtlRequest,
+        reply: oneshot::Sender<CtlResponse>,
+    },
+}
+
+struct Actor {
+    res: Resource,
+    node: String,
+    remotes: Vec<Addr>,
+    key: Arc<Key>,
+    state_dir: PathBuf,
+    policy: Policy,
+    t0: Instant,
+    tx: mpsc::Sender<Input>,
+    /// The last (epoch, seq) the watchdog accepted as "peer in sync".
+    last_clear: Option<(u64, u64)>,
+    /// Exec script runs queued or running.
+    exec_busy: u32,
+}
+
+impl Actor {
+    fn now(&self) -> Ms {
+        ms(self.t0.elapsed())
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        let (exec_tx, exec_rx) = mpsc::unbounded_channel();
+        tokio::spawn(exec_worker(self.res.exec.clone(), exec_rx, self.tx.clone()));
+        let (lease_tx, lease_rx) = watch::channel(None);
+        tokio::spawn(lease_worker(self.res.exec.clone(), lease_rx));
+        let ticker = self.tx.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(TICK);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                iv.tick().await;
+                if ticker.send(Input::Tick).await.is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(input) = rx.recv().await {
+            let role_before = (self.policy.role(), self.policy.epoch());
+            let actions = match input {
+                Input::Tick => {
+                    let now = self.now();
+                    self.policy.tick(now)
+                }
+                Input::Request { req, reply } => {
+                    let known = self.res.nodes.iter().any(|n| n.name == req.from);
+                    if !known || req.from == self.node {
+                        tracing::warn!(resource = %self.res.name, from = %req.from, "request from a node not in this resource");
+                        let _ = reply.send(None);
+                        continue;
+                    }
+                    let now = self.now();
+                    let (answer, actions) = self.policy.on_request(&req.from, &req.body, now);
+                    if actions.contains(&Action::Persist) {
+                        self.persist();
+                    }
+                    let _ = reply.send(Some(answer));
+                    actions
+                }
+                Input::Reply {
+                    to,
+                    req,
+                    reply,
+                    sent_at,
+                } => {
+                    let now = self.now();
+                    if let Some(ReplyBody::Refused { reason, .. }) = &reply {
+                        tracing::debug!(resource = %self.res.name, remote = %self.remotes[to], "refused: {reason}");
+                    }
+                    self.policy.on_reply(to, &req, reply.as_ref(), sent_at, now)
+                }
+                Input::ExecDone { what, outcome } => {
+                    self.exec_busy = self.exec_busy.saturating_sub(1);
+                    if let Some(e) = &outcome.error {
+                        tracing::warn!(resource = %self.res.name, "exec {}: {e}", what.args().join(" "));
+                    }
+                    if what == Exec::Status && outcome.ok {
+                        self.maybe_clear(&outcome.line);
+                    }
+                    self.policy.on_exec(what, outcome.ok)
+                }
+                Input::Cleared { mark } => {
+                    self.last_clear = Some(mark);
+                    Vec::new()
+                }
+                Input::Ctl { req, reply } => {
+                    let resp = self.control(req, reply);
+                    resp.unwrap_or_default()
+                }
+            };
+            self.apply(actions, &exec_tx, &lease_tx);
+            let role_after = (self.policy.role(), self.policy.epoch());
+            if role_after.0 != role_before.0 {
+                tracing::info!(
+                    resource = %self.res.name,
+                    role = role_after.0.as_str(),
+                    epoch = role_after.1,
+                    "hastmon role changed"
+                );
+            }
+        }
+    }
+
+    fn persist(&self) {
+        if let Err(e) = store::save(&self.state_dir, &self.res.name, self.policy.witness()) {
+            // A grant we cannot make durable must not be given: stop here
+            // (the reply is never sent), systemd restarts us.
+            tracing::error!(resource = %self.res.name, "cannot persist the watchdog state, exiting: {e}");
+            std::process::exit(exit::IOERR);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        exec_tx: &mpsc::UnboundedSender<(Exec, exec::Env)>,
+        lease_tx: &watch::Sender<Option<(Ms, Instant, exec::Env)>>,
+    ) {
+        for a in actions {
+            match a {
+                Action::Send { to, req } => self.send(to, req),
+                Action::Exec(Exec::Lease(ms)) => {
+                    let _ = lease_tx.send(Some((ms, Instant::now(), self.exec_env())));
+                }
+                Action::Exec(e) => {
+                    self.exec_busy += 1;
+                    let _ = exec_tx.send((e, self.exec_env()));
+                }
+                Action::Persist => self.persist(),
+                Action::Log(m) => tracing::info!(resource = %self.res.name, "{m}"),
+            }
+        }
+    }
+
+    fn exec_env(&self) -> exec::Env {
+        exec::Env {
+            resource: self.res.name.clone(),
+            node: self.node.clone(),
+            role: self.policy.role().as_str(),
+            epoch: self.policy.epoch(),
+        }
+    }
+
+    fn send(&self, to: usize, body: RequestBody) {
+        let Some(addr) = self.remotes.get(to).cloned() else {
+            return;
+        };
+        let req = Request {
+            resource: self.res.name.clone(),
+            from: self.node.clone(),
+            body: body.clone(),
+        };
+        let key = self.key.clone();
+        let tx = self.tx.clone();
+        let sent_at = self.now();
+        let timeout = self.res.timing.timeout;
+        tokio::spawn(async move {
+            let reply = match net::exchange(&addr, &key, &msg::encode(&req), timeout).await {
+                Ok(b) => msg::decode::<ReplyBody>(&b).ok(),
+                Err(e) => {
+                    tracing::debug!("{e}");
+                    None
+                }
+            };
+            let _ = tx
+                .send(Input::Reply {
+                    to,
+                    req: body,
+                    reply,
+                    sent_at,
+                })
+                .await;
+        });
+    }
+
+    /// The storage script reports `in-sync <epoch> <seq>` when the peer has
+    /// caught up with degradation `seq` of `epoch`; tell the watchdog once.
+    fn maybe_clear(&self, line: &str) {
+        let mut w = line.split_whitespace();
+        let (Some("in-sync"), Some(e), Some(s)) = (w.next(), w.next(), w.next()) else {
+            return;
+        };
+        let (Ok(epoch), Ok(seq)) = (e.parse::<u64>(), s.parse::<u64>()) else {
+            return;
+        };
+        if self.policy.role() != Role::Primary
+            || epoch != self.policy.epoch()
+            || self.last_clear == Some((epoch, seq))
+        {
+            return;
+        }
+        let Some(peer) = self.data_peer() else { return };
+        let body = RequestBody::Clear { epoch, peer, seq };
+        let targets = self.watchdog_targets();
+        let req = Request {
+            resource: self.res.name.clone(),
+            from: self.node.clone(),
+            body,
+        };
+        let key = self.key.clone();
+        let tx = self.tx.clone();
+        let timeout = self.res.timing.timeout;
+        tokio::spawn(async move {
+            if ask_any(&targets, &key, &req, timeout).await.is_ok() {
+                let _ = tx.send(Input::Cleared { mark: (epoch, seq) }).await;
+            }
+        });
+    }
+
+    /// Remotes that may be the watchdog: the known one, else all.
+    fn watchdog_targets(&self) -> Vec<Addr> {
+        let peers = self.policy.peers();
+        let known: Vec<Addr> = peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.role == Some(Role::Watchdog))
+            .filter_map(|(i, _)| self.remotes.get(i).cloned())
+            .collect();
+        if known.is_empty() {
+            self.remotes.clone()
+        } else {
+            known
+        }
+    }
+
+    /// The other data node: configured for the resource, not us, not the
+    /// watchdog.
+    fn data_peer(&self) -> Option<String> {
+        let watchdogs: Vec<&str> = self
+            .policy
+            .peers()
+            .iter()
+            .filter(|p| p.role == Some(Role::Watchdog))
+            .filter_map(|p| p.name.as_deref())
+            .collect();
+        if watchdogs.is_empty() && self.res.nodes.len() > 2 {
+            return None;
+        }
+        self.res
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .find(|n| *n != self.node && !watchdogs.contains(&n.as_str()))
+    }
+
+    /// Handles a control request; returns the policy's actions. The reply
+    /// is sent here, or later by a task for requests that need the network.
+    fn control(
+        &mut self,
+        req: CtlRequest,
+        reply: oneshot::Sender<CtlResponse>,
+    ) -> Option<Vec<Action>> {
+        match req {
+            CtlRequest::Role { role, .. } => {
+                let now = self.now();
+                let actions = self.policy.set_role(role, now);
+                let _ = reply.send(CtlResponse::Ok);
+                Some(actions)
+            }
+            CtlRequest::Status { .. } => {
+                let _ = reply.send(CtlResponse::Status {
+                    resources: vec![self.status()],
+                });
+                None
+            }
+            CtlRequest::Outdate { epoch, seq, .. } => {
+                let fail = |message: String| CtlResponse::Error {
+                    code: exit::TEMPFAIL,
+                    message,
+                };
+                if self.policy.role() != Role::Primary || epoch != self.policy.epoch() {
+                    let _ = reply.send(fail(format!(
+                        "not the primary of epoch {epoch} (role {}, epoch {})",
+                        self.policy.role().as_str(),
+                        self.policy.epoch()
+                    )));
+                    return None;
+                }
+                let Some(peer) = self.data_peer() else {
+                    let _ = reply.send(fail("the watchdog is not known yet".into()));
+                    return None;
+                };
+                let req = Request {
+                    resource: self.res.name.clone(),
+                    from: self.node.clone(),
+                    body: RequestBody::Outdate { epoch, peer, seq },
+                };
+                let targets = self.watchdog_targets();
+                let key = self.key.clone();
+                let timeout = self.res.timing.timeout;
+                tokio::spawn(async move {
+                    let resp = match ask_any(&targets, &key, &req, timeout).await {
+                        Ok(()) => CtlResponse::Ok,
+                        Err(why) => fail(why),
+                    };
+                    let _ = reply.send(resp);
+                });
+                None
+            }
+        }
+    }
+
+    fn status(&self) -> ResourceStatus {
+        let now = self.now();
+        let p = &self.policy;
+        let complaints = match p.role() {
+            Role::Watchdog => p.complaint_rounds(),
+            _ => p.complaints(now) as u32,
+        };
+        ResourceStatus {
+            name: self.res.name.clone(),
+            role: p.role(),
+            state: p.state(),
+            epoch: p.epoch(),
+            worker: format!(
+                "hastmon[{}]{}",
+                std::process::id(),
+                if self.exec_busy > 0 {
+                    ", exec running"
+                } else {
+                    ""
+                }
+            ),
+            remotes: self
+                .remotes
+                .iter()
+                .zip(p.peers())
+                .map(|(a, v)| RemoteStatus {
+                    address: a.to_string(),
+                    node: v.name.clone(),
+                    role: v.role,
+                    connected: v.connected,
+                })
+                .collect(),
+            attempts: p.attempts(),
+            attempts_max: self.res.timing.attempts,
+            complaints,
+            heartbeat_ms: ms(self.res.timing.heartbeat_interval),
+            lease_ms: p.lease_left(now),
+            primary: p.primary_name().map(str::to_owned),
+            witness: (p.role() == Role::Watchdog).then(|| p.witness().clone()),
+            last_refusal: p.last_refusal.clone(),
+        }
+    }
+}
+
+/// Sends `req` to each target until one acknowledges it.
+async fn ask_any(
+    targets: &[Addr],
+    key: &Key,
+    req: &Request,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut why = Vec::new();
+    for addr in targets {
+        match net::exchange(addr, key, &msg::encode(req), timeout).await {
+            Ok(b) => match msg::decode::<ReplyBody>(&b) {
+                Ok(ReplyBody::Ack) => return Ok(()),
+                Ok(ReplyBody::Refused { reason, .. }) => why.push(format!("{addr}: {reason}")),
+                Ok(other) => why.push(format!("{addr}: unexpected answer {other:?}")),
+                Err(e) => why.push(format!("{addr}: {e}")),
+            },
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(format!(
+        "the watchdog did not acknowledge: {}",
+        why.join("; ")
+    ))
+}
+
+async fn exec_worker(
+    script: PathBuf,
+    mut rx: mpsc::UnboundedReceiver<(Exec, exec::Env)>,
+    tx: mpsc::Sender<Input>,
+) {
+    while let Some((what, env)) = rx.recv().await {
+        let outcome = exec::run(&script, &what.args(), &env, EXEC_TIMEOUT).await;
+        if tx.send(Input::ExecDone { what, outcome }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Renews the storage lease with the newest value; older renewals that
+/// queued up meanwhile are skipped, and the time spent waiting is deducted.
+async fn lease_worker(script: PathBuf, mut rx: watch::Receiver<Option<(Ms, Instant, exec::Env)>>) {
+    while rx.changed().await.is_ok() {
+        let Some((ms_left, at, env)) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let left = ms_left.saturating_sub(ms(at.elapsed()));
+        if left == 0 {
+            continue;
+        }
+        let outcome = exec::run(
+            &script,
+            &Exec::Lease(left).args(),
+            &env,
+            Duration::from_millis(left.max(1000)),
+        )
+        .await;
+        if let Some(e) = outcome.error {
+            tracing::warn!(resource = %env.resource, "lease renewal failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! hast-mon: the failover monitor of SPEC §5 (`hastmon`, `hastmonctl`).
+//!
+//! `conf` reads `/etc/hastmon.conf` (hastmon's grammar, with the tokenizer of
+//! hast.conf); `auth` is the sans-IO, replay-protected request/reply framing
+//! between hastmon peers, keyed by the shared `key { secret }`; `net` runs
+//! that framing over TCP with tokio, one exchange per connection. `msg` is
+//! what the exchanges carry and `policy` the pure takeover state machine.
+//! `daemon` runs the policies (with `exec` for the resource script and
+//! `store` for the watchdog's durable state); `ctl` is the control socket
+//! and `cli` the command lines of `hastmon` and `hastmonctl`.
+
+pub mod auth;
+pub mod cli;
+pub mod conf;
+pub mod ctl;
+pub mod daemon;
+pub mod exec;
+pub mod msg;
+pub mod net;
+pub mod policy;
+pub mod store;

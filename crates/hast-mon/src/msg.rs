@@ -1,0 +1,150 @@
+//! The messages hastmon peers exchange, one request and one reply per
+//! authenticated exchange (see [`crate::auth`]). JSON bodies: small, rare
+//! (a few per second), and readable in a packet capture.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest JSON body accepted (the exchange layer also bounds frames).
+pub const BODY_MAX: usize = 16 * 1024;
+
+/// Whether the resource runs on the node that reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Started and its last status check passed.
+    Run,
+    /// Not running (secondary, init, or gave up).
+    Stopped,
+    /// Being started or stopped.
+    Starting,
+    /// The status check failed; retrying up to `attempts`.
+    Failing,
+}
+
+/// hastmon's role for one resource on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Init,
+    Primary,
+    Secondary,
+    Watchdog,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Init => "init",
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+            Role::Watchdog => "watchdog",
+        }
+    }
+}
+
+/// What a request is about, sent by `from` for `resource`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub resource: String,
+    pub from: String,
+    pub body: RequestBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Primary → everyone, every heartbeat: "I run it in `epoch`; renew my
+    /// lease". The answer is a [`ReplyBody::Lease`].
+    Heartbeat { epoch: u64, state: RunState },
+    /// Watchdog → everyone, every heartbeat: "what are you?".
+    Status,
+    /// Watchdog → secondaries when no node is primary/run.
+    Complain {
+        epoch: u64,
+        /// Nodes the witness knows to be outdated (the primary ran without them).
+        outdated: Vec<String>,
+    },
+    /// Secondary (or `hastmonctl role primary`) → watchdog: "give me the
+    /// next epoch". `manual` skips the complaint requirement, never the lease.
+    Takeover { epoch_seen: u64, manual: bool },
+    /// Primary → watchdog, before it acknowledges writes without `peer`:
+    /// "`peer` is outdated as of (epoch, seq)".
+    Outdate { epoch: u64, peer: String, seq: u64 },
+    /// Primary → watchdog: "`peer` caught up with everything up to (epoch, seq)".
+    Clear { epoch: u64, peer: String, seq: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplyBody {
+    /// The lease is renewed (`granted`) or refused; `epoch` is the highest
+    /// epoch the replier knows; `node` and `role` say who answered (the
+    /// primary learns which remote is the watchdog from these).
+    Lease {
+        granted: bool,
+        epoch: u64,
+        node: String,
+        role: Role,
+    },
+    Status {
+        node: String,
+        role: Role,
+        state: RunState,
+        epoch: u64,
+    },
+    /// Takeover granted: promote with this epoch.
+    Granted {
+        epoch: u64,
+    },
+    /// Request refused, with the reason (logged by the asker).
+    Refused {
+        reason: String,
+        epoch: u64,
+    },
+    Ack,
+}
+
+/// Parses a JSON body, bounded by [`BODY_MAX`].
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    if body.len() > BODY_MAX {
+        return Err(format!(
+            "message of {} bytes exceeds {BODY_MAX}",
+            body.len()
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("malformed message: {e}"))
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_vec(msg).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_limits() {
+        let r = Request {
+            resource: "r0".into(),
+            from: "nodea".into(),
+            body: RequestBody::Outdate {
+                epoch: 3,
+                peer: "nodeb".into(),
+                seq: 2,
+            },
+        };
+        let back: Request = decode(&encode(&r)).unwrap();
+        assert_eq!(back, r);
+        assert!(decode::<Request>(b"{\"resource\":1}").is_err());
+        assert!(decode::<Request>(&vec![b' '; BODY_MAX + 1]).is_err());
+        let rep = ReplyBody::Status {
+            node: "nodew".into(),
+            role: Role::Watchdog,
+            state: RunState::Stopped,
+            epoch: 1,
+        };
+        assert_eq!(decode::<ReplyBody>(&encode(&rep)).unwrap(), rep);
+    }
+}

@@ -1,0 +1,23 @@
+//! What every hast daemon (`hastd`, `hastmon`) needs from the system, in
+//! one place: the locked pidfile, logging through `tracing` to stderr or
+//! syslog(3), the root-only control socket, and the sysexits(3) codes.
+
+pub mod logging;
+pub mod pidfile;
+pub mod sock;
+
+/// sysexits(3) codes used by the daemons and their control tools.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const USAGE: i32 = 64;
+    pub const DATAERR: i32 = 65;
+    pub const NOINPUT: i32 = 66;
+    pub const UNAVAILABLE: i32 = 69;
+    pub const SOFTWARE: i32 = 70;
+    pub const OSERR: i32 = 71;
+    pub const CANTCREAT: i32 = 73;
+    pub const IOERR: i32 = 74;
+    pub const TEMPFAIL: i32 = 75;
+    pub const NOPERM: i32 = 77;
+    pub const CONFIG: i32 = 78;
+}

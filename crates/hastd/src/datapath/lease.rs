@@ -1,0 +1,114 @@
+//! The primary's lease (`hastctl lease -t ms`): a deadline on the monotonic
+//! clock after which this node must no longer acknowledge a modification.
+//! The resource task demotes the resource when it passes; because that task
+//! may run late, the NBD reply path also checks the deadline itself before
+//! every WRITE/TRIM/WRITE_ZEROES/FLUSH success. The check is one atomic load
+//! and, only while a lease is set, one read of the clock: no lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Deadline value meaning "no lease".
+const NONE: u64 = u64::MAX;
+
+/// The instant deadlines are counted from (nanoseconds in a u64 cover 584
+/// years of uptime).
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn nanos_since_origin(t: Instant) -> u64 {
+    let n = t.saturating_duration_since(origin()).as_nanos();
+    u64::try_from(n).unwrap_or(NONE - 1).min(NONE - 1)
+}
+
+pub struct Lease {
+    /// Nanoseconds since [`origin`], or [`NONE`].
+    deadline: AtomicU64,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        // Fix the origin before any deadline is computed from it.
+        origin();
+        Lease {
+            deadline: AtomicU64::new(NONE),
+        }
+    }
+}
+
+impl Lease {
+    /// Sets (or replaces) the deadline.
+    pub fn set(&self, deadline: Instant) {
+        self.deadline
+            .store(nanos_since_origin(deadline), Ordering::Release);
+    }
+
+    /// A lease is set and its deadline passed at `now`.
+    pub fn expired_at(&self, now: Instant) -> bool {
+        let d = self.deadline.load(Ordering::Acquire);
+        d != NONE && nanos_since_origin(now) >= d
+    }
+
+    /// The hot-path check: a lease is set and its deadline passed.
+    #[inline]
+    pub fn expired(&self) -> bool {
+        let d = self.deadline.load(Ordering::Acquire);
+        d != NONE && nanos_since_origin(Instant::now()) >= d
+    }
+
+    /// Time left at `now` (zero once expired); `None` without a lease.
+    pub fn remaining_at(&self, now: Instant) -> Option<Duration> {
+        let d = self.deadline.load(Ordering::Acquire);
+        (d != NONE).then(|| Duration::from_nanos(d.saturating_sub(nanos_since_origin(now))))
+    }
+
+    /// The deadline, for the task that acts on it.
+    pub fn deadline(&self) -> Option<Instant> {
+        let d = self.deadline.load(Ordering::Acquire);
+        (d != NONE).then(|| origin() + Duration::from_nanos(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_rules() {
+        let l = Lease::default();
+        let now = Instant::now();
+        assert!(
+            !l.expired_at(now + Duration::from_secs(3600)),
+            "no lease never expires"
+        );
+        assert_eq!(l.remaining_at(now), None);
+        assert_eq!(l.deadline(), None);
+
+        l.set(now + Duration::from_millis(500));
+        #[rustfmt::skip]
+        let cases: &[(&str, Duration, bool, Duration)] = &[
+            ("at grant", Duration::ZERO, false, Duration::from_millis(500)),
+            ("just before", Duration::from_millis(499), false, Duration::from_millis(1)),
+            ("at the deadline", Duration::from_millis(500), true, Duration::ZERO),
+            ("after", Duration::from_secs(9), true, Duration::ZERO),
+        ];
+        for (name, at, expired, left) in cases {
+            assert_eq!(l.expired_at(now + *at), *expired, "{name}");
+            assert_eq!(l.remaining_at(now + *at), Some(*left), "{name}");
+        }
+        let d = l.deadline().unwrap();
+        assert!(
+            d.saturating_duration_since(now + Duration::from_millis(500))
+                < Duration::from_micros(1)
+        );
+
+        // A renewal replaces the deadline, later or earlier.
+        l.set(now + Duration::from_secs(10));
+        assert!(!l.expired_at(now + Duration::from_secs(9)));
+        l.set(now);
+        assert!(l.expired());
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(hast_mon::cli::hastmonctl_main());
+}
