@@ -11,6 +11,7 @@ const EX_DATAERR: i32 = 65;
 const EX_NOINPUT: i32 = 66;
 const EX_UNAVAILABLE: i32 = 69;
 const EX_TEMPFAIL: i32 = 75;
+const EX_NOPERM: i32 = 77;
 const EX_CONFIG: i32 = 78;
 
 fn stderr(out: &Output) -> String {
@@ -236,6 +237,8 @@ fn daemon_commands_without_daemon_are_unavailable() {
         &["status", "--json"],
         &["list"],
         &["list", "--json", "r0"],
+        &["role", "-E", "3", "primary", "r0"],
+        &["lease", "-t", "1000", "r0"],
     ] {
         assert_fails(
             &node.hastctl(args),
@@ -264,9 +267,69 @@ fn usage_errors() {
         &["status", "--bogus"],
         &["dump", "-x"],
         &["create", "-k", "many", "r0"],
+        &["role", "-E"],
+        &["role", "-E", "x", "primary", "r0"],
+        &["role", "-E", "-1", "primary", "r0"],
+        &["role", "--epoch", "1", "primary"],
+        &["lease"],
+        &["lease", "r0"],
+        &["lease", "-t", "1000"],
+        &["lease", "-t", "0", "r0"],
+        &["lease", "-t", "86400001", "r0"],
+        &["lease", "-t", "1s", "r0"],
     ] {
         assert_fails(&node.hastctl(args), EX_USAGE, &format!("hastctl {args:?}"));
     }
+}
+
+/// `role -E` and `lease` on a running single-node resource: refusals are
+/// EX_NOPERM with one line; the epoch shows in status, list and dump.
+#[test]
+fn epoch_and_lease_exit_statuses() {
+    let mut node = Node::builder(bins!())
+        .tag("fenceflags")
+        .resource(ResourceSpec::new("r0", 64 * MIB))
+        .start();
+    let epoch = |node: &Node| resource(&status_json(node, "status"), "r0")["epoch"].as_u64();
+    assert_eq!(epoch(&node), Some(0), "epoch of a fresh component in init");
+    assert_fails(
+        &node.hastctl(&["lease", "-t", "1000", "r0"]),
+        EX_NOPERM,
+        "lease while init",
+    );
+
+    node.hastctl_ok(&["role", "-E", "4", "primary", "r0"]);
+    node.wait_export("r0");
+    assert_eq!(epoch(&node), Some(4));
+    let out = node.hastctl(&["role", "-E", "3", "primary", "r0"]);
+    assert_fails(&out, EX_NOPERM, "promotion with a lower epoch");
+    assert!(
+        stderr(&out).contains("stale epoch 3 < current 4"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.hastctl(&["role", "-E", "2", "primary", "all"]);
+    assert_fails(&out, EX_NOPERM, "promotion of all with a lower epoch");
+
+    node.hastctl_ok(&["lease", "-t", "600000", "all"]);
+    let l = status_json(&node, "list");
+    let r0 = resource(&l, "r0");
+    assert_eq!(r0["epoch"].as_u64(), Some(4), "{l}");
+    assert!(r0["lease_ms"].as_u64().unwrap_or(0) > 590_000, "{l}");
+    assert!(r0["fence"].is_null(), "no fence without a peer: {l}");
+    let text = node.hastctl_ok(&["list", "r0"]);
+    assert!(
+        text.contains("  epoch: 4") && text.contains("  lease: "),
+        "{text}"
+    );
+
+    // Back to init: the epoch stays on disk; a manual promotion bumps it.
+    node.hastctl_ok(&["role", "init", "r0"]);
+    assert_eq!(num(&node.dump("r0"), "epoch"), 4);
+    assert_eq!(epoch(&node), Some(4));
+    node.promote("r0");
+    assert_eq!(epoch(&node), Some(5));
+    assert!(resource(&status_json(&node, "status"), "r0")["lease_ms"].is_null());
 }
 
 #[test]

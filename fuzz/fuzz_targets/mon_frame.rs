@@ -18,7 +18,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let nc = [0xa5; 16];
 
     if let Ok(c) = Challenge::decode(data) {
-        assert_eq!(&c.encode()[..], data, "challenge decoding must be canonical");
+        assert_eq!(
+            &c.encode()[..],
+            data,
+            "challenge decoding must be canonical"
+        );
     }
     // Arbitrary bytes carry no valid MAC under a key the input cannot know.
     assert!(open_request(&key, &ns, data).is_err());

@@ -79,8 +79,11 @@ def main():
         libnbd retires everything in flight with ENOTCONN when the server
         closes (CLOSED) or the socket breaks (DEAD); either may be seen first.
         """
+        # nbd.Error.errno is the symbolic name ("ENOTCONN") in libnbd's
+        # Python binding; accept the number too.
+        code = getattr(err, "errno", None)
         return (h.aio_is_dead() or h.aio_is_closed()
-                or getattr(err, "errno", None) == errno.ENOTCONN)
+                or code in ("ENOTCONN", errno.ENOTCONN))
 
     def retire():
         """Retire completed commands; returns False once the connection is gone."""

@@ -170,7 +170,8 @@ pub struct ResourceStatus {
     /// way); `None` without a lease.
     #[serde(default)]
     pub lease_ms: Option<u64>,
-    /// Degraded-write fencing of a primary (see `fence_peer`); `None` unless primary.
+    /// Degraded-write fencing of a primary with a peer configured (see
+    /// `fence_peer`); `None` otherwise.
     #[serde(default)]
     pub fence: Option<FenceStatus>,
 }

@@ -123,14 +123,15 @@ async fn run(config: Config) -> i32 {
             return exit::CANTCREAT;
         }
     };
-    let listen_addr = match &config.listen {
-        Addr::Tcp { host, port } => format!("{host}:{port}"),
+    let (host, port) = match &config.listen {
+        Addr::Tcp { host, port } => (host.clone(), *port),
         other => {
             tracing::error!("listen address {other} must be tcp://");
             return exit::CONFIG;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(&listen_addr).await {
+    let listen_addr = config.listen.to_string();
+    let listener = match tokio::net::TcpListener::bind((host.as_str(), port)).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot listen on {listen_addr}: {e}");

@@ -1,7 +1,9 @@
 //! The exchange of `auth` over sockets, with tokio: `exchange` is the
 //! client (connect, one request, one reply, all within one timeout) and
 //! `serve` the listener (one task per connection, at most
-//! `CONNECTIONS_MAX` at a time).
+//! `CONNECTIONS_MAX` at a time and `CONNECTIONS_PER_PEER_MAX` from one IP
+//! address, so that one host holding connections open cannot starve the
+//! heartbeats and lease renewals of the others).
 //!
 //! One connection carries one exchange and is then closed. hastmon's
 //! messages are small and rare (a few per heartbeat), and a fresh
@@ -10,10 +12,11 @@
 //! connection that some later message would have to discover. The nonces
 //! come from the thread-local CSPRNG of `rand`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hast_conf::Addr;
@@ -26,6 +29,9 @@ use crate::auth::{self, AuthError, Challenge, FrameKind, Key, Nonce, CHALLENGE_L
 
 /// Connections `serve` handles at once; more wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 64;
+/// Connections `serve` handles at once from one IP address; more are
+/// closed at once.
+pub const CONNECTIONS_PER_PEER_MAX: usize = 8;
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
 /// does not spin while the cause lasts.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -194,6 +200,7 @@ where
 {
     let key = Arc::new(key);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let peers = Arc::new(PeerCounts::default());
     let mut tasks = JoinSet::new();
     loop {
         while let Some(done) = tasks.try_join_next() {
@@ -217,16 +224,61 @@ where
                 continue;
             }
         };
+        let Some(slot) = PeerCounts::take(&peers, peer.ip()) else {
+            tracing::debug!(
+                "hastmon: {peer}: more than {CONNECTIONS_PER_PEER_MAX} connections from this address; closed"
+            );
+            continue;
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("hastmon: {peer}: cannot set TCP_NODELAY: {e}");
         }
         let key = Arc::clone(&key);
         let handler = handler.clone();
         tasks.spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             let result = serve_one(stream, peer, &key, fresh_nonce(), timeout, handler).await;
             log_outcome(peer, result);
         });
+    }
+}
+
+/// Open connections per peer IP address.
+#[derive(Default)]
+struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted in `PeerCounts`, uncounted when dropped.
+struct PeerSlot {
+    counts: Arc<PeerCounts>,
+    ip: IpAddr,
+}
+
+impl PeerCounts {
+    fn take(counts: &Arc<PeerCounts>, ip: IpAddr) -> Option<PeerSlot> {
+        // The lock is never held across a panic point that could leave the
+        // map inconsistent, so a poisoned lock's data is still good.
+        let mut map = counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= CONNECTIONS_PER_PEER_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -502,6 +554,57 @@ mod tests {
             assert!(result.is_err(), "{input:?}");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// One address holding connections open takes at most its share; the
+    /// next connection from it is closed at once, others are still served.
+    #[tokio::test]
+    async fn connections_per_peer_are_limited() {
+        let (addr, _calls, task) = echo_server(key(1)).await;
+        let Addr::Tcp { port, .. } = addr.clone() else {
+            unreachable!("echo_server listens on TCP")
+        };
+        let target: SocketAddr = ([127, 0, 0, 1], port).into();
+        let connect_from = |ip: [u8; 4]| async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from((ip, 0))).unwrap();
+            socket.connect(target).await.unwrap()
+        };
+        let mut held = Vec::new();
+        for _ in 0..CONNECTIONS_PER_PEER_MAX {
+            let mut s = connect_from([127, 0, 0, 2]).await;
+            let mut challenge = [0u8; CHALLENGE_LEN];
+            s.read_exact(&mut challenge).await.unwrap();
+            held.push(s);
+        }
+        let mut refused = connect_from([127, 0, 0, 2]).await;
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(TIMEOUT, refused.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(
+            n, 0,
+            "the connection over the limit must be closed unanswered"
+        );
+        // Another address is served meanwhile.
+        assert!(exchange(&addr, &key(1), b"x", TIMEOUT).await.is_ok());
+        // A slot freed is a slot usable again.
+        drop(held.pop());
+        let mut answered = None;
+        // The server may not have seen the close yet: a few tries, 10 ms apart.
+        for _ in 0..100 {
+            let mut s = connect_from([127, 0, 0, 2]).await;
+            let mut challenge = [0u8; CHALLENGE_LEN];
+            if let Ok(Ok(_)) = tokio::time::timeout(TIMEOUT, s.read_exact(&mut challenge)).await {
+                answered = Some(challenge);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let challenge = answered.expect("a freed slot is usable again");
+        assert!(Challenge::decode(&challenge).is_ok());
+        task.abort();
     }
 
     #[tokio::test]

@@ -354,7 +354,13 @@ impl HaCluster {
 
     /// hastd's status of `r0` on data node `n` (`None` if hastd does not answer).
     pub fn status(&self, n: &str) -> Option<ResStatus> {
-        let out = self.hastctl(n, &["status", "--json", RES]);
+        // Bounded: a paused (SIGSTOPped) hastd never answers.
+        let out = self.quick(
+            &self.bins.hastctl,
+            self.hast_conf(n),
+            n,
+            &["status", "--json", RES],
+        );
         if !out.status.success() {
             return None;
         }
@@ -369,9 +375,25 @@ impl HaCluster {
         Some(ResStatus::from_json(r))
     }
 
+    /// A control command bounded by 3 s (`timeout(1)` kills it), for queries
+    /// of daemons that may be paused.
+    fn quick(&self, program: &Path, conf: PathBuf, n: &str, args: &[&str]) -> Output {
+        let inner = self.ctl_command(program, conf, n, args);
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", "3"])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        run(&mut cmd, timeout_s(30))
+    }
+
     /// hastmon's status of `r0` on `n`, as JSON.
     pub fn mon_status(&self, n: &str) -> Option<serde_json::Value> {
-        let out = self.hastmonctl(n, &["status", "--json", RES]);
+        let out = self.quick(
+            &self.bins.hastmonctl,
+            self.mon_conf(n),
+            n,
+            &["status", "--json", RES],
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v.get(0).cloned()
     }
@@ -456,6 +478,7 @@ impl HaCluster {
         for d in DATA {
             cmd.arg("--hastd-log")
                 .arg(format!("{d}={}", self.hastd_log(d).display()));
+            cmd.arg("--node-uri").arg(format!("{d}={}", self.uri(d)));
         }
         run(&mut cmd, timeout_s(300))
     }

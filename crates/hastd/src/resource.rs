@@ -664,7 +664,9 @@ impl ResourceTask {
                 .lease
                 .remaining_at(Instant::now())
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            st.fence = Some(dp.fence.status());
+            if c.remote.is_some() {
+                st.fence = Some(dp.fence.status());
+            }
         }
         let peer_state = dp.peer_state();
         let syncing = dp.sync.active.load(Relaxed);

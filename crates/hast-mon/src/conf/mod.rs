@@ -40,8 +40,9 @@ pub use error::{ConfigError, ErrorKind};
 pub use hast_conf::Addr;
 pub use parser::Level;
 
-/// Default port of `listen` and `remote` addresses.
-pub const MON_PORT: u16 = 8457;
+/// Default port of `listen` and `remote` addresses: hastmon's own (hastd has 8457, its FreeBSD default, and the
+/// two run side by side on a data node).
+pub const MON_PORT: u16 = 8459;
 /// Larger files are refused before they are read (hast.conf's limit).
 pub const FILE_SIZE_MAX: u64 = hast_conf::FILE_SIZE_MAX;
 pub const RESOURCES_MAX: usize = hast_conf::RESOURCES_MAX;
@@ -80,7 +81,7 @@ pub mod defaults {
         Addr::Unix(PathBuf::from(CONTROL_PATH))
     }
 
-    /// `tcp://0.0.0.0:8457`
+    /// `tcp://0.0.0.0:8459`
     pub fn listen() -> Addr {
         Addr::Tcp {
             host: "0.0.0.0".to_owned(),

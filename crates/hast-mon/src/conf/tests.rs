@@ -73,7 +73,7 @@ fn accepted() {
     let cases: &[(&str, &str, &str, Check)] = &[
         ("defaults", "key { secret \"0123456789abcdef\" }\nexec /x\nresource r {\n on nodea { remote b }\n on b { remote nodea }\n}\n", "nodea", |c| {
             assert_eq!(c.control, Addr::Unix("/var/run/hastmonctl".into()));
-            assert_eq!(c.listen, tcp("0.0.0.0", 8457));
+            assert_eq!(c.listen, tcp("0.0.0.0", 8459));
             assert_eq!(c.pidfile, PathBuf::from("/var/run/hastmon.pid"));
             assert_eq!(c.state_dir, PathBuf::from("/var/lib/hastmon"));
             assert_eq!(c.node, "nodea");
@@ -97,7 +97,7 @@ fn accepted() {
                 local,
                 &NodeSection {
                     name: "nodea".into(),
-                    remote: vec![tcp("b", 8457)],
+                    remote: vec![tcp("b", 8459)],
                     priority: 0,
                     line: 4,
                 }
@@ -108,7 +108,7 @@ fn accepted() {
             let names: Vec<_> = r.nodes.iter().map(|n| (n.name.as_str(), n.priority)).collect();
             assert_eq!(names, [("nodea", 0), ("nodeb", 1), ("nodew", 0)]);
             let w = r.local("nodew").unwrap();
-            assert_eq!(w.remote, [tcp("10.0.0.1", 8457), tcp("10.0.0.2", 8457)]);
+            assert_eq!(w.remote, [tcp("10.0.0.1", 8459), tcp("10.0.0.2", 8459)]);
             assert_eq!(w.line, 13);
             assert_eq!(r.local("nodeb").unwrap().priority, 1);
         }),
@@ -168,7 +168,7 @@ on nodea {
 on nodeb { control uds:///run/b.sock }
 ", "nodea", |c| {
             assert_eq!(c.control, Addr::Unix("/run/mon.sock".into()));
-            assert_eq!(c.listen, tcp("10.0.0.1", 8457));
+            assert_eq!(c.listen, tcp("10.0.0.1", 8459));
             assert_eq!(c.pidfile, PathBuf::from("/run/g.pid"));
             assert_eq!(c.state_dir, PathBuf::from("/srv/mon"));
             assert!(c.resources.is_empty());
@@ -214,7 +214,7 @@ resource \"r\"   # the resource
             let r = &c.resources[0];
             assert_eq!(r.exec, PathBuf::from("/usr/local/libexec/r script"));
             let a = r.local("nodea").unwrap();
-            assert_eq!(a.remote, [tcp("fe80::1", 99), tcp("nodew", 8457)]);
+            assert_eq!(a.remote, [tcp("fe80::1", 99), tcp("nodew", 8459)]);
             assert_eq!(a.priority, u32::MAX);
         }),
         ("no resources need no key", "# nothing yet\n", "nodea", |c| {

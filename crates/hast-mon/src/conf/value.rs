@@ -285,7 +285,7 @@ mod tests {
         };
         assert_eq!(
             tcp_addr("listen", "0.0.0.0").ok(),
-            Some(tcp("0.0.0.0", 8457))
+            Some(tcp("0.0.0.0", 8459))
         );
         assert_eq!(
             remote_addr("remote", "tcp://nodeb:99").ok(),
