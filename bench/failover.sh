@@ -17,14 +17,19 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export HAST_HA_TRIALS=${HAST_HA_TRIALS:-20}
+LOG=${BENCH_LOG:-${TMPDIR:-/tmp}/hast-failover-$$.log}
 case ${1:-time} in
-time)
-    cargo test --release --test hastmon failover_time -- --ignored --nocapture --test-threads=1 2>&1 |
-        grep -E "took over|failover time|panicked|FAILED|SEED" ;;
-random)
-    cargo test --release --test hastmon random_fault_schedules -- --nocapture --test-threads=1 2>&1 |
-        grep -E "random schedule|took over|check|panicked|FAILED|SEED" ;;
+time) test=(failover_time -- --ignored) ;;
+random) test=(random_fault_schedules --) ;;
 *)
     echo "usage: bench/failover.sh [time|random]" >&2
     exit 64 ;;
 esac
+status=0
+cargo test --release --test hastmon "${test[@]}" --nocapture --test-threads=1 >"$LOG" 2>&1 || status=$?
+grep -E "random schedule|took over|failover time|check \{|panicked" "$LOG" | cut -c1-160 || true
+if [ "$status" -ne 0 ]; then
+    echo "FAILED (exit $status); the whole output: $LOG" >&2
+    exit "$status"
+fi
+rm -f "$LOG"

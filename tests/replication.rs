@@ -404,9 +404,14 @@ const RESYNC_KEEPDIRTY: u64 = 4;
 /// The writer's region (during the resync): 4 extents at 600 MiB.
 const WRITER_FIRST_LBA: u64 = 600 * MIB / 4096;
 const WRITER_EXTENTS: u64 = 4;
+/// Extents the resync copies between two checkpoints (hastd saves its progress
+/// every second; at 24 MiB/s that is 12 extents of 2 MiB): a kill just before a
+/// checkpoint redoes them.
+const CHECKPOINT_EXTENTS: u64 = 24 / 2;
 /// What a resumed resync of an idle resource may copy beyond what was left: the
-/// extents in flight at the kill (4), both nodes' keepdirty, two more.
-const IDLE_SLACK_EXTENTS: u64 = 4 + 2 * RESYNC_KEEPDIRTY + 2;
+/// extents copied since the last checkpoint, those in flight at the kill (4),
+/// both nodes' keepdirty, two more.
+const IDLE_SLACK_EXTENTS: u64 = CHECKPOINT_EXTENTS + 4 + 2 * RESYNC_KEEPDIRTY + 2;
 
 /// Interrupt a resync by kill -9 of `victim` at a seeded random point, restart it,
 /// and check that the resync resumes and completes with nothing lost.

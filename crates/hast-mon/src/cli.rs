@@ -171,7 +171,13 @@ pub fn hastmonctl_main() -> i32 {
             eprintln!("hastmonctl: {message}");
             code
         }
-        Ok(CtlResponse::Ok) => exit::OK,
+        Ok(CtlResponse::Ok) => match req {
+            CtlRequest::Role {
+                role: Role::Primary,
+                names,
+            } => await_promotion(socket, names),
+            _ => exit::OK,
+        },
         Ok(CtlResponse::Status { resources }) => {
             if json {
                 println!(
@@ -183,6 +189,47 @@ pub fn hastmonctl_main() -> i32 {
             }
             exit::OK
         }
+    }
+}
+
+/// How long `role primary` waits for the watchdog's answer.
+const PROMOTION_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `role primary` asks the watchdog for an epoch: wait (bounded) until every
+/// named resource is primary, or report why the watchdog refused.
+fn await_promotion(socket: &std::path::Path, names: Vec<String>) -> i32 {
+    let begun = std::time::Instant::now();
+    loop {
+        let st = match ctl::call(
+            socket,
+            &CtlRequest::Status {
+                names: names.clone(),
+            },
+        ) {
+            Ok(CtlResponse::Status { resources }) => resources,
+            Ok(_) => return exit::SOFTWARE,
+            Err((code, msg)) => {
+                eprintln!("hastmonctl: {msg}");
+                return code;
+            }
+        };
+        if st.iter().all(|r| r.role == Role::Primary) {
+            return exit::OK;
+        }
+        let answered = st
+            .iter()
+            .all(|r| r.role == Role::Primary || (!r.takeover_pending && r.last_refusal.is_some()));
+        if answered || begun.elapsed() >= PROMOTION_WAIT {
+            for r in st.iter().filter(|r| r.role != Role::Primary) {
+                let why = r
+                    .last_refusal
+                    .as_deref()
+                    .unwrap_or("no answer from the watchdog");
+                eprintln!("hastmonctl: {}: not promoted: {why}", r.name);
+            }
+            return exit::TEMPFAIL;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

@@ -60,6 +60,9 @@ pub struct ResourceStatus {
     /// The durable state, on the watchdog.
     pub witness: Option<WitnessState>,
     pub last_refusal: Option<String>,
+    /// A takeover request is waiting for the watchdog's answer.
+    #[serde(default)]
+    pub takeover_pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

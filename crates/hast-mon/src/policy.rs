@@ -35,6 +35,10 @@ use crate::msg::{ReplyBody, RequestBody, Role, RunState};
 /// Milliseconds of a monotonic clock.
 pub type Ms = u64;
 
+/// The refusal of a node that is not the watchdog (asked because the asker
+/// did not know yet which remote is).
+pub const NOT_WATCHDOG: &str = "not the watchdog";
+
 /// Default bound on clock-rate drift between any two hosts: 5 %.
 pub const DRIFT_PPM: u64 = 50_000;
 
@@ -152,6 +156,8 @@ pub struct Policy {
     /// The last status check of the local resource passed: it can take over.
     ready: bool,
     takeover_sent: Option<Ms>,
+    /// After a refusal, the next request waits until then.
+    takeover_retry_at: Ms,
     manual_takeover: bool,
     // Watchdog.
     witness: WitnessState,
@@ -185,6 +191,7 @@ impl Policy {
             outdated_me: false,
             ready: false,
             takeover_sent: None,
+            takeover_retry_at: 0,
             manual_takeover: false,
             witness,
             promises: BTreeMap::new(),
@@ -225,6 +232,11 @@ impl Policy {
     pub fn complaint_rounds(&self) -> u32 {
         self.complaint_rounds
     }
+    /// A takeover request is waiting for the watchdog's answer.
+    pub fn takeover_pending(&self) -> bool {
+        self.takeover_sent.is_some()
+    }
+
     /// The primary this secondary last granted a lease to.
     pub fn primary_name(&self) -> Option<&str> {
         self.primary_name.as_deref()
@@ -352,7 +364,11 @@ impl Policy {
     fn may_take_over(&self, now: Ms) -> bool {
         let promise_over = self.promise_until.map_or(true, |p| now >= p);
         let needed = self.p.complaint_count as usize + self.p.priority as usize;
-        promise_over && self.ready && !self.outdated_me && self.complaints(now) >= needed
+        promise_over
+            && self.ready
+            && !self.outdated_me
+            && now >= self.takeover_retry_at
+            && self.complaints(now) >= needed
     }
 
     fn request_takeover(&mut self, now: Ms, out: &mut Vec<Action>) {
@@ -466,7 +482,7 @@ impl Policy {
                 seq,
             } => {
                 if self.role != Role::Watchdog {
-                    self.refuse("not the watchdog")
+                    self.refuse(NOT_WATCHDOG)
                 } else if self.witness.primary.as_deref() != Some(from)
                     || epoch != self.witness.epoch
                 {
@@ -494,7 +510,7 @@ impl Policy {
                 seq,
             } => {
                 if self.role != Role::Watchdog {
-                    self.refuse("not the watchdog")
+                    self.refuse(NOT_WATCHDOG)
                 } else if self.witness.primary.as_deref() != Some(from)
                     || epoch != self.witness.epoch
                 {
@@ -592,7 +608,7 @@ impl Policy {
         out: &mut Vec<Action>,
     ) -> ReplyBody {
         if self.role != Role::Watchdog {
-            return self.refuse("not the watchdog");
+            return self.refuse(NOT_WATCHDOG);
         }
         if let Some(&(e, s)) = self.witness.outdated.get(from) {
             return self.refuse(&format!("{from} is outdated (epoch {e} seq {s})"));
@@ -714,8 +730,16 @@ impl Policy {
             }
             (RequestBody::Takeover { .. }, ReplyBody::Refused { reason, epoch }) => {
                 self.epoch = self.epoch.max(*epoch);
-                if self.peers.get(to).and_then(|p| p.role) != Some(Role::Secondary) {
+                if reason != NOT_WATCHDOG {
+                    if let Some(peer) = self.peers.get_mut(to) {
+                        peer.role = Some(Role::Watchdog);
+                    }
                     self.last_refusal = Some(reason.clone());
+                    // An operator's request is answered: it is over. A
+                    // secondary's own request is retried on later complaints.
+                    self.takeover_sent = None;
+                    self.manual_takeover = false;
+                    self.takeover_retry_at = now + self.p.heartbeat;
                 }
             }
             _ => {}

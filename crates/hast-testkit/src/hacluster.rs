@@ -417,12 +417,18 @@ impl HaCluster {
         .is_some()
     }
 
-    /// Waits until the primary reports its peer connected and in sync.
+    /// Waits until the primary reports its peer connected and in sync,
+    /// and the watchdog holds no outdated mark (the primary clears it within
+    /// a heartbeat of the resync): fully redundant again.
     pub fn wait_in_sync(&self, bound: Duration) -> &'static str {
         let got = wait_for(bound, || {
+            let outdated = self
+                .mon_status(WITNESS)
+                .and_then(|v| v.pointer("/witness/outdated").cloned())
+                .map_or(true, |o| o.as_object().is_some_and(|m| !m.is_empty()));
             for n in DATA {
                 if let Some(s) = self.status(n) {
-                    if s.role == "primary" && s.is_complete() {
+                    if s.role == "primary" && s.is_complete() && !outdated {
                         return Some(n);
                     }
                 }

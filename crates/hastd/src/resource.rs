@@ -312,9 +312,8 @@ impl ResourceTask {
                     tracing::info!(resource = %self.config.name, role = %role, epoch, "epoch raised");
                     self.drop_stale_primary(epoch).await;
                 }
-                let epoch = self.state.dp().map(|dp| dp.header());
-                let epoch = match epoch {
-                    Some(h) => Some(h.await.epoch),
+                let epoch = match self.state.dp() {
+                    Some(dp) => Some(dp.header().await.epoch),
                     None => None,
                 };
                 return Ok((role, epoch));
