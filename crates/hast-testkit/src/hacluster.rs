@@ -425,7 +425,7 @@ impl HaCluster {
             let outdated = self
                 .mon_status(WITNESS)
                 .and_then(|v| v.pointer("/witness/outdated").cloned())
-                .map_or(true, |o| o.as_object().is_some_and(|m| !m.is_empty()));
+                .is_none_or(|o| o.as_object().is_some_and(|m| !m.is_empty()));
             for n in DATA {
                 if let Some(s) = self.status(n) {
                     if s.role == "primary" && s.is_complete() && !outdated {

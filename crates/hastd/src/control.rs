@@ -26,30 +26,17 @@ pub type Resources = Arc<RwLock<Vec<ResourceHandle>>>;
 /// Binds the control socket with mode 0600 (root only), replacing a stale
 /// socket file but refusing to steal one a live daemon still answers on.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("another hastd answers on {}", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    bind_private(path)
+    tokio_listener(hast_sys::sock::bind_control("hastd", path)?)
 }
 
-/// Binds a Unix socket with mode 0600: the umask is narrowed around the bind
-/// so the socket never exists with looser permissions, even briefly.
+/// Binds a Unix socket with mode 0600 (see `hast_sys::sock`).
 pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    // SAFETY: umask only swaps the process's file mode mask; restored below.
-    let old = unsafe { libc::umask(0o177) };
-    let res = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    res
+    tokio_listener(hast_sys::sock::bind_private(path)?)
+}
+
+fn tokio_listener(l: std::os::unix::net::UnixListener) -> std::io::Result<UnixListener> {
+    l.set_nonblocking(true)?;
+    UnixListener::from_std(l)
 }
 
 pub async fn serve(listener: UnixListener, resources: Resources) {

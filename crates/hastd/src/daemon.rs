@@ -11,9 +11,9 @@ use tokio::sync::{oneshot, RwLock};
 
 use crate::control::{self, Resources};
 use crate::nbdfront::{self, Registry};
-use crate::pidfile::PidFile;
 use crate::resource::{Command, Env, ResourceHandle};
 use crate::{exit, Args};
+use hast_sys::pidfile::{PidFile, PidFileError};
 
 pub fn main(args: Args) -> i32 {
     // Absolute config path: a daemon must find it again on SIGHUP whatever
@@ -27,13 +27,13 @@ pub fn main(args: Args) -> i32 {
         }
     };
     let pid_path = args.pidfile.clone().unwrap_or(config.pidfile.clone());
-    let mut pidfile = match PidFile::acquire(&pid_path) {
+    let mut pidfile = match PidFile::acquire("hastd", &pid_path) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("hastd: {e}");
             return match e {
-                crate::pidfile::PidFileError::Running { .. } => exit::TEMPFAIL,
-                crate::pidfile::PidFileError::Io { .. } => exit::CANTCREAT,
+                PidFileError::Running { .. } => exit::TEMPFAIL,
+                PidFileError::Io { .. } => exit::CANTCREAT,
             };
         }
     };
@@ -49,7 +49,7 @@ pub fn main(args: Args) -> i32 {
             return exit::OSERR;
         }
     }
-    crate::logging::init(args.debug, !args.foreground);
+    hast_sys::logging::init(c"hastd", args.debug, !args.foreground);
     if let Err(e) = pidfile.write_pid() {
         tracing::error!("cannot write pidfile {}: {e}", pid_path.display());
         return exit::CANTCREAT;

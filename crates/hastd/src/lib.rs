@@ -14,9 +14,7 @@ mod control;
 mod daemon;
 mod datapath;
 mod epoch;
-mod logging;
 mod nbdfront;
-mod pidfile;
 mod replication;
 mod resource;
 
@@ -25,14 +23,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// sysexits(3) codes used by the daemon.
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const USAGE: i32 = 64;
-    pub const SOFTWARE: i32 = 70;
-    pub const OSERR: i32 = 71;
-    pub const CANTCREAT: i32 = 73;
-    pub const TEMPFAIL: i32 = 75;
-}
+pub use hast_sys::exit;
 
 #[derive(Parser, Debug)]
 #[command(
