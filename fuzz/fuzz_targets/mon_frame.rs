@@ -17,6 +17,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let ns = [0x5a; 16];
     let nc = [0xa5; 16];
 
+    // The JSON bodies inside authenticated frames, and the control socket's.
+    let _ = hast_mon::msg::decode::<hast_mon::msg::Request>(data);
+    let _ = hast_mon::msg::decode::<hast_mon::msg::ReplyBody>(data);
+    let _ = hast_api::decode_body::<hast_mon::ctl::CtlRequest>(data);
+
     if let Ok(c) = Challenge::decode(data) {
         assert_eq!(
             &c.encode()[..],
