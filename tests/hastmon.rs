@@ -104,6 +104,9 @@ struct Run<'a> {
     n: u64,
     /// Takeover times measured (kill → new primary exporting).
     takeovers: Vec<Duration>,
+    /// As the client saw them: connection lost → first write acknowledged
+    /// by the new primary (`after_loss_s` of follow_writer's outages).
+    client_outages: Vec<f64>,
 }
 
 fn count_acks(history: &std::path::Path) -> usize {
@@ -211,7 +214,15 @@ impl Run<'_> {
             "{label}: writer failed: {}",
             writer.tail(30)
         );
-        println!("{label}: client {}", writer.tail(1).trim());
+        let summary = writer.tail(1);
+        println!("{label}: client {}", summary.trim());
+        if fault.takeover() == Some(true) {
+            let v: serde_json::Value = serde_json::from_str(summary.trim()).unwrap_or_default();
+            if let Some(o) = v["outages"].as_array() {
+                self.client_outages
+                    .extend(o.iter().filter_map(|o| o["after_loss_s"].as_f64()));
+            }
+        }
         self.verify(label);
     }
 
@@ -250,6 +261,7 @@ fn every_fault_keeps_one_primary_and_every_acknowledged_write() {
         histories: vec![],
         n: 0,
         takeovers: vec![],
+        client_outages: vec![],
     };
     let hold = Duration::from_secs(8);
     // HAST_HA_ONLY=Isolate runs the faults whose name contains it.
@@ -290,6 +302,7 @@ fn random_fault_schedules() {
         histories: vec![],
         n: 0,
         takeovers: vec![],
+        client_outages: vec![],
     };
     for (i, (f, hold)) in schedule.iter().enumerate() {
         run.scenario(
@@ -313,6 +326,7 @@ fn failover_time() {
         histories: vec![],
         n: 0,
         takeovers: vec![],
+        client_outages: vec![],
     };
     for i in 0..trials {
         run.scenario(
@@ -321,14 +335,26 @@ fn failover_time() {
             &format!("trial {i}"),
         );
     }
-    let mut t: Vec<f64> = run.takeovers.iter().map(Duration::as_secs_f64).collect();
-    t.sort_by(f64::total_cmp);
-    let pct = |q: f64| t[((t.len() as f64 - 1.0) * q).round() as usize];
-    println!(
-        "failover time (kill -9 of the primary -> the other node exports as primary), {} trials: median {:.2} s, p99 {:.2} s, max {:.2} s",
-        t.len(),
-        pct(0.5),
-        pct(0.99),
-        t[t.len() - 1]
+    let report = |what: &str, mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        if t.is_empty() {
+            return;
+        }
+        let pct = |q: f64| t[((t.len() as f64 - 1.0) * q).round() as usize];
+        println!(
+            "failover time ({what}), {} trials: median {:.2} s, p99 {:.2} s, max {:.2} s",
+            t.len(),
+            pct(0.5),
+            pct(0.99),
+            t[t.len() - 1]
+        );
+    };
+    report(
+        "kill -9 of the primary -> the other node exports as primary",
+        run.takeovers.iter().map(Duration::as_secs_f64).collect(),
+    );
+    report(
+        "the client's connection lost -> its first write acknowledged by the new primary",
+        run.client_outages.clone(),
     );
 }
