@@ -33,11 +33,17 @@ fn bins() -> HaBins {
 
 const SIZE: u64 = 256 << 20;
 
-fn cluster() -> Option<HaCluster> {
+/// One cluster at a time: two clusters on two cores would starve each
+/// other's heartbeats and measure the machine, not hastmon.
+/// (The guard comes first so that it is dropped after the cluster.)
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cluster() -> Option<(std::sync::MutexGuard<'static, ()>, HaCluster)> {
     if !require_python_nbd() {
         return None;
     }
-    HaCluster::start(bins(), SIZE)
+    let guard = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    HaCluster::start(bins(), SIZE).map(|c| (guard, c))
 }
 
 /// The faults, each with what must follow (whether the secondary takes over).
@@ -255,7 +261,9 @@ impl Run<'_> {
 
 #[test]
 fn every_fault_keeps_one_primary_and_every_acknowledged_write() {
-    let Some(mut c) = cluster() else { return };
+    let Some((_one, mut c)) = cluster() else {
+        return;
+    };
     let mut run = Run {
         c: &mut c,
         histories: vec![],
@@ -296,7 +304,9 @@ fn random_fault_schedules() {
         })
         .collect();
     println!("random schedule: HAST_HA_SEED={seed} HAST_HA_FAULTS={faults}: {schedule:?}");
-    let Some(mut c) = cluster() else { return };
+    let Some((_one, mut c)) = cluster() else {
+        return;
+    };
     let mut run = Run {
         c: &mut c,
         histories: vec![],
@@ -320,7 +330,9 @@ fn failover_time() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let Some(mut c) = cluster() else { return };
+    let Some((_one, mut c)) = cluster() else {
+        return;
+    };
     let mut run = Run {
         c: &mut c,
         histories: vec![],
