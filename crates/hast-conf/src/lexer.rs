@@ -5,7 +5,7 @@
 //! hastmon.conf (crate `hast-mon`) uses it too, so both files share one
 //! lexical syntax.
 
-use crate::error::ErrorKind;
+use crate::syntax::SyntaxError;
 use crate::TOKEN_LEN_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    pub fn next_token(&mut self) -> Result<Token, (u32, ErrorKind)> {
+    pub fn next_token(&mut self) -> Result<Token, (u32, SyntaxError)> {
         self.skip_blanks_and_comment();
         let line = self.line;
         let mut chars = self.rest.chars();
@@ -106,14 +106,14 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn bare(&mut self, line: u32) -> Result<Tok, (u32, ErrorKind)> {
+    fn bare(&mut self, line: u32) -> Result<Tok, (u32, SyntaxError)> {
         let end = self.rest.find(is_delimiter).unwrap_or(self.rest.len());
         let word = &self.rest[..end];
         if word.len() > TOKEN_LEN_MAX {
-            return Err((line, ErrorKind::TokenTooLong { max: TOKEN_LEN_MAX }));
+            return Err((line, SyntaxError::TokenTooLong { max: TOKEN_LEN_MAX }));
         }
         if let Some(bad) = word.chars().find(|c| c.is_control()) {
-            return Err((line, ErrorKind::BadChar(bad)));
+            return Err((line, SyntaxError::BadChar(bad)));
         }
         self.rest = &self.rest[end..];
         Ok(Tok::Word {
@@ -124,26 +124,26 @@ impl<'a> Lexer<'a> {
 
     /// Reads after the opening quote. A quoted string may not span lines:
     /// a missing closing quote is then reported on its own line, not at EOF.
-    fn quoted(&mut self, line: u32) -> Result<Tok, (u32, ErrorKind)> {
+    fn quoted(&mut self, line: u32) -> Result<Tok, (u32, SyntaxError)> {
         let mut text = String::new();
         let mut chars = self.rest.char_indices();
         loop {
             let Some((_, c)) = chars.next() else {
-                return Err((line, ErrorKind::UnterminatedString));
+                return Err((line, SyntaxError::UnterminatedString));
             };
             let c = match c {
                 '"' => break,
-                '\n' => return Err((line, ErrorKind::UnterminatedString)),
+                '\n' => return Err((line, SyntaxError::UnterminatedString)),
                 '\\' => match chars.next() {
                     Some((_, e @ ('"' | '\\'))) => e,
-                    Some((_, '\n')) | None => return Err((line, ErrorKind::UnterminatedString)),
-                    Some((_, e)) => return Err((line, ErrorKind::BadEscape(e))),
+                    Some((_, '\n')) | None => return Err((line, SyntaxError::UnterminatedString)),
+                    Some((_, e)) => return Err((line, SyntaxError::BadEscape(e))),
                 },
-                c if c.is_control() && c != '\t' => return Err((line, ErrorKind::BadChar(c))),
+                c if c.is_control() && c != '\t' => return Err((line, SyntaxError::BadChar(c))),
                 c => c,
             };
             if text.len() + c.len_utf8() > TOKEN_LEN_MAX {
-                return Err((line, ErrorKind::TokenTooLong { max: TOKEN_LEN_MAX }));
+                return Err((line, SyntaxError::TokenTooLong { max: TOKEN_LEN_MAX }));
             }
             text.push(c);
         }

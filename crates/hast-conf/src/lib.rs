@@ -7,9 +7,10 @@
 //! the file and line, and maps to a sysexits(3) status via
 //! `ConfigError::exit_code`.
 //!
-//! `lexer` turns text into tokens, `parser` builds a raw tree of typed
-//! values with line numbers, `resolve` picks this node's sections and applies
-//! inheritance.
+//! `lexer` turns text into tokens, `syntax` reads statements and sections
+//! from them (both shared with hastmon.conf), `parser` builds hast.conf's raw
+//! tree of typed values with line numbers, `resolve` picks this node's
+//! sections and applies inheritance.
 
 mod addr;
 mod error;
@@ -17,9 +18,10 @@ mod error;
 pub mod lexer;
 mod parser;
 mod resolve;
+/// Public so hastmon.conf (crate `hast-mon`) shares this grammar.
+pub mod syntax;
 mod value;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use addr::{Addr, AddrError, NBD_PORT, REPLICATION_PORT, UNIX_PATH_MAX};
@@ -145,63 +147,18 @@ pub struct Resource {
 
 /// Parses hast.conf text for node `node`. `file` is only used in messages.
 pub fn parse(text: &str, file: &Path, node: &str) -> Result<Config, ConfigError> {
-    let size = u64::try_from(text.len()).unwrap_or(u64::MAX);
-    if size > FILE_SIZE_MAX {
-        return Err(ConfigError::whole(
-            file,
-            ErrorKind::TooBig {
-                size,
-                max: FILE_SIZE_MAX,
-            },
-        ));
-    }
+    syntax::check_size(text, file)?;
     let raw = parser::parse(text, file)?;
     resolve::resolve(raw, file, node)
 }
 
 /// Reads and parses `file`; `node` defaults to the host name.
 pub fn load(file: &Path, node: Option<&str>) -> Result<Config, ConfigError> {
-    let text = read_limited(file)?;
+    let text = syntax::read_limited(file)?;
     match node {
         Some(node) => parse(&text, file, node),
         None => parse(&text, file, &hostname()),
     }
-}
-
-fn read_limited(file: &Path) -> Result<String, ConfigError> {
-    let read_err = |e| ConfigError::whole(file, ErrorKind::Read(e));
-    let f = std::fs::File::open(file).map_err(read_err)?;
-    let too_big = |size| {
-        ConfigError::whole(
-            file,
-            ErrorKind::TooBig {
-                size,
-                max: FILE_SIZE_MAX,
-            },
-        )
-    };
-    let size = f.metadata().map_err(read_err)?.len();
-    if size > FILE_SIZE_MAX {
-        return Err(too_big(size));
-    }
-    // The size may change under us, or be 0 for special files: read one
-    // byte past the limit to notice.
-    let mut bytes = Vec::new();
-    f.take(FILE_SIZE_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-    if len > FILE_SIZE_MAX {
-        return Err(too_big(len));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        let newlines = good.iter().filter(|&&b| b == b'\n').count();
-        let line = u32::try_from(newlines)
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
-        ConfigError::at(file, line, ErrorKind::NotUtf8)
-    })
 }
 
 /// This host's name, or an empty string if it cannot be had (`parse` then

@@ -2,20 +2,18 @@
 //! tree of typed values with their line numbers. Values are parsed here, so
 //! a bad value is reported on its own line even inside a section for another
 //! node; choosing this node's sections and applying inheritance is left to
-//! `resolve`.
-//!
-//! A statement is `keyword value`, ended by a newline, `;`, `}`, the end of
-//! the file or the next keyword. Newlines carry no other meaning, so `{` may
-//! follow `on NAME` on the next line, and FreeBSD's files are read unchanged.
+//! `resolve`. Statements and sections are read by `syntax::Reader`, the
+//! grammar hast.conf shares with hastmon.conf; this module owns hast.conf's
+//! keywords and where each is allowed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::addr::{Addr, NBD_PORT, REPLICATION_PORT};
 use crate::error::{ConfigError, ErrorKind};
-use crate::lexer::{Lexer, Tok, Token};
-use crate::value::{check_node_name, check_resource_name, parse_size};
-use crate::value::{Checksum, Compression, OnIoError, Replication};
+use crate::syntax::value::{abs_path, bad, check_resource_name, whole_number, NumberError};
+use crate::syntax::{set, At, Reader, SyntaxError};
+use crate::value::{parse_size, Checksum, Compression, OnIoError, Replication};
 use crate::{DEPTH_MAX, LISTEN_MAX, NODE_SECTIONS_MAX, RESOURCES_MAX};
 
 /// The kind of section a statement is in.
@@ -38,13 +36,6 @@ impl fmt::Display for Level {
             Level::ResourceNode => "resource-node section",
         })
     }
-}
-
-/// A value and the line it was set on.
-#[derive(Debug, Clone)]
-pub(crate) struct At<T> {
-    pub(crate) value: T,
-    pub(crate) line: u32,
 }
 
 /// Options of the daemon as a whole (global and top-level node sections).
@@ -184,133 +175,72 @@ impl Target<'_> {
     }
 }
 
-/// What starts a statement, once newlines and `;` are skipped.
-enum Head {
-    Keyword(String, u32),
-    Close(u32),
-    Eof,
-}
+/// Why the name `all` is refused for a resource or export.
+const ALL_RESERVED: &str = "\"all\" is reserved by hastctl";
 
 pub(crate) struct Parser<'a> {
-    lexer: Lexer<'a>,
-    peeked: Option<Token>,
-    file: &'a Path,
+    r: Reader<'a, ErrorKind>,
+    /// Sections open around the next statement.
     depth: usize,
 }
 
 pub(crate) fn parse(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
     let mut p = Parser {
-        lexer: Lexer::new(text),
-        peeked: None,
-        file,
+        r: Reader::new(text, file, is_keyword),
         depth: 0,
     };
     p.top()
 }
 
-impl<'a> Parser<'a> {
-    fn err(&self, line: u32, kind: ErrorKind) -> ConfigError {
-        ConfigError::at(self.file, line, kind)
-    }
-
-    fn next(&mut self) -> Result<Token, ConfigError> {
-        if let Some(t) = self.peeked.take() {
-            return Ok(t);
+impl Parser<'_> {
+    /// Counts a section just opened on `line` against `DEPTH_MAX`.
+    fn enter(&mut self, line: u32) -> Result<(), ConfigError> {
+        self.depth += 1;
+        if self.depth > DEPTH_MAX {
+            return Err(self.r.err(line, ErrorKind::TooDeep { max: DEPTH_MAX }));
         }
-        self.lexer
-            .next_token()
-            .map_err(|(line, kind)| self.err(line, kind))
+        Ok(())
     }
 
-    fn peek(&mut self) -> Result<&Token, ConfigError> {
-        let t = self.next()?;
-        Ok(self.peeked.insert(t))
-    }
-
-    fn head(&mut self) -> Result<Head, ConfigError> {
-        loop {
-            let t = self.next()?;
-            match t.tok {
-                Tok::Newline | Tok::Semi => continue,
-                Tok::Eof => return Ok(Head::Eof),
-                Tok::RBrace => return Ok(Head::Close(t.line)),
-                Tok::Word {
-                    text,
-                    quoted: false,
-                } => return Ok(Head::Keyword(text, t.line)),
-                other => {
-                    return Err(self.err(
-                        t.line,
-                        ErrorKind::Unexpected {
-                            found: other.describe(),
-                            expected: "a keyword",
-                        },
-                    ))
-                }
-            }
-        }
+    fn leave(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
     }
 
     fn top(&mut self) -> Result<RawConfig, ConfigError> {
         let mut raw = RawConfig::default();
-        loop {
-            match self.head()? {
-                Head::Eof => return Ok(raw),
-                Head::Close(line) => return Err(self.err(line, ErrorKind::StrayBrace)),
-                Head::Keyword(word, line) if word == "on" => {
-                    let name = self.open_section(line, "on")?;
-                    if !check_node_name(&name) {
-                        return Err(self.err(line, ErrorKind::BadNodeName(name)));
-                    }
-                    check_dup_node(&raw.nodes, &name).map_err(|k| self.err(line, k))?;
-                    if raw.nodes.len() >= NODE_SECTIONS_MAX {
-                        return Err(self.err(
-                            line,
-                            ErrorKind::TooMany {
-                                what: "node sections",
-                                max: NODE_SECTIONS_MAX,
-                            },
-                        ));
-                    }
+        while let Some((word, line)) = self.r.next_keyword(None)? {
+            match word.as_str() {
+                "on" => {
+                    let name = self.r.node_section(
+                        line,
+                        &raw.nodes,
+                        |n| (&n.name, n.line),
+                        "node sections",
+                        NODE_SECTIONS_MAX,
+                    )?;
+                    self.enter(line)?;
                     let mut opts = NodeOpts::default();
                     self.body(line, &format!("on {name}"), &mut Target::Node(&mut opts))?;
                     raw.nodes.push(RawNode { name, line, opts });
                 }
-                Head::Keyword(word, line) if word == "resource" => {
+                "resource" => {
                     let res = self.resource(line, &raw.resources)?;
                     raw.resources.push(res);
                 }
-                Head::Keyword(word, line) => {
+                _ => {
                     let mut target = Target::Global(&mut raw.node_opts, &mut raw.res_opts);
                     self.statement(&word, line, &mut target)?;
                 }
             }
         }
+        Ok(raw)
     }
 
     fn resource(&mut self, line: u32, seen: &[RawResource]) -> Result<RawResource, ConfigError> {
-        let name = self.open_section(line, "resource")?;
-        if let Err(reason) = check_resource_name(&name) {
-            return Err(self.err(line, ErrorKind::BadResourceName { name, reason }));
-        }
-        if let Some(first) = seen.iter().find(|r| r.name == name) {
-            return Err(self.err(
-                line,
-                ErrorKind::DuplicateResource {
-                    name,
-                    first_line: first.line,
-                },
-            ));
-        }
-        if seen.len() >= RESOURCES_MAX {
-            return Err(self.err(
-                line,
-                ErrorKind::TooMany {
-                    what: "resources",
-                    max: RESOURCES_MAX,
-                },
-            ));
-        }
+        let name =
+            self.r
+                .resource_section(line, seen, |r| (&r.name, r.line), RESOURCES_MAX, ALL_RESERVED)?;
+        self.enter(line)?;
         let section = format!("resource {name}");
         let mut res = RawResource {
             name,
@@ -318,110 +248,44 @@ impl<'a> Parser<'a> {
             opts: ResOpts::default(),
             nodes: Vec::new(),
         };
-        loop {
-            match self.head()? {
-                Head::Eof => return Err(self.err(line, ErrorKind::Unclosed { section })),
-                Head::Close(_) => {
-                    self.depth = self.depth.saturating_sub(1);
-                    return Ok(res);
-                }
-                Head::Keyword(word, on_line) if word == "on" => {
-                    let node = self.open_section(on_line, "on")?;
-                    if !check_node_name(&node) {
-                        return Err(self.err(on_line, ErrorKind::BadNodeName(node)));
-                    }
-                    let seen: Vec<_> = res.nodes.iter().map(|n| (&n.name[..], n.line)).collect();
-                    check_dup(&seen, &node).map_err(|k| self.err(on_line, k))?;
-                    if res.nodes.len() >= NODE_SECTIONS_MAX {
-                        return Err(self.err(
-                            on_line,
-                            ErrorKind::TooMany {
-                                what: "node sections in one resource",
-                                max: NODE_SECTIONS_MAX,
-                            },
-                        ));
-                    }
-                    let mut opts = ResOpts::default();
-                    let label = format!("on {node}");
-                    self.body(on_line, &label, &mut Target::ResourceNode(&mut opts))?;
-                    res.nodes.push(RawResNode {
-                        name: node,
-                        line: on_line,
-                        opts,
-                    });
-                }
-                Head::Keyword(word, kw_line) => {
-                    self.statement(&word, kw_line, &mut Target::Resource(&mut res.opts))?;
-                }
+        while let Some((word, kw_line)) = self.r.next_keyword(Some((&section, line)))? {
+            if word != "on" {
+                self.statement(&word, kw_line, &mut Target::Resource(&mut res.opts))?;
+                continue;
             }
+            let node = self.r.node_section(
+                kw_line,
+                &res.nodes,
+                |n| (&n.name, n.line),
+                "node sections in one resource",
+                NODE_SECTIONS_MAX,
+            )?;
+            self.enter(kw_line)?;
+            let mut opts = ResOpts::default();
+            let label = format!("on {node}");
+            self.body(kw_line, &label, &mut Target::ResourceNode(&mut opts))?;
+            res.nodes.push(RawResNode {
+                name: node,
+                line: kw_line,
+                opts,
+            });
         }
-    }
-
-    /// Reads `NAME {` after `on` or `resource`.
-    fn open_section(&mut self, line: u32, keyword: &str) -> Result<String, ConfigError> {
-        let t = self.next()?;
-        let name = match t.tok {
-            Tok::Word { text, .. } => text,
-            other => {
-                return Err(self.err(
-                    t.line,
-                    ErrorKind::Unexpected {
-                        found: other.describe(),
-                        expected: if keyword == "on" {
-                            "a node name after \"on\""
-                        } else {
-                            "a resource name after \"resource\""
-                        },
-                    },
-                ))
-            }
-        };
-        let brace = loop {
-            let t = self.next()?;
-            if t.tok != Tok::Newline {
-                break t;
-            }
-        };
-        if brace.tok != Tok::LBrace {
-            return Err(self.err(
-                brace.line,
-                ErrorKind::Unexpected {
-                    found: brace.tok.describe(),
-                    expected: "\"{\" to open the section",
-                },
-            ));
-        }
-        self.depth += 1;
-        if self.depth > DEPTH_MAX {
-            return Err(self.err(line, ErrorKind::TooDeep { max: DEPTH_MAX }));
-        }
-        Ok(name)
+        self.leave();
+        Ok(res)
     }
 
     /// Statements of a section without subsections, up to its `}`.
     fn body(&mut self, line: u32, section: &str, target: &mut Target) -> Result<(), ConfigError> {
-        loop {
-            match self.head()? {
-                Head::Eof => {
-                    return Err(self.err(
-                        line,
-                        ErrorKind::Unclosed {
-                            section: section.to_owned(),
-                        },
-                    ))
-                }
-                Head::Close(_) => {
-                    self.depth = self.depth.saturating_sub(1);
-                    return Ok(());
-                }
-                Head::Keyword(word, kw_line) => self.statement(&word, kw_line, target)?,
-            }
+        while let Some((word, kw_line)) = self.r.next_keyword(Some((section, line)))? {
+            self.statement(&word, kw_line, target)?;
         }
+        self.leave();
+        Ok(())
     }
 
     fn statement(&mut self, word: &str, line: u32, target: &mut Target) -> Result<(), ConfigError> {
         if word == "on" || word == "resource" {
-            return Err(self.err(
+            return Err(self.r.err(
                 line,
                 ErrorKind::WrongLevel {
                     key: word.to_owned(),
@@ -430,85 +294,17 @@ impl<'a> Parser<'a> {
             ));
         }
         let Some(key) = Key::from_keyword(word) else {
-            return Err(self.err(line, ErrorKind::UnknownKeyword(word.to_owned())));
+            return Err(self
+                .r
+                .err(line, SyntaxError::UnknownKeyword(word.to_owned())));
         };
-        let value = self.value(word)?;
-        apply(key, word, &value, line, target).map_err(|k| self.err(line, k))
-    }
-
-    /// The value of a statement and the check that nothing else follows it.
-    fn value(&mut self, key: &str) -> Result<String, ConfigError> {
-        let t = self.next()?;
-        let Tok::Word { text, .. } = t.tok else {
-            return Err(self.err(
-                t.line,
-                ErrorKind::MissingValue {
-                    key: key.to_owned(),
-                },
-            ));
-        };
-        let after = self.peek()?;
-        match after.tok {
-            // `}` is left for the section to close: `on a { remote x }`.
-            Tok::Newline | Tok::Semi | Tok::Eof | Tok::RBrace => Ok(text),
-            // FreeBSD's grammar needs no separators, so a keyword may follow
-            // on the same line; any other word is a stray second value.
-            Tok::Word {
-                text: ref next,
-                quoted: false,
-            } if is_keyword(next) => Ok(text),
-            ref other => {
-                let found = other.describe();
-                let line = after.line;
-                Err(self.err(
-                    line,
-                    ErrorKind::ExtraToken {
-                        key: key.to_owned(),
-                        found,
-                    },
-                ))
-            }
-        }
+        let value = self.r.value(word)?;
+        apply(key, word, &value, line, target).map_err(|k| self.r.err(line, k))
     }
 }
 
 fn is_keyword(word: &str) -> bool {
     word == "on" || word == "resource" || Key::from_keyword(word).is_some()
-}
-
-/// Node names compare like host names: without regard to ASCII case.
-fn check_dup(seen: &[(&str, u32)], name: &str) -> Result<(), ErrorKind> {
-    match seen.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-        Some((_, first_line)) => Err(ErrorKind::DuplicateNodeSection {
-            name: name.to_owned(),
-            first_line: *first_line,
-        }),
-        None => Ok(()),
-    }
-}
-
-fn check_dup_node(nodes: &[RawNode], name: &str) -> Result<(), ErrorKind> {
-    let seen: Vec<_> = nodes.iter().map(|n| (&n.name[..], n.line)).collect();
-    check_dup(&seen, name)
-}
-
-fn set<T>(slot: &mut Option<At<T>>, value: T, key: &str, line: u32) -> Result<(), ErrorKind> {
-    if let Some(first) = slot {
-        return Err(ErrorKind::Duplicate {
-            key: key.to_owned(),
-            first_line: first.line,
-        });
-    }
-    *slot = Some(At { value, line });
-    Ok(())
-}
-
-fn bad(key: &str, value: &str, reason: impl Into<String>) -> ErrorKind {
-    ErrorKind::BadValue {
-        key: key.to_owned(),
-        value: value.to_owned(),
-        reason: reason.into(),
-    }
 }
 
 fn addr(key: &str, value: &str, default_port: Option<u16>) -> Result<Addr, ErrorKind> {
@@ -523,15 +319,6 @@ fn tcp_addr(key: &str, value: &str, default_port: Option<u16>) -> Result<Addr, E
     Ok(a)
 }
 
-/// Paths are absolute because the daemon does not run in the directory
-/// the operator wrote the file from.
-fn abs_path(key: &str, value: &str) -> Result<PathBuf, ErrorKind> {
-    if !value.starts_with('/') {
-        return Err(bad(key, value, "must be an absolute path"));
-    }
-    Ok(PathBuf::from(value))
-}
-
 fn keyword<T: std::str::FromStr<Err = crate::value::ParseKeywordError>>(
     key: &str,
     value: &str,
@@ -542,19 +329,15 @@ fn keyword<T: std::str::FromStr<Err = crate::value::ParseKeywordError>>(
 }
 
 fn seconds(key: &str, value: &str, min: u32) -> Result<u32, ErrorKind> {
-    let reason = if min == 0 {
-        "expected a whole number of seconds"
-    } else {
-        "expected a whole number of seconds greater than 0"
-    };
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(key, value, reason));
-    }
-    match value.parse::<u32>() {
-        Ok(n) if n >= min => Ok(n),
-        Ok(_) => Err(bad(key, value, reason)),
-        Err(_) => Err(bad(key, value, "too large")),
-    }
+    whole_number(value, min).map_err(|e| match e {
+        NumberError::Invalid if min == 0 => bad(key, value, "expected a whole number of seconds"),
+        NumberError::Invalid => bad(
+            key,
+            value,
+            "expected a whole number of seconds greater than 0",
+        ),
+        NumberError::TooLarge => bad(key, value, "too large"),
+    })
 }
 
 /// Parses `value` for `key` and stores it in the option set of this section,
@@ -618,10 +401,11 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
                 return Err(bad(w, v, format!("already listed at line {}", first.line)));
             }
             if o.listen.len() >= LISTEN_MAX {
-                return Err(ErrorKind::TooMany {
+                return Err(SyntaxError::TooMany {
                     what: "listen addresses",
                     max: LISTEN_MAX,
-                });
+                }
+                .into());
             }
             o.listen.push(At { value: a, line });
             Ok(())
@@ -695,7 +479,7 @@ fn apply_res(key: Key, w: &str, v: &str, line: u32, o: &mut ResOpts) -> Result<(
             set(&mut o.resync_rate, rate, w, line)
         }
         Key::Name => {
-            if let Err(reason) = check_resource_name(v) {
+            if let Err(reason) = check_resource_name(v, ALL_RESERVED) {
                 return Err(bad(w, v, reason));
             }
             set(&mut o.name, v.to_owned(), w, line)

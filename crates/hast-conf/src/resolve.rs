@@ -9,20 +9,10 @@ use std::path::{Path, PathBuf};
 
 use crate::addr::{Addr, UNIX_PATH_MAX};
 use crate::error::{ConfigError, ErrorKind};
-use crate::parser::{At, RawConfig, RawResource};
+use crate::parser::{RawConfig, RawResource};
+use crate::syntax::value::{first_label, pick};
+use crate::syntax::{At, SyntaxError};
 use crate::{defaults, Config, Resource};
-
-fn first_label(name: &str) -> &str {
-    name.split('.').next().unwrap_or(name)
-}
-
-/// FreeBSD's rule: the full name, or the short host name on either side.
-/// Host names are compared without regard to ASCII case (RFC 4343).
-pub(crate) fn node_matches(section: &str, node: &str) -> bool {
-    section.eq_ignore_ascii_case(node)
-        || section.eq_ignore_ascii_case(first_label(node))
-        || first_label(section).eq_ignore_ascii_case(node)
-}
 
 fn acceptable_names(node: &str) -> String {
     let short = first_label(node);
@@ -33,33 +23,6 @@ fn acceptable_names(node: &str) -> String {
     }
 }
 
-/// The one section among `items` that matches `node`; two are an error.
-fn pick<'s, T>(
-    items: &'s [T],
-    name_line: impl Fn(&T) -> (&str, u32),
-    node: &str,
-) -> Result<Option<&'s T>, (u32, ErrorKind)> {
-    let mut found: Option<(&T, u32)> = None;
-    for item in items {
-        let (name, line) = name_line(item);
-        if !node_matches(name, node) {
-            continue;
-        }
-        if let Some((first, first_line)) = found {
-            return Err((
-                line,
-                ErrorKind::AmbiguousNode {
-                    first: name_line(first).0.to_owned(),
-                    first_line,
-                    second: name.to_owned(),
-                },
-            ));
-        }
-        found = Some((item, line));
-    }
-    Ok(found.map(|(item, _)| item))
-}
-
 /// The innermost of up to three levels that sets the option.
 fn inherit<T>(levels: [Option<&At<T>>; 3]) -> Option<&T> {
     levels.into_iter().flatten().next().map(|at| &at.value)
@@ -67,9 +30,9 @@ fn inherit<T>(levels: [Option<&At<T>>; 3]) -> Option<&T> {
 
 pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config, ConfigError> {
     if node.is_empty() {
-        return Err(ConfigError::whole(file, ErrorKind::NoNodeName));
+        return Err(ConfigError::whole(file, SyntaxError::NoNodeName));
     }
-    let err = |(line, kind)| ConfigError::at(file, line, kind);
+    let err = |(line, kind): (u32, ErrorKind)| ConfigError::at(file, line, kind);
 
     let g = &raw.node_opts;
     let section = pick(&raw.nodes, |n| (&n.name, n.line), node)
@@ -222,25 +185,6 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn node_matching() {
-        let cases: &[(&str, &str, bool)] = &[
-            ("nodeA", "nodeA", true),
-            ("nodeA", "nodeA.example.com", true),
-            ("nodeA.example.com", "nodeA", true),
-            ("nodeA.example.com", "nodeA.example.com", true),
-            ("nodea", "NODEA.example.com", true),
-            ("nodeA.example.com", "nodeA.other.com", false),
-            ("nodeB", "nodeA", false),
-            ("node", "nodeA", false),
-            ("nodeA", "node", false),
-            ("nodeAB", "nodeA.example.com", false),
-        ];
-        for (section, node, want) in cases {
-            assert_eq!(node_matches(section, node), *want, "on {section} / {node}");
-        }
-    }
 
     /// `fence_peer` inherits like every resource option; `none` turns a
     /// wider default off; an empty command is an error on its line.

@@ -1,9 +1,12 @@
-//! The typed option values (replication mode, checksum, compression, ...),
-//! sizes with k/M/G/T suffixes, and the rules for resource and node names.
-//! Each keyword enum prints back as the word the config file uses.
+//! The typed option values of hast.conf (replication mode, checksum,
+//! compression, ...) and sizes with k/M/G/T suffixes. Each keyword enum
+//! prints back as the word the config file uses. The rules for resource and
+//! node names are shared with hastmon.conf in `syntax::value`.
 
 use std::fmt;
 use std::str::FromStr;
+
+use crate::syntax::value::is_digits;
 
 /// A word that is not one of an option's keywords.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,46 +117,10 @@ pub fn parse_size(s: &str) -> Option<u64> {
         b't' | b'T' => (&s[..s.len() - 1], 40),
         _ => (s, 0),
     };
-    // `u64::from_str` alone would also take a leading '+'.
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !is_digits(digits) {
         return None;
     }
     digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
-}
-
-pub(crate) const NAME_LEN_MAX: usize = 64;
-pub(crate) const NODE_NAME_LEN_MAX: usize = 255;
-
-/// Resource (and export) names become file and socket names, so they are
-/// kept to a safe alphabet: never a '/', never a leading '.' (no `..`, no
-/// hidden files), never a leading '-' (would look like a flag to tools).
-/// `all` is refused because `hastctl role primary all` means every resource.
-pub(crate) fn check_resource_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > NAME_LEN_MAX {
-        return Err("must be 1 to 64 characters");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err("use only A-Z a-z 0-9 . _ -");
-    }
-    if name.starts_with('.') || name.starts_with('-') {
-        return Err("must not start with '.' or '-'");
-    }
-    if name == "all" {
-        return Err("\"all\" is reserved by hastctl");
-    }
-    Ok(())
-}
-
-/// Node names are host names, short host names or FreeBSD host UUIDs.
-pub(crate) fn check_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= NODE_NAME_LEN_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -214,28 +181,5 @@ mod tests {
             "sync".parse::<Replication>().unwrap_err().to_string(),
             "\"sync\" is not one of: fullsync, memsync, async"
         );
-    }
-
-    #[test]
-    fn resource_names() {
-        let ok = ["shared", "a", "tank.0", "r_1-b", "A9", &"x".repeat(64)];
-        for n in ok {
-            assert_eq!(check_resource_name(n), Ok(()), "{n}");
-        }
-        let bad = [
-            "",
-            "../x",
-            "a/b",
-            ".hidden",
-            "..",
-            "-x",
-            "a b",
-            "é",
-            "all",
-            &"x".repeat(65),
-        ];
-        for n in bad {
-            assert!(check_resource_name(n).is_err(), "{n}");
-        }
     }
 }

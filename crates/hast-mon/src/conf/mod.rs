@@ -1,5 +1,6 @@
 //! `/etc/hastmon.conf` to a typed `Config` (SPEC §5), in hastmon's grammar
-//! with hast.conf's lexical syntax (the tokenizer is `hast_conf::lexer`):
+//! on hast.conf's lexical and block syntax (`hast_conf::lexer` and
+//! `hast_conf::syntax`):
 //!
 //! ```text
 //! control unix:///var/run/hastmonctl      # host options: global or in a
@@ -31,7 +32,6 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -133,7 +133,7 @@ impl Resource {
     pub fn local(&self, node: &str) -> Option<&NodeSection> {
         self.nodes
             .iter()
-            .find(|n| value::node_matches(&n.name, node))
+            .find(|n| hast_conf::syntax::value::node_matches(&n.name, node))
     }
 }
 
@@ -185,61 +185,16 @@ impl Default for Timing {
 /// Parses hastmon.conf text for node `node`. `file` names the file in
 /// messages.
 pub fn parse(text: &str, file: &Path, node: &str) -> Result<Config, ConfigError> {
-    let size = u64::try_from(text.len()).unwrap_or(u64::MAX);
-    if size > FILE_SIZE_MAX {
-        return Err(ConfigError::whole(
-            file,
-            ErrorKind::TooBig {
-                size,
-                max: FILE_SIZE_MAX,
-            },
-        ));
-    }
+    hast_conf::syntax::check_size(text, file)?;
     let raw = parser::parse(text, file)?;
     resolve::resolve(raw, file, node)
 }
 
 /// Reads and parses `file`; `node` defaults to the host name.
 pub fn load(file: &Path, node: Option<&str>) -> Result<Config, ConfigError> {
-    let text = read_limited(file)?;
+    let text = hast_conf::syntax::read_limited(file)?;
     match node {
         Some(node) => parse(&text, file, node),
         None => parse(&text, file, &hast_conf::hostname()),
     }
-}
-
-fn read_limited(file: &Path) -> Result<String, ConfigError> {
-    let read_err = |e| ConfigError::whole(file, ErrorKind::Read(e));
-    let too_big = |size| {
-        ConfigError::whole(
-            file,
-            ErrorKind::TooBig {
-                size,
-                max: FILE_SIZE_MAX,
-            },
-        )
-    };
-    let f = std::fs::File::open(file).map_err(read_err)?;
-    let size = f.metadata().map_err(read_err)?.len();
-    if size > FILE_SIZE_MAX {
-        return Err(too_big(size));
-    }
-    // The size may change under us, or be 0 for special files: read one
-    // byte past the limit to notice.
-    let mut bytes = Vec::new();
-    f.take(FILE_SIZE_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-    if len > FILE_SIZE_MAX {
-        return Err(too_big(len));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        let newlines = good.iter().filter(|&&b| b == b'\n').count();
-        let line = u32::try_from(newlines)
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
-        ConfigError::at(file, line, ErrorKind::NotUtf8)
-    })
 }

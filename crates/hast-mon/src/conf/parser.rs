@@ -4,22 +4,22 @@
 //! section for another node; inheritance and the checks that need resolved
 //! values are left to `resolve`.
 //!
-//! Statements end as in hast.conf: at a newline, `;`, `}`, the end of the
-//! file or the next keyword. `remote` is the one option with several values
-//! (hastmon's `remote addr1 addr2`); they run to the end of the statement.
+//! Statements and sections are read by `hast_conf::syntax::Reader`, so they
+//! end as in hast.conf: at a newline, `;`, `}`, the end of the file or the
+//! next keyword. `remote` is the one option with several values (hastmon's
+//! `remote addr1 addr2`); they run to the end of the statement.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hast_conf::lexer::{Lexer, Tok, Token};
+use hast_conf::lexer::Tok;
+use hast_conf::syntax::value::{abs_path, bad};
+use hast_conf::syntax::{check_unset, set, At, Reader, SyntaxError};
 use hast_conf::Addr;
 
 use super::error::{ConfigError, ErrorKind};
-use super::value::{
-    abs_path, check_node_name, check_resource_name, duration, number, read_secret_file,
-    remote_addr, tcp_addr, unix_addr,
-};
+use super::value::{duration, number, read_secret_file, remote_addr, tcp_addr, unix_addr};
 use super::{Key, NODE_SECTIONS_MAX, REMOTES_MAX, RESOURCES_MAX, RESOURCE_NODES_MAX};
 
 /// The kind of section a statement is in.
@@ -45,13 +45,6 @@ impl fmt::Display for Level {
             Level::Key => "key section",
         })
     }
-}
-
-/// A value and the line it was set on.
-#[derive(Debug, Clone)]
-pub(super) struct At<T> {
-    pub(super) value: T,
-    pub(super) line: u32,
 }
 
 /// Options of the daemon on one host (global and top-level `on` sections).
@@ -178,94 +171,24 @@ impl Target<'_> {
     }
 }
 
-/// What starts a statement, once newlines and `;` are skipped.
-enum Head {
-    Keyword(String, u32),
-    Close(u32),
-    Eof,
-}
+/// Why the name `all` is refused for a resource.
+const ALL_RESERVED: &str = "\"all\" is reserved by hastmonctl";
 
 struct Parser<'a> {
-    lexer: Lexer<'a>,
-    peeked: Option<Token>,
-    file: &'a Path,
+    r: Reader<'a, ErrorKind>,
 }
 
 pub(super) fn parse(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
     let mut p = Parser {
-        lexer: Lexer::new(text),
-        peeked: None,
-        file,
+        r: Reader::new(text, file, is_keyword),
     };
     p.top()
 }
 
-impl<'a> Parser<'a> {
-    fn err(&self, line: u32, kind: ErrorKind) -> ConfigError {
-        ConfigError::at(self.file, line, kind)
-    }
-
-    fn next(&mut self) -> Result<Token, ConfigError> {
-        if let Some(t) = self.peeked.take() {
-            return Ok(t);
-        }
-        self.lexer
-            .next_token()
-            .map_err(|(line, kind)| self.err(line, ErrorKind::Syntax(kind)))
-    }
-
-    fn peek(&mut self) -> Result<&Token, ConfigError> {
-        let t = self.next()?;
-        Ok(self.peeked.insert(t))
-    }
-
-    fn head(&mut self) -> Result<Head, ConfigError> {
-        loop {
-            let t = self.next()?;
-            match t.tok {
-                Tok::Newline | Tok::Semi => continue,
-                Tok::Eof => return Ok(Head::Eof),
-                Tok::RBrace => return Ok(Head::Close(t.line)),
-                Tok::Word {
-                    text,
-                    quoted: false,
-                } => return Ok(Head::Keyword(text, t.line)),
-                other => {
-                    return Err(self.err(
-                        t.line,
-                        ErrorKind::Unexpected {
-                            found: other.describe(),
-                            expected: "a keyword",
-                        },
-                    ))
-                }
-            }
-        }
-    }
-
-    /// The keyword of the next statement of a section, or `None` at its end.
-    /// `open` is the section's label and line; `None` for the top level,
-    /// which ends at the end of the file.
-    fn next_keyword(
-        &mut self,
-        open: Option<(&str, u32)>,
-    ) -> Result<Option<(String, u32)>, ConfigError> {
-        match (self.head()?, open) {
-            (Head::Keyword(word, line), _) => Ok(Some((word, line))),
-            (Head::Eof, None) | (Head::Close(_), Some(_)) => Ok(None),
-            (Head::Close(line), None) => Err(self.err(line, ErrorKind::StrayBrace)),
-            (Head::Eof, Some((section, line))) => Err(self.err(
-                line,
-                ErrorKind::Unclosed {
-                    section: section.to_owned(),
-                },
-            )),
-        }
-    }
-
+impl Parser<'_> {
     fn top(&mut self) -> Result<RawConfig, ConfigError> {
         let mut raw = RawConfig::default();
-        while let Some((word, line)) = self.next_keyword(None)? {
+        while let Some((word, line)) = self.r.next_keyword(None)? {
             match word.as_str() {
                 "on" => {
                     let node = self.host_section(line, &raw.nodes)?;
@@ -276,7 +199,7 @@ impl<'a> Parser<'a> {
                     raw.resources.push(res);
                 }
                 "key" => {
-                    check_unset(&raw.res.key, "key").map_err(|k| self.err(line, k))?;
+                    check_unset(&raw.res.key, "key").map_err(|k| self.r.err(line, k))?;
                     raw.res.key = Some(self.key_section(line)?);
                 }
                 _ => self.statement(
@@ -291,52 +214,25 @@ impl<'a> Parser<'a> {
 
     /// `on NODE { ... }` at the top level.
     fn host_section(&mut self, line: u32, seen: &[RawNode]) -> Result<RawNode, ConfigError> {
-        let name = self.open_section("on")?;
-        if !check_node_name(&name) {
-            return Err(self.err(line, ErrorKind::BadNodeName(name)));
-        }
-        let names: Vec<_> = seen.iter().map(|n| (&n.name[..], n.line)).collect();
-        check_dup_node(&names, &name).map_err(|k| self.err(line, k))?;
-        if seen.len() >= NODE_SECTIONS_MAX {
-            return Err(self.err(
-                line,
-                ErrorKind::TooMany {
-                    what: "node sections",
-                    max: NODE_SECTIONS_MAX,
-                },
-            ));
-        }
+        let name = self.r.node_section(
+            line,
+            seen,
+            |n| (&n.name, n.line),
+            "node sections",
+            NODE_SECTIONS_MAX,
+        )?;
         let label = format!("on {name}");
         let mut opts = HostOpts::default();
-        while let Some((word, kw_line)) = self.next_keyword(Some((&label, line)))? {
+        while let Some((word, kw_line)) = self.r.next_keyword(Some((&label, line)))? {
             self.statement(&word, kw_line, &mut Target::Node(&mut opts))?;
         }
         Ok(RawNode { name, line, opts })
     }
 
     fn resource(&mut self, line: u32, seen: &[RawResource]) -> Result<RawResource, ConfigError> {
-        let name = self.open_section("resource")?;
-        if let Err(reason) = check_resource_name(&name) {
-            return Err(self.err(line, ErrorKind::BadResourceName { name, reason }));
-        }
-        if let Some(first) = seen.iter().find(|r| r.name == name) {
-            return Err(self.err(
-                line,
-                ErrorKind::DuplicateResource {
-                    name,
-                    first_line: first.line,
-                },
-            ));
-        }
-        if seen.len() >= RESOURCES_MAX {
-            return Err(self.err(
-                line,
-                ErrorKind::TooMany {
-                    what: "resources",
-                    max: RESOURCES_MAX,
-                },
-            ));
-        }
+        let name =
+            self.r
+                .resource_section(line, seen, |r| (&r.name, r.line), RESOURCES_MAX, ALL_RESERVED)?;
         let label = format!("resource {name}");
         let mut res = RawResource {
             name,
@@ -344,14 +240,14 @@ impl<'a> Parser<'a> {
             opts: ResOpts::default(),
             nodes: Vec::new(),
         };
-        while let Some((word, kw_line)) = self.next_keyword(Some((&label, line)))? {
+        while let Some((word, kw_line)) = self.r.next_keyword(Some((&label, line)))? {
             match word.as_str() {
                 "on" => {
                     let node = self.resource_node(kw_line, &res.nodes)?;
                     res.nodes.push(node);
                 }
                 "key" => {
-                    check_unset(&res.opts.key, "key").map_err(|k| self.err(kw_line, k))?;
+                    check_unset(&res.opts.key, "key").map_err(|k| self.r.err(kw_line, k))?;
                     res.opts.key = Some(self.key_section(kw_line)?);
                 }
                 _ => self.statement(&word, kw_line, &mut Target::Resource(&mut res.opts))?,
@@ -362,21 +258,13 @@ impl<'a> Parser<'a> {
 
     /// `on NODE { remote ...; priority N }` inside a resource.
     fn resource_node(&mut self, line: u32, seen: &[RawResNode]) -> Result<RawResNode, ConfigError> {
-        let name = self.open_section("on")?;
-        if !check_node_name(&name) {
-            return Err(self.err(line, ErrorKind::BadNodeName(name)));
-        }
-        let names: Vec<_> = seen.iter().map(|n| (&n.name[..], n.line)).collect();
-        check_dup_node(&names, &name).map_err(|k| self.err(line, k))?;
-        if seen.len() >= RESOURCE_NODES_MAX {
-            return Err(self.err(
-                line,
-                ErrorKind::TooMany {
-                    what: "\"on\" sections in one resource",
-                    max: RESOURCE_NODES_MAX,
-                },
-            ));
-        }
+        let name = self.r.node_section(
+            line,
+            seen,
+            |n| (&n.name, n.line),
+            "\"on\" sections in one resource",
+            RESOURCE_NODES_MAX,
+        )?;
         let label = format!("on {name}");
         let mut node = RawResNode {
             name,
@@ -384,7 +272,7 @@ impl<'a> Parser<'a> {
             remote: None,
             priority: None,
         };
-        while let Some((word, kw_line)) = self.next_keyword(Some((&label, line)))? {
+        while let Some((word, kw_line)) = self.r.next_keyword(Some((&label, line)))? {
             self.statement(&word, kw_line, &mut Target::ResourceNode(&mut node))?;
         }
         Ok(node)
@@ -393,19 +281,19 @@ impl<'a> Parser<'a> {
     /// `key { secret "..." }` or `key { secret_file /path }`. The file is
     /// read here, so its errors name the line that points at it.
     fn key_section(&mut self, line: u32) -> Result<At<Key>, ConfigError> {
-        self.open_brace()?;
+        self.r.open_brace()?;
         let mut found: Option<(At<Key>, String)> = None;
-        while let Some((word, kw_line)) = self.next_keyword(Some(("key", line)))? {
+        while let Some((word, kw_line)) = self.r.next_keyword(Some(("key", line)))? {
             if word != "secret" && word != "secret_file" {
                 self.statement(&word, kw_line, &mut Target::Key)?;
                 continue;
             }
             if let Some((first, first_word)) = &found {
                 let kind = if *first_word == word {
-                    ErrorKind::Duplicate {
+                    ErrorKind::from(SyntaxError::Duplicate {
                         key: word,
                         first_line: first.line,
-                    }
+                    })
                 } else {
                     ErrorKind::SecretConflict {
                         key: word,
@@ -413,9 +301,9 @@ impl<'a> Parser<'a> {
                         other_line: first.line,
                     }
                 };
-                return Err(self.err(kw_line, kind));
+                return Err(self.r.err(kw_line, kind));
             }
-            let value = self.value(&word)?;
+            let value = self.r.value(&word)?;
             let key = if word == "secret" {
                 let len = value.len();
                 Key::new(value.into_bytes())
@@ -423,10 +311,10 @@ impl<'a> Parser<'a> {
                         len,
                         min: Key::LEN_MIN,
                     })
-                    .map_err(|k| self.err(kw_line, k))?
+                    .map_err(|k| self.r.err(kw_line, k))?
             } else {
-                let path = abs_path(&word, &value).map_err(|k| self.err(kw_line, k))?;
-                let bytes = read_secret_file(&path).map_err(|k| self.err(kw_line, k))?;
+                let path = abs_path(&word, &value).map_err(|k| self.r.err(kw_line, k))?;
+                let bytes = read_secret_file(&path).map_err(|k| self.r.err(kw_line, k))?;
                 let len = bytes.len();
                 Key::new(bytes)
                     .map_err(|_| ErrorKind::SecretFileTooShort {
@@ -434,7 +322,7 @@ impl<'a> Parser<'a> {
                         len,
                         min: Key::LEN_MIN,
                     })
-                    .map_err(|k| self.err(kw_line, k))?
+                    .map_err(|k| self.r.err(kw_line, k))?
             };
             found = Some((
                 At {
@@ -449,71 +337,28 @@ impl<'a> Parser<'a> {
                 value: key.value,
                 line,
             }),
-            None => Err(self.err(line, ErrorKind::EmptyKey)),
+            None => Err(self.r.err(line, ErrorKind::EmptyKey)),
         }
-    }
-
-    /// Reads `NAME {` after `on` or `resource`.
-    fn open_section(&mut self, keyword: &str) -> Result<String, ConfigError> {
-        let t = self.next()?;
-        let name = match t.tok {
-            Tok::Word { text, .. } => text,
-            other => {
-                return Err(self.err(
-                    t.line,
-                    ErrorKind::Unexpected {
-                        found: other.describe(),
-                        expected: if keyword == "on" {
-                            "a node name after \"on\""
-                        } else {
-                            "a resource name after \"resource\""
-                        },
-                    },
-                ))
-            }
-        };
-        self.open_brace()?;
-        Ok(name)
-    }
-
-    /// Reads `{`, which may be on a later line.
-    fn open_brace(&mut self) -> Result<(), ConfigError> {
-        let brace = loop {
-            let t = self.next()?;
-            if t.tok != Tok::Newline {
-                break t;
-            }
-        };
-        if brace.tok != Tok::LBrace {
-            return Err(self.err(
-                brace.line,
-                ErrorKind::Unexpected {
-                    found: brace.tok.describe(),
-                    expected: "\"{\" to open the section",
-                },
-            ));
-        }
-        Ok(())
     }
 
     /// One option statement. Section words and options that do not belong
     /// to this section are refused before their value is read.
     fn statement(&mut self, word: &str, line: u32, target: &mut Target) -> Result<(), ConfigError> {
         let Some(w) = Word::from_keyword(word) else {
-            return Err(self.err(line, ErrorKind::UnknownKeyword(word.to_owned())));
+            return Err(self.r.err(line, SyntaxError::UnknownKeyword(word.to_owned())));
         };
         let wrong = ErrorKind::WrongLevel {
             key: word.to_owned(),
             level: target.level(),
         };
-        let file = self.file;
+        let file = self.r.file();
         let at = |e: ErrorKind| ConfigError::at(file, line, e);
         match (w, target) {
             (
                 Word::Control | Word::Listen | Word::Pidfile | Word::StateDir,
                 Target::Global(host, _) | Target::Node(host),
             ) => {
-                let v = self.value(word)?;
+                let v = self.r.value(word)?;
                 apply_host(w, word, &v, line, host).map_err(at)
             }
             (
@@ -526,17 +371,17 @@ impl<'a> Parser<'a> {
                 | Word::Lease,
                 Target::Global(_, res) | Target::Resource(res),
             ) => {
-                let v = self.value(word)?;
+                let v = self.r.value(word)?;
                 apply_res(w, word, &v, line, res).map_err(at)
             }
             (Word::Remote, Target::ResourceNode(node)) => {
-                check_unset(&node.remote, word).map_err(at)?;
+                check_unset(&node.remote, word).map_err(|e| at(e.into()))?;
                 let values = self.values(word, line, REMOTES_MAX)?;
                 let mut addrs: Vec<Addr> = Vec::with_capacity(values.len());
                 for v in &values {
                     let a = remote_addr(word, v).map_err(at)?;
                     if addrs.contains(&a) {
-                        return Err(at(super::value::bad(word, v, "listed twice")));
+                        return Err(at(bad(word, v, "listed twice")));
                     }
                     addrs.push(a);
                 }
@@ -544,49 +389,13 @@ impl<'a> Parser<'a> {
                 Ok(())
             }
             (Word::Priority, Target::ResourceNode(node)) => {
-                check_unset(&node.priority, word).map_err(at)?;
-                let v = self.value(word)?;
+                check_unset(&node.priority, word).map_err(|e| at(e.into()))?;
+                let v = self.r.value(word)?;
                 let p = number(word, &v, 0).map_err(at)?;
                 node.priority = Some(At { value: p, line });
                 Ok(())
             }
-            _ => Err(self.err(line, wrong)),
-        }
-    }
-
-    /// The value of a one-value statement, and the check that nothing else
-    /// follows it.
-    fn value(&mut self, key: &str) -> Result<String, ConfigError> {
-        let t = self.next()?;
-        let Tok::Word { text, .. } = t.tok else {
-            return Err(self.err(
-                t.line,
-                ErrorKind::MissingValue {
-                    key: key.to_owned(),
-                },
-            ));
-        };
-        let after = self.peek()?;
-        match after.tok {
-            // `}` is left for the section to close: `on a { priority 1 }`.
-            Tok::Newline | Tok::Semi | Tok::Eof | Tok::RBrace => Ok(text),
-            // As in hast.conf, a keyword may follow on the same line; any
-            // other word is a stray second value.
-            Tok::Word {
-                text: ref next,
-                quoted: false,
-            } if is_keyword(next) => Ok(text),
-            ref other => {
-                let found = other.describe();
-                let line = after.line;
-                Err(self.err(
-                    line,
-                    ErrorKind::ExtraToken {
-                        key: key.to_owned(),
-                        found,
-                    },
-                ))
-            }
+            _ => Err(self.r.err(line, wrong)),
         }
     }
 
@@ -595,25 +404,25 @@ impl<'a> Parser<'a> {
     fn values(&mut self, key: &str, line: u32, max: usize) -> Result<Vec<String>, ConfigError> {
         let mut out = Vec::new();
         loop {
-            let t = self.peek()?.clone();
+            let t = self.r.peek()?.clone();
             match t.tok {
                 Tok::Word { text, quoted } if quoted || !is_keyword(&text) => {
                     if out.len() >= max {
-                        return Err(self.err(
+                        return Err(self.r.err(
                             t.line,
-                            ErrorKind::TooMany {
+                            SyntaxError::TooMany {
                                 what: "remote addresses",
                                 max,
                             },
                         ));
                     }
                     out.push(text);
-                    self.peeked = None;
+                    self.r.next()?;
                 }
                 Tok::LBrace if !out.is_empty() => {
-                    return Err(self.err(
+                    return Err(self.r.err(
                         t.line,
-                        ErrorKind::ExtraToken {
+                        SyntaxError::ExtraToken {
                             key: key.to_owned(),
                             found: t.tok.describe(),
                         },
@@ -623,9 +432,9 @@ impl<'a> Parser<'a> {
             }
         }
         if out.is_empty() {
-            return Err(self.err(
+            return Err(self.r.err(
                 line,
-                ErrorKind::MissingValue {
+                SyntaxError::MissingValue {
                     key: key.to_owned(),
                 },
             ));
@@ -636,33 +445,6 @@ impl<'a> Parser<'a> {
 
 fn is_keyword(word: &str) -> bool {
     Word::from_keyword(word).is_some()
-}
-
-fn check_unset<T>(slot: &Option<At<T>>, key: &str) -> Result<(), ErrorKind> {
-    match slot {
-        Some(first) => Err(ErrorKind::Duplicate {
-            key: key.to_owned(),
-            first_line: first.line,
-        }),
-        None => Ok(()),
-    }
-}
-
-fn set<T>(slot: &mut Option<At<T>>, value: T, key: &str, line: u32) -> Result<(), ErrorKind> {
-    check_unset(slot, key)?;
-    *slot = Some(At { value, line });
-    Ok(())
-}
-
-/// Node names compare like host names: without regard to ASCII case.
-fn check_dup_node(seen: &[(&str, u32)], name: &str) -> Result<(), ErrorKind> {
-    match seen.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-        Some((_, first_line)) => Err(ErrorKind::DuplicateNodeSection {
-            name: name.to_owned(),
-            first_line: *first_line,
-        }),
-        None => Ok(()),
-    }
 }
 
 fn apply_host(w: Word, key: &str, v: &str, line: u32, o: &mut HostOpts) -> Result<(), ErrorKind> {

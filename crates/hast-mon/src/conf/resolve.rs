@@ -7,38 +7,13 @@
 
 use std::path::Path;
 
-use super::error::{ConfigError, ErrorKind};
-use super::parser::{At, RawConfig, RawResource};
-use super::value::{node_matches, show};
-use super::{defaults, Config, NodeSection, Resource, Timing};
+use hast_conf::syntax::value::pick;
+use hast_conf::syntax::{At, SyntaxError};
 
-/// The one section among `items` that matches `node`; two are an error.
-fn pick<'s, T>(
-    items: &'s [T],
-    name_line: impl Fn(&T) -> (&str, u32),
-    node: &str,
-) -> Result<Option<&'s T>, (u32, ErrorKind)> {
-    let mut found: Option<&T> = None;
-    for item in items {
-        let (name, line) = name_line(item);
-        if !node_matches(name, node) {
-            continue;
-        }
-        if let Some(first) = found {
-            let (first_name, first_line) = name_line(first);
-            return Err((
-                line,
-                ErrorKind::AmbiguousNode {
-                    first: first_name.to_owned(),
-                    first_line,
-                    second: name.to_owned(),
-                },
-            ));
-        }
-        found = Some(item);
-    }
-    Ok(found)
-}
+use super::error::{ConfigError, ErrorKind};
+use super::parser::{RawConfig, RawResource};
+use super::value::show;
+use super::{defaults, Config, NodeSection, Resource, Timing};
 
 /// The innermost level that sets the option.
 fn inherit<'a, T>(inner: &'a Option<At<T>>, outer: &'a Option<At<T>>) -> Option<&'a At<T>> {
@@ -47,9 +22,9 @@ fn inherit<'a, T>(inner: &'a Option<At<T>>, outer: &'a Option<At<T>>) -> Option<
 
 pub(super) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config, ConfigError> {
     if node.is_empty() {
-        return Err(ConfigError::whole(file, ErrorKind::NoNodeName));
+        return Err(ConfigError::whole(file, SyntaxError::NoNodeName));
     }
-    let err = |(line, kind)| ConfigError::at(file, line, kind);
+    let err = |(line, kind): (u32, ErrorKind)| ConfigError::at(file, line, kind);
     let none = super::parser::HostOpts::default();
     let section = pick(&raw.nodes, |n| (&n.name, n.line), node)
         .map_err(err)?

@@ -1,23 +1,17 @@
-//! Values of hastmon.conf options: durations, counts, names, addresses,
-//! paths and the secret file. Each parser takes the option's keyword for
+//! Values of hastmon.conf options: durations, counts, addresses and the
+//! secret file (paths and names follow hast.conf's rules in
+//! `hast_conf::syntax::value`). Each parser takes the option's keyword for
 //! its message and returns the `ErrorKind` to report on the option's line.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use hast_conf::syntax::value::{bad, is_digits, whole_number, NumberError};
 use hast_conf::Addr;
 
 use super::error::ErrorKind;
 use super::{DURATION_MAX, MON_PORT, SECRET_FILE_SIZE_MAX};
-
-pub(super) fn bad(key: &str, value: &str, reason: impl Into<String>) -> ErrorKind {
-    ErrorKind::BadValue {
-        key: key.to_owned(),
-        value: value.to_owned(),
-        reason: reason.into(),
-    }
-}
 
 /// `2` (seconds, hastmon's convention), `2s` or `500ms`; never zero, never
 /// above `DURATION_MAX` (so `Instant + duration` cannot overflow anywhere).
@@ -29,8 +23,7 @@ pub(super) fn duration(key: &str, value: &str) -> Result<Duration, ErrorKind> {
     } else {
         (value, 1000)
     };
-    // `u64::from_str` alone would also take a leading '+'.
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !is_digits(digits) {
         return Err(bad(
             key,
             value,
@@ -71,32 +64,19 @@ pub(super) fn show(d: Duration) -> String {
 
 /// A whole number of at least `min`.
 pub(super) fn number(key: &str, value: &str, min: u32) -> Result<u32, ErrorKind> {
-    let reason = if min == 0 {
-        "expected a whole number".to_owned()
-    } else {
-        format!("expected a whole number of at least {min}")
-    };
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(key, value, reason));
-    }
-    match value.parse::<u32>() {
-        Ok(n) if n >= min => Ok(n),
-        Ok(_) => Err(bad(key, value, reason)),
-        Err(_) => Err(bad(
+    whole_number(value, min).map_err(|e| match e {
+        NumberError::Invalid if min == 0 => bad(key, value, "expected a whole number"),
+        NumberError::Invalid => bad(
+            key,
+            value,
+            format!("expected a whole number of at least {min}"),
+        ),
+        NumberError::TooLarge => bad(
             key,
             value,
             format!("too large (the limit is {})", u32::MAX),
-        )),
-    }
-}
-
-/// Paths are absolute because the daemon does not run in the directory the
-/// operator wrote the file from.
-pub(super) fn abs_path(key: &str, value: &str) -> Result<PathBuf, ErrorKind> {
-    if !value.starts_with('/') {
-        return Err(bad(key, value, "must be an absolute path"));
-    }
-    Ok(PathBuf::from(value))
+        ),
+    })
 }
 
 /// hastmon writes Unix sockets as `unix:///path`; hast.conf's `Addr` calls
@@ -133,51 +113,6 @@ pub(super) fn remote_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
         return Err(bad(key, value, "port 0 cannot be connected to"));
     }
     Ok(a)
-}
-
-const NAME_LEN_MAX: usize = 64;
-const NODE_NAME_LEN_MAX: usize = 255;
-
-/// The rules of hast.conf's resource names: they become file names under
-/// `state_dir` and arguments of the `exec` script, so a safe alphabet, no
-/// leading '.' or '-', and `all` is left to `hastmonctl role ... all`.
-pub(super) fn check_resource_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > NAME_LEN_MAX {
-        return Err("must be 1 to 64 characters");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err("use only A-Z a-z 0-9 . _ -");
-    }
-    if name.starts_with('.') || name.starts_with('-') {
-        return Err("must not start with '.' or '-'");
-    }
-    if name == "all" {
-        return Err("\"all\" is reserved by hastmonctl");
-    }
-    Ok(())
-}
-
-/// Node names are host names or short host names.
-pub(super) fn check_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= NODE_NAME_LEN_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// FreeBSD's rule for `on` sections: the full name, or the short host name
-/// on either side, without regard to ASCII case (RFC 4343).
-pub(super) fn node_matches(section: &str, node: &str) -> bool {
-    fn short(name: &str) -> &str {
-        name.split('.').next().unwrap_or(name)
-    }
-    section.eq_ignore_ascii_case(node)
-        || section.eq_ignore_ascii_case(short(node))
-        || short(section).eq_ignore_ascii_case(node)
 }
 
 /// The secret of `secret_file`: its first line without surrounding
@@ -310,22 +245,6 @@ mod tests {
         for (f, text, msg) in bad {
             let e = f("k", text).unwrap_err().to_string();
             assert!(e.contains(msg), "{text:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn node_names_match_like_hast_conf() {
-        let cases = [
-            ("nodea", "nodea", true),
-            ("NodeA", "nodea", true),
-            ("nodea", "nodea.example.com", true),
-            ("nodea.example.com", "nodea", true),
-            ("nodea.example.com", "nodea.other.org", false),
-            ("nodeb", "nodea", false),
-            ("node", "nodea", false),
-        ];
-        for (section, node, want) in cases {
-            assert_eq!(node_matches(section, node), want, "{section} {node}");
         }
     }
 }
