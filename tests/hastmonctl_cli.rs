@@ -29,6 +29,13 @@ fn ctl(conf: &Path, args: &[&str]) -> Output {
     run(&mut cmd, timeout_s(60))
 }
 
+/// `hastmonctl` with a config text written beside the test's own.
+fn ctl_with(text: &str, dir: &Path, args: &[&str]) -> Output {
+    let conf = dir.join("hastmonctl.conf");
+    std::fs::write(&conf, text).unwrap();
+    ctl(&conf, args)
+}
+
 #[track_caller]
 fn assert_exit(out: &Output, code: i32, what: &str, stderr_has: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -210,6 +217,45 @@ fn daemon_status_roles_and_refusals() {
         "outdate from a secondary",
         "not the primary",
     );
+
+    // SIGHUP: new timing applies, a new resource appears (in init), the
+    // running role stays; a bad file changes nothing.
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let added = text.replace("resource r0 {", "heartbeat_interval 500ms\nresource r0 {")
+        + &text[text.find("resource r0 {").unwrap()..].replace("resource r0", "resource r1");
+    std::fs::write(&conf, &added).unwrap();
+    mon.signal(libc::SIGHUP);
+    let reloaded = wait_for(timeout_s(10), || {
+        let v: serde_json::Value =
+            serde_json::from_slice(&ctl(&conf, &["status", "--json"]).stdout).ok()?;
+        (v.as_array()?.len() == 2 && v[0]["heartbeat_ms"] == 500).then_some(v)
+    })
+    .expect("SIGHUP applied the new configuration");
+    assert_eq!(
+        reloaded[0]["role"], "secondary",
+        "r0 kept its role: {reloaded}"
+    );
+    assert_eq!(reloaded[1]["name"], "r1");
+    assert_eq!(reloaded[1]["role"], "init");
+    std::fs::write(&conf, "resource r0 {\n  bogus 1\n}\n").unwrap();
+    mon.signal(libc::SIGHUP);
+    let log = dir.join("hastmon.log");
+    assert!(
+        wait_for(timeout_s(10), || std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("reload failed")))
+        .is_some(),
+        "a bad configuration is reported"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ctl_with(&added, dir.path(), &["status", "--json"]).stdout)
+            .unwrap();
+    assert_eq!(
+        v.as_array().map(Vec::len),
+        Some(2),
+        "the running configuration stays: {v}"
+    );
+    std::fs::write(&conf, &added).unwrap();
 
     // Watchdog role, then SIGTERM: exit 0, socket gone.
     assert!(ctl(&conf, &["role", "watchdog", "r0"]).status.success());

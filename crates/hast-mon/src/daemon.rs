@@ -88,15 +88,92 @@ pub fn main(opts: Options) -> i32 {
             return exit::OSERR;
         }
     };
-    let code = runtime.block_on(run(config));
+    let code = runtime.block_on(run(config, config_path, opts.node.clone()));
     runtime.shutdown_timeout(Duration::from_secs(2));
     pidfile.remove();
     code
 }
 
-type Routes = Arc<HashMap<String, mpsc::Sender<Input>>>;
+/// Resource name → its task. Replaced on SIGHUP, read by the listener and
+/// the control socket (clone the sender and let go of the lock).
+type Routes = Arc<std::sync::RwLock<HashMap<String, mpsc::Sender<Input>>>>;
 
-async fn run(config: Config) -> i32 {
+fn route(routes: &Routes, name: &str) -> Option<mpsc::Sender<Input>> {
+    routes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned()
+}
+
+fn route_names(routes: &Routes) -> Vec<String> {
+    let mut all: Vec<String> = routes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    all.sort();
+    all
+}
+
+/// The policy's timing for resource `r` on a node with section `local`.
+fn params_of(r: &Resource, priority: u32) -> Params {
+    Params {
+        heartbeat: ms(r.timing.heartbeat_interval),
+        lease: ms(r.timing.lease),
+        complaint_count: r.timing.complaint_count,
+        complaint_interval: ms(r.timing.complaint_interval),
+        attempts: r.timing.attempts,
+        priority,
+        drift_ppm: DRIFT_PPM,
+        timeout: ms(r.timing.timeout),
+    }
+}
+
+/// What every resource task shares.
+#[derive(Clone)]
+struct Shared {
+    node: String,
+    key: Arc<Key>,
+    state_dir: PathBuf,
+    t0: Instant,
+}
+
+/// Starts the task of resource `r`; `None` if this node has no section in it.
+fn spawn_actor(r: &Resource, sh: &Shared) -> Result<Option<mpsc::Sender<Input>>, String> {
+    let Some(local) = r.local(&sh.node) else {
+        tracing::warn!(resource = %r.name, "no `on {}` section: resource ignored", sh.node);
+        return Ok(None);
+    };
+    let witness = store::load(&sh.state_dir, &r.name)
+        .map_err(|e| format!("resource {}: cannot load watchdog state: {e}", r.name))?;
+    let now = ms(sh.t0.elapsed());
+    let policy = Policy::new(
+        &sh.node,
+        params_of(r, local.priority),
+        local.remote.len(),
+        witness,
+        now,
+    );
+    let (tx, rx) = mpsc::channel(256);
+    let actor = Actor {
+        res: r.clone(),
+        node: sh.node.clone(),
+        remotes: local.remote.clone(),
+        key: sh.key.clone(),
+        state_dir: sh.state_dir.clone(),
+        policy,
+        t0: sh.t0,
+        tx: tx.clone(),
+        last_clear: None,
+        exec_busy: 0,
+    };
+    tokio::spawn(actor.run(rx));
+    Ok(Some(tx))
+}
+
+async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 {
     let control_path = match &config.control {
         Addr::Unix(p) => p.clone(),
         other => {
@@ -139,49 +216,27 @@ async fn run(config: Config) -> i32 {
             return exit::CANTCREAT;
         }
     };
-    let t0 = Instant::now();
+    let shared = Shared {
+        node: config.node.clone(),
+        key: Arc::new(key.clone()),
+        state_dir: config.state_dir.clone(),
+        t0: Instant::now(),
+    };
     let mut routes = HashMap::new();
     for r in &config.resources {
-        let Some(local) = r.local(&config.node) else {
-            tracing::warn!(resource = %r.name, "no `on {}` section: resource ignored", config.node);
-            continue;
-        };
-        let witness = match store::load(&config.state_dir, &r.name) {
-            Ok(w) => w,
+        match spawn_actor(r, &shared) {
+            Ok(Some(tx)) => {
+                routes.insert(r.name.clone(), tx);
+            }
+            Ok(None) => {}
             Err(e) => {
-                tracing::error!(resource = %r.name, "cannot load watchdog state: {e}");
+                tracing::error!("{e}");
                 return exit::IOERR;
             }
-        };
-        let params = Params {
-            heartbeat: ms(r.timing.heartbeat_interval),
-            lease: ms(r.timing.lease),
-            complaint_count: r.timing.complaint_count,
-            complaint_interval: ms(r.timing.complaint_interval),
-            attempts: r.timing.attempts,
-            priority: local.priority,
-            drift_ppm: DRIFT_PPM,
-            timeout: ms(r.timing.timeout),
-        };
-        let now = ms(t0.elapsed());
-        let policy = Policy::new(&config.node, params, local.remote.len(), witness, now);
-        let (tx, rx) = mpsc::channel(256);
-        let actor = Actor {
-            res: r.clone(),
-            node: config.node.clone(),
-            remotes: local.remote.clone(),
-            key: Arc::new(key.clone()),
-            state_dir: config.state_dir.clone(),
-            policy,
-            t0,
-            tx: tx.clone(),
-            last_clear: None,
-            exec_busy: 0,
-        };
-        tokio::spawn(actor.run(rx));
-        routes.insert(r.name.clone(), tx);
+        }
     }
-    let routes: Routes = Arc::new(routes);
+    let count = routes.len();
+    let routes: Routes = Arc::new(std::sync::RwLock::new(routes));
     let timeout = config
         .resources
         .iter()
@@ -205,11 +260,22 @@ async fn run(config: Config) -> i32 {
             return exit::SOFTWARE;
         }
     };
-    tracing::info!(node = %config.node, listen = %listen_addr, resources = routes.len(), "hastmon started");
+    tracing::info!(node = %config.node, listen = %listen_addr, resources = count, "hastmon started");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut current = config;
     loop {
         tokio::select! {
-            _ = hup.recv() => tracing::warn!("SIGHUP: hastmon does not reload its configuration; restart it (roles are set again with hastmonctl)"),
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                match conf::load(&config_path, node.as_deref()) {
+                    Ok(new) => {
+                        reload(&current, &new, &routes, &shared).await;
+                        current = new;
+                    }
+                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -220,6 +286,66 @@ async fn run(config: Config) -> i32 {
     ctl_task.abort();
     let _ = std::fs::remove_file(&control_path);
     exit::OK
+}
+
+/// SIGHUP: resources added start in init (HASTMON(8): no role by itself),
+/// removed ones stop, the others take their new timing, exec script, nodes
+/// and remotes at once, keeping their role and state. Host options and the
+/// key take effect at the next start.
+async fn reload(old: &Config, new: &Config, routes: &Routes, shared: &Shared) {
+    for (what, a, b) in [
+        ("control", old.control.to_string(), new.control.to_string()),
+        ("listen", old.listen.to_string(), new.listen.to_string()),
+        (
+            "pidfile",
+            old.pidfile.display().to_string(),
+            new.pidfile.display().to_string(),
+        ),
+        (
+            "state_dir",
+            old.state_dir.display().to_string(),
+            new.state_dir.display().to_string(),
+        ),
+    ] {
+        if a != b {
+            tracing::warn!("change of {what} ({a} -> {b}) takes effect when hastmon restarts");
+        }
+    }
+    if new
+        .resources
+        .iter()
+        .any(|r| r.key.as_bytes() != shared.key.as_bytes())
+    {
+        tracing::warn!(
+            "change of key takes effect when hastmon restarts (all hosts must change it together)"
+        );
+    }
+    let mut next = HashMap::new();
+    let mut gone = std::mem::take(&mut *routes.write().unwrap_or_else(|p| p.into_inner()));
+    for r in &new.resources {
+        match gone.remove(&r.name) {
+            Some(tx) => {
+                if old.resource(&r.name) != Some(r) {
+                    tracing::info!(resource = %r.name, "configuration changed");
+                    let _ = tx.send(Input::Reconfigure(Box::new(r.clone()))).await;
+                }
+                next.insert(r.name.clone(), tx);
+            }
+            None => match spawn_actor(r, shared) {
+                Ok(Some(tx)) => {
+                    tracing::info!(resource = %r.name, "resource added");
+                    next.insert(r.name.clone(), tx);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!("{e}"),
+            },
+        }
+    }
+    for (name, tx) in gone {
+        tracing::info!(resource = %name, "resource removed");
+        let _ = tx.send(Input::Stop).await;
+    }
+    *routes.write().unwrap_or_else(|p| p.into_inner()) = next;
 }
 
 fn ms(d: Duration) -> Ms {
@@ -238,7 +364,7 @@ async fn handle_peer(
             return None;
         }
     };
-    let Some(tx) = routes.get(&req.resource) else {
+    let Some(tx) = route(routes, &req.resource) else {
         tracing::warn!(peer = %addr, resource = %req.resource, "request for an unknown resource");
         return None;
     };
@@ -281,9 +407,7 @@ async fn control(routes: &Routes, req: CtlRequest) -> CtlResponse {
     let names: Vec<String> = match &req {
         CtlRequest::Role { names, .. } | CtlRequest::Status { names } => {
             if names.is_empty() || names.iter().any(|n| n == "all") {
-                let mut all: Vec<String> = routes.keys().cloned().collect();
-                all.sort();
-                all
+                route_names(routes)
             } else {
                 names.clone()
             }
@@ -292,7 +416,7 @@ async fn control(routes: &Routes, req: CtlRequest) -> CtlResponse {
     };
     let mut statuses = Vec::new();
     for name in &names {
-        let Some(tx) = routes.get(name) else {
+        let Some(tx) = route(routes, name) else {
             return CtlResponse::Error {
                 code: exit::NOINPUT,
                 message: format!("resource {name} is not configured on this node"),
@@ -355,6 +479,10 @@ enum Input {
         req: CtlRequest,
         reply: oneshot::Sender<CtlResponse>,
     },
+    /// SIGHUP changed this resource's section.
+    Reconfigure(Box<Resource>),
+    /// SIGHUP removed the resource.
+    Stop,
 }
 
 struct Actor {
@@ -441,9 +569,33 @@ impl Actor {
                     self.last_clear = Some(mark);
                     Vec::new()
                 }
-                Input::Ctl { req, reply } => {
-                    let resp = self.control(req, reply);
-                    resp.unwrap_or_default()
+                Input::Ctl { req, reply } => self.control(req, reply),
+                Input::Reconfigure(r) => {
+                    if let Some(local) = r.local(&self.node) {
+                        self.remotes = local.remote.clone();
+                        self.policy
+                            .reconfigure(params_of(&r, local.priority), self.remotes.len());
+                    }
+                    self.res = *r;
+                    Vec::new()
+                }
+                Input::Stop => {
+                    if self.policy.role() == Role::Primary {
+                        // Nobody would renew its lease any more: stop it
+                        // cleanly instead of letting the storage fence itself.
+                        tracing::warn!(resource = %self.res.name, "removed from the configuration while primary: stopping it");
+                        let out = exec::run(
+                            &self.res.exec,
+                            &Exec::Stop.args(),
+                            &self.exec_env(),
+                            EXEC_TIMEOUT,
+                        )
+                        .await;
+                        if let Some(e) = out.error {
+                            tracing::warn!(resource = %self.res.name, "exec stop: {e}");
+                        }
+                    }
+                    return;
                 }
             };
             self.apply(actions, &exec_tx, &lease_tx);
@@ -603,23 +755,19 @@ impl Actor {
 
     /// Handles a control request; returns the policy's actions. The reply
     /// is sent here, or later by a task for requests that need the network.
-    fn control(
-        &mut self,
-        req: CtlRequest,
-        reply: oneshot::Sender<CtlResponse>,
-    ) -> Option<Vec<Action>> {
+    fn control(&mut self, req: CtlRequest, reply: oneshot::Sender<CtlResponse>) -> Vec<Action> {
         match req {
             CtlRequest::Role { role, .. } => {
                 let now = self.now();
                 let actions = self.policy.set_role(role, now);
                 let _ = reply.send(CtlResponse::Ok);
-                Some(actions)
+                actions
             }
             CtlRequest::Status { .. } => {
                 let _ = reply.send(CtlResponse::Status {
                     resources: vec![self.status()],
                 });
-                None
+                Vec::new()
             }
             CtlRequest::Outdate { epoch, seq, .. } => {
                 let fail = |message: String| CtlResponse::Error {
@@ -632,11 +780,11 @@ impl Actor {
                         self.policy.role().as_str(),
                         self.policy.epoch()
                     )));
-                    return None;
+                    return Vec::new();
                 }
                 let Some(peer) = self.data_peer() else {
                     let _ = reply.send(fail("the watchdog is not known yet".into()));
-                    return None;
+                    return Vec::new();
                 };
                 let req = Request {
                     resource: self.res.name.clone(),
@@ -653,7 +801,7 @@ impl Actor {
                     };
                     let _ = reply.send(resp);
                 });
-                None
+                Vec::new()
             }
         }
     }

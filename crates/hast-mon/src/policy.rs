@@ -242,6 +242,13 @@ impl Policy {
         self.primary_name.as_deref()
     }
 
+    /// New timing (and number of remotes) from a configuration reload; the
+    /// role, epoch, leases and promises stay.
+    pub fn reconfigure(&mut self, p: Params, remotes: usize) {
+        self.p = p;
+        self.peers.resize(remotes, PeerView::default());
+    }
+
     /// Operator's `hastmonctl role`.
     pub fn set_role(&mut self, role: Role, now: Ms) -> Vec<Action> {
         let mut out = Vec::new();
