@@ -237,9 +237,13 @@ impl Parser<'_> {
     }
 
     fn resource(&mut self, line: u32, seen: &[RawResource]) -> Result<RawResource, ConfigError> {
-        let name =
-            self.r
-                .resource_section(line, seen, |r| (&r.name, r.line), RESOURCES_MAX, ALL_RESERVED)?;
+        let name = self.r.resource_section(
+            line,
+            seen,
+            |r| (&r.name, r.line),
+            RESOURCES_MAX,
+            ALL_RESERVED,
+        )?;
         self.enter(line)?;
         let section = format!("resource {name}");
         let mut res = RawResource {

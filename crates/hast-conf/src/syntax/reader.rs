@@ -82,7 +82,7 @@ impl<'a, K: From<SyntaxError>> Reader<'a, K> {
         FileError::at(self.file, line, kind)
     }
 
-    pub fn next(&mut self) -> Result<Token, FileError<K>> {
+    pub fn next_token(&mut self) -> Result<Token, FileError<K>> {
         if let Some(t) = self.peeked.take() {
             return Ok(t);
         }
@@ -92,13 +92,13 @@ impl<'a, K: From<SyntaxError>> Reader<'a, K> {
     }
 
     pub fn peek(&mut self) -> Result<&Token, FileError<K>> {
-        let t = self.next()?;
+        let t = self.next_token()?;
         Ok(self.peeked.insert(t))
     }
 
     fn head(&mut self) -> Result<Head, FileError<K>> {
         loop {
-            let t = self.next()?;
+            let t = self.next_token()?;
             match t.tok {
                 Tok::Newline | Tok::Semi => continue,
                 Tok::Eof => return Ok(Head::Eof),
@@ -142,7 +142,7 @@ impl<'a, K: From<SyntaxError>> Reader<'a, K> {
 
     /// Reads `NAME {` after `on` or `resource`.
     pub fn open_section(&mut self, keyword: &str) -> Result<String, FileError<K>> {
-        let t = self.next()?;
+        let t = self.next_token()?;
         let name = match t.tok {
             Tok::Word { text, .. } => text,
             other => {
@@ -166,7 +166,7 @@ impl<'a, K: From<SyntaxError>> Reader<'a, K> {
     /// Reads `{`, which may be on a later line.
     pub fn open_brace(&mut self) -> Result<(), FileError<K>> {
         let brace = loop {
-            let t = self.next()?;
+            let t = self.next_token()?;
             if t.tok != Tok::Newline {
                 break t;
             }
@@ -204,10 +204,7 @@ impl<'a, K: From<SyntaxError>> Reader<'a, K> {
             .map(&name_line)
             .find(|(n, _)| n.eq_ignore_ascii_case(&name));
         if let Some((_, first_line)) = first {
-            return Err(self.err(
-                line,
-                SyntaxError::DuplicateNodeSection { name, first_line },
-            ));
+            return Err(self.err(line, SyntaxError::DuplicateNodeSection { name, first_line }));
         }
         if seen.len() >= max {
             return Err(self.err(line, SyntaxError::TooMany { what, max }));
@@ -248,7 +245,7 @@ impl<'a, K: From<SyntaxError>> Reader<'a, K> {
     /// The value of a one-value statement, and the check that nothing else
     /// follows it.
     pub fn value(&mut self, key: &str) -> Result<String, FileError<K>> {
-        let t = self.next()?;
+        let t = self.next_token()?;
         let Tok::Word { text, .. } = t.tok else {
             return Err(self.err(
                 t.line,

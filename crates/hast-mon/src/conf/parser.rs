@@ -230,9 +230,13 @@ impl Parser<'_> {
     }
 
     fn resource(&mut self, line: u32, seen: &[RawResource]) -> Result<RawResource, ConfigError> {
-        let name =
-            self.r
-                .resource_section(line, seen, |r| (&r.name, r.line), RESOURCES_MAX, ALL_RESERVED)?;
+        let name = self.r.resource_section(
+            line,
+            seen,
+            |r| (&r.name, r.line),
+            RESOURCES_MAX,
+            ALL_RESERVED,
+        )?;
         let label = format!("resource {name}");
         let mut res = RawResource {
             name,
@@ -345,7 +349,9 @@ impl Parser<'_> {
     /// to this section are refused before their value is read.
     fn statement(&mut self, word: &str, line: u32, target: &mut Target) -> Result<(), ConfigError> {
         let Some(w) = Word::from_keyword(word) else {
-            return Err(self.r.err(line, SyntaxError::UnknownKeyword(word.to_owned())));
+            return Err(self
+                .r
+                .err(line, SyntaxError::UnknownKeyword(word.to_owned())));
         };
         let wrong = ErrorKind::WrongLevel {
             key: word.to_owned(),
@@ -417,7 +423,8 @@ impl Parser<'_> {
                         ));
                     }
                     out.push(text);
-                    self.r.next()?;
+                    // Takes the word just peeked; it cannot fail.
+                    self.r.next_token()?;
                 }
                 Tok::LBrace if !out.is_empty() => {
                     return Err(self.r.err(

@@ -71,11 +71,7 @@ pub(super) fn number(key: &str, value: &str, min: u32) -> Result<u32, ErrorKind>
             value,
             format!("expected a whole number of at least {min}"),
         ),
-        NumberError::TooLarge => bad(
-            key,
-            value,
-            format!("too large (the limit is {})", u32::MAX),
-        ),
+        NumberError::TooLarge => bad(key, value, format!("too large (the limit is {})", u32::MAX)),
     })
 }
 
