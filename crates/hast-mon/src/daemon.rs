@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hast_conf::Addr;
+use hast_sys::daemon::{notify, Daemon, Notify, Signal, Signals};
 use hast_sys::exit;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Key;
@@ -50,44 +50,11 @@ pub fn main(opts: Options) -> i32 {
         }
     };
     let pid_path = opts.pidfile.clone().unwrap_or(config.pidfile.clone());
-    let mut pidfile = match hast_sys::pidfile::PidFile::acquire("hastmon", &pid_path) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("hastmon: {e}");
-            return match e {
-                hast_sys::pidfile::PidFileError::Running { .. } => exit::TEMPFAIL,
-                hast_sys::pidfile::PidFileError::Io { .. } => exit::CANTCREAT,
-            };
-        }
-    };
-    if !opts.foreground {
-        // SAFETY: no threads exist yet (the runtime is built below), so
-        // forking here is sound. nochdir=1 keeps relative paths valid.
-        if unsafe { libc::daemon(1, 0) } != 0 {
-            eprintln!(
-                "hastmon: cannot daemonize: {}",
-                std::io::Error::last_os_error()
-            );
-            return exit::OSERR;
-        }
-    }
-    hast_sys::logging::init(c"hastmon", opts.debug, !opts.foreground);
-    if let Err(e) = pidfile.write_pid() {
-        tracing::error!("cannot write pidfile {}: {e}", pid_path.display());
-        return exit::CANTCREAT;
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("hastmon")
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start runtime: {e}");
-            return exit::OSERR;
-        }
-    };
+    let Daemon { pidfile, runtime } =
+        match hast_sys::daemon::start(c"hastmon", &pid_path, opts.foreground, opts.debug) {
+            Ok(d) => d,
+            Err(code) => return code,
+        };
     let code = runtime.block_on(run(config, config_path, opts.node.clone()));
     runtime.shutdown_timeout(Duration::from_secs(2));
     pidfile.remove();
@@ -249,39 +216,26 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
         async move { handle_peer(&routes, addr, body).await }
     }));
     let ctl_task = tokio::spawn(serve_control(control, routes.clone()));
-    let (mut hup, mut term, mut int) = match (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return exit::SOFTWARE;
-        }
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     tracing::info!(node = %config.node, listen = %listen_addr, resources = count, "hastmon started");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    notify(Notify::Ready);
     let mut current = config;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                match conf::load(&config_path, node.as_deref()) {
-                    Ok(new) => {
-                        reload(&current, &new, &routes, &shared).await;
-                        current = new;
-                    }
-                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
-                }
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    while signals.next().await == Signal::Reload {
+        notify(Notify::Reloading);
+        match conf::load(&config_path, node.as_deref()) {
+            Ok(new) => {
+                reload(&current, &new, &routes, &shared).await;
+                current = new;
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
         }
+        notify(Notify::Ready);
     }
     tracing::info!("stopping");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    notify(Notify::Stopping);
     peer_task.abort();
     ctl_task.abort();
     let _ = std::fs::remove_file(&control_path);

@@ -1,7 +1,8 @@
 //! What every hast daemon (`hastd`, `hastmon`) needs from the system, in
-//! one place: the locked pidfile, logging through `tracing` to stderr or
+//! one place: start-up and signals (`daemon`), the locked pidfile, logging through `tracing` to stderr or
 //! syslog(3), the root-only control socket, and the sysexits(3) codes.
 
+pub mod daemon;
 pub mod logging;
 pub mod pidfile;
 pub mod sock;

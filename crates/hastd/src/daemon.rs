@@ -6,14 +6,13 @@
 
 use std::sync::Arc;
 
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, RwLock};
 
 use crate::control::{self, Resources};
 use crate::nbdfront::{self, Registry};
 use crate::resource::{Command, Env, ResourceHandle};
 use crate::{exit, Args};
-use hast_sys::pidfile::{PidFile, PidFileError};
+use hast_sys::daemon::{notify, Daemon, Notify, Signal, Signals};
 
 pub fn main(args: Args) -> i32 {
     // Absolute config path: a daemon must find it again on SIGHUP whatever
@@ -27,44 +26,11 @@ pub fn main(args: Args) -> i32 {
         }
     };
     let pid_path = args.pidfile.clone().unwrap_or(config.pidfile.clone());
-    let mut pidfile = match PidFile::acquire("hastd", &pid_path) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("hastd: {e}");
-            return match e {
-                PidFileError::Running { .. } => exit::TEMPFAIL,
-                PidFileError::Io { .. } => exit::CANTCREAT,
-            };
-        }
-    };
-    if !args.foreground {
-        // SAFETY: no threads exist yet (the runtime is built below), so
-        // forking here is sound. nochdir=1 keeps relative paths of the
-        // config valid; noclose=0 detaches from the terminal.
-        if unsafe { libc::daemon(1, 0) } != 0 {
-            eprintln!(
-                "hastd: cannot daemonize: {}",
-                std::io::Error::last_os_error()
-            );
-            return exit::OSERR;
-        }
-    }
-    hast_sys::logging::init(c"hastd", args.debug, !args.foreground);
-    if let Err(e) = pidfile.write_pid() {
-        tracing::error!("cannot write pidfile {}: {e}", pid_path.display());
-        return exit::CANTCREAT;
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hastd")
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start runtime: {e}");
-            return exit::OSERR;
-        }
-    };
+    let Daemon { pidfile, runtime } =
+        match hast_sys::daemon::start(c"hastd", &pid_path, args.foreground, args.debug) {
+            Ok(d) => d,
+            Err(code) => return code,
+        };
     let code = runtime.block_on(run(config, config_path, args.node.clone()));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     pidfile.remove();
@@ -137,16 +103,9 @@ async fn run(
         }
     }
     let control_task = tokio::spawn(control::serve(listener, resources.clone()));
-    let (mut hup, mut term, mut int) = match (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return exit::SOFTWARE;
-        }
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     tracing::info!(
         node = %config.node,
@@ -155,27 +114,21 @@ async fn run(
         nbd = ?env.nbd_tcp,
         "hastd started"
     );
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    notify(Notify::Ready);
     let mut current = config;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                match hast_conf::load(&config_path, node.as_deref()) {
-                    Ok(new) => {
-                        reload(&current, &new, &resources, &env).await;
-                        current = new;
-                    }
-                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
-                }
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    while signals.next().await == Signal::Reload {
+        notify(Notify::Reloading);
+        match hast_conf::load(&config_path, node.as_deref()) {
+            Ok(new) => {
+                reload(&current, &new, &resources, &env).await;
+                current = new;
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
         }
+        notify(Notify::Ready);
     }
     tracing::info!("stopping");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    notify(Notify::Stopping);
     control_task.abort();
     registry.set_stopping();
     let all = std::mem::take(&mut *resources.write().await);
