@@ -1,6 +1,8 @@
 # Helpers shared by the benchmark scripts (sourced, not run).
-# Expects PY (a python3) to be set. Sets WORK (a fresh work dir under
-# BENCH_DIR, default /var/tmp) and PIDS (processes to stop by PID on exit).
+# Expects PY (a python3), ROOT (the repo) and TARGET (the cargo target dir) to be
+# set. Sets WORK (a fresh work dir under BENCH_DIR, default /var/tmp) and PIDS
+# (processes to stop by PID on exit); the fio helpers read SERVERS, URI (server
+# -> nbd URI), DATASIZE, WORKLOADS, RUNTIME and RAMP.
 
 # bench_init NAME: the work dir and the exit trap.
 bench_init() {
@@ -44,5 +46,71 @@ wait_export() {
             return 1
         fi
         sleep 0.2
+    done
+}
+
+# bench_need TOOL...: exits 69 (EX_UNAVAILABLE) naming the first missing tool.
+bench_need() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$(basename "$0"): $tool is not installed" >&2; exit 69; }
+    done
+}
+
+# bench_build: builds the release binaries under ROOT and sets HASTD and HASTCTL
+# (expects ROOT and TARGET).
+bench_build() {
+    echo "== building hastd (release)" >&2
+    (cd "$ROOT" && cargo build --release --bins --quiet)
+    HASTD=$TARGET/release/hastd
+    HASTCTL=$TARGET/release/hastctl
+}
+
+# qemu_export DIR SIZE: serves a fresh sparse DIR/bench.img of SIZE with qemu-nbd
+# (page cache in writeback mode), waits until it answers and sets QEMU_URI. A
+# variable rather than stdout, so the PID lands in this shell's PIDS.
+qemu_export() {
+    local d=$1 port
+    mkdir -p "$d"
+    truncate -s "$2" "$d/bench.img"
+    port=$(free_port)
+    qemu-nbd -f raw --cache=writeback --aio=threads -t -e 16 -b 127.0.0.1 -p "$port" \
+        -x bench "$d/bench.img" 2>"$d/qemu-nbd.log" &
+    PIDS+=($!)
+    QEMU_URI=nbd://127.0.0.1:$port/bench
+    wait_export "$QEMU_URI" 20
+}
+
+# smallest_size: the smallest export size among SERVERS (by URI[server]), so
+# every server sees the same offsets whatever metadata it keeps in its file.
+smallest_size() {
+    local s
+    for s in "${SERVERS[@]}"; do nbdinfo --size "${URI[$s]}"; done | sort -n | head -1
+}
+
+# fill_servers: writes DATASIZE bytes through every server in SERVERS (1 MiB
+# sequential writes), so reads hit data, not holes.
+fill_servers() {
+    local s
+    for s in "${SERVERS[@]}"; do
+        fio --name=fill --ioengine=nbd --uri="${URI[$s]}" --rw=write --bs=1M --iodepth=8 \
+            --size="$DATASIZE" --output="$WORK/fill-$s.txt" >/dev/null
+    done
+}
+
+# run_workloads: every WORKLOADS entry ("name rw bs iodepth") against every
+# server in SERVERS in turn (interleaved, so drift in the machine's state hits
+# all alike), fio's JSON in WORK/NAME-SERVER.json.
+run_workloads() {
+    local w s name rw bs qd
+    for w in "${WORKLOADS[@]}"; do
+        read -r name rw bs qd <<<"$w"
+        for s in "${SERVERS[@]}"; do
+            echo "== $name on $s" >&2
+            fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
+                --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
+                --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
+                --output="$WORK/$name-$s.json" >/dev/null
+        done
     done
 }

@@ -8,6 +8,7 @@
 //! the daemon started; wall-clock jumps change nothing.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -609,11 +610,7 @@ impl Actor {
         let Some(addr) = self.remotes.get(to).cloned() else {
             return;
         };
-        let req = Request {
-            resource: self.res.name.clone(),
-            from: self.node.clone(),
-            body: body.clone(),
-        };
+        let req = self.request(body.clone());
         let key = self.key.clone();
         let tx = self.tx.clone();
         let sent_at = self.now();
@@ -654,21 +651,35 @@ impl Actor {
             return;
         }
         let Some(peer) = self.data_peer() else { return };
-        let body = RequestBody::Clear { epoch, peer, seq };
-        let targets = self.watchdog_targets();
-        let req = Request {
-            resource: self.res.name.clone(),
-            from: self.node.clone(),
-            body,
-        };
-        let key = self.key.clone();
+        let ask = self.ask_watchdog(RequestBody::Clear { epoch, peer, seq });
         let tx = self.tx.clone();
-        let timeout = self.res.timing.timeout;
         tokio::spawn(async move {
-            if ask_any(&targets, &key, &req, timeout).await.is_ok() {
+            if ask.await.is_ok() {
                 let _ = tx.send(Input::Cleared { mark: (epoch, seq) }).await;
             }
         });
+    }
+
+    /// Our request `body` for this resource.
+    fn request(&self, body: RequestBody) -> Request {
+        Request {
+            resource: self.res.name.clone(),
+            from: self.node.clone(),
+            body,
+        }
+    }
+
+    /// Sends `body` to the watchdog (or, while it is not known, to every
+    /// remote until one acknowledges); resolves to why none did.
+    fn ask_watchdog(
+        &self,
+        body: RequestBody,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let targets = self.watchdog_targets();
+        let req = self.request(body);
+        let key = self.key.clone();
+        let timeout = self.res.timing.timeout;
+        async move { ask_any(&targets, &key, &req, timeout).await }
     }
 
     /// Remotes that may be the watchdog: the known one, else all.
@@ -740,16 +751,9 @@ impl Actor {
                     let _ = reply.send(fail("the watchdog is not known yet".into()));
                     return Vec::new();
                 };
-                let req = Request {
-                    resource: self.res.name.clone(),
-                    from: self.node.clone(),
-                    body: RequestBody::Outdate { epoch, peer, seq },
-                };
-                let targets = self.watchdog_targets();
-                let key = self.key.clone();
-                let timeout = self.res.timing.timeout;
+                let ask = self.ask_watchdog(RequestBody::Outdate { epoch, peer, seq });
                 tokio::spawn(async move {
-                    let resp = match ask_any(&targets, &key, &req, timeout).await {
+                    let resp = match ask.await {
                         Ok(()) => CtlResponse::Ok,
                         Err(why) => fail(why),
                     };

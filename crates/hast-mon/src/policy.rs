@@ -488,15 +488,8 @@ impl Policy {
                 ref peer,
                 seq,
             } => {
-                if self.role != Role::Watchdog {
-                    self.refuse(NOT_WATCHDOG)
-                } else if self.witness.primary.as_deref() != Some(from)
-                    || epoch != self.witness.epoch
-                {
-                    self.refuse(&format!(
-                        "{from} is not the primary of epoch {}",
-                        self.witness.epoch
-                    ))
+                if let Some(refusal) = self.refuse_unless_primary(from, epoch) {
+                    refusal
                 } else {
                     let mark = self
                         .witness
@@ -516,15 +509,8 @@ impl Policy {
                 ref peer,
                 seq,
             } => {
-                if self.role != Role::Watchdog {
-                    self.refuse(NOT_WATCHDOG)
-                } else if self.witness.primary.as_deref() != Some(from)
-                    || epoch != self.witness.epoch
-                {
-                    self.refuse(&format!(
-                        "{from} is not the primary of epoch {}",
-                        self.witness.epoch
-                    ))
+                if let Some(refusal) = self.refuse_unless_primary(from, epoch) {
+                    refusal
                 } else {
                     match self.witness.outdated.get(peer) {
                         Some(&mark) if (epoch, seq) >= mark => {
@@ -544,6 +530,21 @@ impl Policy {
             }
         };
         (reply, out)
+    }
+
+    /// Outdate and clear marks are the watchdog's, and only the primary of
+    /// the current epoch may set or clear them.
+    fn refuse_unless_primary(&self, from: &str, epoch: u64) -> Option<ReplyBody> {
+        if self.role != Role::Watchdog {
+            Some(self.refuse(NOT_WATCHDOG))
+        } else if self.witness.primary.as_deref() != Some(from) || epoch != self.witness.epoch {
+            Some(self.refuse(&format!(
+                "{from} is not the primary of epoch {}",
+                self.witness.epoch
+            )))
+        } else {
+            None
+        }
     }
 
     fn refuse(&self, reason: &str) -> ReplyBody {
