@@ -36,19 +36,12 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
-for tool in cargo fio qemu-nbd nbdkit nbdinfo; do
-    command -v "$tool" >/dev/null || { echo "compare.sh: $tool is not installed" >&2; exit 69; }
-done
-fio --enghelp 2>/dev/null | grep -qw nbd || { echo "compare.sh: this fio has no nbd engine" >&2; exit 69; }
-
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+bench_need cargo fio qemu-nbd nbdkit nbdinfo
+fio --enghelp 2>/dev/null | grep -qw nbd || { echo "compare.sh: this fio has no nbd engine" >&2; exit 69; }
 bench_init bench
-
-echo "== building hastd (release)" >&2
-(cd "$ROOT" && cargo build --release --bins --quiet)
-HASTD=$TARGET/release/hastd
-HASTCTL=$TARGET/release/hastctl
+bench_build
 
 # ---- hastd ------------------------------------------------------------------
 H=$WORK/hastd
@@ -78,15 +71,8 @@ HURI=nbd://127.0.0.1:$HPORT/bench
 wait_export "$HURI" 20
 
 # ---- qemu-nbd ---------------------------------------------------------------
-Q=$WORK/qemu
-mkdir -p "$Q"
-truncate -s "$SIZE" "$Q/bench.img"
-QPORT=$(free_port)
-qemu-nbd -f raw --cache=writeback --aio=threads -t -e 16 -b 127.0.0.1 -p "$QPORT" \
-    -x bench "$Q/bench.img" 2>"$Q/qemu-nbd.log" &
-PIDS+=($!)
-QURI=nbd://127.0.0.1:$QPORT/bench
-wait_export "$QURI" 20
+qemu_export "$WORK/qemu" "$SIZE"
+QURI=$QEMU_URI
 
 # ---- nbdkit file ------------------------------------------------------------
 K=$WORK/nbdkit
@@ -102,13 +88,10 @@ SERVERS=(hastd qemu-nbd nbdkit)
 declare -A URI=([hastd]=$HURI [qemu-nbd]=$QURI [nbdkit]=$KURI)
 # The data size differs a little (hastd keeps its metadata in the file): use the
 # smallest, so every server sees the same offsets.
-DATASIZE=$(for s in "${SERVERS[@]}"; do nbdinfo --size "${URI[$s]}"; done | sort -n | head -1)
+DATASIZE=$(smallest_size)
 
 echo "== filling the three ${SIZE} files through NBD" >&2
-for s in "${SERVERS[@]}"; do
-    fio --name=fill --ioengine=nbd --uri="${URI[$s]}" --rw=write --bs=1M --iodepth=8 \
-        --size="$DATASIZE" --output="$WORK/fill-$s.txt" >/dev/null
-done
+fill_servers
 
 # name rw bs iodepth
 WORKLOADS=(
@@ -118,16 +101,7 @@ WORKLOADS=(
     "seqwrite-1m-qd4 write 1M 4"
     "randwrite-4k-qd1 randwrite 4k 1"
 )
-for w in "${WORKLOADS[@]}"; do
-    read -r name rw bs qd <<<"$w"
-    for s in "${SERVERS[@]}"; do
-        echo "== $name on $s" >&2
-        fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
-            --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
-            --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
-            --output="$WORK/$name-$s.json" >/dev/null
-    done
-done
+run_workloads
 
 echo
 echo "hast bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, file ${SIZE}, ${RUNTIME} s per figure"

@@ -30,18 +30,11 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
-for tool in cargo fio qemu-nbd nbdinfo nbdcopy; do
-    command -v "$tool" >/dev/null || { echo "replicated.sh: $tool is not installed" >&2; exit 69; }
-done
-
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+bench_need cargo fio qemu-nbd nbdinfo nbdcopy
 bench_init rbench
-
-echo "== building hastd (release)" >&2
-(cd "$ROOT" && cargo build --release --bins --quiet)
-HASTD=$TARGET/release/hastd
-HASTCTL=$TARGET/release/hastctl
+bench_build
 
 # pair DIR MODE SIZE: writes a two-node config for one resource `bench`, creates
 # both components, starts both daemons; prints nothing. Roles are set by the caller.
@@ -108,20 +101,12 @@ for mode in fullsync memsync; do
     URI[$mode]=$(cat "$WORK/$mode/uri")
     wait_export "${URI[$mode]}" 20
 done
-Q=$WORK/qemu; mkdir -p "$Q"; truncate -s "$SIZE" "$Q/bench.img"
-QPORT=$(free_port)
-qemu-nbd -f raw --cache=writeback --aio=threads -t -e 16 -b 127.0.0.1 -p "$QPORT" \
-    -x bench "$Q/bench.img" 2>"$Q/qemu-nbd.log" &
-PIDS+=($!)
-URI[qemu-nbd]=nbd://127.0.0.1:$QPORT/bench
-wait_export "${URI[qemu-nbd]}" 20
+qemu_export "$WORK/qemu" "$SIZE"
+URI[qemu-nbd]=$QEMU_URI
 SERVERS=(fullsync memsync qemu-nbd)
-DATASIZE=$(for s in "${SERVERS[@]}"; do nbdinfo --size "${URI[$s]}"; done | sort -n | head -1)
+DATASIZE=$(smallest_size)
 echo "== filling the ${SIZE} files through NBD" >&2
-for s in "${SERVERS[@]}"; do
-    fio --name=fill --ioengine=nbd --uri="${URI[$s]}" --rw=write --bs=1M --iodepth=8 \
-        --size="$DATASIZE" --output="$WORK/fill-$s.txt" >/dev/null
-done
+fill_servers
 WORKLOADS=(
     "randread-4k-qd32 randread 4k 32"
     "randwrite-4k-qd32 randwrite 4k 32"
@@ -129,16 +114,7 @@ WORKLOADS=(
     "write-4k-qd1 write 4k 1"
     "randwrite-4k-qd1 randwrite 4k 1"
 )
-for w in "${WORKLOADS[@]}"; do
-    read -r name rw bs qd <<<"$w"
-    for s in "${SERVERS[@]}"; do
-        echo "== $name on $s" >&2
-        fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
-            --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
-            --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
-            --output="$WORK/$name-$s.json" >/dev/null
-    done
-done
+run_workloads
 # Both pairs off: part 2 gets the disk to itself.
 for mode in fullsync memsync; do
     ctl "$WORK/$mode" nodea role init bench

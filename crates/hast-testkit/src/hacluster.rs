@@ -52,8 +52,8 @@ pub struct HaCluster {
     pub net: Net,
     dir: TempDir,
     bins: HaBins,
-    hastd: BTreeMap<&'static str, NsProc>,
-    hastmon: BTreeMap<&'static str, NsProc>,
+    hastd: BTreeMap<String, NsProc>,
+    hastmon: BTreeMap<String, NsProc>,
     area: BTreeMap<&'static str, (u64, u64)>,
 }
 
@@ -210,11 +210,10 @@ impl HaCluster {
 
     /// Starts hastd (data nodes) and hastmon on `n`.
     pub fn start_daemons(&mut self, n: &str) {
-        let n: &'static str = match n {
-            "a" => "a",
-            "b" => "b",
-            _ => "w",
-        };
+        assert!(
+            ["a", "b", WITNESS].contains(&n),
+            "no host {n} in the cluster"
+        );
         // A killed daemon leaves its socket behind; the waits below must see
         // the new one.
         let _ = std::fs::remove_file(self.host_dir(n).join("hastd.sock"));
@@ -227,7 +226,7 @@ impl HaCluster {
                 .env("HASTMON_NODE", n);
             let p = NsProc::spawn(&mut cmd, &format!("hastd@{n}"), &self.hastd_log(n))
                 .expect("spawn hastd");
-            self.hastd.insert(n, p);
+            self.hastd.insert(n.to_owned(), p);
             let sock = self.host_dir(n).join("hastd.sock");
             let up = wait_for(timeout_s(20), || sock.exists().then_some(()));
             assert!(
@@ -245,7 +244,7 @@ impl HaCluster {
             .env("HAST_NODE", n);
         let p = NsProc::spawn(&mut cmd, &format!("hastmon@{n}"), &self.hastmon_log(n))
             .expect("spawn hastmon");
-        self.hastmon.insert(n, p);
+        self.hastmon.insert(n.to_owned(), p);
         let sock = self.host_dir(n).join("hastmon.sock");
         let up = wait_for(timeout_s(20), || sock.exists().then_some(()));
         assert!(
