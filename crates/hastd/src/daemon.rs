@@ -114,6 +114,7 @@ async fn run(
         nbd = ?env.nbd_tcp,
         "hastd started"
     );
+    warn_not_yet_applied(&config);
     notify(Notify::Ready);
     let mut current = config;
     while signals.next().await == Signal::Reload {
@@ -121,6 +122,7 @@ async fn run(
         match hast_conf::load(&config_path, node.as_deref()) {
             Ok(new) => {
                 reload(&current, &new, &resources, &env).await;
+                warn_not_yet_applied(&new);
                 current = new;
             }
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
@@ -208,4 +210,80 @@ async fn reload(
         stop(&gone).await;
     }
     *list = next;
+}
+
+/// Options hast.conf accepts (SPEC §3) for parts of hastd that are not built
+/// yet — the event journal and its hooks, freeze/thaw, the metrics endpoint.
+/// A config written for them loads, but the operator is told they do
+/// nothing yet rather than left to believe they do.
+fn not_yet_applied(c: &hast_conf::Config) -> Vec<String> {
+    use hast_conf::defaults;
+    let mut out = Vec::new();
+    if let Some(a) = &c.metrics_listen {
+        out.push(format!(
+            "metrics_listen {a}: the metrics endpoint is not implemented yet"
+        ));
+    }
+    if c.state_dir != std::path::Path::new(defaults::STATE_DIR) {
+        out.push(format!(
+            "state_dir {}: nothing is kept there yet (the event journal will be)",
+            c.state_dir.display()
+        ));
+    }
+    for r in &c.resources {
+        if let Some(e) = &r.exec {
+            out.push(format!(
+                "resource {}: exec {}: event hooks are not run yet",
+                r.name,
+                e.display()
+            ));
+        }
+        if r.freeze_timeout_secs != defaults::FREEZE_TIMEOUT_SECS {
+            out.push(format!(
+                "resource {}: freeze_timeout: freeze/thaw is not implemented yet",
+                r.name
+            ));
+        }
+        if r.on_io_error != defaults::ON_IO_ERROR {
+            out.push(format!(
+                "resource {}: on_io_error: local I/O errors are retried from the peer; the policy is not configurable yet",
+                r.name
+            ));
+        }
+    }
+    out
+}
+
+fn warn_not_yet_applied(c: &hast_conf::Config) {
+    for w in not_yet_applied(c) {
+        tracing::warn!("{w} (option accepted and ignored)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_yet_applied;
+
+    #[test]
+    fn options_of_parts_not_built_yet_are_reported() {
+        let base = "resource r0 {\n on n { local /tmp/x\n remote none }\n}\n";
+        let cases: [(&str, &[&str]); 6] = [
+            ("", &[]),
+            ("metrics_listen tcp://127.0.0.1:9100\n", &["metrics_listen"]),
+            ("state_dir /tmp/hast-state\n", &["state_dir"]),
+            ("exec /bin/true\n", &["exec /bin/true"]),
+            ("freeze_timeout 30\n", &["freeze_timeout"]),
+            ("on_io_error fail\n", &["on_io_error"]),
+        ];
+        for (extra, want) in cases {
+            let text = format!("{extra}{base}");
+            let c = hast_conf::parse(&text, std::path::Path::new("t.conf"), "n")
+                .unwrap_or_else(|e| panic!("{extra}: {e}"));
+            let got = not_yet_applied(&c);
+            assert_eq!(got.len(), want.len(), "{extra}: {got:?}");
+            for (g, w) in got.iter().zip(want) {
+                assert!(g.contains(w), "{extra}: {g} lacks {w}");
+            }
+        }
+    }
 }
