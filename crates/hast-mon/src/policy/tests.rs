@@ -692,3 +692,41 @@ fn takeover_time_after_kill_is_a_few_seconds() {
     // lease (2 s) + complaints (2 rounds of 1 s) overlap: well under 5 s.
     assert!(took <= 3500, "takeover took {took} ms");
 }
+
+#[test]
+fn priority_delays_the_takeover_by_that_many_complaints() {
+    // (priority, complaints received, asks)
+    let cases = [
+        (0, 2, true),
+        (1, 2, false),
+        (1, 3, true),
+        (3, 4, false),
+        (3, 5, true),
+    ];
+    for (priority, complaints, asks) in cases {
+        let p = Params {
+            priority,
+            ..params()
+        };
+        let mut b = Policy::new("b", p, 2, WitnessState::default(), 0);
+        b.set_role(Role::Secondary, 0);
+        b.on_exec(Exec::Status, true);
+        let complain = RequestBody::Complain {
+            epoch: 1,
+            outdated: vec![],
+        };
+        for i in 0..complaints {
+            b.on_request("w", &complain, 3000 + i * 100);
+        }
+        let asked = b.tick(5000).iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    req: RequestBody::Takeover { .. },
+                    ..
+                }
+            )
+        });
+        assert_eq!(asked, asks, "priority {priority}, {complaints} complaints");
+    }
+}
