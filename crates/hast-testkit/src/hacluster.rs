@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::{Net, NsProc};
 use crate::env::{py_script, repo_root, timeout_s, PYTHON};
 use crate::pair::{compare_areas, ResStatus};
-use crate::proc::{run, tail, wait_for};
+use crate::proc::{run, tail, try_run, wait_for};
 use crate::tmp::TempDir;
 use crate::tools::output_text;
 
@@ -359,30 +359,23 @@ impl HaCluster {
             self.hast_conf(n),
             n,
             &["status", "--json", RES],
-        );
+        )?;
         if !out.status.success() {
             return None;
         }
+        // `{"resources": [ ... ]}`, as hastctl prints it.
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let r = match v {
-            serde_json::Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
-            serde_json::Value::Object(ref o) if o.contains_key("resources") => {
-                o["resources"].get(0).cloned()?
-            }
-            other => other,
-        };
+        let r = v.pointer("/resources/0")?.clone();
         Some(ResStatus::from_json(r))
     }
 
-    /// A control command bounded by 3 s (`timeout(1)` kills it), for queries
-    /// of daemons that may be paused.
-    fn quick(&self, program: &Path, conf: PathBuf, n: &str, args: &[&str]) -> Output {
-        let inner = self.ctl_command(program, conf, n, args);
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", "3"])
-            .arg(inner.get_program())
-            .args(inner.get_args());
-        run(&mut cmd, timeout_s(30))
+    /// A control command bounded by 3 s, for queries of daemons that may be
+    /// paused: no answer in time is a failed query, not a failed test.
+    fn quick(&self, program: &Path, conf: PathBuf, n: &str, args: &[&str]) -> Option<Output> {
+        try_run(
+            &mut self.ctl_command(program, conf, n, args),
+            Duration::from_secs(3),
+        )
     }
 
     /// hastmon's status of `r0` on `n`, as JSON.
@@ -392,7 +385,7 @@ impl HaCluster {
             self.mon_conf(n),
             n,
             &["status", "--json", RES],
-        );
+        )?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v.get(0).cloned()
     }

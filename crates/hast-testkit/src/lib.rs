@@ -31,7 +31,7 @@ pub use env::{
 pub use net::{free_port, nbd_info, nbd_list, NbdAddr};
 pub use node::{Bins, Layout, Node, NodeBuilder, ResourceSpec};
 pub use pair::{Pair, PairBuilder, ResStatus, Side};
-pub use proc::{run, run_ok, tail, wait_for, Proc};
+pub use proc::{run, run_ok, tail, try_run, wait_for, Proc};
 pub use proxy::Proxy;
 pub use tmp::TempDir;
 pub use tools::{expect_ok, output_text, python, python_command, LoopMount, NbdFuse, QemuNbd};

@@ -158,6 +158,14 @@ pub fn describe(cmd: &Command) -> String {
 /// panic if it runs longer than `bound`. Panics if it cannot be started.
 pub fn run(cmd: &mut Command, bound: Duration) -> Output {
     let what = describe(cmd);
+    try_run(cmd, bound)
+        .unwrap_or_else(|| panic!("`{what}` did not finish within {bound:?}; killed"))
+}
+
+/// [`run`], but a command that outlives `bound` is SIGKILLed and gives `None`
+/// (for queries of daemons that may be paused on purpose).
+pub fn try_run(cmd: &mut Command, bound: Duration) -> Option<Output> {
+    let what = describe(cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -182,17 +190,17 @@ pub fn run(cmd: &mut Command, bound: Duration) -> Output {
             }
             let _ = child.wait();
             // Do not join the readers: a grandchild may still hold the pipes.
-            panic!("`{what}` did not finish within {bound:?}; killed");
+            return None;
         }
         thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
     };
     let stdout = out_reader.map(join_reader).unwrap_or_default();
     let stderr = err_reader.map(join_reader).unwrap_or_default();
-    Output {
+    Some(Output {
         status,
         stdout,
         stderr,
-    }
+    })
 }
 
 /// [`run`], and panic with its output unless it exits 0. Returns stdout as text.
