@@ -352,14 +352,10 @@ impl DataPath {
         // A stale primary (resync from the peer running) must not serve its
         // own old copy of an extent the peer has newer.
         if self.sync_from_peer.load(Relaxed) && self.any_needsync(offset, len) {
-            if let Some(link) = self.link() {
-                if let Ok(data) = link.read(offset, len as u32, 0).await {
-                    if data.len() as u64 == len {
-                        self.counters.reads.fetch_add(1, Relaxed);
-                        self.counters.bytes_read.fetch_add(len, Relaxed);
-                        return Ok(data);
-                    }
-                }
+            if let Some(data) = self.read_peer(offset, len).await {
+                self.counters.reads.fetch_add(1, Relaxed);
+                self.counters.bytes_read.fetch_add(len, Relaxed);
+                return Ok(data);
             }
             return Err(DpError::Io(io::Error::other(
                 "extent not yet resynced and the peer is unreachable",
@@ -378,17 +374,19 @@ impl DataPath {
                 self.counters.read_errors.fetch_add(1, Relaxed);
                 tracing::error!(resource = %self.name, offset, len, "local read failed: {e}");
                 // The secondary has the same data: retry there.
-                if let Some(link) = self.link() {
-                    if let Ok(data) = link.read(offset, len as u32, 0).await {
-                        if data.len() as u64 == len {
-                            tracing::warn!(resource = %self.name, offset, len, "read served by the peer");
-                            return Ok(data);
-                        }
-                    }
+                if let Some(data) = self.read_peer(offset, len).await {
+                    tracing::warn!(resource = %self.name, offset, len, "read served by the peer");
+                    return Ok(data);
                 }
                 Err(e.into())
             }
         }
+    }
+
+    /// The range from the peer's copy, if connected and it answered in full.
+    async fn read_peer(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let data = self.link()?.read(offset, len as u32, 0).await.ok()?;
+        (data.len() as u64 == len).then_some(data)
     }
 
     fn any_needsync(&self, offset: u64, len: u64) -> bool {
@@ -509,8 +507,9 @@ impl DataPath {
         self.count(op, len, &res);
         let Some(mut remote) = remote else {
             // No peer now (or the send failed): only this copy has it, and
-            // the degraded period was recorded above.
-            let in_sync = !(self.side == Side::Primary && self.peer_configured);
+            // the degraded period was recorded above. (Only the primary gets
+            // here: the secondary returned above.)
+            let in_sync = !self.peer_configured;
             self.map().write_done(offset, len, in_sync && res.is_ok());
             self.writes_since_barrier.fetch_add(1, Relaxed);
             return res;
@@ -576,22 +575,24 @@ impl DataPath {
     }
 
     async fn apply_local(&self, offset: u64, fua: bool, change: Change) -> Result<(), DpError> {
-        let res = match change {
-            Change::Write(data) => self.blocking(move |d| d.write(offset, &data)).await,
-            Change::Zero {
-                len,
-                punch,
-                fast_only,
-                ..
-            } => {
-                self.blocking(move |d| d.zero(offset, len, punch, fast_only))
-                    .await
-            }
-        };
-        let res = match res {
-            Ok(()) if fua => self.blocking(|d| d.datasync()).await,
-            other => other,
-        };
+        // The change and its FUA sync in one trip to the blocking pool.
+        let res = self
+            .blocking(move |d| {
+                match change {
+                    Change::Write(data) => d.write(offset, &data)?,
+                    Change::Zero {
+                        len,
+                        punch,
+                        fast_only,
+                        ..
+                    } => d.zero(offset, len, punch, fast_only)?,
+                }
+                if fua {
+                    d.datasync()?;
+                }
+                Ok(())
+            })
+            .await;
         match res {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Err(DpError::Unsupported),

@@ -32,6 +32,9 @@ struct Entry {
 pub struct RangeGuard {
     lock: Arc<RangeLock>,
     seq: u64,
+    /// The registered range, kept here so waiting needs no lookup.
+    start: u64,
+    end: u64,
 }
 
 impl RangeLock {
@@ -64,6 +67,8 @@ impl RangeLock {
         RangeGuard {
             lock: self.clone(),
             seq,
+            start,
+            end,
         }
     }
 
@@ -90,13 +95,7 @@ impl RangeGuard {
     /// Waits until no earlier overlapping registration is still held.
     pub async fn acquire(self) -> Self {
         let lock = self.lock.clone();
-        let (start, end) = {
-            let inner = lock.inner.lock().unwrap_or_else(|p| p.into_inner());
-            match inner.held.iter().find(|e| e.seq == self.seq) {
-                Some(e) => (e.start, e.end),
-                None => return self,
-            }
-        };
+        let (start, end) = (self.start, self.end);
         loop {
             let notified = lock.released.notified();
             tokio::pin!(notified);

@@ -282,8 +282,9 @@ impl Link {
         let reader = tokio::spawn(self.clone().reader(rd, timeout));
         let writer = tokio::spawn(self.clone().writer(wr, rx, timeout, keepalive));
         self.dead().await;
+        // Dead means every pending request already failed: nothing queued
+        // is worth sending any more, so both halves stop at once.
         reader.abort();
-        // Give the writer a moment to send GOODBYE-less close; then stop it.
         writer.abort();
     }
 

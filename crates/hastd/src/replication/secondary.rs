@@ -208,8 +208,20 @@ fn errno_of(e: &DpError) -> u32 {
     match e {
         DpError::Shutdown => 108,
         DpError::Unsupported => 95,
-        DpError::Io(e) => e.raw_os_error().map_or(5, |c| c as u32),
+        DpError::Io(e) => io_errno(e),
     }
+}
+
+/// The errno sent back for a failed local call; EIO when it has none.
+fn io_errno(e: &std::io::Error) -> u32 {
+    e.raw_os_error().map_or(5, |c| c as u32)
+}
+
+/// A payload-free REPLY to request `seq`: `errno` 0 is success.
+fn reply_frame(seq: u64, errno: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    hast_repl::encode_control_frame(Kind::Reply, 0, seq, 0, errno, &mut out);
+    out
 }
 
 impl Session {
@@ -321,9 +333,7 @@ impl Session {
                         .dp
                         .modify(h.offset, h.has(flags::FUA), change, Some(ticket))
                         .await;
-                    let errno = r.as_ref().err().map_or(0, errno_of);
-                    let mut out = Vec::new();
-                    hast_repl::encode_control_frame(Kind::Reply, 0, h.seq, 0, errno, &mut out);
+                    let out = reply_frame(h.seq, r.as_ref().err().map_or(0, errno_of));
                     self.done(h.seq);
                     let _ = tx.send(out).await;
                 });
@@ -334,11 +344,7 @@ impl Session {
                 tokio::spawn(async move {
                     self.earlier_done(h.seq).await;
                     let r = self.dp.barrier().await;
-                    let errno = r
-                        .err()
-                        .map_or(0, |e| e.raw_os_error().map_or(5, |c| c as u32));
-                    let mut out = Vec::new();
-                    hast_repl::encode_control_frame(Kind::Reply, 0, h.seq, 0, errno, &mut out);
+                    let out = reply_frame(h.seq, r.err().map_or(0, |e| io_errno(&e)));
                     self.done(h.seq);
                     let _ = tx.send(out).await;
                 });
@@ -349,27 +355,23 @@ impl Session {
                 }
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    match self.dp.read_unlocked(h.offset, h.length as usize).await {
-                        Ok(data) => hast_repl::encode_data_frame(
-                            Kind::Reply,
-                            0,
-                            h.seq,
-                            h.offset,
-                            &data,
-                            hast_repl::Compression::Hole,
-                            hast_repl::ChecksumKind::Crc32c,
-                            &mut out,
-                        ),
-                        Err(e) => hast_repl::encode_control_frame(
-                            Kind::Reply,
-                            0,
-                            h.seq,
-                            0,
-                            e.raw_os_error().map_or(5, |c| c as u32),
-                            &mut out,
-                        ),
-                    }
+                    let out = match self.dp.read_unlocked(h.offset, h.length as usize).await {
+                        Ok(data) => {
+                            let mut out = Vec::new();
+                            hast_repl::encode_data_frame(
+                                Kind::Reply,
+                                0,
+                                h.seq,
+                                h.offset,
+                                &data,
+                                hast_repl::Compression::Hole,
+                                hast_repl::ChecksumKind::Crc32c,
+                                &mut out,
+                            );
+                            out
+                        }
+                        Err(e) => reply_frame(h.seq, io_errno(&e)),
+                    };
                     let _ = tx.send(out).await;
                 });
             }
@@ -403,9 +405,7 @@ impl Session {
                     }
                 }
                 tracing::info!(resource = %self.dp.name, localcnt, remotecnt, "resync complete, copies in sync");
-                let mut out = Vec::new();
-                hast_repl::encode_control_frame(Kind::Reply, 0, h.seq, 0, 0, &mut out);
-                tx.send(out)
+                tx.send(reply_frame(h.seq, 0))
                     .await
                     .map_err(|_| "reply queue closed".to_string())?;
             }
