@@ -90,8 +90,12 @@ pub mod flags {
     pub const PUNCH: u8 = 0x10;
     /// Last chunk of an activemap transfer.
     pub const LAST: u8 = 0x20;
+    /// memsync: answer RECEIVED as soon as the write is in memory. The
+    /// primary asks per request, so the secondary follows the primary's
+    /// mode, also after a live change of `replication`.
+    pub const RECEIVED: u8 = 0x40;
     /// Every defined bit.
-    pub const ALL: u8 = FUA | ZERO | LZ4 | SYNC | PUNCH | LAST;
+    pub const ALL: u8 = FUA | ZERO | LZ4 | SYNC | PUNCH | LAST | RECEIVED;
 }
 
 /// What a frame is.
@@ -153,8 +157,8 @@ impl Kind {
     pub fn allowed_flags(self) -> u8 {
         use flags::*;
         match self {
-            Kind::Write => FUA | ZERO | LZ4 | SYNC | PUNCH,
-            Kind::Zero => FUA | SYNC | PUNCH,
+            Kind::Write => FUA | ZERO | LZ4 | SYNC | PUNCH | RECEIVED,
+            Kind::Zero => FUA | SYNC | PUNCH | RECEIVED,
             Kind::Flush | Kind::Read => SYNC,
             Kind::Reply => LZ4 | SYNC,
             Kind::Map => LAST,

@@ -160,7 +160,7 @@ fn header_fixed_fields_table() {
         ("kind 0", 5, 0, "frame kind 0 unknown"),
         ("kind 13", 5, 13, "frame kind 13 unknown"),
         ("kind 42", 5, 42, "frame kind 42 unknown"),
-        ("flags 0x40", 6, 0x40, "frame flags 0x40 has unknown bits"),
+        ("flags 0x80", 6, 0x80, "frame flags 0x80 has unknown bits"),
         ("checksum 4", 7, 4, "checksum kind 4 unknown"),
     ];
     for (name, at, byte, text) in cases {

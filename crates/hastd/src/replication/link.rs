@@ -31,6 +31,15 @@ pub enum RemoteError {
     Errno(u32),
 }
 
+/// memsync: the frame asks the secondary for an early RECEIVED.
+fn received_flag(flags: u8, want_received: bool) -> u8 {
+    if want_received {
+        flags | hast_repl::flags::RECEIVED
+    } else {
+        flags
+    }
+}
+
 type DoneTx = oneshot::Sender<Result<Vec<u8>, RemoteError>>;
 
 struct Waiter {
@@ -190,6 +199,7 @@ impl Link {
         want_received: bool,
     ) -> Result<InFlight, RemoteError> {
         let (compression, checksum) = (self.compression, self.checksum);
+        let flags = received_flag(flags, want_received);
         self.submit(want_received, |seq, out| {
             hast_repl::encode_data_frame(
                 Kind::Write,
@@ -212,6 +222,7 @@ impl Link {
         flags: u8,
         want_received: bool,
     ) -> Result<InFlight, RemoteError> {
+        let flags = received_flag(flags, want_received);
         self.submit(want_received, |seq, out| {
             hast_repl::encode_control_frame(Kind::Zero, flags, seq, offset, len, out)
         })

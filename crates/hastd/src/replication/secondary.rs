@@ -154,7 +154,6 @@ where
     let timeout = Duration::from_secs(u64::from(cfg.timeout_secs.max(1)));
     let session = Arc::new(Session {
         dp,
-        memsync: cfg.replication == hast_conf::Replication::Memsync,
         inflight: Mutex::new(BTreeSet::new()),
         drained: Notify::new(),
     });
@@ -198,7 +197,6 @@ struct Adopt {
 
 struct Session {
     dp: Arc<DataPath>,
-    memsync: bool,
     /// Sequence numbers of requests being applied.
     inflight: Mutex<BTreeSet<u64>>,
     drained: Notify,
@@ -320,7 +318,8 @@ impl Session {
                 // Place in line now, in stream order.
                 let ticket = self.dp.ranges().register(h.offset, u64::from(h.length));
                 self.inflight().insert(h.seq);
-                if self.memsync && !h.has(flags::SYNC) {
+                // memsync: the primary asks for an early RECEIVED per write.
+                if h.has(flags::RECEIVED) {
                     let mut out = Vec::new();
                     hast_repl::encode_control_frame(Kind::Received, 0, h.seq, 0, 0, &mut out);
                     tx.send(out)
