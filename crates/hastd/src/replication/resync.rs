@@ -62,7 +62,11 @@ async fn copy_all(
     extentsize: u64,
 ) -> Result<(), String> {
     dp.persist_map().await.map_err(|e| e.to_string())?;
-    let started = Instant::now();
+    let mut pace = Pace::new(
+        Instant::now(),
+        dp.sync.copied_bytes.load(Relaxed),
+        dp.resync_rate(),
+    );
     let mut checkpoint = Instant::now();
     let slots = Arc::new(tokio::sync::Semaphore::new(RESYNC_INFLIGHT));
     for _ in 0..PASSES_MAX {
@@ -94,8 +98,20 @@ async fn copy_all(
                 dp.barrier().await.map_err(|e| e.to_string())?;
                 checkpoint = Instant::now();
             }
-            // Read live: SIGHUP may change resync_rate while we run.
-            throttle(dp, started, dp.resync_rate()).await;
+            // The rate is read live, and waits are sliced, so that a rate
+            // changed by SIGHUP applies within a slice, not after a wait
+            // computed under the old one.
+            loop {
+                let wait = pace.delay(
+                    Instant::now(),
+                    dp.sync.copied_bytes.load(Relaxed),
+                    dp.resync_rate(),
+                );
+                if wait.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(wait.min(PACE_SLICE)).await;
+            }
         }
         while let Some(done) = tasks.join_next().await {
             done.map_err(|e| e.to_string())??;
@@ -115,17 +131,39 @@ async fn copy_all(
     Err("resync did not converge".into())
 }
 
-/// Sleeps as long as needed to keep the average under `rate` bytes/s of
-/// data actually copied (holes cost a small frame, not their size).
-async fn throttle(dp: &DataPath, started: Instant, rate: u64) {
-    if rate == 0 {
-        return;
+/// Keeps the copy under `rate` bytes/s of data actually copied (holes cost
+/// a small frame, not their size; 0 is unlimited). The average runs from
+/// when the rate last changed, so a rate changed by SIGHUP applies from
+/// then on: no catch-up burst after raising it, no stall paying back the
+/// past after lowering it.
+/// Longest single sleep of the pacing (see `copy_all`).
+const PACE_SLICE: Duration = Duration::from_millis(100);
+
+struct Pace {
+    since: Instant,
+    base: u64,
+    rate: u64,
+}
+
+impl Pace {
+    fn new(now: Instant, copied: u64, rate: u64) -> Pace {
+        Pace {
+            since: now,
+            base: copied,
+            rate,
+        }
     }
-    let done = dp.sync.copied_bytes.load(Relaxed);
-    let due = Duration::from_secs_f64(done as f64 / rate as f64);
-    let elapsed = started.elapsed();
-    if due > elapsed {
-        tokio::time::sleep(due - elapsed).await;
+
+    /// How long to wait before copying more, with `copied` bytes done so far.
+    fn delay(&mut self, now: Instant, copied: u64, rate: u64) -> Duration {
+        if rate != self.rate {
+            *self = Pace::new(now, copied, rate);
+        }
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let due = Duration::from_secs_f64(copied.saturating_sub(self.base) as f64 / rate as f64);
+        due.saturating_sub(now.saturating_duration_since(self.since))
     }
 }
 
@@ -198,4 +236,34 @@ async fn copy_extent(
     dp.sync.done_bytes.fetch_add(len, Relaxed);
     dp.counters.resynced_bytes.fetch_add(len, Relaxed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn pace_table() {
+        const M: u64 = 1 << 20;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // (now ms, copied bytes, rate, expected wait ms) applied in order to one Pace.
+        let steps = [
+            (0, 0, 4 * M, 0),
+            (500, 4 * M, 4 * M, 500), // 4 MiB at 4 MiB/s is due at 1 s
+            (1000, 4 * M, 4 * M, 0),
+            (1000, 4 * M, 64 * M, 0), // raised: a new window, no debt, no burst credit
+            (1250, 20 * M, 64 * M, 0), // 16 MiB in 250 ms: exactly on time
+            (1250, 36 * M, 64 * M, 250), // 32 MiB since the change is due at 1.5 s
+            (1500, 36 * M, 2 * M, 0), // lowered: the past is not paid back
+            (1500, 38 * M, 2 * M, 1000),
+            (1500, 38 * M, 0, 0), // unlimited
+        ];
+        let mut pace = Pace::new(t0, 0, 4 * M);
+        for (i, (now, copied, rate, want)) in steps.into_iter().enumerate() {
+            let got = pace.delay(at(now), copied, rate);
+            assert_eq!(got, Duration::from_millis(want), "step {i}");
+        }
+    }
 }
