@@ -32,9 +32,6 @@ SIZE=${BENCH_SIZE:-4G}
 RUNTIME=${BENCH_RUNTIME:-20}
 RAMP=${BENCH_RAMP:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=python3
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"

@@ -1,8 +1,12 @@
 # Helpers shared by the benchmark scripts (sourced, not run).
-# Expects PY (a python3), ROOT (the repo) and TARGET (the cargo target dir) to be
-# set. Sets WORK (a fresh work dir under BENCH_DIR, default /var/tmp) and PIDS
+# Expects ROOT (the repo) to be set; sets TARGET (CARGO_TARGET_DIR or ROOT/target),
+# PY (a python3), WORK (a fresh work dir under BENCH_DIR, default /var/tmp) and PIDS
 # (processes to stop by PID on exit); the fio helpers read SERVERS, URI (server
 # -> nbd URI), DATASIZE, WORKLOADS, RUNTIME and RAMP.
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
 
 # bench_init NAME: the work dir and the exit trap.
 bench_init() {

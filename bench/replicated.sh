@@ -26,9 +26,6 @@ SYNC_SIZE=${BENCH_SYNC_SIZE:-1G}
 RUNTIME=${BENCH_RUNTIME:-15}
 RAMP=${BENCH_RAMP:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=python3
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"

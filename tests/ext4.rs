@@ -5,13 +5,11 @@
 //! assertion fails half-way.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use hast_testkit::{
-    bins, expect_ok, require_fuse, require_root, require_tools, run, timeout_s, LoopMount, NbdFuse,
-    Node, MIB,
-};
+use hast_testkit::tools::{fsck_ext4, mkfs_ext4, require_ext4, sha256sum, write_files};
+use hast_testkit::{bins, expect_ok, run, timeout_s, LoopMount, NbdFuse, Node, MIB};
 use rand::{Rng, RngCore, SeedableRng};
 
 /// Random files (relative path -> contents) of sizes from 0 to a few MiB.
@@ -46,28 +44,9 @@ fn make_files(seed: u64) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
-fn sha256sum(path: &Path) -> String {
-    let out = run(Command::new("sha256sum").arg(path), timeout_s(60));
-    expect_ok(&out, "sha256sum")
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn ext4_through_nbdfuse_survives_hastd_restart() {
-    if !(require_root()
-        && require_fuse()
-        && require_tools(&[
-            "nbdfuse",
-            "fusermount3",
-            "mkfs.ext4",
-            "fsck.ext4",
-            "mount",
-            "umount",
-        ]))
-    {
+    if !require_ext4(&[]) {
         return;
     }
     let mut node = Node::primary(bins!(), "ext4", 256 * MIB);
@@ -77,24 +56,13 @@ fn ext4_through_nbdfuse_survives_hastd_restart() {
     let fs_dir = dir.join("fs");
     let files = make_files(0x6578_7434);
 
-    let mut sums = BTreeMap::new();
+    let sums;
     {
         let mut fuse = NbdFuse::mount(&fuse_dir, &uri, &dir.join("nbdfuse.log"));
         let image = fuse.file();
-        let out = run(
-            Command::new("mkfs.ext4")
-                .args(["-F", "-q", "-L", "hasttest"])
-                .arg(&image),
-            timeout_s(300),
-        );
-        expect_ok(&out, "mkfs.ext4");
+        mkfs_ext4(&image, "hasttest");
         let mut fs = LoopMount::mount(&image, &fs_dir);
-        for (rel, data) in &files {
-            let p = fs_dir.join(rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir in ext4");
-            std::fs::write(&p, data).expect("write file in ext4");
-            sums.insert(rel.clone(), sha256sum(&p));
-        }
+        sums = write_files(&fs_dir, &files);
         let out = run(Command::new("sync").arg("-f").arg(&fs_dir), timeout_s(120));
         expect_ok(&out, "sync");
         fs.unmount();
@@ -118,10 +86,7 @@ fn ext4_through_nbdfuse_survives_hastd_restart() {
         }
         fs.unmount();
     }
-    let out = run(
-        Command::new("fsck.ext4").args(["-n", "-f"]).arg(&image),
-        timeout_s(300),
-    );
+    let out = fsck_ext4(&image);
     assert!(
         out.status.success(),
         "fsck.ext4 -n -f reports problems:\n{}",

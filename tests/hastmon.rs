@@ -123,6 +123,25 @@ fn count_acks(history: &std::path::Path) -> usize {
         .count()
 }
 
+/// `NAME` from the environment parsed as a `T`; None when unset or unparsable
+/// (the caller's default then applies).
+fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+impl<'a> Run<'a> {
+    /// A run on `c` with nothing recorded yet.
+    fn new(c: &'a mut HaCluster) -> Run<'a> {
+        Run {
+            c,
+            histories: vec![],
+            n: 0,
+            takeovers: vec![],
+            client_outages: vec![],
+        }
+    }
+}
+
 impl Run<'_> {
     fn start_writer(&mut self) -> (NsProc, PathBuf, PathBuf) {
         self.n += 1;
@@ -264,13 +283,7 @@ fn every_fault_keeps_one_primary_and_every_acknowledged_write() {
     let Some((_one, mut c)) = cluster() else {
         return;
     };
-    let mut run = Run {
-        c: &mut c,
-        histories: vec![],
-        n: 0,
-        takeovers: vec![],
-        client_outages: vec![],
-    };
+    let mut run = Run::new(&mut c);
     let hold = Duration::from_secs(8);
     // HAST_HA_ONLY=Isolate runs the faults whose name contains it.
     let only = std::env::var("HAST_HA_ONLY").unwrap_or_default();
@@ -286,14 +299,8 @@ fn every_fault_keeps_one_primary_and_every_acknowledged_write() {
 
 #[test]
 fn random_fault_schedules() {
-    let seed: u64 = std::env::var("HAST_HA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    let faults: usize = std::env::var("HAST_HA_FAULTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
+    let seed: u64 = env_parse("HAST_HA_SEED").unwrap_or_else(rand::random);
+    let faults: usize = env_parse("HAST_HA_FAULTS").unwrap_or(6);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let schedule: Vec<(Fault, u64)> = (0..faults)
         .map(|_| {
@@ -307,13 +314,7 @@ fn random_fault_schedules() {
     let Some((_one, mut c)) = cluster() else {
         return;
     };
-    let mut run = Run {
-        c: &mut c,
-        histories: vec![],
-        n: 0,
-        takeovers: vec![],
-        client_outages: vec![],
-    };
+    let mut run = Run::new(&mut c);
     for (i, (f, hold)) in schedule.iter().enumerate() {
         run.scenario(
             *f,
@@ -326,20 +327,11 @@ fn random_fault_schedules() {
 #[test]
 #[ignore = "measurement: run by bench/failover.sh"]
 fn failover_time() {
-    let trials: usize = std::env::var("HAST_HA_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let trials: usize = env_parse("HAST_HA_TRIALS").unwrap_or(20);
     let Some((_one, mut c)) = cluster() else {
         return;
     };
-    let mut run = Run {
-        c: &mut c,
-        histories: vec![],
-        n: 0,
-        takeovers: vec![],
-        client_outages: vec![],
-    };
+    let mut run = Run::new(&mut c);
     for i in 0..trials {
         run.scenario(
             Fault::KillPrimary,

@@ -4,8 +4,10 @@
 //! Each test starts its own hastd on free loopback ports with a small sparse
 //! resource, so they run in parallel.
 
+use std::path::Path;
 use std::process::Command;
 
+use hast_testkit::pair::qemu_io;
 use hast_testkit::{
     bins, output_text, require_tool, require_tools, run, run_ok, timeout_s, Node, MIB,
 };
@@ -13,22 +15,6 @@ use rand::{RngCore, SeedableRng};
 
 /// The resource file: room for a 256 MiB image plus metadata.
 const FILE_SIZE: u64 = 320 * MIB;
-
-fn qemu_io(uri: &str, cmds: &[String]) -> String {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-f", "raw", uri]);
-    for c in cmds {
-        cmd.arg("-c").arg(c);
-    }
-    let out = run(&mut cmd, timeout_s(120));
-    let text = output_text(&out);
-    assert!(
-        out.status.success() && !text.contains("failed") && !text.contains("error"),
-        "qemu-io {cmds:?} on {uri} failed ({}):\n{text}",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn nbdinfo_reports_size_and_flags() {
@@ -223,26 +209,14 @@ fn nbdcopy_random_image_in_and_out_is_identical() {
         timeout_s(300),
     );
     run_ok(Command::new("nbdcopy").arg(&uri).arg(&out), timeout_s(300));
-    let cmp = run(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&src)
-            .arg(&out),
-        timeout_s(300),
-    );
+    let cmp = qemu_img_compare(&src, &out);
     assert!(
         cmp.status.success(),
         "images differ:\n{}",
         output_text(&cmp)
     );
     // qemu itself as the client, straight from the export.
-    let cmp = run(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&src)
-            .arg(&uri),
-        timeout_s(300),
-    );
+    let cmp = qemu_img_compare(&src, &uri);
     assert!(
         cmp.status.success(),
         "export differs from source:\n{}",
@@ -256,14 +230,20 @@ fn nbdcopy_random_image_in_and_out_is_identical() {
         .expect("open out");
     std::os::unix::fs::FileExt::write_all_at(&f, &[0x55], 123_456_789).expect("poke");
     drop(f);
-    let cmp = run(
+    let cmp = qemu_img_compare(&src, &out);
+    assert_eq!(cmp.status.code(), Some(1), "{}", output_text(&cmp));
+}
+
+/// `qemu-img compare` of two raw images (files or NBD URIs): exit 0 identical,
+/// 1 different.
+fn qemu_img_compare(a: &Path, b: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    run(
         Command::new("qemu-img")
             .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&src)
-            .arg(&out),
+            .arg(a)
+            .arg(b),
         timeout_s(300),
-    );
-    assert_eq!(cmp.status.code(), Some(1), "{}", output_text(&cmp));
+    )
 }
 
 fn fio_verify_args(uri: &str, extra: &[&str]) -> Command {

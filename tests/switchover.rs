@@ -13,23 +13,11 @@
 //! Needs root, /dev/fuse and loop devices; mounts are undone by guards.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use hast_testkit::{
-    bins, expect_ok, output_text, require_fuse, require_root, require_tools, run, timeout_s,
-    LoopMount, NbdFuse, Pair, Side, MIB,
-};
+use hast_testkit::tools::{fsck_ext4, mkfs_ext4, require_ext4, sha256sum, write_files};
+use hast_testkit::{bins, output_text, timeout_s, LoopMount, NbdFuse, Pair, Side, MIB};
 use rand::{Rng, RngCore, SeedableRng};
-
-fn sha256sum(path: &Path) -> String {
-    let out = run(Command::new("sha256sum").arg(path), timeout_s(60));
-    expect_ok(&out, "sha256sum")
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// Random files: relative path -> contents.
 fn make_files(seed: u64) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -53,18 +41,7 @@ fn make_files(seed: u64) -> BTreeMap<PathBuf, Vec<u8>> {
 
 #[test]
 fn switchover_as_in_hastctl_8_keeps_an_ext4_filesystem() {
-    if !(require_root()
-        && require_fuse()
-        && require_tools(&[
-            "nbdfuse",
-            "fusermount3",
-            "mkfs.ext4",
-            "fsck.ext4",
-            "mount",
-            "umount",
-            "sha256sum",
-        ]))
-    {
+    if !require_ext4(&["sha256sum"]) {
         return;
     }
     let mut pair = Pair::builder(bins!())
@@ -74,7 +51,7 @@ fn switchover_as_in_hastctl_8_keeps_an_ext4_filesystem() {
     pair.setup(Side::A, timeout_s(60));
     let dir = pair.node(Side::A).dir().to_path_buf();
     let files = make_files(0x5357_4954);
-    let mut sums = BTreeMap::new();
+    let sums;
 
     // On A: nbdfuse, mkfs.ext4, mount, files, umount, fusermount -u.
     {
@@ -84,21 +61,10 @@ fn switchover_as_in_hastctl_8_keeps_an_ext4_filesystem() {
             &dir.join("nbdfuse-a.log"),
         );
         let image = fuse.file();
-        let out = run(
-            Command::new("mkfs.ext4")
-                .args(["-F", "-q", "-L", "switch"])
-                .arg(&image),
-            timeout_s(300),
-        );
-        expect_ok(&out, "mkfs.ext4");
+        mkfs_ext4(&image, "switch");
         let fs_dir = dir.join("fs-a");
         let mut fs = LoopMount::mount(&image, &fs_dir);
-        for (rel, data) in &files {
-            let p = fs_dir.join(rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir in ext4");
-            std::fs::write(&p, data).expect("write file in ext4");
-            sums.insert(rel.clone(), sha256sum(&p));
-        }
+        sums = write_files(&fs_dir, &files);
         fs.unmount();
         let st = fuse.unmount().expect("nbdfuse was running");
         assert!(st.success(), "nbdfuse on A exited with {st}");
@@ -124,10 +90,7 @@ fn switchover_as_in_hastctl_8_keeps_an_ext4_filesystem() {
         &dir.join("nbdfuse-b.log"),
     );
     let image = fuse.file();
-    let out = run(
-        Command::new("fsck.ext4").args(["-n", "-f"]).arg(&image),
-        timeout_s(300),
-    );
+    let out = fsck_ext4(&image);
     assert!(
         out.status.success(),
         "fsck.ext4 -n -f on B reports problems:\n{}",

@@ -1,11 +1,13 @@
 //! Outside tools the tests drive: the python NBD scripts, a `qemu-nbd` reference
-//! server, and guards for FUSE and loop mounts that unmount even when a test fails.
+//! server, guards for FUSE and loop mounts that unmount even when a test fails,
+//! and the ext4 steps (mkfs, fill, fsck) the filesystem tests share.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::env::{py_script, timeout_s, PYTHON};
+use crate::env::{py_script, require_fuse, require_root, require_tools, timeout_s, PYTHON};
 use crate::net::{free_port, nbd_info, NbdAddr};
 use crate::proc::{describe, run, tail, wait_for, Proc};
 
@@ -226,4 +228,62 @@ impl Drop for LoopMount {
             }
         }
     }
+}
+
+/// The tools an ext4-over-nbdfuse test needs besides `extra`; false (the test
+/// skips, saying why) unless root, /dev/fuse and all of them are there.
+pub fn require_ext4(extra: &[&str]) -> bool {
+    let mut tools = vec![
+        "nbdfuse",
+        "fusermount3",
+        "mkfs.ext4",
+        "fsck.ext4",
+        "mount",
+        "umount",
+    ];
+    tools.extend_from_slice(extra);
+    require_root() && require_fuse() && require_tools(&tools)
+}
+
+/// `sha256sum PATH`, the hex digest (an outside tool, so the check does not
+/// share code with what wrote the file).
+pub fn sha256sum(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path), timeout_s(60));
+    expect_ok(&out, "sha256sum")
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `mkfs.ext4 -F -q -L LABEL IMAGE`; panics with its output on failure.
+pub fn mkfs_ext4(image: &Path, label: &str) {
+    let out = run(
+        Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-L", label])
+            .arg(image),
+        timeout_s(300),
+    );
+    expect_ok(&out, "mkfs.ext4");
+}
+
+/// `fsck.ext4 -n -f IMAGE` (check only, forced); the caller asserts on the status.
+pub fn fsck_ext4(image: &Path) -> Output {
+    run(
+        Command::new("fsck.ext4").args(["-n", "-f"]).arg(image),
+        timeout_s(300),
+    )
+}
+
+/// Writes `files` (path relative to `root` -> contents) under `root`, making
+/// directories as needed; returns each file's [`sha256sum`] as read back.
+pub fn write_files(root: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) -> BTreeMap<PathBuf, String> {
+    let mut sums = BTreeMap::new();
+    for (rel, data) in files {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir in ext4");
+        std::fs::write(&p, data).expect("write file in ext4");
+        sums.insert(rel.clone(), sha256sum(&p));
+    }
+    sums
 }
