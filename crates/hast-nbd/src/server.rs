@@ -570,13 +570,11 @@ impl<X: Export> Connection<'_, X> {
                 }
             }
             let data = if let Command::Write { len, .. } = cmd {
-                let mut data = vec![0u8; len as usize];
-                match watch.run(rd.read_exact(&mut data)).await {
+                match watch.run(read_payload(rd, len)).await {
                     Err(stop) => return Ok(stop),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(data)) => data,
                     Ok(Err(e)) => return Err(e.into()),
                 }
-                data
             } else {
                 Vec::new()
             };
@@ -591,6 +589,20 @@ impl<X: Export> Connection<'_, X> {
             ));
         }
     }
+}
+
+/// Reads a WRITE payload of `len` (validated) bytes into a buffer of exactly
+/// that size, filled straight from the socket without zeroing it first.
+async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: u32) -> io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(len as usize);
+    // `take` keeps the read within this payload whatever the capacity.
+    let mut rest = rd.take(u64::from(len));
+    while data.len() < len as usize {
+        if rest.read_buf(&mut data).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(data)
 }
 
 /// Read one request header. `Ok(false)`: clean EOF before its first byte.

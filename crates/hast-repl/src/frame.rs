@@ -489,6 +489,28 @@ pub fn encode_data_frame(
     checksum: ChecksumKind,
     out: &mut Vec<u8>,
 ) {
+    if encode_data_head(kind, flags, seq, offset, data, compression, checksum, out) {
+        out.extend_from_slice(data);
+    }
+}
+
+/// [`encode_data_frame`] without copying a verbatim payload: appends the
+/// frame to `out` except its payload when that is `data` itself, and says
+/// so. `true`: the frame is `out` followed by `data` (the caller sends both,
+/// e.g. in one vectored write); `false`: `out` holds the whole frame (a
+/// hole, an lz4 payload, or no data).
+#[allow(clippy::too_many_arguments)] // mirrors the header fields one to one
+#[must_use = "when true, the frame's payload still has to follow"]
+pub fn encode_data_head(
+    kind: Kind,
+    flags: u8,
+    seq: u64,
+    offset: u64,
+    data: &[u8],
+    compression: Compression,
+    checksum: ChecksumKind,
+    out: &mut Vec<u8>,
+) -> bool {
     debug_assert!(
         matches!(kind, Kind::Write | Kind::Reply),
         "{kind} is no data frame"
@@ -517,7 +539,7 @@ pub fn encode_data_frame(
         h.checksum = ChecksumKind::None;
         h.payload_len = 0;
         out.extend_from_slice(&h.encode());
-        return;
+        return false;
     }
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
@@ -537,16 +559,14 @@ pub fn encode_data_frame(
                 out.truncate(body + prefix + c);
                 h.flags |= flags::LZ4;
                 h.payload_len = (prefix + c) as u32;
+                out[start..start + HEADER_LEN].copy_from_slice(&h.encode());
+                return false;
             }
-            _ => {
-                out.truncate(body);
-                out.extend_from_slice(data);
-            }
+            _ => out.truncate(body),
         }
-    } else {
-        out.extend_from_slice(data);
     }
     out[start..start + HEADER_LEN].copy_from_slice(&h.encode());
+    !data.is_empty()
 }
 
 /// Encodes a frame without data: FLUSH, KEEPALIVE, ZERO (range in

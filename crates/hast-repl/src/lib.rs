@@ -22,10 +22,10 @@ pub use checksum::{ChecksumKind, Digest, DIGEST_MAX};
 pub use decide::{accept, counters_after_sync, decide, verify_reply, Decision, Direction};
 pub use error::ReplError;
 pub use frame::{
-    decode_data, decode_sync_done, encode_control_frame, encode_data_frame, encode_message_frame,
-    encode_sync_done, flags, lz4_payload_max, Compression, Data, FrameHeader, Kind, DATA_MAX,
-    GOODBYE_MAX, HEADER_LEN, HELLO_MAX, LZ4_PREFIX_LEN, MAGIC, MAP_CHUNK_MAX, MAP_MAX, PAYLOAD_MAX,
-    SYNC_DONE_LEN, VERSION,
+    decode_data, decode_sync_done, encode_control_frame, encode_data_frame, encode_data_head,
+    encode_message_frame, encode_sync_done, flags, lz4_payload_max, Compression, Data, FrameHeader,
+    Kind, DATA_MAX, GOODBYE_MAX, HEADER_LEN, HELLO_MAX, LZ4_PREFIX_LEN, MAGIC, MAP_CHUNK_MAX,
+    MAP_MAX, PAYLOAD_MAX, SYNC_DONE_LEN, VERSION,
 };
 pub use hello::{Hello, HelloReply, HelloStatus, PeerRole, PROTOCOL_VERSION};
 pub use map::{map_chunks, MapAssembler};

@@ -142,7 +142,7 @@ impl Export for NbdExport {
     }
 
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), Errno> {
-        self.ack(self.dp.write(offset, data, fua).await)
+        self.ack(self.dp.write(offset, data.into(), fua).await)
     }
 
     async fn flush(&self) -> Result<(), Errno> {

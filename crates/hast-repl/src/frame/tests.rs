@@ -529,6 +529,35 @@ proptest! {
         let _ = decode_data(&h, d, p.to_vec());
     }
 
+    /// The head-only encoder plus the data it leaves out is the whole
+    /// frame, and it leaves the data out exactly when the payload is the
+    /// data verbatim (no hole, no lz4).
+    #[test]
+    fn head_plus_verbatim_data_is_the_frame(
+        write in any::<bool>(), fl in any::<u8>(), seq in any::<u64>(),
+        data in prop_oneof![
+            prop::collection::vec(any::<u8>(), 1..3000),
+            prop::collection::vec(0u8..2, 1..3000),
+            (1usize..3000).prop_map(|n| vec![0u8; n]),
+        ],
+        comp in 0usize..3, ck in 0u8..4,
+    ) {
+        let kind = if write { Kind::Write } else { Kind::Reply };
+        let fl = fl & kind.allowed_flags() & !LAST;
+        let (compression, checksum) = (COMPRESSIONS[comp], C::from_code(ck).unwrap());
+        let mut whole = Vec::new();
+        encode_data_frame(kind, fl, seq, 512, &data, compression, checksum, &mut whole);
+        let mut head = vec![7u8];
+        let verbatim = encode_data_head(kind, fl, seq, 512, &data, compression, checksum, &mut head);
+        prop_assert_eq!(head[0], 7);
+        if verbatim {
+            head.extend_from_slice(&data);
+        }
+        prop_assert_eq!(&head[1..], &whole[..]);
+        let h = FrameHeader::decode(whole[..HEADER_LEN].try_into().unwrap()).unwrap();
+        prop_assert_eq!(verbatim, !h.has(ZERO) && !h.has(LZ4));
+    }
+
     /// Random data through every encoding comes back unchanged.
     #[test]
     fn random_frames_round_trip(

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hast_conf::Replication;
 use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
@@ -127,7 +128,8 @@ pub struct SyncCounters {
 
 /// What a modification does to the range.
 pub enum Change {
-    Write(Vec<u8>),
+    /// Shared, not copied, with the replication link's queue.
+    Write(Bytes),
     /// Zeroes; `punch` allows deallocation, `fast_only` fails rather than
     /// writing zeroes slowly, `trim` counts it as a TRIM.
     Zero {
@@ -435,7 +437,7 @@ impl DataPath {
     pub async fn write(
         self: &Arc<Self>,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
         fua: bool,
     ) -> Result<(), DpError> {
         self.modify(offset, fua, Change::Write(data), None).await
@@ -1126,6 +1128,6 @@ fn op_of(change: &Change) -> Op {
 }
 
 enum Payload<'a> {
-    Data(&'a [u8]),
+    Data(&'a Bytes),
     Zero(u32),
 }

@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hast_repl::{ChecksumKind, Compression, Data, Kind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::wire::{read_frame, write_queued};
+use super::wire::{read_frame, write_queued, Out};
 
 /// Encoded frames queued for the writer; beyond this, senders wait.
 const SEND_QUEUE_DEPTH: usize = 1024;
@@ -69,7 +70,7 @@ impl InFlight {
 
 pub struct Link {
     pub peer: String,
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Out>,
     pending: Mutex<HashMap<u64, Waiter>>,
     seq: AtomicU64,
     dead: AtomicBool,
@@ -82,7 +83,7 @@ pub struct Link {
 pub struct LinkTasks<R, W> {
     pub rd: R,
     pub wr: W,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Out>,
 }
 
 impl Link {
@@ -153,7 +154,7 @@ impl Link {
     async fn submit(
         &self,
         want_received: bool,
-        encode: impl FnOnce(u64, &mut Vec<u8>),
+        encode: impl FnOnce(u64, &mut Vec<u8>) -> Option<Bytes>,
     ) -> Result<InFlight, RemoteError> {
         if self.is_dead() {
             return Err(RemoteError::Down);
@@ -179,9 +180,9 @@ impl Link {
             self.pending().remove(&seq);
             return Err(RemoteError::Down);
         }
-        let mut buf = Vec::new();
-        encode(seq, &mut buf);
-        if self.out.send(buf).await.is_err() {
+        let mut head = Vec::new();
+        let data = encode(seq, &mut head);
+        if self.out.send(Out { head, data }).await.is_err() {
             self.pending().remove(&seq);
             return Err(RemoteError::Down);
         }
@@ -191,17 +192,19 @@ impl Link {
         })
     }
 
+    /// Replicates a write; a payload sent as it is goes out from `data`'s
+    /// own buffer (shared, not copied).
     pub async fn write(
         &self,
         offset: u64,
-        data: &[u8],
+        data: &Bytes,
         flags: u8,
         want_received: bool,
     ) -> Result<InFlight, RemoteError> {
         let (compression, checksum) = (self.compression, self.checksum);
         let flags = received_flag(flags, want_received);
         self.submit(want_received, |seq, out| {
-            hast_repl::encode_data_frame(
+            hast_repl::encode_data_head(
                 Kind::Write,
                 flags,
                 seq,
@@ -211,6 +214,7 @@ impl Link {
                 checksum,
                 out,
             )
+            .then(|| data.clone())
         })
         .await
     }
@@ -224,7 +228,8 @@ impl Link {
     ) -> Result<InFlight, RemoteError> {
         let flags = received_flag(flags, want_received);
         self.submit(want_received, |seq, out| {
-            hast_repl::encode_control_frame(Kind::Zero, flags, seq, offset, len, out)
+            hast_repl::encode_control_frame(Kind::Zero, flags, seq, offset, len, out);
+            None
         })
         .await
     }
@@ -233,7 +238,8 @@ impl Link {
     pub async fn flush(&self) -> Result<(), RemoteError> {
         let f = self
             .submit(false, |seq, out| {
-                hast_repl::encode_control_frame(Kind::Flush, 0, seq, 0, 0, out)
+                hast_repl::encode_control_frame(Kind::Flush, 0, seq, 0, 0, out);
+                None
             })
             .await?;
         f.done().await.map(|_| ())
@@ -243,7 +249,8 @@ impl Link {
     pub async fn read(&self, offset: u64, len: u32, flags: u8) -> Result<Vec<u8>, RemoteError> {
         let f = self
             .submit(false, |seq, out| {
-                hast_repl::encode_control_frame(Kind::Read, flags, seq, offset, len, out)
+                hast_repl::encode_control_frame(Kind::Read, flags, seq, offset, len, out);
+                None
             })
             .await?;
         f.done().await
@@ -256,7 +263,8 @@ impl Link {
         payload.extend_from_slice(&remotecnt.to_le_bytes());
         let f = self
             .submit(false, |seq, out| {
-                hast_repl::encode_message_frame(Kind::SyncDone, 0, seq, 0, &payload, out)
+                hast_repl::encode_message_frame(Kind::SyncDone, 0, seq, 0, &payload, out);
+                None
             })
             .await?;
         f.done().await.map(|_| ())
@@ -349,7 +357,7 @@ impl Link {
     async fn writer<W: AsyncWrite + Unpin>(
         self: std::sync::Arc<Self>,
         mut wr: W,
-        mut rx: mpsc::Receiver<Vec<u8>>,
+        mut rx: mpsc::Receiver<Out>,
         timeout: Duration,
         keepalive: Duration,
     ) {
@@ -360,7 +368,7 @@ impl Link {
                 _ = tokio::time::sleep(keepalive) => {
                     let mut k = Vec::new();
                     hast_repl::encode_control_frame(Kind::Keepalive, 0, 0, 0, 0, &mut k);
-                    Some(k)
+                    Some(Out::from(k))
                 }
             };
             let Some(first) = first else { return };

@@ -203,7 +203,7 @@ async fn copy_extent(
                             .await
                             .map_err(|e| e.to_string())?;
                         dp.sync.copied_bytes.fetch_add(n, Relaxed);
-                        link.write(pos, &data, flags::SYNC, false).await
+                        link.write(pos, &data.into(), flags::SYNC, false).await
                     };
                     pending.push(f.map_err(|e| e.to_string())?);
                     pos += n;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::primary::hello_of;
-use super::wire::{read_frame, write_all, write_queued, Frame};
+use super::wire::{read_frame, write_all, write_queued, Frame, Out};
 use crate::datapath::{Change, DataPath, DpError};
 
 /// Replies queued for the writer.
@@ -157,7 +157,7 @@ where
         inflight: Mutex::new(BTreeSet::new()),
         drained: Notify::new(),
     });
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE_DEPTH);
+    let (tx, rx) = mpsc::channel::<Out>(REPLY_QUEUE_DEPTH);
     let writer = tokio::spawn(reply_writer(wr, rx, timeout));
     // Buffered: a header is 32 bytes, and at high queue depth many arrive
     // in one segment; large payloads bypass the buffer.
@@ -175,7 +175,7 @@ where
 
 async fn reply_writer<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Out>,
     timeout: Duration,
 ) {
     let mut batch = Vec::new();
@@ -216,10 +216,10 @@ fn io_errno(e: &std::io::Error) -> u32 {
 }
 
 /// A payload-free REPLY to request `seq`: `errno` 0 is success.
-fn reply_frame(seq: u64, errno: u32) -> Vec<u8> {
+fn reply_frame(seq: u64, errno: u32) -> Out {
     let mut out = Vec::new();
     hast_repl::encode_control_frame(Kind::Reply, 0, seq, 0, errno, &mut out);
-    out
+    out.into()
 }
 
 impl Session {
@@ -248,7 +248,7 @@ impl Session {
     async fn read_loop<R: AsyncRead + Unpin>(
         self: Arc<Self>,
         rd: &mut R,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &mpsc::Sender<Out>,
         timeout: Duration,
         adopt: Adopt,
     ) -> String {
@@ -284,11 +284,7 @@ impl Session {
         }
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        frame: Frame,
-        tx: &mpsc::Sender<Vec<u8>>,
-    ) -> Result<(), String> {
+    async fn handle(self: Arc<Self>, frame: Frame, tx: &mpsc::Sender<Out>) -> Result<(), String> {
         let h = frame.header;
         match h.kind {
             Kind::Write | Kind::Zero => {
@@ -296,7 +292,7 @@ impl Session {
                     match hast_repl::decode_data(&h, &frame.digest, frame.payload)
                         .map_err(|e| e.to_string())?
                     {
-                        Data::Bytes(b) => Change::Write(b),
+                        Data::Bytes(b) => Change::Write(b.into()),
                         Data::Zero(n) => Change::Zero {
                             len: u64::from(n),
                             punch: h.has(flags::PUNCH),
@@ -322,7 +318,7 @@ impl Session {
                 if h.has(flags::RECEIVED) {
                     let mut out = Vec::new();
                     hast_repl::encode_control_frame(Kind::Received, 0, h.seq, 0, 0, &mut out);
-                    tx.send(out)
+                    tx.send(out.into())
                         .await
                         .map_err(|_| "reply queue closed".to_string())?;
                 }
@@ -356,8 +352,9 @@ impl Session {
                 tokio::spawn(async move {
                     let out = match self.dp.read_unlocked(h.offset, h.length as usize).await {
                         Ok(data) => {
-                            let mut out = Vec::new();
-                            hast_repl::encode_data_frame(
+                            let data = bytes::Bytes::from(data);
+                            let mut head = Vec::new();
+                            let verbatim = hast_repl::encode_data_head(
                                 Kind::Reply,
                                 0,
                                 h.seq,
@@ -365,9 +362,12 @@ impl Session {
                                 &data,
                                 hast_repl::Compression::Hole,
                                 hast_repl::ChecksumKind::Crc32c,
-                                &mut out,
+                                &mut head,
                             );
-                            out
+                            Out {
+                                head,
+                                data: verbatim.then_some(data),
+                            }
                         }
                         Err(e) => reply_frame(h.seq, io_errno(&e)),
                     };
@@ -377,7 +377,7 @@ impl Session {
             Kind::Keepalive => {
                 let mut out = Vec::new();
                 hast_repl::encode_control_frame(Kind::Keepalive, 0, 0, 0, 0, &mut out);
-                tx.send(out)
+                tx.send(out.into())
                     .await
                     .map_err(|_| "reply queue closed".to_string())?;
             }

@@ -4,9 +4,31 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use hast_repl::{FrameHeader, ReplError, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+/// One frame queued for a writer: `head` (header, digest and any payload it
+/// carries itself) followed by `data`, a payload sent as it is from the
+/// buffer the request came in (`hast_repl::encode_data_head`), never copied
+/// into the frame.
+pub struct Out {
+    pub head: Vec<u8>,
+    pub data: Option<Bytes>,
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        self.head.len() + self.data.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+impl From<Vec<u8>> for Out {
+    fn from(head: Vec<u8>) -> Out {
+        Out { head, data: None }
+    }
+}
 
 /// One received frame: header, digest, raw payload (not yet verified).
 pub struct Frame {
@@ -43,12 +65,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     let header = FrameHeader::decode(&raw)?;
     let mut digest = vec![0u8; header.digest_len()];
-    let mut payload = vec![0u8; header.payload_len as usize];
+    // Sized by the decoded (and so bounded) header; filled without zeroing first.
+    let mut payload = Vec::with_capacity(header.payload_len as usize);
     // The rest of a frame follows its header at once; a long stall here is a
     // dead peer just as silence is.
     let body = async {
         rd.read_exact(&mut digest).await?;
-        rd.read_exact(&mut payload).await
+        let mut rest = rd.take(u64::from(header.payload_len));
+        while payload.len() < header.payload_len as usize {
+            if rest.read_buf(&mut payload).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        Ok(())
     };
     match tokio::time::timeout(timeout, body).await {
         Err(_) => return Err(WireError::Timeout(timeout.as_secs())),
@@ -83,11 +112,11 @@ const BATCH_BYTES: usize = 256 << 10;
 
 /// Writes `first` and whatever else is already queued: small frames are
 /// gathered into one write (fewer syscalls at high queue depth, no added
-/// latency at depth one), large ones are written straight from their buffer.
+/// latency at depth one), large ones are written straight from their buffers.
 pub async fn write_queued<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    first: Vec<u8>,
-    rx: &mut mpsc::Receiver<Vec<u8>>,
+    first: Out,
+    rx: &mut mpsc::Receiver<Out>,
     batch: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<(), WireError> {
@@ -95,13 +124,26 @@ pub async fn write_queued<W: AsyncWrite + Unpin>(
     let mut next = Some(first);
     while let Some(frame) = next.take() {
         if frame.len() >= BATCH_BYTES {
-            if !batch.is_empty() {
+            // A small head joins the batch, a large one is written from its
+            // own buffer, as is the payload.
+            if frame.head.len() < BATCH_BYTES {
+                batch.extend_from_slice(&frame.head);
                 write_all(wr, batch, timeout).await?;
-                batch.clear();
+            } else {
+                if !batch.is_empty() {
+                    write_all(wr, batch, timeout).await?;
+                }
+                write_all(wr, &frame.head, timeout).await?;
             }
-            write_all(wr, &frame, timeout).await?;
+            batch.clear();
+            if let Some(data) = &frame.data {
+                write_all(wr, data, timeout).await?;
+            }
         } else {
-            batch.extend_from_slice(&frame);
+            batch.extend_from_slice(&frame.head);
+            if let Some(data) = &frame.data {
+                batch.extend_from_slice(data);
+            }
         }
         if batch.len() < BATCH_BYTES {
             next = rx.try_recv().ok();
