@@ -104,13 +104,15 @@ fill_servers() {
 
 # run_workloads: every WORKLOADS entry ("name rw bs iodepth") against every
 # server in SERVERS in turn (interleaved, so drift in the machine's state hits
-# all alike), fio's JSON in WORK/NAME-SERVER.json.
+# all alike), fio's JSON in WORK/NAME-SERVER.json. Each run starts after a
+# `sync`, so no server pays for the writeback of the one measured before it.
 run_workloads() {
     local w s name rw bs qd
     for w in "${WORKLOADS[@]}"; do
         read -r name rw bs qd <<<"$w"
         for s in "${SERVERS[@]}"; do
             echo "== $name on $s" >&2
+            sync
             fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
                 --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
                 --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
