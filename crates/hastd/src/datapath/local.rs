@@ -244,4 +244,24 @@ mod tests {
         let one = d.allocation(0, 4 << 20, true).unwrap();
         assert_eq!(one.len(), 1);
     }
+
+    /// What was just written is in the page cache: `read_cached` returns it
+    /// whole, from the data area (not the file start); it never reports a
+    /// partial read as done.
+    #[test]
+    fn read_cached_returns_cached_data_or_declines() {
+        let f = tmpfile(8 << 20);
+        let d = LocalData {
+            file: &f,
+            data_offset: 8192,
+        };
+        let data: Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8).collect();
+        d.write(4096, &data).unwrap();
+        let mut buf = vec![0u8; data.len()];
+        assert!(d.read_cached(4096, &mut buf).unwrap());
+        assert_eq!(buf, data);
+        // Past the end of the file: a short read is never "done".
+        let mut tail = vec![0u8; 8192];
+        assert!(!d.read_cached((8 << 20) - 8192 - 4096, &mut tail).unwrap());
+    }
 }

@@ -565,6 +565,16 @@ impl DataPath {
                         .await?;
                     return res;
                 }
+                // Already applied there (a write the secondary copies into
+                // its page cache at once answers with the REPLY alone).
+                let remote = match remote.try_done() {
+                    Ok(r) => {
+                        self.finish_remote(offset, len, &res, r.map(|_| ()), &link)
+                            .await?;
+                        return res;
+                    }
+                    Err(remote) => remote,
+                };
                 // The client is answered now; the peer's completion is
                 // recorded when it comes, still holding the range so that
                 // overlapping writes stay ordered on both copies.
@@ -1104,8 +1114,10 @@ enum Op {
 }
 
 /// A write the runtime worker copies into the page cache itself (see
-/// [`INLINE_WRITE_MAX`]): small, whole pages, no FUA.
-fn inline_write(offset: u64, len: usize, fua: bool) -> bool {
+/// [`INLINE_WRITE_MAX`]): small, whole pages, no FUA. Such a write is in
+/// memory as soon as it is applied, so a memsync secondary answers it with
+/// its REPLY alone, no RECEIVED before it.
+pub fn inline_write(offset: u64, len: usize, fua: bool) -> bool {
     !fua && len <= INLINE_WRITE_MAX
         && offset.is_multiple_of(PAGE)
         && (len as u64).is_multiple_of(PAGE)
@@ -1130,4 +1142,29 @@ fn op_of(change: &Change) -> Op {
 enum Payload<'a> {
     Data(&'a Bytes),
     Zero(u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which writes the worker copies into the page cache itself.
+    #[test]
+    fn inline_write_rule() {
+        let cases: [(u64, usize, bool, bool); 9] = [
+            // offset, len, fua, inline
+            (0, 4096, false, true),
+            (8192, 65536, false, true),
+            (0, 4096, true, false), // FUA: a sync follows, blocking pool
+            (0, 65536 + 4096, false, false), // larger than INLINE_WRITE_MAX
+            (512, 4096, false, false), // partial first page: may read it
+            (4096, 512, false, false), // partial page
+            (4096, 6144, false, false), // partial last page
+            (1 << 40, 4096, false, true),
+            (0, 1 << 20, false, false),
+        ];
+        for (offset, len, fua, want) in cases {
+            assert_eq!(inline_write(offset, len, fua), want, "{offset} {len} {fua}");
+        }
+    }
 }

@@ -66,6 +66,16 @@ impl InFlight {
     pub async fn done(self) -> Result<Vec<u8>, RemoteError> {
         self.done.await.unwrap_or(Err(RemoteError::Down))
     }
+
+    /// The outcome if it is already known (the REPLY came with, or instead
+    /// of, the RECEIVED); `Err(self)` while it is still on its way.
+    pub fn try_done(mut self) -> Result<Result<Vec<u8>, RemoteError>, InFlight> {
+        match self.done.try_recv() {
+            Ok(r) => Ok(r),
+            Err(oneshot::error::TryRecvError::Closed) => Ok(Err(RemoteError::Down)),
+            Err(oneshot::error::TryRecvError::Empty) => Err(self),
+        }
+    }
 }
 
 pub struct Link {

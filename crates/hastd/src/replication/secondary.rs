@@ -314,8 +314,17 @@ impl Session {
                 // Place in line now, in stream order.
                 let ticket = self.dp.ranges().register(h.offset, u64::from(h.length));
                 self.inflight().insert(h.seq);
-                // memsync: the primary asks for an early RECEIVED per write.
-                if h.has(flags::RECEIVED) {
+                // memsync: the primary asks for an early RECEIVED per write;
+                // a write copied into the page cache at once needs none, its
+                // REPLY follows straight away (one frame and one wake-up of
+                // the primary instead of two).
+                let in_memory = match &change {
+                    Change::Write(b) => {
+                        crate::datapath::inline_write(h.offset, b.len(), h.has(flags::FUA))
+                    }
+                    Change::Zero { .. } => false,
+                };
+                if h.has(flags::RECEIVED) && !in_memory {
                     let mut out = Vec::new();
                     hast_repl::encode_control_frame(Kind::Received, 0, h.seq, 0, 0, &mut out);
                     tx.send(out.into())
