@@ -51,11 +51,16 @@ pub fn main(opts: Options) -> i32 {
         }
     };
     let pid_path = opts.pidfile.clone().unwrap_or(config.pidfile.clone());
-    let Daemon { pidfile, runtime } =
-        match hast_sys::daemon::start(c"hastmon", &pid_path, opts.foreground, opts.debug) {
-            Ok(d) => d,
-            Err(code) => return code,
-        };
+    let Daemon { pidfile, runtime } = match hast_sys::daemon::start(
+        c"hastmon",
+        &pid_path,
+        opts.foreground,
+        opts.debug,
+        hast_sys::daemon::Threads::PerCore,
+    ) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
     let code = runtime.block_on(run(config, config_path, opts.node.clone()));
     runtime.shutdown_timeout(Duration::from_secs(2));
     pidfile.remove();

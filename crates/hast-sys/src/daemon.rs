@@ -17,6 +17,17 @@ pub struct Daemon {
     pub runtime: tokio::runtime::Runtime,
 }
 
+/// Which runtime a daemon runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// tokio's multi-thread scheduler, a worker per core.
+    PerCore,
+    /// Everything on the thread that called `block_on` (blocking calls still
+    /// go to tokio's blocking pool), unless `TOKIO_WORKER_THREADS` is set in
+    /// the environment: then a multi-thread scheduler with that many workers.
+    One,
+}
+
 /// Start-up before any thread exists. `ident` names the program in messages
 /// and syslog; errors before logging starts go to stderr.
 pub fn start(
@@ -24,6 +35,7 @@ pub fn start(
     pid_path: &Path,
     foreground: bool,
     debug: u8,
+    threads: Threads,
 ) -> Result<Daemon, i32> {
     let name = ident.to_string_lossy();
     let mut pidfile = PidFile::acquire(&name, pid_path).map_err(|e| {
@@ -50,7 +62,14 @@ pub fn start(
         tracing::error!("cannot write pidfile {}: {e}", pid_path.display());
         return Err(exit::CANTCREAT);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let one = threads == Threads::One && std::env::var_os("TOKIO_WORKER_THREADS").is_none();
+    let mut builder = if one {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        // Reads TOKIO_WORKER_THREADS itself.
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder
         .enable_all()
         .thread_name(name.into_owned())
         .build()

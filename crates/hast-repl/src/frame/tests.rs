@@ -491,6 +491,15 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
     prop::sample::select(Kind::ALL.to_vec())
 }
 
+/// Payloads for the encoders: random bytes, compressible bytes, holes.
+fn payloads() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 1..3000),
+        prop::collection::vec(0u8..2, 1..3000),
+        (1usize..3000).prop_map(|n| vec![0u8; n]),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -535,11 +544,7 @@ proptest! {
     #[test]
     fn head_plus_verbatim_data_is_the_frame(
         write in any::<bool>(), fl in any::<u8>(), seq in any::<u64>(),
-        data in prop_oneof![
-            prop::collection::vec(any::<u8>(), 1..3000),
-            prop::collection::vec(0u8..2, 1..3000),
-            (1usize..3000).prop_map(|n| vec![0u8; n]),
-        ],
+        data in payloads(),
         comp in 0usize..3, ck in 0u8..4,
     ) {
         let kind = if write { Kind::Write } else { Kind::Reply };
@@ -562,11 +567,7 @@ proptest! {
     #[test]
     fn random_frames_round_trip(
         write in any::<bool>(), fl in any::<u8>(), seq in any::<u64>(), offset in 0u64..(1 << 50),
-        data in prop_oneof![
-            prop::collection::vec(any::<u8>(), 1..3000),
-            prop::collection::vec(0u8..2, 1..3000),
-            (1usize..3000).prop_map(|n| vec![0u8; n]),
-        ],
+        data in payloads(),
         comp in 0usize..3, ck in 0u8..4,
     ) {
         let kind = if write { Kind::Write } else { Kind::Reply };

@@ -45,14 +45,21 @@ pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
 
 /// Writes up to this size that cover whole pages and ask for no FUA are
-/// copied into the page cache on the runtime worker itself: a buffered pwrite
+/// copied into the page cache on the runtime thread itself: a buffered pwrite
 /// of whole pages reads nothing from the device, and is cheaper than the
 /// trip to the blocking pool and back (measured: 4 KiB QD1 write latency of a
-/// fullsync pair 106 -> 78 us). It can still sleep in the kernel's dirty-page
-/// throttling; that delays this worker's other tasks by as much, which the
-/// daemon's timeouts (seconds) absorb. Larger writes, partial pages, zeroing
-/// and syncs go to the blocking pool.
+/// fullsync pair 106 -> 78 us). It can still sleep in the kernel (dirty-page
+/// throttling, reclaim), which stalls every task of the runtime as long: so
+/// one that takes longer than [`INLINE_SLOW`] sends small writes to the
+/// blocking pool for [`INLINE_PAUSE`]. Larger writes, partial pages, zeroing
+/// and syncs always go to the blocking pool.
 const INLINE_WRITE_MAX: usize = 64 << 10;
+/// An inline write this slow slept in the kernel: dirty-page throttling
+/// pauses last 10-200 ms. Shorter delays are mostly the thread losing its
+/// core to another process, which the blocking pool would not avoid.
+const INLINE_SLOW: Duration = Duration::from_millis(20);
+/// How long small writes then stay on the blocking pool.
+const INLINE_PAUSE: Duration = Duration::from_secs(1);
 /// Reads up to this size are first tried from the page cache on the worker
 /// (`read_cached`, which never waits for the device).
 const INLINE_READ_MAX: usize = 256 << 10;
@@ -179,6 +186,11 @@ pub struct DataPath {
     pub fence: Fence,
     /// This node's name and the peer's address, for the fence command.
     fence_env: (String, String),
+    /// Time base of `inline_paused_until`.
+    opened: Instant,
+    /// Inline writes are paused until this many ms after `opened` (see
+    /// [`INLINE_SLOW`]).
+    inline_paused_until: AtomicU64,
 }
 
 impl DataPath {
@@ -237,6 +249,8 @@ impl DataPath {
                     .as_ref()
                     .map_or_else(String::new, ToString::to_string),
             ),
+            opened: Instant::now(),
+            inline_paused_until: AtomicU64::new(0),
         });
         tokio::spawn(dp.clone().metadata_writer());
         Ok(dp)
@@ -624,8 +638,13 @@ impl DataPath {
 
     async fn apply_local(&self, offset: u64, fua: bool, change: Change) -> Result<(), DpError> {
         let res = match change {
-            Change::Write(data) if inline_write(offset, data.len(), fua) => {
-                self.local().write(offset, &data)
+            Change::Write(data) if inline_write(offset, data.len(), fua) && self.inline_ok() => {
+                let started = Instant::now();
+                let res = self.local().write(offset, &data);
+                if started.elapsed() > INLINE_SLOW {
+                    self.pause_inline();
+                }
+                res
             }
             // The change and its FUA sync in one trip to the blocking pool.
             change => self.apply_blocking(offset, fua, change).await,
@@ -638,6 +657,18 @@ impl DataPath {
                 Err(e.into())
             }
         }
+    }
+
+    /// Small writes may run inline now (not paused after a slow one).
+    fn inline_ok(&self) -> bool {
+        let now = self.opened.elapsed().as_millis() as u64;
+        now >= self.inline_paused_until.load(Relaxed)
+    }
+
+    fn pause_inline(&self) {
+        let until = (self.opened.elapsed() + INLINE_PAUSE).as_millis() as u64;
+        self.inline_paused_until.store(until, Relaxed);
+        tracing::debug!(resource = %self.name, "slow page-cache write: small writes use the blocking pool for {INLINE_PAUSE:?}");
     }
 
     async fn apply_blocking(&self, offset: u64, fua: bool, change: Change) -> io::Result<()> {
