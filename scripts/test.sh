@@ -59,6 +59,13 @@ fi
 cargo test --workspace --no-fail-fast "${test_args[@]}" 2>&1 | tee "$TEST_LOG"
 test_rc=${PIPESTATUS[0]}
 
+# hastd runs on one thread unless TOKIO_WORKER_THREADS asks for a pool (README):
+# the replication, kill -9 and failover tests again with a pool of two.
+step "hastd with TOKIO_WORKER_THREADS=2: replication, crash, failover"
+TOKIO_WORKER_THREADS=2 cargo test --no-fail-fast --test replication --test crash --test failover \
+    "${test_args[@]}" 2>&1 | tee -a "$TEST_LOG"
+[ "${PIPESTATUS[0]}" = 0 ] || test_rc=1
+
 fuzz_rc=0
 fuzz_results=()
 step "fuzz smoke: ${FUZZ_SECONDS} s per target"
