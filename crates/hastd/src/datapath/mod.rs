@@ -638,7 +638,7 @@ impl DataPath {
 
     async fn apply_local(&self, offset: u64, fua: bool, change: Change) -> Result<(), DpError> {
         let res = match change {
-            Change::Write(data) if inline_write(offset, data.len(), fua) && self.inline_ok() => {
+            Change::Write(data) if self.applies_in_memory(offset, data.len(), fua) => {
                 let started = Instant::now();
                 let res = self.local().write(offset, &data);
                 if started.elapsed() > INLINE_SLOW {
@@ -659,10 +659,14 @@ impl DataPath {
         }
     }
 
-    /// Small writes may run inline now (not paused after a slow one).
-    fn inline_ok(&self) -> bool {
+    /// This write would be copied into the page cache at once, on the
+    /// runtime thread: small, whole pages, no FUA ([`inline_write`]), and
+    /// small writes not paused after a slow one. Such a write is in memory as
+    /// soon as it is applied, so a memsync secondary answers it with its
+    /// REPLY alone, no RECEIVED before it.
+    pub fn applies_in_memory(&self, offset: u64, len: usize, fua: bool) -> bool {
         let now = self.opened.elapsed().as_millis() as u64;
-        now >= self.inline_paused_until.load(Relaxed)
+        inline_write(offset, len, fua) && now >= self.inline_paused_until.load(Relaxed)
     }
 
     fn pause_inline(&self) {
@@ -1144,11 +1148,9 @@ enum Op {
     Zero,
 }
 
-/// A write the runtime worker copies into the page cache itself (see
-/// [`INLINE_WRITE_MAX`]): small, whole pages, no FUA. Such a write is in
-/// memory as soon as it is applied, so a memsync secondary answers it with
-/// its REPLY alone, no RECEIVED before it.
-pub fn inline_write(offset: u64, len: usize, fua: bool) -> bool {
+/// A write the runtime thread may copy into the page cache itself (see
+/// [`INLINE_WRITE_MAX`]): small, whole pages, no FUA.
+fn inline_write(offset: u64, len: usize, fua: bool) -> bool {
     !fua && len <= INLINE_WRITE_MAX
         && offset.is_multiple_of(PAGE)
         && (len as u64).is_multiple_of(PAGE)

@@ -320,7 +320,8 @@ impl Session {
                 // the primary instead of two).
                 let in_memory = match &change {
                     Change::Write(b) => {
-                        crate::datapath::inline_write(h.offset, b.len(), h.has(flags::FUA))
+                        self.dp
+                            .applies_in_memory(h.offset, b.len(), h.has(flags::FUA))
                     }
                     Change::Zero { .. } => false,
                 };
