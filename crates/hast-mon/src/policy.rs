@@ -369,7 +369,7 @@ impl Policy {
 
     /// The secondary's half of the takeover rule.
     fn may_take_over(&self, now: Ms) -> bool {
-        let promise_over = self.promise_until.map_or(true, |p| now >= p);
+        let promise_over = self.promise_until.is_none_or(|p| now >= p);
         let needed = self.p.complaint_count as usize + self.p.priority as usize;
         promise_over
             && self.ready
@@ -682,7 +682,7 @@ impl Policy {
                 }
                 if *granted {
                     let until = sent_at + self.p.holder_lease();
-                    if self.lease_until.map_or(true, |l| until > l) {
+                    if self.lease_until.is_none_or(|l| until > l) {
                         self.lease_until = Some(until);
                         out.push(Action::Exec(Exec::Lease(until.saturating_sub(now))));
                     }

@@ -5,24 +5,26 @@
 //! ```text
 //!  socket ──read──▶ reader loop ──validate──▶ spawned task per request ──▶ Export
 //!                      │  (semaphores: requests and payload bytes in flight)   │
-//!                      └──error frames──▶ bounded channel ◀──reply frames──────┘
+//!                      └──error frames──▶   outbox (hast-io)  ◀──reply frames──┘
 //!                                             │
-//!                                        writer task ──writev──▶ socket
+//!                      socket ◀──writev── sender itself, or the writer task
 //! ```
 //!
 //! Requests are pipelined: the reader keeps reading while earlier requests
-//! run; replies go out in completion order (cookies match them). One writer
-//! owns the write half, so a reply's head and data are never interleaved
-//! with another reply, and batches of replies leave in one vectored write.
+//! run; replies go out in completion order (cookies match them). A reply is
+//! written by the task that made it when nothing waits before it, else
+//! queued to the writer task, which sends batches in one vectored write; a
+//! reply's head and data are never interleaved with another's.
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hast_io::{OutFrame, Outbox};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -123,8 +125,6 @@ pub const WITHDRAW_GRACE: Duration = Duration::from_secs(10);
 pub const INFLIGHT_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// Read buffer in front of the socket: many 28-byte headers per syscall.
 const READ_BUFFER_LEN: usize = 64 * 1024;
-/// Replies gathered into one vectored write.
-const WRITE_BATCH_MAX: usize = 32;
 
 /// Serve one accepted connection until the client disconnects, the export
 /// is withdrawn (plus grace), or the client breaks the protocol. The caller
@@ -306,13 +306,21 @@ impl Body {
     }
 }
 
-/// One whole reply, written atomically by the writer. Holding the permits
-/// until the bytes are written bounds queued replies and their memory.
+/// One whole reply, written whole by the outbox. Holding the permits until
+/// the bytes are written bounds queued replies and their memory.
 struct Frame {
     head: Head,
     body: Body,
     _permits: Permits,
 }
+
+impl OutFrame for Frame {
+    fn parts(&self) -> [&[u8]; 2] {
+        [self.head.as_bytes(), self.body.as_bytes()]
+    }
+}
+
+type Replies<W> = Outbox<W, Frame>;
 
 #[derive(Default)]
 struct Permits {
@@ -370,15 +378,15 @@ enum Stop {
 /// Runs reader-side futures while watching for withdrawal, the grace
 /// deadline and writer failure. The future is polled by reference, so a
 /// withdrawal never cancels a half-read request.
-struct Watch<'a, F: Future<Output = ()>> {
+struct Watch<'a, F: Future<Output = ()>, W> {
     withdrawn: Pin<&'a mut F>,
     deadline: Option<Instant>,
-    /// The reader's sender; `None` once the reader is done, so the writer
-    /// can finish (and waiting for it does not count as "writer gone").
-    tx: Option<mpsc::Sender<Frame>>,
+    /// The replies' outbox; `None` once the reader is done, so that waiting
+    /// for the writer does not count as "writer gone".
+    replies: Option<&'a Replies<W>>,
 }
 
-impl<F: Future<Output = ()>> Watch<'_, F> {
+impl<F: Future<Output = ()>, W: AsyncWrite + Unpin + Send> Watch<'_, F, W> {
     fn is_withdrawn(&self) -> bool {
         self.deadline.is_some()
     }
@@ -395,16 +403,16 @@ impl<F: Future<Output = ()>> Watch<'_, F> {
                     self.deadline = Some(Instant::now() + WITHDRAW_GRACE);
                 }
                 _ = sleep_until_opt(deadline), if deadline.is_some() => return Err(Stop::Grace),
-                _ = closed_opt(&self.tx) => return Err(Stop::Writer),
+                _ = closed_opt(self.replies) => return Err(Stop::Writer),
                 out = &mut fut => return Ok(out),
             }
         }
     }
 }
 
-async fn closed_opt(tx: &Option<mpsc::Sender<Frame>>) {
-    match tx {
-        Some(tx) => tx.closed().await,
+async fn closed_opt<W: AsyncWrite + Unpin + Send>(replies: Option<&Replies<W>>) {
+    match replies {
+        Some(r) => r.closed().await,
         None => std::future::pending().await,
     }
 }
@@ -432,23 +440,38 @@ impl<X: Export> Connection<'_, X> {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let inflight_max = self.limits.inflight_max.max(1);
-        let (tx, rx) = mpsc::channel::<Frame>(inflight_max);
-        let mut writer = tokio::spawn(write_replies(wr, rx));
+        // Every queued reply holds a request permit: the queue never waits.
+        let replies: Arc<Replies<W>> = Arc::new(Outbox::new(wr, inflight_max));
+        let requests = Arc::new(Semaphore::new(inflight_max));
+        let mut writer = tokio::spawn({
+            let replies = Arc::clone(&replies);
+            async move { replies.run(None, None).await }
+        });
         let export = Arc::clone(&self.export);
         let withdrawn = pin!(export.withdrawn());
         let mut watch = Watch {
             withdrawn,
             deadline: None,
-            tx: Some(tx),
+            replies: Some(&*replies),
         };
         let mut served = 0u64;
-        let result = match self.read_loop(&mut rd, &mut watch, &mut served).await {
+        let read = self
+            .read_loop(&mut rd, &mut watch, &requests, &replies, &mut served)
+            .await;
+        let result = match read {
             Err(e) => Err(e),
             // DISC or EOF: in-flight requests finish and their replies are
-            // written, unless the grace period after withdrawal runs out.
+            // written (each holds its request permit until then), unless
+            // the grace period after withdrawal runs out.
             Ok(Stop::Client) => {
-                watch.tx = None;
-                match watch.run(&mut writer).await {
+                watch.replies = None;
+                let all = u32::try_from(inflight_max).unwrap_or(u32::MAX);
+                let drained = async {
+                    let _all = requests.acquire_many(all).await;
+                    replies.finish();
+                    (&mut writer).await
+                };
+                match watch.run(drained).await {
                     Ok(Ok(Ok(()))) | Err(_) => Ok(()),
                     Ok(Ok(Err(e))) => Err(NbdError::Io(e)),
                     Ok(Err(join)) => Err(NbdError::Io(io::Error::other(join))),
@@ -461,29 +484,29 @@ impl<X: Export> Connection<'_, X> {
             },
             Ok(Stop::Grace) => Ok(()),
         };
+        replies.close();
         writer.abort();
         (result, served)
     }
 
-    async fn read_loop<R, F>(
+    async fn read_loop<R, F, W>(
         &self,
         rd: &mut BufReader<R>,
-        watch: &mut Watch<'_, F>,
+        watch: &mut Watch<'_, F, W>,
+        requests: &Arc<Semaphore>,
+        replies: &Arc<Replies<W>>,
         served: &mut u64,
     ) -> Result<Stop, NbdError>
     where
         R: AsyncRead + Unpin,
         F: Future<Output = ()>,
+        W: AsyncWrite + Unpin + Send + 'static,
     {
-        let requests = Arc::new(Semaphore::new(self.limits.inflight_max.max(1)));
         let bytes_max = INFLIGHT_BYTES_MAX.max(self.neg.block_sizes.max_payload as usize);
         let bytes = Arc::new(Semaphore::new(bytes_max));
         let mode = Mode {
             structured: self.neg.structured_replies,
             meta_context: self.neg.meta_context.unwrap_or(0),
-        };
-        let Some(tx) = watch.tx.clone() else {
-            return Ok(Stop::Writer);
         };
         loop {
             let mut raw = [0u8; REQUEST_LEN];
@@ -501,7 +524,7 @@ impl<X: Export> Connection<'_, X> {
                 }
             };
             *served += 1;
-            let permit = match watch.run(Arc::clone(&requests).acquire_owned()).await {
+            let permit = match watch.run(Arc::clone(requests).acquire_owned()).await {
                 Err(stop) => return Ok(stop),
                 // The semaphore is never closed.
                 Ok(p) => p.ok(),
@@ -546,7 +569,7 @@ impl<X: Export> Connection<'_, X> {
                         }
                         Discard::Close(n) => return Err(NbdError::PayloadTooBig(n)),
                     }
-                    if tx
+                    if replies
                         .send(mode.error(req.cookie, errno, reason, permits))
                         .await
                         .is_err()
@@ -585,7 +608,7 @@ impl<X: Export> Connection<'_, X> {
                 mode,
                 data,
                 permits,
-                tx.clone(),
+                Arc::clone(replies),
             ));
         }
     }
@@ -619,14 +642,14 @@ async fn read_header<R: AsyncRead + Unpin>(
 }
 
 /// Run one validated command against the export and queue its reply.
-async fn execute<X: Export>(
+async fn execute<X: Export, W: AsyncWrite + Unpin + Send>(
     export: Arc<X>,
     cmd: Command,
     cookie: u64,
     mode: Mode,
     data: Vec<u8>,
     permits: Permits,
-    tx: mpsc::Sender<Frame>,
+    replies: Arc<Replies<W>>,
 ) {
     let result: Result<Option<Frame>, Errno> = match cmd {
         Command::Read { offset, len } => match export.read(offset, vec![0u8; len as usize]).await {
@@ -688,76 +711,6 @@ async fn execute<X: Export>(
             mode.error(cookie, errno, errno.message(), permits)
         }
     };
-    // The writer is gone only if the connection is closing; nothing to do.
-    let _ = tx.send(frame).await;
-}
-
-/// The single writer: batches queued replies into vectored writes.
-async fn write_replies<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Frame>,
-) -> io::Result<()> {
-    let mut batch: Vec<Frame> = Vec::with_capacity(WRITE_BATCH_MAX);
-    while rx.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
-        write_frames(&mut wr, &batch).await?;
-        // Dropping the frames releases their permits.
-        batch.clear();
-    }
-    wr.flush().await?;
-    wr.shutdown().await
-}
-
-/// Write every head and body of `frames`, resuming after partial writes.
-async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, frames: &[Frame]) -> io::Result<()> {
-    const IOV: usize = WRITE_BATCH_MAX * 2;
-    // Position of the next unwritten byte: part index (two per frame) and
-    // offset inside that part.
-    let part = |i: usize| -> &[u8] {
-        let f = &frames[i / 2];
-        if i % 2 == 0 {
-            f.head.as_bytes()
-        } else {
-            f.body.as_bytes()
-        }
-    };
-    let parts = frames.len() * 2;
-    let (mut idx, mut off) = (0usize, 0usize);
-    while idx < parts {
-        let mut iov = [IoSlice::new(&[]); IOV];
-        let mut n = 0;
-        let mut i = idx;
-        while i < parts && n < IOV {
-            let p = part(i);
-            let p = if i == idx { &p[off..] } else { p };
-            if !p.is_empty() {
-                iov[n] = IoSlice::new(p);
-                n += 1;
-            }
-            i += 1;
-        }
-        if n == 0 {
-            break;
-        }
-        let mut written = wr.write_vectored(&iov[..n]).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 && idx < parts {
-            let left = part(idx).len() - off;
-            if written >= left {
-                written -= left;
-                idx += 1;
-                off = 0;
-            } else {
-                off += written;
-                written = 0;
-            }
-        }
-        // Skip empty parts so the loop condition sees the true end.
-        while idx < parts && part(idx).len() == off {
-            idx += 1;
-            off = 0;
-        }
-    }
-    wr.flush().await
+    // Closed only if the connection is closing; nothing to do.
+    let _ = replies.send(frame).await;
 }

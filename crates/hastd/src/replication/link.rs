@@ -1,7 +1,9 @@
 //! The primary's side of a live replication connection.
 //!
 //! Requests (WRITE, ZERO, FLUSH, READ) are numbered, registered as pending,
-//! encoded and queued to one writer task; one reader task matches REPLY and
+//! encoded and sent through the connection's shared sender (`wire::Tx`:
+//! straight onto the socket when nothing waits before them, else queued to
+//! its writer task); one reader task matches REPLY and
 //! RECEIVED frames to them by sequence number. Nothing waits for one request
 //! before sending the next: the pipeline is as deep as the client's. When the
 //! connection fails every pending request fails at once with `Down`, which is
@@ -9,17 +11,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hast_repl::{ChecksumKind, Compression, Data, Kind};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::io::AsyncRead;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{oneshot, Notify};
 
-use super::wire::{read_frame, write_queued, Out};
+use super::wire::{keepalive_frame, read_frame, Out, Tx};
 
-/// Encoded frames queued for the writer; beyond this, senders wait.
+/// Encoded frames queued for the writer task; beyond this, senders wait.
 const SEND_QUEUE_DEPTH: usize = 1024;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -80,7 +83,7 @@ impl InFlight {
 
 pub struct Link {
     pub peer: String,
-    out: mpsc::Sender<Out>,
+    tx: Arc<Tx>,
     pending: Mutex<HashMap<u64, Waiter>>,
     seq: AtomicU64,
     dead: AtomicBool,
@@ -90,25 +93,22 @@ pub struct Link {
     checksum: ChecksumKind,
 }
 
-pub struct LinkTasks<R, W> {
+pub struct LinkTasks<R> {
     pub rd: R,
-    pub wr: W,
-    rx: mpsc::Receiver<Out>,
 }
 
 impl Link {
-    pub fn new<R, W>(
+    pub fn new<R>(
         peer: String,
         rd: R,
-        wr: W,
+        wr: OwnedWriteHalf,
         compression: Compression,
         checksum: ChecksumKind,
         first_seq: u64,
-    ) -> (std::sync::Arc<Link>, LinkTasks<R, W>) {
-        let (out, rx) = mpsc::channel(SEND_QUEUE_DEPTH);
-        let link = std::sync::Arc::new(Link {
+    ) -> (Arc<Link>, LinkTasks<R>) {
+        let link = Arc::new(Link {
             peer,
-            out,
+            tx: Arc::new(Tx::new(wr, SEND_QUEUE_DEPTH)),
             pending: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(first_seq),
             dead: AtomicBool::new(false),
@@ -117,7 +117,7 @@ impl Link {
             compression,
             checksum,
         });
-        (link, LinkTasks { rd, wr, rx })
+        (link, LinkTasks { rd })
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
@@ -145,6 +145,7 @@ impl Link {
         for w in waiters {
             let _ = w.done.send(Err(RemoteError::Down));
         }
+        self.tx.close();
         self.died.notify_waiters();
     }
 
@@ -192,7 +193,7 @@ impl Link {
         }
         let mut head = Vec::new();
         let data = encode(seq, &mut head);
-        if self.out.send(Out { head, data }).await.is_err() {
+        if self.tx.send(Out { head, data }).await.is_err() {
             self.pending().remove(&seq);
             return Err(RemoteError::Down);
         }
@@ -298,18 +299,23 @@ impl Link {
     }
 
     /// Runs the reader and writer until the link dies.
-    pub async fn run<R, W>(
-        self: std::sync::Arc<Self>,
-        tasks: LinkTasks<R, W>,
+    pub async fn run<R>(
+        self: Arc<Self>,
+        tasks: LinkTasks<R>,
         timeout: Duration,
         keepalive: Duration,
     ) where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
     {
-        let LinkTasks { rd, wr, rx } = tasks;
+        let LinkTasks { rd } = tasks;
         let reader = tokio::spawn(self.clone().reader(rd, timeout));
-        let writer = tokio::spawn(self.clone().writer(wr, rx, timeout, keepalive));
+        let link = self.clone();
+        let writer = tokio::spawn(async move {
+            let idle = Some((keepalive, keepalive_frame as fn() -> Out));
+            if let Err(e) = link.tx.run(Some(timeout), idle).await {
+                link.fail(&e.to_string());
+            }
+        });
         self.dead().await;
         // Dead means every pending request already failed: nothing queued
         // is worth sending any more, so both halves stop at once.
@@ -317,11 +323,7 @@ impl Link {
         writer.abort();
     }
 
-    async fn reader<R: AsyncRead + Unpin>(
-        self: std::sync::Arc<Self>,
-        mut rd: R,
-        timeout: Duration,
-    ) {
+    async fn reader<R: AsyncRead + Unpin>(self: Arc<Self>, mut rd: R, timeout: Duration) {
         loop {
             let frame = match read_frame(&mut rd, timeout).await {
                 Ok(f) => f,
@@ -360,31 +362,6 @@ impl Link {
                     self.fail(&format!("unexpected {other:?} frame from the secondary"));
                     return;
                 }
-            }
-        }
-    }
-
-    async fn writer<W: AsyncWrite + Unpin>(
-        self: std::sync::Arc<Self>,
-        mut wr: W,
-        mut rx: mpsc::Receiver<Out>,
-        timeout: Duration,
-        keepalive: Duration,
-    ) {
-        let mut batch = Vec::new();
-        loop {
-            let first = tokio::select! {
-                f = rx.recv() => f,
-                _ = tokio::time::sleep(keepalive) => {
-                    let mut k = Vec::new();
-                    hast_repl::encode_control_frame(Kind::Keepalive, 0, 0, 0, 0, &mut k);
-                    Some(Out::from(k))
-                }
-            };
-            let Some(first) = first else { return };
-            if let Err(e) = write_queued(&mut wr, first, &mut rx, &mut batch, timeout).await {
-                self.fail(&e.to_string());
-                return;
             }
         }
     }

@@ -123,10 +123,7 @@ pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
 
 type Connected = (
     Arc<Link>,
-    super::link::LinkTasks<
-        tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-        tokio::net::tcp::OwnedWriteHalf,
-    >,
+    super::link::LinkTasks<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
     Decision,
     Hello,
 );

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind, PeerRole};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
 
 use super::primary::hello_of;
-use super::wire::{read_frame, write_all, write_queued, Frame, Out};
+use super::wire::{read_frame, write_all, Frame, Out, Tx};
 use crate::datapath::{Change, DataPath, DpError};
 
 /// Replies queued for the writer.
@@ -40,18 +41,17 @@ pub async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, status: HelloStatus, mess
 }
 
 /// Serves one primary connection until it ends. Returns why it ended.
-pub async fn serve<R, W>(
+pub async fn serve<R>(
     dp: Arc<DataPath>,
     cfg: hast_conf::Resource,
     node: String,
     hello: Hello,
     rd: R,
-    mut wr: W,
+    mut wr: OwnedWriteHalf,
     peer: String,
 ) -> String
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
 {
     let own_header = dp.header().await;
     let own = hello_of(&own_header, &node, PeerRole::Secondary);
@@ -157,8 +157,11 @@ where
         inflight: Mutex::new(BTreeSet::new()),
         drained: Notify::new(),
     });
-    let (tx, rx) = mpsc::channel::<Out>(REPLY_QUEUE_DEPTH);
-    let writer = tokio::spawn(reply_writer(wr, rx, timeout));
+    let tx = Arc::new(Tx::new(wr, REPLY_QUEUE_DEPTH));
+    let writer = {
+        let tx = tx.clone();
+        tokio::spawn(async move { tx.run(Some(timeout), None).await })
+    };
     // Buffered: a header is 32 bytes, and at high queue depth many arrive
     // in one segment; large payloads bypass the buffer.
     let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, rd);
@@ -166,27 +169,17 @@ where
         .clone()
         .read_loop(&mut rd, &tx, timeout, adopt)
         .await;
-    drop(tx);
-    // Let queued replies go out (bounded by the write timeout), then stop.
-    let _ = tokio::time::timeout(timeout, writer).await;
+    // Let the replies of requests being applied go out (bounded by the
+    // write timeout), then stop.
+    let _ = tokio::time::timeout(timeout, async {
+        session.earlier_done(u64::MAX).await;
+        tx.finish();
+        let _ = writer.await;
+    })
+    .await;
+    tx.close();
     session.dp.set_peer_state("disconnected");
     why
-}
-
-async fn reply_writer<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Out>,
-    timeout: Duration,
-) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        if write_queued(&mut wr, first, &mut rx, &mut batch, timeout)
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
 }
 
 /// Header changes the handshake decided, applied on the first frame.
@@ -248,7 +241,7 @@ impl Session {
     async fn read_loop<R: AsyncRead + Unpin>(
         self: Arc<Self>,
         rd: &mut R,
-        tx: &mpsc::Sender<Out>,
+        tx: &Arc<Tx>,
         timeout: Duration,
         adopt: Adopt,
     ) -> String {
@@ -284,7 +277,7 @@ impl Session {
         }
     }
 
-    async fn handle(self: Arc<Self>, frame: Frame, tx: &mpsc::Sender<Out>) -> Result<(), String> {
+    async fn handle(self: Arc<Self>, frame: Frame, tx: &Arc<Tx>) -> Result<(), String> {
         let h = frame.header;
         match h.kind {
             Kind::Write | Kind::Zero => {

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use hast_io::{OutFrame, Outbox};
 use hast_repl::{FrameHeader, ReplError, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::net::tcp::OwnedWriteHalf;
 
 /// One frame queued for a writer: `head` (header, digest and any payload it
 /// carries itself) followed by `data`, a payload sent as it is from the
@@ -16,12 +17,6 @@ use tokio::sync::mpsc;
 pub struct Out {
     pub head: Vec<u8>,
     pub data: Option<Bytes>,
-}
-
-impl Out {
-    fn len(&self) -> usize {
-        self.head.len() + self.data.as_ref().map_or(0, Bytes::len)
-    }
 }
 
 impl From<Vec<u8>> for Out {
@@ -106,52 +101,21 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Small frames are coalesced into one socket write up to this many bytes;
-/// a frame this large or larger goes out on its own, never copied again.
-const BATCH_BYTES: usize = 256 << 10;
+/// The sending half of a replication connection, shared by the tasks that
+/// send on it (see `hast_io::Outbox`: a frame goes straight onto the socket
+/// when nothing waits before it, else to the writer task's queue; order is
+/// kept either way, which RECEIVED-before-REPLY relies on).
+pub type Tx = Outbox<OwnedWriteHalf, Out>;
 
-/// Writes `first` and whatever else is already queued: small frames are
-/// gathered into one write (fewer syscalls at high queue depth, no added
-/// latency at depth one), large ones are written straight from their buffers.
-pub async fn write_queued<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    first: Out,
-    rx: &mut mpsc::Receiver<Out>,
-    batch: &mut Vec<u8>,
-    timeout: Duration,
-) -> Result<(), WireError> {
-    batch.clear();
-    let mut next = Some(first);
-    while let Some(frame) = next.take() {
-        if frame.len() >= BATCH_BYTES {
-            // A small head joins the batch, a large one is written from its
-            // own buffer, as is the payload.
-            if frame.head.len() < BATCH_BYTES {
-                batch.extend_from_slice(&frame.head);
-                write_all(wr, batch, timeout).await?;
-            } else {
-                if !batch.is_empty() {
-                    write_all(wr, batch, timeout).await?;
-                }
-                write_all(wr, &frame.head, timeout).await?;
-            }
-            batch.clear();
-            if let Some(data) = &frame.data {
-                write_all(wr, data, timeout).await?;
-            }
-        } else {
-            batch.extend_from_slice(&frame.head);
-            if let Some(data) = &frame.data {
-                batch.extend_from_slice(data);
-            }
-        }
-        if batch.len() < BATCH_BYTES {
-            next = rx.try_recv().ok();
-        }
+impl OutFrame for Out {
+    fn parts(&self) -> [&[u8]; 2] {
+        [&self.head, self.data.as_deref().unwrap_or_default()]
     }
-    if !batch.is_empty() {
-        write_all(wr, batch, timeout).await?;
-    }
-    wr.flush().await?;
-    Ok(())
+}
+
+/// A KEEPALIVE frame, sent by the primary's writer task when idle.
+pub fn keepalive_frame() -> Out {
+    let mut out = Vec::new();
+    hast_repl::encode_control_frame(hast_repl::Kind::Keepalive, 0, 0, 0, 0, &mut out);
+    out.into()
 }
