@@ -81,6 +81,8 @@ pub struct ActiveMap {
     next_gen: u64,
     flushed_gen: u64,
     flush_outstanding: Option<u64>,
+    /// End of the last range started, to spot a sequential writer ([`ActiveMap::dirty_ahead`]).
+    seq_end: u64,
 }
 
 impl ActiveMap {
@@ -130,6 +132,7 @@ impl ActiveMap {
             next_gen: 1,
             flushed_gen: 0,
             flush_outstanding: None,
+            seq_end: 0,
         };
         // Bits past the last extent mean nothing; drop them and rewrite that page so
         // the disk image is canonical again.
@@ -191,6 +194,34 @@ impl ActiveMap {
             }
         }
         (need > self.flushed_gen).then_some(need)
+    }
+
+    /// Call after [`ActiveMap::write_start`]. A sequential writer (this range starts
+    /// where the previous one ended) past the middle of its last extent will need the
+    /// next extent soon: its bit is set now, as if written (it joins the keepdirty
+    /// LRU), so the flush that makes it durable runs while the writer is still in
+    /// this extent, instead of holding up the first write of the next one (a
+    /// synchronous metadata write, ~0.5 ms here, on one write per extent of a
+    /// sequential stream). Returns the extent marked, if any; the caller then makes
+    /// sure a flush runs, without waiting for it. Costs at most one extent of extra
+    /// resync per sequential stream after a crash; random writes never trigger it.
+    pub fn dirty_ahead(&mut self, offset: u64, len: u64) -> Option<u64> {
+        let sequential = offset == self.seq_end;
+        self.seq_end = offset.saturating_add(len);
+        let (_, last) = self.extent_range(offset, len)?;
+        let es = u64::from(self.extentsize);
+        let next = last + 1;
+        let past_middle = self.seq_end > last * es + es / 2;
+        if !sequential || !past_middle || next >= self.extent_count || self.bit(next) {
+            return None;
+        }
+        // Bit clear: not in flight, not kept dirty, not needsync, not a candidate.
+        if let Some(evicted) = self.lru.touch(next) {
+            self.maybe_candidate(evicted);
+        }
+        self.set_bit(next);
+        self.pending.insert(next, self.next_gen);
+        Some(next)
     }
 
     /// The write started with the same range finished on every copy the replication

@@ -476,11 +476,11 @@ fn range_past_datasize_is_clamped() {
 const EXTENTS: u64 = 40000;
 const HOT: [u64; 10] = [0, 1, 2, 3, 4, 32766, 32767, 32768, 32769, 39999];
 
-/// Every extent a step can touch (a write covers up to two).
+/// Every extent a step can touch (a write covers up to two, `dirty_ahead` the next).
 fn touched() -> Vec<u64> {
     let mut v: Vec<u64> = HOT
         .iter()
-        .flat_map(|&e| [e, e + 1])
+        .flat_map(|&e| [e, e + 1, e + 2])
         .filter(|&e| e < EXTENTS)
         .collect();
     v.sort();
@@ -491,6 +491,8 @@ fn touched() -> Vec<u64> {
 #[derive(Debug, Clone)]
 enum Step {
     Start(usize, u64),
+    /// A write of n extents starting where the last one ended (a sequential stream).
+    Next(u64),
     Done(usize, bool),
     Begin,
     FlushDone,
@@ -505,6 +507,7 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (0..HOT.len(), 1u64..=2).prop_map(|(i, n)| Step::Start(i, n)),
+        2 => (1u64..=2).prop_map(Step::Next),
         5 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(i, ok)| Step::Done(i, ok)),
         3 => Just(Step::Begin),
         3 => Just(Step::FlushDone),
@@ -573,23 +576,37 @@ proptest! {
         let mut writers: Vec<Writer> = Vec::new();
         let mut job: Option<FlushJob> = None;
         let mut tickets: Vec<u64> = Vec::new();
+        let mut last_end = 0u64;
 
         for s in &steps {
-            match *s {
-                Step::Start(i, n) => {
-                    let first = HOT[i];
-                    let n = n.min(EXTENTS - first);
-                    let wait = am.write_start(first * ES, n * ES);
-                    if let Some(g) = wait {
-                        prop_assert!(g > am.flushed_gen());
-                    }
-                    for e in first..first + n {
-                        *m.memtab.entry(e).or_insert(0) += 1;
-                        m.lru.retain(|&x| x != e);
-                        m.lru.push(e);
-                    }
-                    writers.push(Writer { first, n, wait });
+            let start = match *s {
+                Step::Start(i, n) => Some((HOT[i], n)),
+                Step::Next(n) if last_end < EXTENTS => Some((last_end, n)),
+                _ => None,
+            };
+            if let Some((first, n)) = start {
+                let n = n.min(EXTENTS - first);
+                let wait = am.write_start(first * ES, n * ES);
+                if let Some(g) = wait {
+                    prop_assert!(g > am.flushed_gen());
                 }
+                for e in first..first + n {
+                    *m.memtab.entry(e).or_insert(0) += 1;
+                    m.lru.retain(|&x| x != e);
+                    m.lru.push(e);
+                }
+                if let Some(e) = am.dirty_ahead(first * ES, n * ES) {
+                    // Marked as if written: the model keeps it dirty the same way.
+                    prop_assert_eq!(first * ES, last_end * ES, "not sequential");
+                    prop_assert_eq!(e, first + n);
+                    m.lru.retain(|&x| x != e);
+                    m.lru.push(e);
+                }
+                last_end = first + n;
+                writers.push(Writer { first, n, wait });
+            }
+            match *s {
+                Step::Start(..) | Step::Next(_) => {}
                 Step::Done(i, ok) => {
                     if !writers.is_empty() {
                         let w = writers.swap_remove(i % writers.len());
@@ -755,4 +772,42 @@ fn merge_and_cursor() {
     assert_eq!(n.needsync_count(), 0);
     assert_eq!(n.dirty_to_needsync(), 1);
     assert_eq!(n.next_needsync(0), Some(5));
+}
+
+/// `dirty_ahead` on a stream of 1 KiB writes over 4 KiB extents:
+/// (offset, len) -> the extent marked ahead.
+#[test]
+fn dirty_ahead_marks_the_next_extent_of_a_sequential_stream_only() {
+    const K: u64 = 1024;
+    let mut am = ActiveMap::new(ES as u32, 8 * ES, 16, &[0u8; 4096], true).unwrap();
+    let cases: &[(u64, u64, Option<u64>, &str)] = &[
+        (0, K, None, "first quarter of extent 0"),
+        (K, K, None, "up to the middle of 0, not past it"),
+        (2 * K, K, Some(1), "past the middle of 0: 1 is marked"),
+        (3 * K, K, None, "1 is dirty already"),
+        (4 * K, 2 * K, None, "first half of 1"),
+        (6 * K, K, Some(2), "past the middle of 1: 2"),
+        (20 * K, K, None, "a jump is not sequential"),
+        (21 * K, K, None, "sequential again, up to the middle of 5"),
+        (22 * K, K, Some(6), "past the middle of 5: 6"),
+        (23 * K, K, None, "6 is dirty already"),
+        (28 * K, 4 * K, None, "extent 7 is the last, no next"),
+        (6 * K, 3 * K, None, "a jump back is not sequential"),
+    ];
+    for &(offset, len, want, what) in cases {
+        am.write_start(offset, len);
+        assert_eq!(am.dirty_ahead(offset, len), want, "{what}");
+        am.write_done(offset, len, true);
+    }
+    // The marked extents are dirty in memory and go out with the next flush,
+    // after which a write there has nothing to wait for.
+    assert!(am.is_dirty(1) && am.is_dirty(2) && am.is_dirty(6));
+    assert!(!am.is_dirty(3) && !am.is_dirty(4));
+    let job = am.begin_flush().expect("a flush job");
+    am.flush_done(job.gen);
+    assert_eq!(am.write_start(8 * K, K), None, "2 is durable: no wait");
+    assert!(
+        am.write_start(16 * K, K).is_some(),
+        "4 was never marked: wait"
+    );
 }

@@ -749,12 +749,21 @@ impl DataPath {
     }
 
     /// Marks the extents of the range dirty and waits until that is durable.
+    /// A sequential writer's next extent is marked ahead (`dirty_ahead`),
+    /// flushed without anyone waiting for it.
     async fn mark_dirty(&self, offset: u64, len: u64) -> Result<(), DpError> {
-        let (need, failures) = {
+        let (need, ahead, failures) = {
             let failures = self.flushed.borrow().failures;
-            (self.map().write_start(offset, len), failures)
+            let mut map = self.map();
+            let need = map.write_start(offset, len);
+            (need, map.dirty_ahead(offset, len), failures)
         };
-        let Some(gen) = need else { return Ok(()) };
+        let Some(gen) = need else {
+            if ahead.is_some() {
+                self.meta_kick.notify_one();
+            }
+            return Ok(());
+        };
         if let Err(e) = self.wait_flushed(gen, failures).await {
             self.map().write_done(offset, len, false);
             return Err(e);
