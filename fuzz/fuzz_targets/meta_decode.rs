@@ -62,7 +62,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for op in rest.chunks_exact(3).take(OPS_MAX) {
         let extent = u64::from(u16::from_le_bytes([op[1], op[2]])) % count;
         match op[0] % 8 {
-            0 | 1 => writes.push((extent, am.write_start(extent * es, es))),
+            0 | 1 => {
+                writes.push((extent, am.write_start(extent * es, es)));
+                // Half of them also as a sequential stream's step (bit 7).
+                if op[0] & 0x80 != 0 {
+                    if let Some(next) = am.dirty_ahead(extent * es, es) {
+                        assert!(next < count && am.is_dirty(next));
+                    }
+                }
+            }
             2 => {
                 if let Some((e, _)) = writes.pop() {
                     am.write_done(e * es, es, op[0] & 0x80 == 0);

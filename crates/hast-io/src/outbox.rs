@@ -1,14 +1,17 @@
 //! The sending half of a connection, shared by every task that answers or
 //! sends on it.
 //!
-//! A frame goes onto the socket from the task that made it whenever nothing
-//! waits before it: one non-blocking vectored write, no hand-off to another
-//! task. At queue depth one that hand-off (queue, wake the writer task, let
-//! it run) would sit on every request's path. Otherwise (the socket is
-//! full, or the writer task holds frames it has not finished writing) the
-//! frame joins a FIFO queue that one writer task ([`Outbox::run`]) drains,
-//! many frames per vectored write. Either way frames leave whole, never
-//! interleaved, in the order `send` was called.
+//! [`Outbox::send`] puts a frame onto the socket from the task that made it
+//! whenever nothing waits before it: one non-blocking vectored write, no
+//! hand-off to another task. That is for a frame that is alone (its caller
+//! knows: no other request in flight on the connection): at queue depth one
+//! the hand-off (queue, wake the writer task, let it run) would sit on
+//! every request's path. [`Outbox::queue`] is for frames with company: they
+//! join a FIFO queue that one writer task ([`Outbox::run`]) drains, many
+//! frames per vectored write, one syscall for a batch of replies at high
+//! queue depth. A sent frame joins the queue too when the socket is full or
+//! something is queued before it. Either way frames leave whole, never
+//! interleaved, in the order `send`/`queue` were called.
 //!
 //! Ordering rule: a sender writes directly only while holding the state lock
 //! with the queue empty and the writer task idle, so nothing queued earlier
@@ -119,9 +122,20 @@ where
         }
     }
 
-    /// Sends `frame` after every frame sent before it. `Err(Closed)` once
-    /// the connection failed or was closed: the frame is dropped.
+    /// Sends `frame` after every frame sent before it, written by the
+    /// calling task if nothing waits before it. `Err(Closed)` once the
+    /// connection failed or was closed: the frame is dropped.
     pub async fn send(&self, frame: F) -> Result<(), Closed> {
+        self.push(frame, true).await
+    }
+
+    /// Sends `frame` after every frame sent before it, always through the
+    /// writer task, which batches what is queued.
+    pub async fn queue(&self, frame: F) -> Result<(), Closed> {
+        self.push(frame, false).await
+    }
+
+    async fn push(&self, frame: F, direct: bool) -> Result<(), Closed> {
         let mut frame = Some(frame);
         loop {
             let room = self.room.notified();
@@ -135,7 +149,7 @@ where
                 let Some(f) = frame.take() else {
                     return Ok(());
                 };
-                if !st.writing && st.queue.is_empty() {
+                if direct && !st.writing && st.queue.is_empty() {
                     let done = self.write_now(&f);
                     if done < frame_len(&f) {
                         // The rest (and any error) is the writer task's.
@@ -380,7 +394,12 @@ mod tests {
         });
         let reader = tokio::spawn(read_all(rd));
         for n in 0..2000u32 {
-            ob.send(num(n, (n as usize * 37) % 700)).await.unwrap();
+            let f = num(n, (n as usize * 37) % 700);
+            if n % 3 == 0 {
+                ob.queue(f).await.unwrap();
+            } else {
+                ob.send(f).await.unwrap();
+            }
             if n % 97 == 0 {
                 tokio::task::yield_now().await;
             }
@@ -406,9 +425,12 @@ mod tests {
                 tokio::spawn(async move {
                     for i in 0..500u32 {
                         // Sender t owns numbers congruent to t mod 4.
-                        ob.send(num(i * 4 + t, (i as usize * 13) % 300))
-                            .await
-                            .unwrap();
+                        let f = num(i * 4 + t, (i as usize * 13) % 300);
+                        if (i + t) % 2 == 0 {
+                            ob.send(f).await.unwrap();
+                        } else {
+                            ob.queue(f).await.unwrap();
+                        }
                     }
                 })
             })

@@ -11,9 +11,10 @@
 //! ```
 //!
 //! Requests are pipelined: the reader keeps reading while earlier requests
-//! run; replies go out in completion order (cookies match them). A reply is
-//! written by the task that made it when nothing waits before it, else
-//! queued to the writer task, which sends batches in one vectored write; a
+//! run; replies go out in completion order (cookies match them). The reply
+//! to the only request in flight is written by the task that made it (no
+//! hand-off on a queue-depth-one client's path); with company, replies are
+//! queued to the writer task, which sends a batch in one vectored write. A
 //! reply's head and data are never interleaved with another's.
 
 use std::future::Future;
@@ -608,7 +609,11 @@ impl<X: Export> Connection<'_, X> {
                 mode,
                 data,
                 permits,
-                Arc::clone(replies),
+                ReplyTo {
+                    replies: Arc::clone(replies),
+                    requests: Arc::clone(requests),
+                    inflight_max: self.limits.inflight_max.max(1),
+                },
             ));
         }
     }
@@ -649,7 +654,7 @@ async fn execute<X: Export, W: AsyncWrite + Unpin + Send>(
     mode: Mode,
     data: Vec<u8>,
     permits: Permits,
-    replies: Arc<Replies<W>>,
+    to: ReplyTo<W>,
 ) {
     let result: Result<Option<Frame>, Errno> = match cmd {
         Command::Read { offset, len } => match export.read(offset, vec![0u8; len as usize]).await {
@@ -712,5 +717,25 @@ async fn execute<X: Export, W: AsyncWrite + Unpin + Send>(
         }
     };
     // Closed only if the connection is closing; nothing to do.
-    let _ = replies.send(frame).await;
+    let _ = if to.alone() {
+        to.replies.send(frame).await
+    } else {
+        to.replies.queue(frame).await
+    };
+}
+
+/// Where a request's reply goes.
+struct ReplyTo<W> {
+    replies: Arc<Replies<W>>,
+    requests: Arc<Semaphore>,
+    inflight_max: usize,
+}
+
+impl<W> ReplyTo<W> {
+    /// No other request is in flight (the caller still holds its own
+    /// permit): the reply is written at once. With company, the writer task
+    /// gathers the replies that are ready together into one write.
+    fn alone(&self) -> bool {
+        self.requests.available_permits() + 1 >= self.inflight_max
+    }
 }

@@ -178,13 +178,17 @@ impl Link {
         } else {
             (None, None)
         };
-        self.pending().insert(
-            seq,
-            Waiter {
-                received: rec_tx,
-                done: done_tx,
-            },
-        );
+        let alone = {
+            let mut pending = self.pending();
+            pending.insert(
+                seq,
+                Waiter {
+                    received: rec_tx,
+                    done: done_tx,
+                },
+            );
+            pending.len() == 1
+        };
         // fail() drains after setting `dead`: re-check so a request registered
         // during a failure is not left waiting forever.
         if self.is_dead() {
@@ -193,7 +197,15 @@ impl Link {
         }
         let mut head = Vec::new();
         let data = encode(seq, &mut head);
-        if self.tx.send(Out { head, data }).await.is_err() {
+        // The only request in flight goes out from this task at once; with
+        // company, the writer task batches frames into one write.
+        let out = Out { head, data };
+        let sent = if alone {
+            self.tx.send(out).await
+        } else {
+            self.tx.queue(out).await
+        };
+        if sent.is_err() {
             self.pending().remove(&seq);
             return Err(RemoteError::Down);
         }

@@ -225,6 +225,18 @@ impl Session {
         self.drained.notify_waiters();
     }
 
+    /// Sends a reply: at once from this task when no other request is being
+    /// applied (queue depth one), else through the writer task, which
+    /// batches the replies ready together into one write.
+    async fn reply(&self, tx: &Tx, out: Out) -> Result<(), hast_io::Closed> {
+        let alone = self.inflight().is_empty();
+        if alone {
+            tx.send(out).await
+        } else {
+            tx.queue(out).await
+        }
+    }
+
     /// Waits until no request numbered below `seq` is still being applied.
     async fn earlier_done(&self, seq: u64) {
         loop {
@@ -321,9 +333,13 @@ impl Session {
                 if h.has(flags::RECEIVED) && !in_memory {
                     let mut out = Vec::new();
                     hast_repl::encode_control_frame(Kind::Received, 0, h.seq, 0, 0, &mut out);
-                    tx.send(out.into())
-                        .await
-                        .map_err(|_| "reply queue closed".to_string())?;
+                    // This request is in `inflight`; any other is company.
+                    let sent = if self.inflight().len() == 1 {
+                        tx.send(out.into()).await
+                    } else {
+                        tx.queue(out.into()).await
+                    };
+                    sent.map_err(|_| "reply queue closed".to_string())?;
                 }
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -333,7 +349,7 @@ impl Session {
                         .await;
                     let out = reply_frame(h.seq, r.as_ref().err().map_or(0, errno_of));
                     self.done(h.seq);
-                    let _ = tx.send(out).await;
+                    let _ = self.reply(&tx, out).await;
                 });
             }
             Kind::Flush => {
@@ -344,7 +360,7 @@ impl Session {
                     let r = self.dp.barrier().await;
                     let out = reply_frame(h.seq, r.err().map_or(0, |e| io_errno(&e)));
                     self.done(h.seq);
-                    let _ = tx.send(out).await;
+                    let _ = self.reply(&tx, out).await;
                 });
             }
             Kind::Read => {
@@ -374,7 +390,7 @@ impl Session {
                         }
                         Err(e) => reply_frame(h.seq, io_errno(&e)),
                     };
-                    let _ = tx.send(out).await;
+                    let _ = self.reply(&tx, out).await;
                 });
             }
             Kind::Keepalive => {
