@@ -1,10 +1,10 @@
 //! The primary's side of a live replication connection.
 //!
 //! Requests (WRITE, ZERO, FLUSH, READ) are numbered, registered as pending,
-//! encoded and sent through the connection's shared sender (`wire::Tx`:
-//! straight onto the socket when nothing waits before them, else queued to
-//! its writer task); one reader task matches REPLY and
-//! RECEIVED frames to them by sequence number. Nothing waits for one request
+//! encoded and sent through the connection's shared sender (`wire::Tx`: the
+//! only request pending goes straight onto the socket, requests with company
+//! are queued to its writer task, which batches them); one reader task
+//! matches REPLY and RECEIVED frames to them by sequence number. Nothing waits for one request
 //! before sending the next: the pipeline is as deep as the client's. When the
 //! connection fails every pending request fails at once with `Down`, which is
 //! what turns a write into a degraded one (see the data path).

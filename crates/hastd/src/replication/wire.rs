@@ -102,9 +102,10 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
 }
 
 /// The sending half of a replication connection, shared by the tasks that
-/// send on it (see `hast_io::Outbox`: a frame goes straight onto the socket
-/// when nothing waits before it, else to the writer task's queue; order is
-/// kept either way, which RECEIVED-before-REPLY relies on).
+/// send on it (see `hast_io::Outbox`: `send` writes a frame that is alone
+/// straight onto the socket, `queue` hands one with company to the writer
+/// task, which batches; order is kept either way, which
+/// RECEIVED-before-REPLY relies on).
 pub type Tx = Outbox<OwnedWriteHalf, Out>;
 
 impl OutFrame for Out {
