@@ -14,6 +14,7 @@ impl ExitStatus for ErrorKind {
     fn exit_code(&self) -> i32 {
         match self {
             ErrorKind::Syntax(e) => e.exit_code(),
+            ErrorKind::SecretFile { error, .. } => error.exit_code(),
             _ => EX_CONFIG,
         }
     }
@@ -59,6 +60,11 @@ pub enum ErrorKind {
         path: String,
         other: String,
         other_line: u32,
+    },
+    #[error("secret_file \"{}\": {error}", .path.display())]
+    SecretFile {
+        path: std::path::PathBuf,
+        error: crate::secret::SecretError,
     },
     #[error("resource \"{resource}\": NBD socket path \"{path}\" is longer than {max} bytes")]
     SocketPathTooLong {

@@ -18,6 +18,7 @@ mod error;
 pub mod lexer;
 mod parser;
 mod resolve;
+pub mod secret;
 /// Public so hastmon.conf (crate `hast-mon`) shares this grammar.
 pub mod syntax;
 mod value;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 pub use addr::{Addr, AddrError, NBD_PORT, REPLICATION_PORT, UNIX_PATH_MAX};
 pub use error::{ConfigError, ErrorKind};
 pub use parser::Level;
+pub use secret::{Secret, SecretError};
 pub use value::{parse_size, Checksum, Compression, OnIoError, ParseKeywordError, Replication};
 
 /// Larger files are refused before they are read.
@@ -103,6 +105,32 @@ impl Config {
         self.resources.iter().find(|r| r.name == name)
     }
 
+    /// Reads every resource's `secret_file` into its `secret`. An unreadable,
+    /// malformed or group/other-accessible file is an error naming the file
+    /// and the line of its `secret_file` statement; nothing is filled then.
+    pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
+        let mut keys = Vec::with_capacity(self.resources.len());
+        for r in &self.resources {
+            keys.push(match &r.secret_file {
+                None => None,
+                Some((path, line)) => Some(Secret::read(path).map_err(|e| {
+                    ConfigError::at(
+                        &self.file,
+                        *line,
+                        ErrorKind::SecretFile {
+                            path: path.clone(),
+                            error: e,
+                        },
+                    )
+                })?),
+            });
+        }
+        for (r, k) in self.resources.iter_mut().zip(keys) {
+            r.secret = k;
+        }
+        Ok(())
+    }
+
     /// `<nbd_socket_dir>/<resource name>.nbd`, if NBD Unix sockets are on.
     /// Its length was checked against `UNIX_PATH_MAX` when parsing.
     pub fn nbd_socket_path(&self, resource: &Resource) -> Option<PathBuf> {
@@ -141,6 +169,13 @@ pub struct Resource {
     pub on_io_error: OnIoError,
     /// Bytes per second; 0 is unlimited.
     pub resync_rate: u64,
+    /// `secret_file` (absolute path) and the line that set it; `None` when
+    /// unset or `none`: replication is then authenticated by address only.
+    pub secret_file: Option<(PathBuf, u32)>,
+    /// The keys in `secret_file`, filled by [`Config::load_secrets`] (hastd
+    /// at start and reload); `parse` leaves it `None`, so parsing stays pure
+    /// and `hastctl` never reads a key.
+    pub secret: Option<Secret>,
     /// Line of `resource NAME {`.
     pub line: u32,
 }

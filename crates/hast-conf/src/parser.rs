@@ -64,6 +64,8 @@ pub(crate) struct ResOpts {
     pub(crate) freeze_timeout: Option<At<u32>>,
     pub(crate) on_io_error: Option<At<OnIoError>>,
     pub(crate) resync_rate: Option<At<u64>>,
+    /// `secret_file none` is `Some(At { value: None })`: it overrides a default.
+    pub(crate) secret_file: Option<At<Option<PathBuf>>>,
     pub(crate) name: Option<At<String>>,
     pub(crate) local: Option<At<PathBuf>>,
     pub(crate) remote: Option<At<Option<Addr>>>,
@@ -119,6 +121,7 @@ enum Key {
     FreezeTimeout,
     OnIoError,
     ResyncRate,
+    SecretFile,
     Name,
     Local,
     Remote,
@@ -145,6 +148,7 @@ impl Key {
             "freeze_timeout" => Key::FreezeTimeout,
             "on_io_error" => Key::OnIoError,
             "resync_rate" => Key::ResyncRate,
+            "secret_file" => Key::SecretFile,
             "name" => Key::Name,
             "local" => Key::Local,
             "remote" => Key::Remote,
@@ -463,6 +467,15 @@ fn apply_res(key: Key, w: &str, v: &str, line: u32, o: &mut ResOpts) -> Result<(
                 _ => Some(v.to_owned()),
             };
             set(&mut o.fence_peer, cmd, w, line)
+        }
+        Key::SecretFile => {
+            // Read (and its mode checked) by hastd at start and reload, not
+            // here: parsing stays pure, and hastctl never needs the key.
+            let path = match v {
+                "none" => None,
+                _ => Some(abs_path(w, v)?),
+            };
+            set(&mut o.secret_file, path, w, line)
         }
         Key::Metaflush => {
             let on = match v {

@@ -178,6 +178,11 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
         freeze_timeout_secs: get!(freeze_timeout).unwrap_or(defaults::FREEZE_TIMEOUT_SECS),
         on_io_error: get!(on_io_error).unwrap_or(defaults::ON_IO_ERROR),
         resync_rate: get!(resync_rate).unwrap_or(defaults::RESYNC_RATE),
+        secret_file: [n, r, g]
+            .into_iter()
+            .find_map(|o| o.secret_file.as_ref())
+            .and_then(|at| at.value.clone().map(|p| (p, at.line))),
+        secret: None,
         line: res.line,
     })
 }
@@ -225,6 +230,56 @@ mod tests {
                 "{text:?}: {msg}"
             );
         }
+    }
+
+    /// `secret_file` inherits like `fence_peer`; the file is read only by
+    /// `load_secrets`, whose errors name the statement's line and the file.
+    #[test]
+    fn secret_file_inheritance_and_loading() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("hast-conf-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "secret_file {}\n\
+             resource dflt {{ on a {{ local /d0\n remote b }} }}\n\
+             resource off {{ secret_file none\n on a {{ local /d1\n remote b }} }}\n",
+            key.display()
+        );
+        let mut c = crate::parse(&text, Path::new("hast.conf"), "a").unwrap();
+        assert_eq!(c.resources[0].secret_file, Some((key.clone(), 1)));
+        assert_eq!(c.resources[1].secret_file, None);
+        assert!(
+            c.resources.iter().all(|r| r.secret.is_none()),
+            "parse reads no file"
+        );
+        c.load_secrets().unwrap();
+        assert_eq!(
+            c.resources[0].secret.as_ref().map(|s| s.current().to_vec()),
+            Some(b"0123456789abcdef".to_vec())
+        );
+        assert!(c.resources[1].secret.is_none());
+
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut c = crate::parse(&text, Path::new("hast.conf"), "a").unwrap();
+        let e = c.load_secrets().unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("hast.conf:1: secret_file"), "{msg}");
+        assert!(msg.contains("chmod 600"), "{msg}");
+        assert_eq!(e.exit_code(), crate::syntax::EX_CONFIG);
+        std::fs::remove_file(&key).unwrap();
+        let e = c.load_secrets().unwrap_err();
+        assert_eq!(e.exit_code(), crate::syntax::EX_NOINPUT, "{e}");
+        let e = crate::parse("secret_file relative/key\n", Path::new("hast.conf"), "a")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("hast.conf:1:") && e.contains("secret_file"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

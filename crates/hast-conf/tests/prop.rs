@@ -249,6 +249,8 @@ fn expected(name: &str, o: &Opts, line: u32) -> Resource {
         timeout_secs: o.timeout.unwrap_or(20),
         exec: o.exec.clone().map(Into::into),
         fence_peer: None,
+        secret_file: None,
+        secret: None,
         metaflush: o.metaflush.unwrap_or(true),
         freeze_timeout_secs: o.freeze_timeout.unwrap_or(60),
         on_io_error: o.on_io_error.unwrap_or(OnIoError::Detach),
