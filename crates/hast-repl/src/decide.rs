@@ -424,7 +424,7 @@ mod tests {
         #[rustfmt::skip]
         let cases: Vec<(&str, Hello, Hello, Result<Decision, HelloStatus>)> = vec![
             ("ok", p.clone(), s.clone(), Ok(SyncToSecondary)),
-            ("version", Hello { version: 2, ..p.clone() }, s.clone(), Err(HelloStatus::VersionMismatch)),
+            ("version", Hello { version: PROTOCOL_VERSION + 1, ..p.clone() }, s.clone(), Err(HelloStatus::VersionMismatch)),
             ("resource", Hello { resource: "other".into(), ..p.clone() }, s.clone(), Err(HelloStatus::UnknownResource)),
             ("both primary", p.clone(), Hello { role: PeerRole::Primary, ..s.clone() }, Err(HelloStatus::BothPrimary)),
             ("secondary in init", p.clone(), Hello { role: PeerRole::Init, ..s.clone() }, Err(HelloStatus::NotSecondary)),

@@ -112,6 +112,8 @@ pub enum ReplError {
     },
     #[error("hello reply: {0}")]
     BadReply(String),
+    #[error("{what}: {why}")]
+    BadMessage { what: &'static str, why: String },
 
     // --- activemap transfer -------------------------------------------------
     #[error("activemap of {len} bytes exceeds {max}")]

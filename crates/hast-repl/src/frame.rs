@@ -35,6 +35,9 @@
 //! | REPLY       | LZ4 SYNC             | request's   | errno           | errno≠0: 0; LZ4: 5..=PAYLOAD_MAX; else ≤ DATA_MAX | any (no payload: none) |
 //! | RECEIVED    | -                    | -           | -               | 0                                  | none     |
 //! | GOODBYE     | -                    | -           | -               | ≤ GOODBYE_MAX                      | crc32c   |
+//! | CHALLENGE   | -                    | -           | -               | = auth::CHALLENGE_LEN              | crc32c   |
+//! | AUTH        | -                    | -           | -               | 1..=auth::AUTH_MAX                 | crc32c   |
+//! | AUTH_REPLY  | -                    | -           | -               | 1..=auth::AUTH_REPLY_MAX           | crc32c   |
 //!
 //! WRITE: ZERO and LZ4 exclude each other; PUNCH only with ZERO. A REPLY has
 //! no field for its logical length (`length` is the errno), so a READ reply is
@@ -46,6 +49,7 @@
 
 use std::fmt;
 
+use crate::auth;
 use crate::checksum::ChecksumKind;
 use crate::error::ReplError;
 
@@ -113,11 +117,17 @@ pub enum Kind {
     Reply,
     Received,
     Goodbye,
+    /// Authentication (`auth`): the secondary's nonce, before anything else.
+    Challenge,
+    /// The primary's claim (resource, node) and proof.
+    Auth,
+    /// The secondary's verdict and proof.
+    AuthReply,
 }
 
 impl Kind {
     /// Every kind, in wire-code order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Hello,
         Kind::HelloReply,
         Kind::Map,
@@ -130,6 +140,9 @@ impl Kind {
         Kind::Reply,
         Kind::Received,
         Kind::Goodbye,
+        Kind::Challenge,
+        Kind::Auth,
+        Kind::AuthReply,
     ];
 
     pub fn code(self) -> u8 {
@@ -146,6 +159,9 @@ impl Kind {
             Kind::Reply => 10,
             Kind::Received => 11,
             Kind::Goodbye => 12,
+            Kind::Challenge => 13,
+            Kind::Auth => 14,
+            Kind::AuthReply => 15,
         }
     }
 
@@ -167,7 +183,10 @@ impl Kind {
             | Kind::Keepalive
             | Kind::SyncDone
             | Kind::Received
-            | Kind::Goodbye => 0,
+            | Kind::Goodbye
+            | Kind::Challenge
+            | Kind::Auth
+            | Kind::AuthReply => 0,
         }
     }
 
@@ -175,7 +194,14 @@ impl Kind {
     pub fn is_message(self) -> bool {
         matches!(
             self,
-            Kind::Hello | Kind::HelloReply | Kind::Map | Kind::SyncDone | Kind::Goodbye
+            Kind::Hello
+                | Kind::HelloReply
+                | Kind::Map
+                | Kind::SyncDone
+                | Kind::Goodbye
+                | Kind::Challenge
+                | Kind::Auth
+                | Kind::AuthReply
         )
     }
 }
@@ -195,6 +221,9 @@ impl fmt::Display for Kind {
             Kind::Reply => "REPLY",
             Kind::Received => "RECEIVED",
             Kind::Goodbye => "GOODBYE",
+            Kind::Challenge => "CHALLENGE",
+            Kind::Auth => "AUTH",
+            Kind::AuthReply => "AUTH_REPLY",
         })
     }
 }
@@ -400,12 +429,25 @@ impl FrameHeader {
                 }
                 checksum(Some(ChecksumKind::Crc32c), MESSAGE)?;
             }
-            Kind::Hello | Kind::HelloReply | Kind::SyncDone | Kind::Goodbye => {
+            Kind::Hello
+            | Kind::HelloReply
+            | Kind::SyncDone
+            | Kind::Goodbye
+            | Kind::Challenge
+            | Kind::Auth
+            | Kind::AuthReply => {
                 self.zero_field("offset", self.offset)?;
                 self.zero_field("length", u64::from(self.length))?;
+                let n = self.payload_len as usize;
                 match kind {
                     Kind::SyncDone => payload(self.payload_len == SYNC_DONE_LEN, "16")?,
                     Kind::Goodbye => payload(self.payload_len <= GOODBYE_MAX, "at most 1024")?,
+                    Kind::Challenge => payload(n == auth::CHALLENGE_LEN, "36")?,
+                    Kind::Auth => payload((1..=auth::AUTH_MAX).contains(&n), "1..=AUTH_MAX")?,
+                    Kind::AuthReply => payload(
+                        (1..=auth::AUTH_REPLY_MAX).contains(&n),
+                        "1..=AUTH_REPLY_MAX",
+                    )?,
                     _ => payload(
                         self.payload_len >= 1 && self.payload_len <= HELLO_MAX,
                         "1..=4096",
@@ -617,6 +659,29 @@ pub fn encode_message_frame(
     out.extend_from_slice(&h.encode());
     out.extend_from_slice(ChecksumKind::Crc32c.compute(payload).as_bytes());
     out.extend_from_slice(payload);
+}
+
+/// Verifies a message frame's (crc32c) digest: a HELLO, MAP or AUTH whose
+/// bytes changed on the way is refused, never acted on.
+pub fn verify_message(h: &FrameHeader, digest: &[u8], payload: &[u8]) -> Result<(), ReplError> {
+    h.validate()?;
+    if digest.len() != h.digest_len() || payload.len() != h.payload_len as usize {
+        return Err(ReplError::BodyLen {
+            kind: h.kind,
+            seq: h.seq,
+            got: digest.len() + payload.len(),
+            expected: h.body_len(),
+        });
+    }
+    if h.checksum.compute(payload).as_bytes() != digest {
+        return Err(ReplError::ChecksumMismatch {
+            checksum: h.checksum,
+            kind: h.kind,
+            seq: h.seq,
+            offset: h.offset,
+        });
+    }
+    Ok(())
 }
 
 /// Verifies the digest and decompresses: the logical data of any frame

@@ -24,7 +24,8 @@ use crate::decide::Decision;
 use crate::error::ReplError;
 
 /// Version of the hello exchange and of everything after it on the connection.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: authentication (CHALLENGE, AUTH, AUTH_REPLY) precedes the hello.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest resource name (as hast-meta's header).
 pub const RESOURCE_MAX: usize = 64;
 /// Longest node name (a host name).

@@ -3,6 +3,8 @@
 //! - [`frame`]: the wire frame (32-byte header, digest, payload), its per-kind
 //!   limits checked before anything is allocated, and the data encodings
 //!   (hole, lz4) with their checksums ([`checksum`]).
+//! - [`auth`]: mutual authentication (CHALLENGE, AUTH, AUTH_REPLY) before
+//!   the hello, HMAC-SHA256 over both nonces.
 //! - [`hello`]: the HELLO / HELLO_REPLY messages exchanged on every connection.
 //! - [`mod@decide`]: FreeBSD's rules choosing the resync direction from both
 //!   nodes' resuid and counters, and the counters stored once it finished.
@@ -11,6 +13,7 @@
 //! `hastd` wraps these in its tokio tasks; everything here is table-tested and
 //! fuzzed (`fuzz/fuzz_targets/repl_frame.rs`).
 
+pub mod auth;
 pub mod checksum;
 pub mod decide;
 mod error;
@@ -23,9 +26,9 @@ pub use decide::{accept, counters_after_sync, decide, verify_reply, Decision, Di
 pub use error::ReplError;
 pub use frame::{
     decode_data, decode_sync_done, encode_control_frame, encode_data_frame, encode_data_head,
-    encode_message_frame, encode_sync_done, flags, lz4_payload_max, Compression, Data, FrameHeader,
-    Kind, DATA_MAX, GOODBYE_MAX, HEADER_LEN, HELLO_MAX, LZ4_PREFIX_LEN, MAGIC, MAP_CHUNK_MAX,
-    MAP_MAX, PAYLOAD_MAX, SYNC_DONE_LEN, VERSION,
+    encode_message_frame, encode_sync_done, flags, lz4_payload_max, verify_message, Compression,
+    Data, FrameHeader, Kind, DATA_MAX, GOODBYE_MAX, HEADER_LEN, HELLO_MAX, LZ4_PREFIX_LEN, MAGIC,
+    MAP_CHUNK_MAX, MAP_MAX, PAYLOAD_MAX, SYNC_DONE_LEN, VERSION,
 };
 pub use hello::{Hello, HelloReply, HelloStatus, PeerRole, PROTOCOL_VERSION};
 pub use map::{map_chunks, MapAssembler};

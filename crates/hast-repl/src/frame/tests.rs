@@ -158,7 +158,7 @@ fn header_fixed_fields_table() {
         ("version 0", 4, 0, "frame version 0 unsupported"),
         ("version 2", 4, 2, "frame version 2 unsupported"),
         ("kind 0", 5, 0, "frame kind 0 unknown"),
-        ("kind 13", 5, 13, "frame kind 13 unknown"),
+        ("kind 16", 5, 16, "frame kind 16 unknown"),
         ("kind 42", 5, 42, "frame kind 42 unknown"),
         ("flags 0x80", 6, 0x80, "frame flags 0x80 has unknown bits"),
         ("checksum 4", 7, 4, "checksum kind 4 unknown"),
@@ -180,7 +180,7 @@ fn kind_codes_round_trip() {
         assert_eq!(Kind::from_code(k.code()), Some(*k));
     }
     assert_eq!(Kind::from_code(0), None);
-    assert_eq!(Kind::from_code(13), None);
+    assert_eq!(Kind::from_code(16), None);
     assert_eq!(Kind::from_code(255), None);
 }
 
