@@ -174,6 +174,10 @@ pub struct ResourceStatus {
     /// `fence_peer`); `None` otherwise.
     #[serde(default)]
     pub fence: Option<FenceStatus>,
+    /// What authenticates the replication link: `hmac-sha256` (a
+    /// `secret_file`), `none` (source address only); `None` without a remote.
+    #[serde(default)]
+    pub auth: Option<String>,
 }
 
 /// Where a primary stands with `fence_peer`. Each time it loses its peer

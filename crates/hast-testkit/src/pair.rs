@@ -161,9 +161,17 @@ pub struct PairBuilder {
     timeout_secs: u32,
     proxy: bool,
     options: Vec<String>,
+    secret: bool,
 }
 
 impl PairBuilder {
+    /// No `secret_file`: the link is checked by address only (by default
+    /// both nodes share a key file, as a real deployment should).
+    pub fn no_secret(mut self) -> Self {
+        self.secret = false;
+        self
+    }
+
     /// A word in the temp dir names.
     pub fn tag(mut self, tag: &str) -> Self {
         self.tag = tag.to_string();
@@ -233,6 +241,11 @@ impl PairBuilder {
         };
         let a = make(Side::A, nbd_a, repl_a);
         let b = make(Side::B, nbd_b, repl_b);
+        let secret = self.secret.then(|| {
+            let path = a.layout().dir.join("repl.key");
+            write_secret(&path);
+            path
+        });
         let text = pair_config(
             a.layout(),
             b.layout(),
@@ -240,6 +253,7 @@ impl PairBuilder {
             &self.replication,
             self.timeout_secs,
             &self.options,
+            secret.as_deref(),
         );
         for n in [&a, &b] {
             std::fs::write(&n.layout().config_path, &text).expect("write pair config");
@@ -272,6 +286,7 @@ impl PairBuilder {
             replication: self.replication,
             timeout_secs: self.timeout_secs,
             options: self.options,
+            secret,
         }
     }
 
@@ -283,6 +298,23 @@ impl PairBuilder {
     }
 }
 
+/// Writes a fresh random key file, mode 0600, as an operator would
+/// (`head -c 32 /dev/urandom | base64 > key; chmod 600 key`).
+pub fn write_secret(path: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key: [u8; 24] = rand::random();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create key file");
+    writeln!(f, "{hex}").expect("write key file");
+}
+
 /// The config both nodes share.
 pub fn pair_config(
     a: &Layout,
@@ -291,6 +323,7 @@ pub fn pair_config(
     replication: &str,
     timeout_secs: u32,
     options: &[String],
+    secret: Option<&Path>,
 ) -> String {
     let node = |l: &Layout| {
         format!(
@@ -312,6 +345,9 @@ pub fn pair_config(
         )
     };
     let mut c = String::from("# written by hast-testkit (pair)\n");
+    if let Some(path) = secret {
+        c.push_str(&format!("secret_file {}\n", path.display()));
+    }
     c.push_str(&node(a));
     c.push_str(&node(b));
     c.push_str(&format!(
@@ -344,6 +380,8 @@ pub struct Pair {
     replication: String,
     timeout_secs: u32,
     options: Vec<String>,
+    /// The key file both nodes' `secret_file` names.
+    secret: Option<PathBuf>,
 }
 
 impl Pair {
@@ -358,6 +396,7 @@ impl Pair {
             timeout_secs: 3,
             proxy: false,
             options: Vec::new(),
+            secret: true,
         }
     }
 
@@ -400,6 +439,7 @@ impl Pair {
             &self.replication,
             self.timeout_secs,
             &self.options,
+            self.secret.as_deref(),
         );
         for side in [Side::A, Side::B] {
             let path = self.node(side).layout().config_path.clone();

@@ -83,6 +83,9 @@ pub fn list(list: &[ResourceStatus]) -> String {
         if let Some(p) = &r.peer {
             let _ = writeln!(s, "  peer: {p}");
         }
+        if let Some(a) = &r.auth {
+            let _ = writeln!(s, "  auth: {a}");
+        }
         let _ = writeln!(s, "  replication: {}", r.replication);
         let _ = writeln!(s, "  checksum: {}", r.checksum);
         let _ = writeln!(s, "  compression: {}", r.compression);

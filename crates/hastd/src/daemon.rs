@@ -18,7 +18,7 @@ pub fn main(args: Args) -> i32 {
     // Absolute config path: a daemon must find it again on SIGHUP whatever
     // its working directory.
     let config_path = std::fs::canonicalize(&args.config).unwrap_or(args.config.clone());
-    let config = match hast_conf::load(&config_path, args.node.as_deref()) {
+    let config = match load(&config_path, args.node.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hastd: {e}");
@@ -46,6 +46,18 @@ pub fn main(args: Args) -> i32 {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     pidfile.remove();
     code
+}
+
+/// The configuration with every `secret_file` read: a key file that is
+/// missing, malformed or readable by others stops hastd from starting (and a
+/// reload from applying), with the file and line on the terminal.
+fn load(
+    path: &std::path::Path,
+    node: Option<&str>,
+) -> Result<hast_conf::Config, hast_conf::ConfigError> {
+    let mut c = hast_conf::load(path, node)?;
+    c.load_secrets()?;
+    Ok(c)
 }
 
 /// Payload buffers (up to 32 MiB, typically 4 KiB to 1 MiB) are allocated
@@ -123,7 +135,9 @@ async fn run(
     // Only nodes with a peer need to listen for one.
     if config.resources.iter().any(|r| r.remote.is_some()) {
         for addr in &config.listen {
-            match crate::replication::listener::listen(addr, resources.clone()).await {
+            match crate::replication::listener::listen(addr, resources.clone(), config.node.clone())
+                .await
+            {
                 Ok((local, task)) => {
                     tracing::info!(listen = %local, "replication listener ready");
                     repl_tasks.push(task);
@@ -153,7 +167,7 @@ async fn run(
     let mut current = config;
     while signals.next().await == Signal::Reload {
         notify(Notify::Reloading);
-        match hast_conf::load(&config_path, node.as_deref()) {
+        match load(&config_path, node.as_deref()) {
             Ok(new) => {
                 reload(&current, &new, &resources, &env).await;
                 warn_not_yet_applied(&new);
@@ -291,6 +305,17 @@ fn not_yet_applied(c: &hast_conf::Config) -> Vec<String> {
 fn warn_not_yet_applied(c: &hast_conf::Config) {
     for w in not_yet_applied(c) {
         tracing::warn!("{w} (option accepted and ignored)");
+    }
+    for r in c
+        .resources
+        .iter()
+        .filter(|r| r.remote.is_some() && r.secret.is_none())
+    {
+        tracing::warn!(
+            resource = %r.name,
+            "no secret_file: replication connections are checked by source address only \
+             (any local user on the peer's host can connect); see docs/security.md"
+        );
     }
 }
 

@@ -26,7 +26,7 @@ use hast_api::{
 use hast_meta::{MetaError, Role, Store};
 use hast_repl::{Hello, HelloStatus};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::datapath::{DataPath, Side};
@@ -74,6 +74,7 @@ impl ResourceHandle {
     pub fn spawn(config: hast_conf::Resource, env: Env) -> (ResourceHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_DEPTH);
         let task = ResourceTask {
+            secret: watch::channel(config.secret.clone()).0,
             config: config.clone(),
             env,
             state: State::Init,
@@ -133,6 +134,9 @@ impl State {
 
 struct ResourceTask {
     config: hast_conf::Resource,
+    /// `config.secret`, shared with the primary's connector so that a
+    /// reloaded key file applies to its next connection attempt.
+    secret: watch::Sender<Option<hast_conf::Secret>>,
     env: Env,
     state: State,
     /// The component (and the lock on it) between closing one role and
@@ -214,6 +218,7 @@ impl ResourceTask {
                     if let Some(dp) = self.state.dp() {
                         dp.reconfigure(&cfg);
                     }
+                    self.secret.send_replace(cfg.secret.clone());
                     self.config = *cfg;
                     tracing::info!(resource = %self.config.name, "configuration reloaded");
                 }
@@ -560,6 +565,7 @@ impl ResourceTask {
                 dp.clone(),
                 self.config.clone(),
                 self.env.node.clone(),
+                self.secret.subscribe(),
             ))
         });
         self.env
@@ -596,6 +602,18 @@ impl ResourceTask {
             secondary::refuse(&mut wr, status, why).await;
             return;
         };
+        if session.as_ref().is_some_and(|(old, _)| !old.is_finished()) {
+            // A live session is replaced only by a connection that would be
+            // accepted: one that fails the checks must not cost the primary
+            // its link.
+            let own = secondary_hello(dp, &self.env.node).await;
+            if let Err(status) = hast_repl::accept(&hello, &own) {
+                let why = format!("{status}: refused; the attached primary connection stays");
+                tracing::warn!(resource = %self.config.name, %peer, "{why}");
+                secondary::refuse(&mut wr, status, &why).await;
+                return;
+            }
+        }
         if let Some((old, _)) = session.take() {
             // The primary reconnected before we noticed the old link die.
             old.abort();
@@ -642,6 +660,10 @@ impl ResourceTask {
             epoch: None,
             lease_ms: None,
             fence: None,
+            auth: c
+                .remote
+                .is_some()
+                .then(|| crate::replication::auth::mode(c.secret.as_ref()).to_string()),
         };
         let Some(dp) = self.state.dp() else {
             let local = c.local.clone();
@@ -772,6 +794,10 @@ pub fn lock_component(file: &std::fs::File, path: &Path) -> Result<(), ApiError>
 fn unlock_component(file: &std::fs::File) {
     // SAFETY: flock on a descriptor owned by `file` for the call's duration.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+}
+
+async fn secondary_hello(dp: &DataPath, node: &str) -> hast_repl::Hello {
+    crate::replication::primary::hello_of(&dp.header().await, node, hast_repl::PeerRole::Secondary)
 }
 
 /// Used by the replication listener before handing a connection over: the

@@ -3,6 +3,7 @@
 //! listener, and the thin framing shell over `hast-repl`'s pure codec.
 //! The protocol itself is described in `docs/replication.md`.
 
+pub mod auth;
 pub mod link;
 pub mod listener;
 pub mod primary;

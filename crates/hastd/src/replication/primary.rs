@@ -10,7 +10,9 @@ use std::time::Duration;
 use hast_conf::Addr;
 use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler, PeerRole};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
 
+use super::auth;
 use super::link::Link;
 use super::resync::{self, Direction};
 use super::wire::{read_frame, write_all};
@@ -23,11 +25,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until the data path is withdrawn (demotion, stop).
-pub async fn run(dp: Arc<DataPath>, cfg: hast_conf::Resource, node: String) {
+/// `secret` follows the resource's `secret_file` across reloads; each
+/// connection attempt uses the keys current then.
+pub async fn run(
+    dp: Arc<DataPath>,
+    cfg: hast_conf::Resource,
+    node: String,
+    secret: watch::Receiver<Option<hast_conf::Secret>>,
+) {
     let mut backoff = BACKOFF_FIRST;
     let mut last_error = String::new();
     while !dp.is_withdrawn() {
-        match connect(&dp, &cfg, &node).await {
+        let keys = secret.borrow().clone();
+        match connect(&dp, &cfg, &node, keys.as_ref()).await {
             Ok((link, tasks, decision, peer)) => {
                 backoff = BACKOFF_FIRST;
                 last_error.clear();
@@ -167,6 +177,7 @@ async fn connect(
     dp: &Arc<DataPath>,
     cfg: &hast_conf::Resource,
     node: &str,
+    secret: Option<&hast_conf::Secret>,
 ) -> Result<Connected, String> {
     let remote = cfg
         .remote
@@ -180,6 +191,19 @@ async fn connect(
     let (mut rd, mut wr) = stream.into_split();
     let own = dp.header().await;
     let hello = hello_of(&own, node, PeerRole::Primary);
+    // Nothing about this copy goes out before the secondary proved it holds
+    // the secret: a fake secondary must not learn the hello, nor be able to
+    // acknowledge a single write.
+    auth::initiate(
+        &mut rd,
+        &mut wr,
+        &hello.resource,
+        &hello.node,
+        secret,
+        HANDSHAKE_TIMEOUT,
+    )
+    .await
+    .map_err(|e| format!("{peer}: {e}"))?;
     let mut out = Vec::new();
     hast_repl::encode_message_frame(Kind::Hello, 0, 0, 0, &hello.encode(), &mut out);
     write_all(&mut wr, &out, HANDSHAKE_TIMEOUT)

@@ -162,6 +162,12 @@ where
         let tx = tx.clone();
         tokio::spawn(async move { tx.run(Some(timeout), None).await })
     };
+    // Also when this task is aborted (a new primary connection replaces this
+    // one): the writer task must not keep the socket open.
+    let _teardown = Teardown {
+        tx: tx.clone(),
+        writer: writer.abort_handle(),
+    };
     // Buffered: a header is 32 bytes, and at high queue depth many arrive
     // in one segment; large payloads bypass the buffer.
     let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, rd);
@@ -180,6 +186,20 @@ where
     tx.close();
     session.dp.set_peer_state("disconnected");
     why
+}
+
+/// Closes the outbox and stops its writer task when the session ends, however
+/// it ends; the socket closes once the last request task lets go of it.
+struct Teardown {
+    tx: Arc<Tx>,
+    writer: tokio::task::AbortHandle,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        self.tx.close();
+        self.writer.abort();
+    }
 }
 
 /// Header changes the handshake decided, applied on the first frame.

@@ -82,6 +82,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Ok(Err(e)) => return Err(e.into()),
         Ok(Ok(_)) => {}
     }
+    if header.kind.is_message() {
+        // A hello, map or auth frame is acted on as a whole: one whose bytes
+        // changed on the way is refused, not half-believed.
+        hast_repl::verify_message(&header, &digest, &payload)?;
+    }
     Ok(Frame {
         header,
         digest,
