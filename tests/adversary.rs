@@ -97,15 +97,16 @@ fn log_since(pair: &Pair, side: Side, from: usize) -> String {
 
 /// A pair in sync, A primary, with 4 MiB of 0x11 written through A.
 fn synced_pair(tag: &str) -> Pair {
-    let mut pair = Pair::builder(bins!())
-        .tag(tag)
-        .file_size(128 * MIB)
-        .start();
+    let mut pair = Pair::builder(bins!()).tag(tag).file_size(128 * MIB).start();
     pair.setup(Side::A, timeout_s(60));
     qemu_io(&pair.uri(Side::A), &["write -P 0x11 0 4M".to_string()]);
     pair.wait_complete(timeout_s(30));
     let st = pair.status_json(Side::A);
-    assert_eq!(st.get("auth").and_then(|a| a.as_str()), Some("hmac-sha256"), "{st}");
+    assert_eq!(
+        st.get("auth").and_then(|a| a.as_str()),
+        Some("hmac-sha256"),
+        "{st}"
+    );
     pair
 }
 
@@ -126,7 +127,10 @@ fn assert_session_untouched(pair: &Pair, marks: (usize, usize)) {
 }
 
 fn marks(pair: &Pair) -> (usize, usize) {
-    (pair.node(Side::A).log().len(), pair.node(Side::B).log().len())
+    (
+        pair.node(Side::A).log().len(),
+        pair.node(Side::B).log().len(),
+    )
 }
 
 /// Findings 1, 4, 5: a local user on the primary's host (same source
@@ -148,16 +152,32 @@ fn strangers_cannot_write_to_the_secondary_or_disturb_its_session() {
     let r = &atk.run(false, &["hello-first", "127.0.0.1", &port], timeout_s(30))[0];
     say(&format!("hello-first: {r}"));
     assert_eq!(field(r, "first"), "CHALLENGE", "{r}");
-    assert_eq!(field(r, "result"), "closed", "a HELLO before AUTH must get nothing: {r}");
+    assert_eq!(
+        field(r, "result"),
+        "closed",
+        "a HELLO before AUTH must get nothing: {r}"
+    );
 
     // A guessed key, for the real resource and for one that does not exist:
     // the same bare refusal, so resource names cannot be probed.
-    let known = &atk.run(false, &["auth", "127.0.0.1", &port, "--resource", "r0"], timeout_s(30))[0];
-    let unknown = &atk.run(false, &["auth", "127.0.0.1", &port, "--resource", "nosuch"], timeout_s(30))[0];
+    let known = &atk.run(
+        false,
+        &["auth", "127.0.0.1", &port, "--resource", "r0"],
+        timeout_s(30),
+    )[0];
+    let unknown = &atk.run(
+        false,
+        &["auth", "127.0.0.1", &port, "--resource", "nosuch"],
+        timeout_s(30),
+    )[0];
     say(&format!("auth r0: {known}\nauth nosuch: {unknown}"));
     assert_eq!(field(known, "result"), "refused", "{known}");
     assert_eq!(field(unknown, "result"), "refused", "{unknown}");
-    assert_eq!(field(known, "reply_hex"), field(unknown, "reply_hex"), "refusals differ");
+    assert_eq!(
+        field(known, "reply_hex"),
+        field(unknown, "reply_hex"),
+        "refusals differ"
+    );
 
     // A recorded AUTH made with the real key (root captured it) replayed by
     // the stranger to a fresh challenge.
@@ -165,11 +185,24 @@ fn strangers_cannot_write_to_the_secondary_or_disturb_its_session() {
     let key = key.to_str().expect("utf-8 path");
     let rec = atk.run(
         true,
-        &["auth", "127.0.0.1", &port, "--resource", "nosuch", "--key-file", key, "--print-auth"],
+        &[
+            "auth",
+            "127.0.0.1",
+            &port,
+            "--resource",
+            "nosuch",
+            "--key-file",
+            key,
+            "--print-auth",
+        ],
         timeout_s(30),
     );
     let auth_hex = field(&rec[0], "auth_hex").to_string();
-    let replay = &atk.run(false, &["replay", "127.0.0.1", &port, "--auth-hex", &auth_hex], timeout_s(30))[0];
+    let replay = &atk.run(
+        false,
+        &["replay", "127.0.0.1", &port, "--auth-hex", &auth_hex],
+        timeout_s(30),
+    )[0];
     say(&format!("replay: {replay}"));
     assert_eq!(field(replay, "result"), "refused", "{replay}");
 
@@ -178,7 +211,19 @@ fn strangers_cannot_write_to_the_secondary_or_disturb_its_session() {
     // offset 0: refused before anything is applied, the live session stays.
     let bad_sum = &atk.run(
         true,
-        &["auth", "127.0.0.1", &port, "--resource", "r0", "--key-file", key, "--then-hello", "--bad-hello-checksum", "--epoch", "4611686018427387904"],
+        &[
+            "auth",
+            "127.0.0.1",
+            &port,
+            "--resource",
+            "r0",
+            "--key-file",
+            key,
+            "--then-hello",
+            "--bad-hello-checksum",
+            "--epoch",
+            "4611686018427387904",
+        ],
         timeout_s(30),
     )[0];
     say(&format!("bad checksum hello: {bad_sum}"));
@@ -186,16 +231,34 @@ fn strangers_cannot_write_to_the_secondary_or_disturb_its_session() {
     assert_eq!(field(bad_sum, "hello_result"), "closed", "{bad_sum}");
     let other = &atk.run(
         true,
-        &["auth", "127.0.0.1", &port, "--resource", "r0", "--key-file", key, "--then-hello", "--resuid", "12345"],
+        &[
+            "auth",
+            "127.0.0.1",
+            &port,
+            "--resource",
+            "r0",
+            "--key-file",
+            key,
+            "--then-hello",
+            "--resuid",
+            "12345",
+        ],
         timeout_s(30),
     )[0];
     say(&format!("other copy hello: {other}"));
     assert_eq!(field(other, "hello_result"), "HELLO_REPLY", "{other}");
 
     let b_log = log_since(&pair, Side::B, m.1);
-    assert!(b_log.contains("checksum mismatch"), "no checksum refusal logged:\n{b_log}");
+    assert!(
+        b_log.contains("checksum mismatch"),
+        "no checksum refusal logged:\n{b_log}"
+    );
     assert_session_untouched(&pair, m);
-    assert_eq!(pair.node(Side::B).dump("r0")["epoch"], epoch_before, "epoch changed");
+    assert_eq!(
+        pair.node(Side::B).dump("r0")["epoch"],
+        epoch_before,
+        "epoch changed"
+    );
     pair.assert_identical(timeout_s(10));
     // The live session still replicates.
     qemu_io(&pair.uri(Side::A), &["write -P 0x22 8M 1M".to_string()]);
@@ -216,7 +279,11 @@ fn a_thousand_refused_connections_leak_nothing() {
     let pid = pair.node(Side::B).daemon_pid().expect("B's hastd runs");
     let m = marks(&pair);
     let before = open_fds(pid);
-    let r = &atk.run(false, &["flood", "127.0.0.1", &port, "--count", "1000"], timeout_s(120))[0];
+    let r = &atk.run(
+        false,
+        &["flood", "127.0.0.1", &port, "--count", "1000"],
+        timeout_s(120),
+    )[0];
     say(&format!("flood: {r}"));
     // Handshakes end when their peer closes; give the last ones a moment.
     let deadline = std::time::Instant::now() + timeout_s(15);
@@ -225,7 +292,9 @@ fn a_thousand_refused_connections_leak_nothing() {
         std::thread::sleep(Duration::from_millis(200));
         after = open_fds(pid);
     }
-    say(&format!("hastd fds: {before} before, {after} after 1000 refused connections"));
+    say(&format!(
+        "hastd fds: {before} before, {after} after 1000 refused connections"
+    ));
     assert!(after <= before + 2, "fd growth: {before} -> {after}");
     assert_session_untouched(&pair, m);
     pair.assert_identical(timeout_s(10));
@@ -244,7 +313,9 @@ fn a_fake_secondary_cannot_acknowledge_anything() {
     let mut pair = synced_pair("adv-fake");
     let port = pair.node(Side::B).layout().repl_port.to_string();
     pair.stop(Side::B);
-    pair.wait_status(Side::A, timeout_s(15), "degraded", |s| s.status == "degraded");
+    pair.wait_status(Side::A, timeout_s(15), "degraded", |s| {
+        s.status == "degraded"
+    });
     for reflect in [false, true] {
         let mut args = vec!["fake-secondary", port.as_str(), "--seconds", "6"];
         if reflect {
@@ -257,15 +328,24 @@ fn a_fake_secondary_cannot_acknowledge_anything() {
         let out = child.wait_with_output().expect("fake secondary");
         let text = String::from_utf8_lossy(&out.stdout);
         say(&format!("fake secondary (reflect {reflect}):\n{text}"));
-        let events: Vec<serde_json::Value> =
-            text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         let replies: Vec<&serde_json::Value> = events
             .iter()
             .filter(|e| field(e, "event") == "after-reply")
             .collect();
-        assert!(!replies.is_empty(), "the primary never tried the fake: {text}");
+        assert!(
+            !replies.is_empty(),
+            "the primary never tried the fake: {text}"
+        );
         for e in &replies {
-            assert_eq!(field(e, "kind"), "closed", "the primary believed the fake: {e}");
+            assert_eq!(
+                field(e, "kind"),
+                "closed",
+                "the primary believed the fake: {e}"
+            );
         }
         let st = pair.status(Side::A);
         assert_eq!(st.status, "degraded", "{}", st.brief());
@@ -273,8 +353,11 @@ fn a_fake_secondary_cannot_acknowledge_anything() {
         assert!(peer.contains("authentication failed"), "peer: {peer}");
     }
     let a_log = pair.node(Side::A).log();
-    assert!(!a_log.contains("connected to secondary") || a_log.matches("connected to secondary").count() == 1,
-        "the primary connected to the fake:\n{a_log}");
+    assert!(
+        !a_log.contains("connected to secondary")
+            || a_log.matches("connected to secondary").count() == 1,
+        "the primary connected to the fake:\n{a_log}"
+    );
     pair.restart(Side::B);
     pair.make_secondary(Side::B);
     pair.wait_complete(timeout_s(60));

@@ -22,7 +22,7 @@
 use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Larger files are refused before they are read.
 pub const SECRET_FILE_SIZE_MAX: u64 = 4096;
@@ -80,10 +80,7 @@ impl Secret {
 
     /// Reads and checks a key file (type, size, mode, contents).
     pub fn read(path: &Path) -> Result<Secret, SecretError> {
-        let io = |source| SecretError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| SecretError::Io { source };
         let meta = std::fs::metadata(path).map_err(io)?;
         if !meta.is_file() {
             return Err(SecretError::NotAFile);
@@ -121,11 +118,9 @@ impl fmt::Debug for Secret {
 /// Why a key file was refused: one line, never the key.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cannot read \"{}\": {source}", .path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The caller names the file (`secret_file "PATH": ...`).
+    #[error("cannot be read: {source}")]
+    Io { source: std::io::Error },
     #[error("not a regular file")]
     NotAFile,
     #[error("readable or writable by group or others (mode {mode:04o}); chmod 600 it")]

@@ -3,10 +3,9 @@
 //! sysexits(3) status from `exit_code()`) over hastmon.conf's `ErrorKind`.
 //! Messages never contain the secret.
 
-use std::io;
 use std::path::PathBuf;
 
-use hast_conf::syntax::{ExitStatus, FileError, SyntaxError, EX_CONFIG, EX_NOINPUT};
+use hast_conf::syntax::{ExitStatus, FileError, SyntaxError, EX_CONFIG};
 
 use super::parser::Level;
 
@@ -18,7 +17,7 @@ impl ExitStatus for ErrorKind {
     fn exit_code(&self) -> i32 {
         match self {
             ErrorKind::Syntax(e) => e.exit_code(),
-            ErrorKind::SecretFile { .. } => EX_NOINPUT,
+            ErrorKind::SecretFile { error, .. } => error.exit_code(),
             _ => EX_CONFIG,
         }
     }
@@ -38,17 +37,12 @@ pub enum ErrorKind {
 
     #[error("the secret is {len} bytes; at least {min} are required")]
     SecretTooShort { len: usize, min: usize },
-    #[error(
-        "the secret in \"{}\" is {len} bytes (first line, trimmed); at least {min} are required",
-        .path.display()
-    )]
-    SecretFileTooShort {
+    /// The key file hastd's `secret_file` uses too (`hast_conf::secret`).
+    #[error("secret_file \"{}\": {error}", .path.display())]
+    SecretFile {
         path: PathBuf,
-        len: usize,
-        min: usize,
+        error: hast_conf::SecretError,
     },
-    #[error("cannot read secret_file \"{}\": {source}", .path.display())]
-    SecretFile { path: PathBuf, source: io::Error },
     #[error("\"{key}\" and \"{other}\" (line {other_line}) cannot both be set; keep one")]
     SecretConflict {
         key: String,

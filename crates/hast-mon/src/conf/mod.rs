@@ -55,8 +55,8 @@ pub const REMOTES_MAX: usize = RESOURCE_NODES_MAX - 1;
 /// Longest duration option, so that deadlines computed from it (`Instant +
 /// Duration`) can never overflow.
 pub const DURATION_MAX: Duration = Duration::from_secs(24 * 60 * 60);
-/// Largest `secret_file` read.
-pub const SECRET_FILE_SIZE_MAX: u64 = 4096;
+/// Largest `secret_file` read (the key file is shared with hastd).
+pub use hast_conf::secret::SECRET_FILE_SIZE_MAX;
 
 /// Values used when no section sets an option.
 pub mod defaults {

@@ -19,7 +19,7 @@ use hast_conf::syntax::{check_unset, set, At, Reader, SyntaxError};
 use hast_conf::Addr;
 
 use super::error::{ConfigError, ErrorKind};
-use super::value::{duration, number, read_secret_file, remote_addr, tcp_addr, unix_addr};
+use super::value::{duration, number, remote_addr, tcp_addr, unix_addr};
 use super::{Key, NODE_SECTIONS_MAX, REMOTES_MAX, RESOURCES_MAX, RESOURCE_NODES_MAX};
 
 /// The kind of section a statement is in.
@@ -318,15 +318,12 @@ impl Parser<'_> {
                     .map_err(|k| self.r.err(kw_line, k))?
             } else {
                 let path = abs_path(&word, &value).map_err(|k| self.r.err(kw_line, k))?;
-                let bytes = read_secret_file(&path).map_err(|k| self.r.err(kw_line, k))?;
-                let len = bytes.len();
-                Key::new(bytes)
-                    .map_err(|_| ErrorKind::SecretFileTooShort {
-                        path,
-                        len,
-                        min: Key::LEN_MIN,
-                    })
-                    .map_err(|k| self.r.err(kw_line, k))?
+                // hastd's key file format: the current key is used; the
+                // mode must deny group and others.
+                let secret = hast_conf::Secret::read(&path)
+                    .map_err(|error| self.r.err(kw_line, ErrorKind::SecretFile { path, error }))?;
+                Key::new(secret.current().to_vec())
+                    .expect("a key file's keys are at least Key::LEN_MIN bytes")
             };
             found = Some((
                 At {

@@ -32,9 +32,11 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, contents: &[u8]) -> TempFile {
+        use std::os::unix::fs::PermissionsExt;
         let path =
             std::env::temp_dir().join(format!("hast-mon-conf-{}-{name}", std::process::id()));
         std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         TempFile(path)
     }
 }
@@ -306,9 +308,9 @@ fn refused() {
         ("key {\n}".into(), "1: the key section sets neither \"secret\" nor \"secret_file\""),
         ("key {\n secret \"0123456789abcdef\"\n secret_file /etc/k\n}".into(), "3: \"secret_file\" and \"secret\" (line 2) cannot both be set; keep one"),
         ("key {\n secret \"0123456789abcdef\"\n secret \"0123456789abcdef\"\n}".into(), "3: \"secret\" is already set in this section at line 2"),
-        ("key { secret_file /nonexistent/hastmon.key }".into(), "1: cannot read secret_file \"/nonexistent/hastmon.key\": No such file or directory (os error 2)"),
+        ("key { secret_file /nonexistent/hastmon.key }".into(), "1: secret_file \"/nonexistent/hastmon.key\": cannot be read: No such file or directory (os error 2)"),
         ("key { secret_file relative.key }".into(), "1: invalid secret_file \"relative.key\": must be an absolute path"),
-        ("key { secret_file / }".into(), "1: invalid secret_file \"/\": not a regular file"),
+        ("key { secret_file / }".into(), "1: secret_file \"/\": not a regular file"),
         (format!("{k}{k}"), "2: \"key\" is already set in this section at line 1"),
         (format!("resource r {{\n exec /x\n{k}{k}}}"), "4: \"key\" is already set in this section at line 3"),
         // Sections and names.
@@ -349,7 +351,13 @@ fn refused() {
         let err = parse_as(text, "nodea").expect_err(text);
         assert_eq!(err.to_string(), format!("{FILE}:{want}"), "{text}");
         assert!(!err.to_string().contains('\n'));
-        let expected_code = if matches!(err.kind, ErrorKind::SecretFile { .. }) {
+        let expected_code = if matches!(
+            &err.kind,
+            ErrorKind::SecretFile {
+                error: hast_conf::SecretError::Io { .. },
+                ..
+            }
+        ) {
             ConfigError::EX_NOINPUT
         } else {
             ConfigError::EX_CONFIG
@@ -376,7 +384,10 @@ fn whole_file_errors() {
 
 #[test]
 fn secret_file() {
-    let good = TempFile::new("good.key", b"  0123456789abcdefXYZ \nsecond line ignored\n");
+    let good = TempFile::new(
+        "good.key",
+        b"  0123456789abcdefXYZ \nthe-next-key-for-rotation\n",
+    );
     let text = format!(
         "key {{ secret_file {} }}\nexec /x\nresource r {{\n on nodea {{ remote b }}\n on b {{ remote nodea }}\n}}\n",
         good.0.display()
@@ -390,7 +401,7 @@ fn secret_file() {
     assert_eq!(
         err.to_string(),
         format!(
-            "{FILE}:3: the secret in \"{}\" is 5 bytes (first line, trimmed); at least 16 are required",
+            "{FILE}:3: secret_file \"{}\": a key is 5 bytes; at least 16 are required",
             short.0.display()
         )
     );
@@ -402,13 +413,25 @@ fn secret_file() {
     assert_eq!(
         err.to_string(),
         format!(
-            "{FILE}:1: invalid secret_file \"{}\": larger than 4096 bytes",
+            "{FILE}:1: secret_file \"{}\": larger than 4096 bytes",
             big.0.display()
         )
     );
 
     let missing = parse_as("key { secret_file /nonexistent/k }", "nodea").unwrap_err();
     assert_eq!(missing.exit_code(), ConfigError::EX_NOINPUT);
+
+    // The same rule as hastd's secret_file: readable by others is refused.
+    let exposed = TempFile::new("exposed.key", b"0123456789abcdef\n");
+    std::fs::set_permissions(
+        &exposed.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let text = format!("key {{ secret_file {} }}", exposed.0.display());
+    let err = parse_as(&text, "nodea").unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    assert_eq!(err.exit_code(), 78);
 }
 
 #[test]

@@ -3,15 +3,13 @@
 //! `hast_conf::syntax::value`). Each parser takes the option's keyword for
 //! its message and returns the `ErrorKind` to report on the option's line.
 
-use std::io::Read;
-use std::path::Path;
 use std::time::Duration;
 
 use hast_conf::syntax::value::{bad, is_digits, whole_number, NumberError};
 use hast_conf::Addr;
 
 use super::error::ErrorKind;
-use super::{DURATION_MAX, MON_PORT, SECRET_FILE_SIZE_MAX};
+use super::{DURATION_MAX, MON_PORT};
 
 /// `2` (seconds, hastmon's convention), `2s` or `500ms`; never zero, never
 /// above `DURATION_MAX` (so `Instant + duration` cannot overflow anywhere).
@@ -109,35 +107,6 @@ pub(super) fn remote_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
         return Err(bad(key, value, "port 0 cannot be connected to"));
     }
     Ok(a)
-}
-
-/// The secret of `secret_file`: its first line without surrounding
-/// whitespace. Only a regular file is read (a FIFO or a device would block
-/// or never end), and at most `SECRET_FILE_SIZE_MAX` bytes of it.
-pub(super) fn read_secret_file(path: &Path) -> Result<Vec<u8>, ErrorKind> {
-    let unreadable = |source| ErrorKind::SecretFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(unreadable)?;
-    if !meta.is_file() {
-        return Err(bad("secret_file", &shown, "not a regular file"));
-    }
-    let file = std::fs::File::open(path).map_err(unreadable)?;
-    let mut bytes = Vec::new();
-    file.take(SECRET_FILE_SIZE_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > SECRET_FILE_SIZE_MAX {
-        return Err(bad(
-            "secret_file",
-            &shown,
-            format!("larger than {SECRET_FILE_SIZE_MAX} bytes"),
-        ));
-    }
-    let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    Ok(first.trim_ascii().to_vec())
 }
 
 #[cfg(test)]
