@@ -85,6 +85,12 @@ impl HaCluster {
             std::fs::create_dir_all(c.host_dir(n)).expect("host dir");
             std::fs::write(c.mon_conf(n), c.hastmon_config()).expect("hastmon.conf");
         }
+        // One replication key, copied to both data hosts (mode 0600).
+        let key = c.host_dir(DATA[0]).join("repl.key");
+        crate::pair::write_secret(&key);
+        for n in &DATA[1..] {
+            std::fs::copy(&key, c.host_dir(n).join("repl.key")).expect("copy key file");
+        }
         for n in DATA {
             std::fs::write(c.hast_conf(n), c.hast_config(n)).expect("hast.conf");
             let img = c.host_dir(n).join("r0.img");
@@ -148,6 +154,10 @@ impl HaCluster {
 
     fn hast_config(&self, node: &str) -> String {
         let mut s = String::from("# written by hast-testkit (hacluster)\n");
+        s.push_str(&format!(
+            "secret_file {}\n",
+            self.host_dir(node).join("repl.key").display()
+        ));
         for n in DATA {
             let d = self.host_dir(n);
             s.push_str(&format!(
