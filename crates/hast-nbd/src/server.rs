@@ -318,8 +318,7 @@ const REFUSE_OPTIONS_MAX: u32 = 16;
 
 /// Turns a client away during the handshake, so that it reports why instead
 /// of hanging: after the greeting, every option it sends is answered with
-/// `NBD_REP_ERR_SHUTDOWN` ("unwilling to continue negotiation") carrying
-/// `message`, until it aborts, sends `EXPORT_NAME` (which has no error
+/// `NBD_REP_ERR_POLICY` carrying `message`, until it aborts, sends `EXPORT_NAME` (which has no error
 /// reply: the connection is closed), breaks the framing, or sent
 /// [`REFUSE_OPTIONS_MAX`] options. Reads nothing larger than an option
 /// header at a time. The caller bounds the time it may take.
@@ -350,7 +349,12 @@ where
         match header.option {
             OPT_EXPORT_NAME => return Ok(()),
             OPT_ABORT => push_option_reply(&mut out, header.option, REP_ACK, &[]),
-            opt => push_option_reply(&mut out, opt, REP_ERR_SHUTDOWN, message.as_bytes()),
+            // POLICY, not SHUTDOWN: the server is not going away, a
+            // configured limit says no. Clients print it best: qemu "Denied
+            // by server ... server reported: <message>", libnbd ≥ 1.16
+            // "server policy prevents the operation: <message>" (1.14 shows
+            // the message only with LIBNBD_DEBUG=1).
+            opt => push_option_reply(&mut out, opt, REP_ERR_POLICY, message.as_bytes()),
         }
         wr.write_all(&out).await?;
         wr.flush().await?;
