@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  socket ──read──▶ reader loop ──validate──▶ spawned task per request ──▶ Export
-//!                      │  (semaphores: requests and payload bytes in flight)   │
+//!                      │  (semaphores: requests and payload bytes in flight,   │
+//!                      │   the connection's and the budget all share)          │
 //!                      └──error frames──▶   outbox (hast-io)  ◀──reply frames──┘
 //!                                             │
 //!                      socket ◀──writev── sender itself, or the writer task
@@ -16,6 +17,12 @@
 //! hand-off on a queue-depth-one client's path); with company, replies are
 //! queued to the writer task, which sends a batch in one vectored write. A
 //! reply's head and data are never interleaved with another's.
+//!
+//! Nothing a client does holds resources forever: payload memory comes
+//! from the shared [`Budget`]; a WRITE payload must arrive within
+//! `Limits::payload_timeout`; with `Limits::idle_timeout` a connection with
+//! nothing in flight that sends nothing is closed; and [`refuse`] turns a
+//! client away during the handshake when the caller has no room for it.
 
 use std::future::Future;
 use std::io;
