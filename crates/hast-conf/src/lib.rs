@@ -61,6 +61,10 @@ pub mod defaults {
     pub const ON_IO_ERROR: OnIoError = OnIoError::Detach;
     /// Bytes per second; 0 is unlimited.
     pub const RESYNC_RATE: u64 = 0;
+    /// NBD payload bytes held at once by all connections (`nbd_max_buffer`).
+    pub const NBD_MAX_BUFFER: u64 = 256 << 20;
+    /// Seconds before an idle NBD connection is dropped; 0 is never.
+    pub const NBD_IDLE_TIMEOUT_SECS: u32 = 0;
 
     /// `tcp://0.0.0.0:8457`
     pub fn listen() -> Addr {
@@ -96,6 +100,10 @@ pub struct Config {
     pub nbd_socket_dir: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub metrics_listen: Option<Addr>,
+    /// `nbd_max_buffer`: bytes of NBD READ/WRITE payloads held at once.
+    pub nbd_max_buffer: u64,
+    /// `nbd_idle_timeout`: seconds; 0 is off.
+    pub nbd_idle_timeout_secs: u32,
     /// In file order.
     pub resources: Vec<Resource>,
 }

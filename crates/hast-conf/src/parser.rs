@@ -48,6 +48,8 @@ pub(crate) struct NodeOpts {
     pub(crate) nbd_socket_dir: Option<At<Option<PathBuf>>>,
     pub(crate) state_dir: Option<At<PathBuf>>,
     pub(crate) metrics_listen: Option<At<Option<Addr>>>,
+    pub(crate) nbd_max_buffer: Option<At<u64>>,
+    pub(crate) nbd_idle_timeout: Option<At<u32>>,
 }
 
 /// Options of a resource (global, resource and resource-node sections).
@@ -111,6 +113,8 @@ enum Key {
     NbdSocketDir,
     StateDir,
     MetricsListen,
+    NbdMaxBuffer,
+    NbdIdleTimeout,
     Replication,
     Checksum,
     Compression,
@@ -138,6 +142,8 @@ impl Key {
             "nbd_socket_dir" => Key::NbdSocketDir,
             "state_dir" => Key::StateDir,
             "metrics_listen" => Key::MetricsListen,
+            "nbd_max_buffer" => Key::NbdMaxBuffer,
+            "nbd_idle_timeout" => Key::NbdIdleTimeout,
             "replication" => Key::Replication,
             "checksum" => Key::Checksum,
             "compression" => Key::Compression,
@@ -371,6 +377,8 @@ fn apply(
             | Key::NbdSocketDir
             | Key::StateDir
             | Key::MetricsListen
+            | Key::NbdMaxBuffer
+            | Key::NbdIdleTimeout
     );
     if is_node_key {
         let opts = match target {
@@ -391,6 +399,9 @@ fn apply(
     };
     apply_res(key, word, value, line, opts)
 }
+
+/// Smallest `nbd_max_buffer`: one maximal NBD request (32 MiB).
+const NBD_MAX_BUFFER_MIN: u64 = 32 << 20;
 
 fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result<(), ErrorKind> {
     match key {
@@ -440,6 +451,20 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
             };
             set(&mut o.metrics_listen, a, w, line)
         }
+        Key::NbdMaxBuffer => {
+            // Below one maximal request the budget would only ever hold one
+            // request at a time: almost surely a missing suffix.
+            match parse_size(v) {
+                Some(n) if n >= NBD_MAX_BUFFER_MIN => set(&mut o.nbd_max_buffer, n, w, line),
+                Some(_) => Err(bad(w, v, "must be at least 32M")),
+                None => Err(bad(
+                    w,
+                    v,
+                    "expected a size in bytes, with an optional k, M, G or T suffix",
+                )),
+            }
+        }
+        Key::NbdIdleTimeout => set(&mut o.nbd_idle_timeout, seconds(w, v, 0)?, w, line),
         _ => Err(ErrorKind::WrongLevel {
             key: w.to_owned(),
             level: Level::Node,

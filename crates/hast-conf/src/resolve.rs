@@ -61,6 +61,9 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         None => Some(PathBuf::from(defaults::NBD_SOCKET_DIR)),
     };
     let metrics_listen = node_level!(metrics_listen).flatten();
+    let nbd_max_buffer = node_level!(nbd_max_buffer).unwrap_or(defaults::NBD_MAX_BUFFER);
+    let nbd_idle_timeout_secs =
+        node_level!(nbd_idle_timeout).unwrap_or(defaults::NBD_IDLE_TIMEOUT_SECS);
     // A node section's listen list replaces the global one rather than
     // adding to it: the global addresses are usually wildcard binds.
     let listen = match section.map(|s| &s.listen).filter(|l| !l.is_empty()) {
@@ -126,6 +129,8 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         nbd_socket_dir,
         state_dir,
         metrics_listen,
+        nbd_max_buffer,
+        nbd_idle_timeout_secs,
         resources,
     })
 }

@@ -587,3 +587,64 @@ fn hostname_is_used_by_default() {
     assert!(!host.is_empty());
     assert!(!host.contains('\0'));
 }
+
+/// `nbd_max_buffer` and `nbd_idle_timeout`: defaults, both levels, errors.
+#[test]
+fn nbd_limits() {
+    let tail =
+        "\nresource r {\n on a { local /d; remote none }\n on b { local /d; remote none }\n}\n";
+    let c = conf(tail, "a");
+    assert_eq!(c.nbd_max_buffer, 256 << 20);
+    assert_eq!(c.nbd_idle_timeout_secs, 0);
+
+    // (text before the resource, node, max_buffer, idle_timeout)
+    let cases: &[(&str, &str, u64, u32)] = &[
+        ("nbd_max_buffer 64M\n", "a", 64 << 20, 0),
+        ("nbd_max_buffer 1g\nnbd_idle_timeout 30\n", "a", 1 << 30, 30),
+        (
+            "nbd_max_buffer 33554432\nnbd_idle_timeout 0\n",
+            "a",
+            32 << 20,
+            0,
+        ),
+        // A node section overrides the global value, for its node only.
+        (
+            "nbd_idle_timeout 5\non a {\n nbd_idle_timeout 2\n nbd_max_buffer 128M\n}\n",
+            "a",
+            128 << 20,
+            2,
+        ),
+        (
+            "nbd_idle_timeout 5\non a {\n nbd_idle_timeout 2\n nbd_max_buffer 128M\n}\n",
+            "b",
+            256 << 20,
+            5,
+        ),
+    ];
+    for &(head, node, max, idle) in cases {
+        let c = conf(&format!("{head}{tail}"), node);
+        assert_eq!(c.nbd_max_buffer, max, "{head:?} on {node}");
+        assert_eq!(c.nbd_idle_timeout_secs, idle, "{head:?} on {node}");
+    }
+
+    let errors: &[(&str, &str)] = &[
+        ("nbd_max_buffer 16M\n", "1: invalid nbd_max_buffer \"16M\": must be at least 32M"),
+        ("\nnbd_max_buffer 256MB\n",
+            "2: invalid nbd_max_buffer \"256MB\": expected a size in bytes, with an optional k, M, G or T suffix"),
+        ("nbd_max_buffer 99999999999T\n",
+            "1: invalid nbd_max_buffer \"99999999999T\": expected a size in bytes, with an optional k, M, G or T suffix"),
+        ("nbd_idle_timeout -1\n", "1: invalid nbd_idle_timeout \"-1\": expected a whole number of seconds"),
+        ("nbd_idle_timeout 99999999999\n", "1: invalid nbd_idle_timeout \"99999999999\": too large"),
+        ("nbd_idle_timeout 1\nnbd_idle_timeout 2\n",
+            "2: \"nbd_idle_timeout\" is already set in this section at line 1"),
+        ("resource x {\n nbd_max_buffer 64M\n}\n",
+            "2: \"nbd_max_buffer\" is not allowed in the resource section"),
+        ("resource x {\n on a {\n  nbd_idle_timeout 5\n }\n}\n",
+            "3: \"nbd_idle_timeout\" is not allowed in the resource-node section"),
+    ];
+    for (head, want) in errors {
+        let e = err(&format!("{head}{tail}"), "a");
+        assert_eq!(e.to_string(), format!("/etc/hast.conf:{want}"), "{head:?}");
+        assert_eq!(e.exit_code(), 78);
+    }
+}

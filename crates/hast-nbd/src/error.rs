@@ -38,6 +38,9 @@ pub enum NbdError {
     /// A rejected WRITE whose payload is too large to read and discard.
     #[error("rejected write carries {0} bytes, too many to discard")]
     PayloadTooBig(u32),
+    /// A request's payload did not arrive within `Limits::payload_timeout`.
+    #[error("request payload not received within {0:?}")]
+    PayloadTimeout(Duration),
 }
 
 /// Shorthand for results of this crate.

@@ -13,6 +13,7 @@
 //! closed connection, malformed requests an NBD error reply (the connection
 //! keeps serving) or, when the stream is out of sync, a closed connection.
 
+pub mod budget;
 pub mod error;
 pub mod handshake;
 pub mod proto;
@@ -20,6 +21,7 @@ pub mod reply;
 pub mod request;
 pub mod server;
 
+pub use budget::Budget;
 pub use error::NbdError;
 pub use handshake::{
     greeting, Catalog, ClientFlags, InfoRequest, MetaRequest, Negotiated, Negotiation,
@@ -30,4 +32,4 @@ pub use proto::{
     PAYLOAD_MAX,
 };
 pub use request::{validate, Command, CommandType, Discard, Rejected, Request};
-pub use server::{serve, serve_split, Export, Exports, Limits};
+pub use server::{refuse, serve, serve_split, Export, Exports, Limits, PAYLOAD_TIMEOUT};

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  socket ──read──▶ reader loop ──validate──▶ spawned task per request ──▶ Export
-//!                      │  (semaphores: requests and payload bytes in flight)   │
+//!                      │  (semaphores: requests and payload bytes in flight,   │
+//!                      │   the connection's and the budget all share)          │
 //!                      └──error frames──▶   outbox (hast-io)  ◀──reply frames──┘
 //!                                             │
 //!                      socket ◀──writev── sender itself, or the writer task
@@ -16,6 +17,12 @@
 //! hand-off on a queue-depth-one client's path); with company, replies are
 //! queued to the writer task, which sends a batch in one vectored write. A
 //! reply's head and data are never interleaved with another's.
+//!
+//! Nothing a client does holds resources forever: payload memory comes
+//! from the shared [`Budget`]; a WRITE payload must arrive within
+//! `Limits::payload_timeout`; with `Limits::idle_timeout` a connection with
+//! nothing in flight that sends nothing is closed; and [`refuse`] turns a
+//! client away during the handshake when the caller has no room for it.
 
 use std::future::Future;
 use std::io;
@@ -26,11 +33,15 @@ use std::time::Duration;
 use hast_io::{OutFrame, Outbox};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, info};
 
+use crate::budget::Budget;
 use crate::error::NbdError;
-use crate::handshake::{greeting, Catalog, Negotiated, Negotiation, Outcome, Transmission};
+use crate::handshake::{
+    greeting, push_option_reply, Catalog, Negotiated, Negotiation, OptionHeader, Outcome,
+    Transmission,
+};
 use crate::proto::*;
 use crate::reply::{self, Head};
 use crate::request::{backend_errno, validate, Command, CommandType, Discard, Request};
@@ -95,7 +106,8 @@ pub trait Exports: Send + Sync + 'static {
     fn open(&self, name: &str) -> Result<Arc<Self::Export>, OpenError>;
 }
 
-/// Per-connection limits.
+/// Limits of a connection. Clones share one payload [`Budget`]: give every
+/// connection of a server clones of one `Limits`.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Requests in flight per connection; the reader stops reading (TCP
@@ -105,7 +117,20 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Largest READ/WRITE payload advertised and accepted.
     pub payload_max: u32,
+    /// Payload bytes held at once by all connections sharing it.
+    pub budget: Arc<Budget>,
+    /// A connection with no request in flight that receives nothing for
+    /// this long is closed. `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// A WRITE's payload (and a refused request's, read to be discarded)
+    /// must arrive within this time from its header, or the connection is
+    /// closed: a payload stalled one byte short would otherwise hold its
+    /// budget and its connection forever.
+    pub payload_timeout: Duration,
 }
+
+/// Default of [`Limits::payload_timeout`].
+pub const PAYLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -113,6 +138,9 @@ impl Default for Limits {
             inflight_max: 128,
             handshake_timeout: Duration::from_secs(10),
             payload_max: PAYLOAD_MAX,
+            budget: Arc::new(Budget::default()),
+            idle_timeout: None,
+            payload_timeout: PAYLOAD_TIMEOUT,
         }
     }
 }
@@ -288,6 +316,62 @@ where
     }
 }
 
+// ------------------------------------------------------------- refusal
+
+/// Options a refused client may send before it is cut off: real clients
+/// give up after the error to their `GO` (after at most a few negotiation
+/// options before it).
+const REFUSE_OPTIONS_MAX: u32 = 16;
+
+/// Turns a client away during the handshake, so that it reports why instead
+/// of hanging: after the greeting, every option it sends is answered with
+/// `NBD_REP_ERR_POLICY` carrying `message`, until it aborts, sends `EXPORT_NAME` (which has no error
+/// reply: the connection is closed), breaks the framing, or sent
+/// [`REFUSE_OPTIONS_MAX`] options. Reads nothing larger than an option
+/// header at a time. The caller bounds the time it may take.
+pub async fn refuse<R, W>(rd: R, mut wr: W, message: &str) -> Result<(), NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut rd = BufReader::with_capacity(OPTION_HEADER_LEN * 4, rd);
+    wr.write_all(&greeting()).await?;
+    wr.flush().await?;
+    let mut flags = [0u8; 4];
+    rd.read_exact(&mut flags).await?;
+    for _ in 0..REFUSE_OPTIONS_MAX {
+        let mut raw = [0u8; OPTION_HEADER_LEN];
+        rd.read_exact(&mut raw).await?;
+        let header = OptionHeader::parse(&raw)?;
+        if header.len > OPTION_LEN_MAX {
+            return Err(NbdError::OptionTooBig {
+                option: header.option,
+                len: header.len,
+                max: OPTION_LEN_MAX,
+            });
+        }
+        let mut take = (&mut rd).take(u64::from(header.len));
+        tokio::io::copy(&mut take, &mut tokio::io::sink()).await?;
+        let mut out = Vec::new();
+        match header.option {
+            OPT_EXPORT_NAME => return Ok(()),
+            OPT_ABORT => push_option_reply(&mut out, header.option, REP_ACK, &[]),
+            // POLICY, not SHUTDOWN: the server is not going away, a
+            // configured limit says no. Clients print it best: qemu "Denied
+            // by server ... server reported: <message>", libnbd ≥ 1.16
+            // "server policy prevents the operation: <message>" (1.14 shows
+            // the message only with LIBNBD_DEBUG=1).
+            opt => push_option_reply(&mut out, opt, REP_ERR_POLICY, message.as_bytes()),
+        }
+        wr.write_all(&out).await?;
+        wr.flush().await?;
+        if header.option == OPT_ABORT {
+            return Ok(());
+        }
+    }
+    Err(NbdError::TooManyOptions(REFUSE_OPTIONS_MAX))
+}
+
 // --------------------------------------------------------- transmission
 
 /// What a reply frame carries after its head.
@@ -326,7 +410,10 @@ type Replies<W> = Outbox<W, Frame>;
 #[derive(Default)]
 struct Permits {
     _request: Option<OwnedSemaphorePermit>,
+    /// This connection's share of payload bytes.
     _bytes: Option<OwnedSemaphorePermit>,
+    /// The same bytes in the budget shared by all connections.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// How replies are shaped on this connection.
@@ -374,6 +461,10 @@ enum Stop {
     Grace,
     /// The writer is gone (socket failed).
     Writer,
+    /// Nothing received and nothing in flight for `Limits::idle_timeout`.
+    Idle,
+    /// A payload did not arrive within `Limits::payload_timeout`.
+    Deadline,
 }
 
 /// Runs reader-side futures while watching for withdrawal, the grace
@@ -406,6 +497,33 @@ impl<F: Future<Output = ()>, W: AsyncWrite + Unpin + Send> Watch<'_, F, W> {
                 _ = sleep_until_opt(deadline), if deadline.is_some() => return Err(Stop::Grace),
                 _ = closed_opt(self.replies) => return Err(Stop::Writer),
                 out = &mut fut => return Ok(out),
+            }
+        }
+    }
+
+    /// [`run`](Self::run), and when `timer` fires first, `expired` says
+    /// either when to look again (the future is kept, nothing half-read is
+    /// lost) or why to stop. The timer is the connection's one `Sleep`,
+    /// reset to a later deadline each time: that is an atomic update in
+    /// tokio, no lock and no allocation per request.
+    async fn run_timed<T>(
+        &mut self,
+        fut: impl Future<Output = T>,
+        mut timer: Pin<&mut Sleep>,
+        mut expired: impl FnMut() -> Result<Instant, Stop>,
+    ) -> Result<T, Stop> {
+        let mut fut = pin!(fut);
+        loop {
+            let deadline = self.deadline;
+            tokio::select! {
+                biased;
+                _ = self.withdrawn.as_mut(), if deadline.is_none() => {
+                    self.deadline = Some(Instant::now() + WITHDRAW_GRACE);
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => return Err(Stop::Grace),
+                _ = closed_opt(self.replies) => return Err(Stop::Writer),
+                out = &mut fut => return Ok(out),
+                _ = timer.as_mut() => timer.as_mut().reset(expired()?),
             }
         }
     }
@@ -484,6 +602,15 @@ impl<X: Export> Connection<'_, X> {
                 _ => Ok(()),
             },
             Ok(Stop::Grace) => Ok(()),
+            Ok(Stop::Idle) => {
+                info!(
+                    peer = %self.peer,
+                    idle = ?self.limits.idle_timeout.unwrap_or_default(),
+                    "nbd connection idle, closing it"
+                );
+                Ok(())
+            }
+            Ok(Stop::Deadline) => Err(NbdError::PayloadTimeout(self.limits.payload_timeout)),
         };
         replies.close();
         writer.abort();
@@ -509,9 +636,30 @@ impl<X: Export> Connection<'_, X> {
             structured: self.neg.structured_replies,
             meta_context: self.neg.meta_context.unwrap_or(0),
         };
+        let inflight_max = self.limits.inflight_max.max(1);
+        let payload_timeout = self.limits.payload_timeout;
+        // One timer for the idle and payload deadlines; registered with the
+        // runtime only once first polled.
+        let mut timer = pin!(tokio::time::sleep(payload_timeout));
         loop {
             let mut raw = [0u8; REQUEST_LEN];
-            match watch.run(read_header(rd, &mut raw)).await {
+            let header = match self.limits.idle_timeout {
+                None => watch.run(read_header(rd, &mut raw)).await,
+                Some(idle) => {
+                    timer.as_mut().reset(Instant::now() + idle);
+                    // Idle only if nothing is in flight either: a client
+                    // waiting for a slow reply is not idle.
+                    let in_flight = || requests.available_permits() < inflight_max;
+                    let expired = || match in_flight() {
+                        true => Ok(Instant::now() + idle),
+                        false => Err(Stop::Idle),
+                    };
+                    watch
+                        .run_timed(read_header(rd, &mut raw), timer.as_mut(), expired)
+                        .await
+                }
+            };
+            match header {
                 Err(stop) => return Ok(stop),
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => return Ok(Stop::Client),
@@ -532,7 +680,7 @@ impl<X: Export> Connection<'_, X> {
             };
             let mut permits = Permits {
                 _request: permit,
-                _bytes: None,
+                ..Permits::default()
             };
             let verdict = if watch.is_withdrawn() && req.kind != CommandType::Disc {
                 Err((Errno::Shutdown, "export withdrawn"))
@@ -559,7 +707,9 @@ impl<X: Export> Connection<'_, X> {
                         Discard::Bytes(n) => {
                             let mut sink = tokio::io::sink();
                             let mut take = (&mut *rd).take(u64::from(n));
-                            match watch.run(tokio::io::copy_buf(&mut take, &mut sink)).await {
+                            timer.as_mut().reset(Instant::now() + payload_timeout);
+                            let copy = tokio::io::copy_buf(&mut take, &mut sink);
+                            match watch.run_timed(copy, timer.as_mut(), deadline).await {
                                 Err(stop) => return Ok(stop),
                                 Ok(Ok(got)) if got == u64::from(n) => {}
                                 Ok(Ok(_)) => {
@@ -587,14 +737,24 @@ impl<X: Export> Connection<'_, X> {
                 _ => 0,
             };
             if payload > 0 {
+                // This connection's share first: a connection waits on the
+                // shared budget with at most one request at a time.
                 let n = payload.min(bytes_max) as u32;
                 match watch.run(Arc::clone(&bytes).acquire_many_owned(n)).await {
                     Err(stop) => return Ok(stop),
                     Ok(p) => permits._bytes = p.ok(),
                 }
+                match watch.run(self.limits.budget.acquire(payload as u32)).await {
+                    Err(stop) => return Ok(stop),
+                    Ok(p) => permits._budget = p,
+                }
             }
             let data = if let Command::Write { len, .. } = cmd {
-                match watch.run(read_payload(rd, len)).await {
+                timer.as_mut().reset(Instant::now() + payload_timeout);
+                match watch
+                    .run_timed(read_payload(rd, len), timer.as_mut(), deadline)
+                    .await
+                {
                     Err(stop) => return Ok(stop),
                     Ok(Ok(data)) => data,
                     Ok(Err(e)) => return Err(e.into()),
@@ -617,6 +777,11 @@ impl<X: Export> Connection<'_, X> {
             ));
         }
     }
+}
+
+/// `run_timed`'s verdict for a payload deadline: no second chance.
+fn deadline() -> Result<Instant, Stop> {
+    Err(Stop::Deadline)
 }
 
 /// Reads a WRITE payload of `len` (validated) bytes into a buffer of exactly

@@ -1107,3 +1107,172 @@ async fn inflight_limit_applies_back_pressure() {
     c.send(CMD_DISC, 0, 4, 0, 0, &[]).await;
     server.await.unwrap().unwrap();
 }
+
+// ------------------------------------------------- bounds against abuse
+
+/// [`spawn_server`] over a small pipe, so that unread replies back up into
+/// the server as they do over TCP once the socket buffers are full.
+fn spawn_narrow<E: Exports>(
+    exports: Arc<E>,
+    limits: Limits,
+) -> (
+    Client<tokio::io::DuplexStream>,
+    JoinHandle<Result<(), NbdError>>,
+) {
+    let (a, b) = tokio::io::duplex(64 << 10);
+    let server = tokio::spawn(serve(exports, b, "narrow-peer".into(), limits));
+    let client = Client {
+        s: a,
+        structured: false,
+        reads: HashMap::new(),
+    };
+    (client, server)
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_share_one_payload_budget() {
+    let (ex, _disk) = exports();
+    // 2 MiB: 1.75 MiB for requests over 128 KiB, 256 KiB kept for smaller.
+    let limits = Limits {
+        budget: Arc::new(hast_nbd::Budget::new(2 << 20)),
+        ..Limits::default()
+    };
+    let (mut greedy, s1) = spawn_narrow(ex.clone(), limits.clone());
+    let (mut other, s2) = spawn_narrow(ex.clone(), limits.clone());
+    let (mut third, s3) = spawn_narrow(ex, limits);
+    greedy.go("disk", false, false).await;
+    other.go("disk", false, false).await;
+    third.go("disk", false, false).await;
+    // Four 512 KiB READs whose replies are not read: three hold 1.5 MiB,
+    // the fourth waits for the rest of the large-request pool.
+    for cookie in 1..=4 {
+        greedy.send(CMD_READ, 0, cookie, 0, 512 << 10, &[]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The other connection's large READ waits for the same budget...
+    other.send(CMD_READ, 0, 10, 0, 512 << 10, &[]).await;
+    let big = tokio::time::timeout(Duration::from_secs(5), other.reply()).await;
+    assert!(big.is_err(), "the budget is shared: no room for 512 KiB");
+    // ...while a 4 KiB READ of a third connection still gets through, from
+    // the reserve. (The timed-out reply read above consumed nothing: no
+    // reply had come.)
+    third.send(CMD_READ, 0, 11, 4096, 4096, &[]).await;
+    let small = tokio::time::timeout(Duration::from_secs(5), third.reply())
+        .await
+        .expect("a small READ is not starved by large ones");
+    assert_eq!((small.cookie, small.error, small.data.len()), (11, 0, 4096));
+    // The greedy client reads its replies: the budget comes back.
+    for _ in 1..=4 {
+        assert_eq!(greedy.reply().await.error, 0);
+    }
+    let r = tokio::time::timeout(Duration::from_secs(5), other.reply())
+        .await
+        .expect("the large READ runs once the budget is back");
+    assert_eq!((r.cookie, r.error, r.data.len()), (10, 0, 512 << 10));
+    for (c, s) in [(&mut greedy, s1), (&mut other, s2), (&mut third, s3)] {
+        c.send(CMD_DISC, 0, 99, 0, 0, &[]).await;
+        s.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_write_payload_closes_the_connection() {
+    let (ex, _disk) = exports();
+    let limits = Limits {
+        payload_timeout: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let (mut c, server) = spawn_server(ex, limits);
+    c.go("disk", false, false).await;
+    let start = tokio::time::Instant::now();
+    c.send(CMD_WRITE, 0, 1, 0, 4096, &[7u8; 4095]).await;
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(NbdError::PayloadTimeout(d)) if d == Duration::from_secs(3)
+    ));
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    c.expect_eof().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_means_nothing_received_and_nothing_in_flight() {
+    let mut disk = MemExport::new(SIZE, false);
+    disk.gate_offset = Some(0);
+    let (ex, disk) = exports_with(disk);
+    let limits = Limits {
+        idle_timeout: Some(Duration::from_secs(5)),
+        ..Limits::default()
+    };
+    let (mut c, server) = spawn_server(ex, limits);
+    c.go("disk", false, false).await;
+    // A READ the export holds for 20 s: the client waits, it is not idle.
+    c.send(CMD_READ, 0, 1, 0, 512, &[]).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(!server.is_finished(), "closed with a request in flight");
+    disk.gate.notify_one();
+    assert_eq!(c.reply().await.error, 0);
+    // Requests now and then keep it open too.
+    for cookie in 2..5 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        c.send(CMD_FLUSH, 0, cookie, 0, 0, &[]).await;
+        assert_eq!(c.reply().await.error, 0);
+    }
+    // Then silence: closed after 5 s, cleanly.
+    let quiet = tokio::time::Instant::now();
+    server.await.unwrap().unwrap();
+    assert!(quiet.elapsed() >= Duration::from_secs(5));
+    c.expect_eof().await;
+}
+
+#[tokio::test]
+async fn refuse_answers_every_option_with_policy_and_the_reason() {
+    let message = "too many connections";
+    // GO and the options before it get the error; ABORT gets its ACK.
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let (rd, wr) = tokio::io::split(b);
+    let refusal = tokio::spawn(hast_nbd::refuse(rd, wr, message));
+    let mut c = Client {
+        s: a,
+        structured: false,
+        reads: HashMap::new(),
+    };
+    c.greet(ClientFlags {
+        fixed_newstyle: true,
+        no_zeroes: true,
+    })
+    .await;
+    for opt in [OPT_STRUCTURED_REPLY, OPT_GO] {
+        let payload = if opt == OPT_GO {
+            InfoRequest {
+                name: "disk".into(),
+                requests: vec![],
+            }
+            .encode()
+        } else {
+            Vec::new()
+        };
+        c.option(opt, &payload).await;
+        let (h, p) = c.option_reply().await;
+        assert_eq!((h.option, h.reply_type), (opt, REP_ERR_POLICY));
+        assert_eq!(p, message.as_bytes());
+    }
+    c.option(OPT_ABORT, &[]).await;
+    let (h, _) = c.option_reply().await;
+    assert_eq!(h.reply_type, REP_ACK);
+    refusal.await.unwrap().unwrap();
+    c.expect_eof().await;
+
+    // EXPORT_NAME cannot carry an error: the connection is closed.
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let (rd, wr) = tokio::io::split(b);
+    let refusal = tokio::spawn(hast_nbd::refuse(rd, wr, message));
+    let mut c = Client {
+        s: a,
+        structured: false,
+        reads: HashMap::new(),
+    };
+    c.greet(ClientFlags::default()).await;
+    c.option(OPT_EXPORT_NAME, b"disk").await;
+    refusal.await.unwrap().unwrap();
+    c.expect_eof().await;
+}

@@ -102,7 +102,7 @@ async fn run(
             return exit::CANTCREAT;
         }
     };
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(&config));
     let nbd_tcp = match &config.nbd_listen {
         Some(addr) => match nbdfront::listen_tcp(addr, registry.clone()).await {
             Ok((local, task)) => Some((local, task)),
@@ -223,6 +223,16 @@ async fn reload(
             "nbd_socket_dir",
             format!("{:?}", old.nbd_socket_dir),
             format!("{:?}", new.nbd_socket_dir),
+        ),
+        (
+            "nbd_max_buffer",
+            old.nbd_max_buffer.to_string(),
+            new.nbd_max_buffer.to_string(),
+        ),
+        (
+            "nbd_idle_timeout",
+            old.nbd_idle_timeout_secs.to_string(),
+            new.nbd_idle_timeout_secs.to_string(),
         ),
     ] {
         if a != b {

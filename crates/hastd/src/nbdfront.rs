@@ -6,20 +6,35 @@
 //! for all exports (`nbd_listen`) and, per primary resource, a Unix socket
 //! `<nbd_socket_dir>/<name>.nbd` that exists only while it is primary — the
 //! counterpart of FreeBSD's `/dev/hast/<name>`.
+//!
+//! Memory and connections are bounded for the daemon as a whole: all
+//! listeners share one payload budget (`nbd_max_buffer`); a client past the
+//! connection cap is refused during the handshake at once, never left in
+//! the backlog; with `nbd_idle_timeout`, idle connections are dropped.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use hast_nbd::{BlockExtent, Errno, Export, ExportInfo, Exports, Limits, OpenError};
+use hast_nbd::{BlockExtent, Budget, Errno, Export, ExportInfo, Exports, Limits, OpenError};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::datapath::{DataPath, DpError};
 
-/// NBD connections served at once per listener; more wait in the backlog.
+/// NBD connections served at once per listener; more are refused.
 const NBD_CONNECTIONS_MAX: usize = 256;
+/// Refusals in progress at once per listener; past that a client over the
+/// cap is closed without a word (it still does not hang).
+const NBD_REFUSALS_MAX: usize = 16;
+/// A refusal (greeting, then an error to each option) ends by then.
+const NBD_REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refusals are logged at most this often (with a count), so a flood of
+/// connections cannot flood the log.
+const NBD_REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Largest READ/WRITE payload (the NBD default maximum block size).
 const NBD_PAYLOAD_MAX: u32 = 32 << 20;
 
@@ -27,9 +42,33 @@ const NBD_PAYLOAD_MAX: u32 = 32 << 20;
 pub struct Registry {
     exports: RwLock<HashMap<String, Arc<DataPath>>>,
     stopping: AtomicBool,
+    /// Cloned into every connection: they share its payload budget.
+    limits: Limits,
 }
 
 impl Registry {
+    /// A registry whose connections follow `nbd_max_buffer` and
+    /// `nbd_idle_timeout`. A payload must arrive within the idle timeout
+    /// if one is set (a stalled payload is idleness too), else within
+    /// [`hast_nbd::PAYLOAD_TIMEOUT`].
+    pub fn new(config: &hast_conf::Config) -> Registry {
+        let idle = match config.nbd_idle_timeout_secs {
+            0 => None,
+            s => Some(Duration::from_secs(u64::from(s))),
+        };
+        let budget = usize::try_from(config.nbd_max_buffer).unwrap_or(usize::MAX);
+        Registry {
+            limits: Limits {
+                payload_max: NBD_PAYLOAD_MAX,
+                budget: Arc::new(Budget::new(budget)),
+                idle_timeout: idle,
+                payload_timeout: idle.unwrap_or(hast_nbd::PAYLOAD_TIMEOUT),
+                ..Limits::default()
+            },
+            ..Registry::default()
+        }
+    }
+
     pub fn insert(&self, name: &str, dp: Arc<DataPath>) {
         self.exports
             .write()
@@ -204,13 +243,6 @@ impl Export for NbdExport {
     }
 }
 
-fn limits() -> Limits {
-    Limits {
-        payload_max: NBD_PAYLOAD_MAX,
-        ..Limits::default()
-    }
-}
-
 /// Listens on `addr` (tcp://host:port) for NBD clients of every export.
 pub async fn listen_tcp(
     addr: &hast_conf::Addr,
@@ -261,7 +293,9 @@ pub fn listen_unix(path: &Path, registry: Arc<Registry>) -> std::io::Result<Join
 
 /// Accepts connections with `accept` (owned read and write halves: no lock
 /// shared between a connection's reader and writer) and serves each in its
-/// own task, at most [`NBD_CONNECTIONS_MAX`] at once.
+/// own task, at most [`NBD_CONNECTIONS_MAX`] at once. A client past the cap
+/// is refused at once rather than left in the backlog, where it would wait
+/// for a slot that idle connections may never free.
 async fn accept_loop<R, W, F, Fut>(registry: Arc<Registry>, shown: String, mut accept: F)
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
@@ -269,25 +303,65 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<(R, W, String)>>,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(NBD_CONNECTIONS_MAX));
+    let slots = Arc::new(Semaphore::new(NBD_CONNECTIONS_MAX));
+    let refusals = Arc::new(Semaphore::new(NBD_REFUSALS_MAX));
+    let log = RefusalLog::default();
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (rd, wr, peer) = match accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("NBD accept on {shown} failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            log.refused(&shown, &peer);
+            // Dropping the halves (no refusal slot free) closes at once.
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let message = format!(
+                        "hastd: too many NBD connections (at most {NBD_CONNECTIONS_MAX}), try again later"
+                    );
+                    let said = hast_nbd::refuse(rd, wr, &message);
+                    if let Ok(Err(e)) = tokio::time::timeout(NBD_REFUSAL_TIMEOUT, said).await {
+                        tracing::debug!(%peer, "NBD refusal ended: {e}");
+                    }
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
-            if let Err(e) = hast_nbd::serve_split(registry, rd, wr, peer.clone(), limits()).await {
+            let limits = registry.limits.clone();
+            if let Err(e) = hast_nbd::serve_split(registry, rd, wr, peer.clone(), limits).await {
                 tracing::debug!(%peer, "NBD connection ended: {e}");
             }
             drop(permit);
         });
+    }
+}
+
+/// Logs refused connections: the first at once, then at most one line per
+/// [`NBD_REFUSAL_LOG_EVERY`] with the count since the last line.
+#[derive(Default)]
+struct RefusalLog {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    fn refused(&self, shown: &str, peer: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1 += 1;
+        let due = st.0.is_none_or(|t| t.elapsed() >= NBD_REFUSAL_LOG_EVERY);
+        if due {
+            tracing::warn!(
+                %peer,
+                refused = st.1,
+                "NBD connection refused on {shown}: {NBD_CONNECTIONS_MAX} connections already open"
+            );
+            *st = (Some(Instant::now()), 0);
+        }
     }
 }
