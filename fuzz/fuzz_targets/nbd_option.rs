@@ -1,13 +1,19 @@
 #![no_main]
 //! Option haggling from a hostile client: the fuzz input is a client-flags
-//! word followed by option frames (a control byte, option code, payload
+//! word, a byte choosing the TLS mode (off, optional, required), then option
+//! frames (a control byte, option code, payload
 //! length, payload). The control byte can corrupt the magic, claim an
 //! oversized length, or shape the payload into a well-formed INFO/GO/meta
 //! request so the fuzzer gets past the parsers. The negotiation must never
 //! panic, every reply must be well-framed option replies (or the
-//! EXPORT_NAME answer), and once it says stop, it stays stopped.
+//! EXPORT_NAME answer), once it says stop, it stays stopped, STARTTLS is
+//! acknowledged only when TLS is configured and not yet started (the
+//! target then plays a TLS handshake that succeeded), and with TLS required
+//! no export is entered before TLS.
 
-use hast_nbd::handshake::{Catalog, InfoRequest, MetaRequest, Negotiation, OptionHeader, Outcome};
+use hast_nbd::handshake::{
+    Catalog, InfoRequest, MetaRequest, Negotiation, OptionHeader, Outcome, TlsMode,
+};
 use hast_nbd::proto::{
     ExportInfo, OpenError, OPTION_LEN_MAX, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST,
     OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, PAYLOAD_MAX,
@@ -96,10 +102,11 @@ fn shaped(option: u32, raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if data.len() < 4 {
+    if data.len() < 5 {
         return;
     }
-    let mut neg = Negotiation::new(PAYLOAD_MAX);
+    let mode = [TlsMode::Off, TlsMode::Optional, TlsMode::Required][usize::from(data[4] % 3)];
+    let mut neg = Negotiation::with_tls(PAYLOAD_MAX, mode);
     let flags = [data[0], data[1], data[2], data[3]];
     if neg.client_flags(flags).is_err() {
         return;
@@ -107,12 +114,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut catalog = Fixed;
     let mut ended = false;
     // Frames: control byte, option (4), payload length (2), payload.
-    let mut rest = &data[4..];
+    let mut rest = &data[5..];
     while rest.len() >= 7 && !ended {
         let ctl = rest[0];
         let mut option = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
         if ctl & 0x02 == 0 {
-            option %= 12; // mostly options the server knows
+            option %= 12; // mostly options the server knows (STARTTLS is 5)
         }
         let len = usize::from(u16::from_be_bytes([rest[5], rest[6]]));
         rest = &rest[7..];
@@ -155,7 +162,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         match step.outcome {
             Outcome::Continue => {}
+            Outcome::StartTls => {
+                assert!(mode != TlsMode::Off && !neg.is_tls());
+                assert!(neg.tls_started().is_ok());
+            }
             Outcome::Transmission(t) => {
+                assert!(mode != TlsMode::Required || neg.is_tls());
                 let b = t.negotiated.block_sizes;
                 assert!(b.min.is_power_of_two() && b.preferred.is_power_of_two());
                 assert!(b.max_payload >= b.preferred && b.max_payload <= PAYLOAD_MAX);

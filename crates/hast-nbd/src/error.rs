@@ -32,6 +32,14 @@ pub enum NbdError {
     /// that does not match its header (a bug in the shell, not the client).
     #[error("negotiation misuse: {0}")]
     Misuse(&'static str),
+    /// FORCEDTLS: the client chose an export with `NBD_OPT_EXPORT_NAME`
+    /// (which cannot carry an error) before starting TLS.
+    #[error("client chose an export without TLS, which this server requires")]
+    TlsRequired,
+    /// The STARTTLS upgrade failed (TLS handshake, certificate refused) or
+    /// the client sent bytes before its TLS handshake.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A transmission request did not start with `NBD_REQUEST_MAGIC`.
     #[error("request magic {0:#010x} is not NBD_REQUEST_MAGIC")]
     RequestMagic(u32),

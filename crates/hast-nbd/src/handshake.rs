@@ -366,11 +366,45 @@ pub struct Transmission {
     pub info: ExportInfo,
 }
 
+/// Whether and how the server offers TLS (proto.md "TLS support").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// NOTLS: `NBD_OPT_STARTTLS` is answered `NBD_REP_ERR_UNSUP`.
+    #[default]
+    Off,
+    /// SELECTIVETLS with no TLS-only export: plaintext clients are served,
+    /// and a client may upgrade with `NBD_OPT_STARTTLS`.
+    Optional,
+    /// FORCEDTLS: before TLS, every option but `STARTTLS` and `ABORT` gets
+    /// `NBD_REP_ERR_TLS_REQD`, and `EXPORT_NAME` closes the connection.
+    Required,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::Optional => "optional",
+            TlsMode::Required => "required",
+        }
+    }
+}
+
+/// The message sent with `NBD_REP_ERR_TLS_REQD`; clients print it.
+pub const TLS_REQUIRED_MESSAGE: &str =
+    "TLS required: this server accepts only NBD over TLS (STARTTLS)";
+
 /// What to do after sending [`Step::reply`].
 #[derive(Debug)]
 pub enum Outcome {
     /// Read the next option.
     Continue,
+    /// The `NBD_REP_ACK` to `NBD_OPT_STARTTLS` is in the reply: send it,
+    /// run the TLS handshake as the server on the same socket, then call
+    /// [`Negotiation::tls_started`] and read the next option over TLS. The
+    /// client sends nothing between the ACK and its TLS ClientHello, so
+    /// any byte already buffered after the option is a protocol violation.
+    StartTls,
     /// Option haggling is over; serve requests.
     Transmission(Transmission),
     /// The client sent `NBD_OPT_ABORT`; close cleanly.
@@ -403,6 +437,8 @@ impl Step {
 enum Phase {
     AwaitClientFlags,
     Options,
+    /// STARTTLS acknowledged; waiting for the shell's TLS handshake.
+    AwaitTls,
     Done,
 }
 
@@ -421,11 +457,20 @@ pub struct Negotiation {
     meta_export: Option<String>,
     options_seen: u32,
     payload_max: u32,
+    tls_mode: TlsMode,
+    /// The TLS handshake completed; options now arrive over TLS.
+    tls: bool,
 }
 
 impl Negotiation {
     /// `payload_max` caps the READ/WRITE payload this connection advertises.
+    /// No TLS: `NBD_OPT_STARTTLS` is unsupported.
     pub fn new(payload_max: u32) -> Negotiation {
+        Negotiation::with_tls(payload_max, TlsMode::Off)
+    }
+
+    /// [`Negotiation::new`] with STARTTLS offered as `tls_mode` says.
+    pub fn with_tls(payload_max: u32, tls_mode: TlsMode) -> Negotiation {
         Negotiation {
             phase: Phase::AwaitClientFlags,
             flags: ClientFlags::default(),
@@ -433,7 +478,31 @@ impl Negotiation {
             meta_export: None,
             options_seen: 0,
             payload_max,
+            tls_mode,
+            tls: false,
         }
+    }
+
+    /// Whether the TLS handshake has completed on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The shell completed the TLS handshake after [`Outcome::StartTls`].
+    /// Option haggling starts over: what was negotiated in plaintext
+    /// (structured replies, the meta context) is forgotten, since a
+    /// man in the middle could have chosen it (proto.md, downgrade attacks).
+    /// The option count is kept: it bounds the whole handshake.
+    pub fn tls_started(&mut self) -> Result<(), NbdError> {
+        if self.phase != Phase::AwaitTls {
+            self.phase = Phase::Done;
+            return Err(NbdError::Misuse("TLS started without STARTTLS"));
+        }
+        self.tls = true;
+        self.structured = false;
+        self.meta_export = None;
+        self.phase = Phase::Options;
+        Ok(())
     }
 
     /// The client flags; an error means close without a word.
@@ -527,13 +596,27 @@ impl Negotiation {
         }
         let mut out = Vec::new();
         let opt = header.option;
+        let tls_missing = self.tls_mode == TlsMode::Required && !self.tls;
         let outcome = match opt {
-            OPT_EXPORT_NAME => self.export_name(payload, catalog, &mut out),
+            OPT_STARTTLS => self.starttls(payload, &mut out),
+            // FORCEDTLS: EXPORT_NAME cannot carry an error, so the
+            // connection is closed without a word.
+            OPT_EXPORT_NAME if tls_missing => Outcome::Reject(NbdError::TlsRequired),
             OPT_ABORT => {
                 // proto.md: reply ACK (payload, if any, is ignored).
                 push_option_reply(&mut out, opt, REP_ACK, &[]);
                 Outcome::Abort
             }
+            _ if tls_missing => {
+                push_option_reply(
+                    &mut out,
+                    opt,
+                    REP_ERR_TLS_REQD,
+                    TLS_REQUIRED_MESSAGE.as_bytes(),
+                );
+                Outcome::Continue
+            }
+            OPT_EXPORT_NAME => self.export_name(payload, catalog, &mut out),
             OPT_LIST => {
                 if payload.is_empty() {
                     for (name, description) in catalog.list() {
@@ -568,19 +651,42 @@ impl Negotiation {
                 Outcome::Continue
             }
             // EXTENDED_HEADERS is unsupported here (SPEC §2): qemu falls back on
-            // ERR_UNSUP. STARTTLS: NOTLS mode answers ERR_UNSUP (proto.md).
+            // ERR_UNSUP.
             _ => {
                 push_option_reply(&mut out, opt, REP_ERR_UNSUP, b"option not supported");
                 Outcome::Continue
             }
         };
-        if !matches!(outcome, Outcome::Continue) {
-            self.phase = Phase::Done;
+        match outcome {
+            Outcome::Continue => {}
+            Outcome::StartTls => self.phase = Phase::AwaitTls,
+            _ => self.phase = Phase::Done,
         }
         Step {
             reply: out,
             outcome,
         }
+    }
+
+    fn starttls(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let opt = OPT_STARTTLS;
+        if self.tls_mode == TlsMode::Off {
+            // NOTLS mode (proto.md).
+            push_option_reply(
+                out,
+                opt,
+                REP_ERR_UNSUP,
+                b"TLS is not configured on this server",
+            );
+        } else if self.tls {
+            push_option_reply(out, opt, REP_ERR_INVALID, b"TLS is already negotiated");
+        } else if !payload.is_empty() {
+            push_option_reply(out, opt, REP_ERR_INVALID, b"STARTTLS takes no data");
+        } else {
+            push_option_reply(out, opt, REP_ACK, &[]);
+            return Outcome::StartTls;
+        }
+        Outcome::Continue
     }
 
     fn export_name(
@@ -998,6 +1104,139 @@ mod tests {
         assert!(matches!(step.outcome, Outcome::Abort));
     }
 
+    fn tls_ready(mode: TlsMode) -> Negotiation {
+        let mut n = Negotiation::with_tls(PAYLOAD_MAX, mode);
+        n.client_flags(3u32.to_be_bytes()).unwrap();
+        n
+    }
+
+    /// What an outcome is, for tables.
+    fn kind(o: &Outcome) -> &'static str {
+        match o {
+            Outcome::Continue => "continue",
+            Outcome::StartTls => "starttls",
+            Outcome::Transmission(_) => "transmission",
+            Outcome::Abort => "abort",
+            Outcome::Reject(NbdError::TlsRequired) => "reject-tls",
+            Outcome::Reject(_) => "reject",
+        }
+    }
+
+    /// (mode, TLS already started, option, payload) -> (reply types, outcome).
+    type TlsCase = (TlsMode, bool, u32, Vec<u8>, Vec<u32>, &'static str);
+
+    #[test]
+    fn tls_option_table() {
+        use TlsMode::*;
+        let go = go_payload("disk", &[]);
+        let (ack, reqd, inval, unsup, info) = (
+            REP_ACK,
+            REP_ERR_TLS_REQD,
+            REP_ERR_INVALID,
+            REP_ERR_UNSUP,
+            REP_INFO,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<TlsCase> = vec![
+            // NOTLS: STARTTLS unsupported, everything else as before.
+            (Off, false, OPT_STARTTLS, vec![], vec![unsup], "continue"),
+            (Off, false, OPT_GO, go.clone(), vec![info, info, ack], "transmission"),
+            // FORCEDTLS before TLS: only STARTTLS and ABORT pass.
+            (Required, false, OPT_STARTTLS, vec![], vec![ack], "starttls"),
+            (Required, false, OPT_STARTTLS, vec![1], vec![inval], "continue"),
+            (Required, false, OPT_ABORT, vec![], vec![ack], "abort"),
+            (Required, false, OPT_GO, go.clone(), vec![reqd], "continue"),
+            (Required, false, OPT_INFO, go.clone(), vec![reqd], "continue"),
+            (Required, false, OPT_LIST, vec![], vec![reqd], "continue"),
+            (Required, false, OPT_STRUCTURED_REPLY, vec![], vec![reqd], "continue"),
+            (Required, false, OPT_SET_META_CONTEXT, vec![], vec![reqd], "continue"),
+            (Required, false, OPT_EXTENDED_HEADERS, vec![], vec![reqd], "continue"),
+            (Required, false, 0xdead, vec![], vec![reqd], "continue"),
+            (Required, false, OPT_EXPORT_NAME, b"disk".to_vec(), vec![], "reject-tls"),
+            // FORCEDTLS inside TLS: served; a second STARTTLS is invalid.
+            (Required, true, OPT_STARTTLS, vec![], vec![inval], "continue"),
+            (Required, true, OPT_GO, go.clone(), vec![info, info, ack], "transmission"),
+            (Required, true, OPT_LIST, vec![], vec![REP_SERVER, REP_SERVER, ack], "continue"),
+            (Required, true, OPT_EXPORT_NAME, b"disk".to_vec(), vec![], "transmission"),
+            (Required, true, 0xdead, vec![], vec![unsup], "continue"),
+            // SELECTIVETLS (every export either way): plaintext served.
+            (Optional, false, OPT_STARTTLS, vec![], vec![ack], "starttls"),
+            (Optional, false, OPT_GO, go.clone(), vec![info, info, ack], "transmission"),
+            (Optional, false, OPT_EXPORT_NAME, b"disk".to_vec(), vec![], "transmission"),
+            (Optional, true, OPT_STARTTLS, vec![], vec![inval], "continue"),
+            (Optional, true, OPT_GO, go.clone(), vec![info, info, ack], "transmission"),
+        ];
+        for (i, (mode, started, opt, payload, want, outcome)) in cases.into_iter().enumerate() {
+            let mut n = tls_ready(mode);
+            let mut c = cat();
+            if started {
+                let step = feed(&mut n, OPT_STARTTLS, &[], &mut c);
+                assert!(matches!(step.outcome, Outcome::StartTls), "case {i}");
+                n.tls_started().unwrap();
+                assert!(n.is_tls());
+            }
+            let step = feed(&mut n, opt, &payload, &mut c);
+            assert_eq!(kind(&step.outcome), outcome, "case {i}");
+            if opt == OPT_EXPORT_NAME {
+                // Size and flags (NO_ZEROES), or nothing and a closed socket.
+                let len = if outcome == "transmission" { 10 } else { 0 };
+                assert_eq!(step.reply.len(), len, "case {i}");
+                continue;
+            }
+            assert_eq!(types(&step), want, "case {i}");
+            if want.contains(&REP_ERR_TLS_REQD) {
+                let r = replies(&step.reply);
+                assert_eq!(r[0].2, TLS_REQUIRED_MESSAGE.as_bytes(), "case {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn starttls_waits_for_the_shell_and_forgets_plaintext_state() {
+        let mut c = cat();
+        let mut n = tls_ready(TlsMode::Optional);
+        // Negotiated in plaintext, where a man in the middle could choose.
+        feed(&mut n, OPT_STRUCTURED_REPLY, &[], &mut c);
+        feed(
+            &mut n,
+            OPT_SET_META_CONTEXT,
+            &meta("disk", &[META_BASE_ALLOCATION]),
+            &mut c,
+        );
+        let step = feed(&mut n, OPT_STARTTLS, &[], &mut c);
+        assert_eq!(types(&step), vec![REP_ACK]);
+        assert!(matches!(step.outcome, Outcome::StartTls));
+        assert!(!n.is_tls());
+        // No option until the shell says TLS is up.
+        let hdr = OptionHeader {
+            option: OPT_LIST,
+            len: 0,
+        };
+        let step = n.option_header(&hdr.encode()).unwrap_err();
+        assert!(matches!(step.outcome, Outcome::Reject(NbdError::Misuse(_))));
+
+        let mut n = tls_ready(TlsMode::Optional);
+        feed(&mut n, OPT_STRUCTURED_REPLY, &[], &mut c);
+        feed(
+            &mut n,
+            OPT_SET_META_CONTEXT,
+            &meta("disk", &[META_BASE_ALLOCATION]),
+            &mut c,
+        );
+        feed(&mut n, OPT_STARTTLS, &[], &mut c);
+        n.tls_started().unwrap();
+        // A second tls_started is a shell bug.
+        let mut twice = tls_ready(TlsMode::Required);
+        assert!(matches!(twice.tls_started(), Err(NbdError::Misuse(_))));
+        match feed(&mut n, OPT_GO, &go_payload("disk", &[]), &mut c).outcome {
+            Outcome::Transmission(t) => {
+                assert!(!t.negotiated.structured_replies);
+                assert_eq!(t.negotiated.meta_context, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn go_payload(name: &str, infos: &[u16]) -> Vec<u8> {
         InfoRequest {
             name: name.into(),
@@ -1289,11 +1528,12 @@ mod tests {
             #[test]
             fn random_frames_never_panic(
                 flags in any::<u32>(),
+                mode in prop_oneof![Just(TlsMode::Off), Just(TlsMode::Optional), Just(TlsMode::Required)],
                 frames in proptest::collection::vec(
                     (prop_oneof![0u32..13, any::<u32>()], proptest::collection::vec(any::<u8>(), 0..64)),
                     0..12),
             ) {
-                let mut n = Negotiation::new(PAYLOAD_MAX);
+                let mut n = Negotiation::with_tls(PAYLOAD_MAX, mode);
                 let mut c = cat();
                 if n.client_flags(flags.to_be_bytes()).is_err() {
                     return Ok(());
@@ -1305,8 +1545,20 @@ mod tests {
                         Err(_) => break,
                     };
                     let step = n.option(hdr, &frame[16..], &mut c);
-                    if !matches!(step.outcome, Outcome::Continue) {
-                        break;
+                    match step.outcome {
+                        Outcome::Continue => {}
+                        // As the shell does once the TLS handshake passed.
+                        Outcome::StartTls => n.tls_started().unwrap(),
+                        Outcome::Reject(NbdError::TlsRequired) => {
+                            prop_assert!(mode == TlsMode::Required && !n.is_tls());
+                            break;
+                        }
+                        Outcome::Transmission(_) => {
+                            // Never without TLS when it is required.
+                            prop_assert!(mode != TlsMode::Required || n.is_tls());
+                            break;
+                        }
+                        _ => break,
                     }
                 }
             }

@@ -5,7 +5,8 @@
 //! state machine), [`request`] (request headers and [`validate`]) and
 //! [`reply`] (simple and structured replies) — and a thin tokio shell,
 //! [`server`], that serves one connection per [`serve`] (or
-//! [`serve_split`]) call over any byte stream. The daemon supplies exports
+//! [`serve_split`]) call over any byte stream, or per [`serve_tls`] with
+//! `NBD_OPT_STARTTLS` (the TLS library is the caller's, behind [`StartTls`]). The daemon supplies exports
 //! through the [`Exports`] and [`Export`] traits; this crate knows nothing
 //! of replication.
 //!
@@ -25,11 +26,14 @@ pub use budget::Budget;
 pub use error::NbdError;
 pub use handshake::{
     greeting, Catalog, ClientFlags, InfoRequest, MetaRequest, Negotiated, Negotiation,
-    OptionHeader, OptionReplyHeader, Outcome, Step, Transmission,
+    OptionHeader, OptionReplyHeader, Outcome, Step, TlsMode, Transmission, TLS_REQUIRED_MESSAGE,
 };
 pub use proto::{
     BlockExtent, BlockSizes, Errno, ExportInfo, OpenError, OpenErrorKind, OPTION_LEN_MAX,
     PAYLOAD_MAX,
 };
 pub use request::{validate, Command, CommandType, Discard, Rejected, Request};
-pub use server::{refuse, serve, serve_split, Export, Exports, Limits, PAYLOAD_TIMEOUT};
+pub use server::{
+    refuse, serve, serve_split, serve_tls, Export, Exports, IntoHalves, Limits, StartTls,
+    PAYLOAD_TIMEOUT,
+};

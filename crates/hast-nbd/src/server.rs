@@ -39,7 +39,7 @@ use tracing::{debug, info};
 use crate::budget::Budget;
 use crate::error::NbdError;
 use crate::handshake::{
-    greeting, push_option_reply, Catalog, Negotiated, Negotiation, OptionHeader, Outcome,
+    greeting, push_option_reply, Catalog, Negotiated, Negotiation, OptionHeader, Outcome, TlsMode,
     Transmission,
 };
 use crate::proto::*;
@@ -194,34 +194,141 @@ where
         handshake(&*exports, &mut rd, &mut wr, limits.payload_max),
     )
     .await;
-    let (export, t) = match hs {
+    let Some((export, t)) = handshake_result(hs, &peer, &limits)? else {
+        return Ok(());
+    };
+    transmit(export, t, rd, wr, &peer, &limits, false).await
+}
+
+/// The TLS side of `NBD_OPT_STARTTLS`, supplied by the caller so that this
+/// crate carries no TLS library (hastd implements it with rustls).
+pub trait StartTls<S>: Send + Sync + 'static {
+    /// The stream after the TLS handshake.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Required or optional (never [`TlsMode::Off`]: use [`serve_split`]).
+    fn mode(&self) -> TlsMode;
+    /// Runs the server side of the TLS handshake on `plain`. The error
+    /// (a refused certificate, a failed handshake) ends the connection and
+    /// is logged.
+    fn accept(&self, plain: S) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// A stream that splits into owned halves sharing no lock (`TcpStream`,
+/// `UnixStream`): a plaintext client of a TLS-capable listener is then
+/// served exactly like one of a plaintext listener.
+pub trait IntoHalves: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl IntoHalves for tokio::net::TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl IntoHalves for tokio::net::UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// [`serve`] with `NBD_OPT_STARTTLS` offered as `tls.mode()` says: after
+/// the ACK the TLS handshake runs on the same socket (within the handshake
+/// timeout), option haggling starts over inside TLS, and transmission runs
+/// over the TLS stream. A client that stays in plaintext (optional mode)
+/// is served over the stream's owned halves, as by [`serve_split`].
+pub async fn serve_tls<E, S, T>(
+    exports: Arc<E>,
+    stream: S,
+    tls: Arc<T>,
+    peer: String,
+    limits: Limits,
+) -> Result<(), NbdError>
+where
+    E: Exports,
+    S: IntoHalves,
+    T: StartTls<S>,
+{
+    let hs = tokio::time::timeout(
+        limits.handshake_timeout,
+        handshake_tls(&*exports, stream, &*tls, limits.payload_max),
+    )
+    .await;
+    match handshake_result(hs, &peer, &limits)? {
+        None => Ok(()),
+        Some(Ready::Plain(export, t, rd, wr)) => {
+            transmit(export, t, rd, wr, &peer, &limits, false).await
+        }
+        Some(Ready::Tls(export, t, rd, wr)) => {
+            transmit(export, t, rd, wr, &peer, &limits, true).await
+        }
+    }
+}
+
+/// Logs how the handshake ended; `Ok(None)`: the client aborted.
+fn handshake_result<T>(
+    hs: Result<Result<Option<T>, NbdError>, tokio::time::error::Elapsed>,
+    peer: &str,
+    limits: &Limits,
+) -> Result<Option<T>, NbdError> {
+    match hs {
         Err(_) => {
             debug!(%peer, "nbd handshake timed out");
-            return Err(NbdError::HandshakeTimeout(limits.handshake_timeout));
+            Err(NbdError::HandshakeTimeout(limits.handshake_timeout))
         }
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "nbd handshake failed");
-            return Err(e);
+            Err(e)
         }
         Ok(Ok(None)) => {
             debug!(%peer, "nbd client aborted the handshake");
-            return Ok(());
+            Ok(None)
         }
-        Ok(Ok(Some(x))) => x,
-    };
+        Ok(Ok(Some(x))) => Ok(Some(x)),
+    }
+}
+
+/// The transmission phase of one connection, with its log lines.
+/// `tls`: replies always go through the writer task, never written by the
+/// task that made them: a TLS stream takes bytes into its record buffer
+/// and may keep them there until flushed, and the direct write (which
+/// polls with a no-op waker) could leave a reply in that buffer with
+/// nobody to flush it. The writer task awaits its flush.
+async fn transmit<X, R, W>(
+    export: Arc<X>,
+    t: Transmission,
+    rd: BufReader<R>,
+    wr: W,
+    peer: &str,
+    limits: &Limits,
+    tls: bool,
+) -> Result<(), NbdError>
+where
+    X: Export,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let name = t.negotiated.export.clone();
     info!(
         %peer,
         export = %name,
         structured = t.negotiated.structured_replies,
+        tls,
         "nbd connection open"
     );
     let conn = Connection {
         export,
         info: t.info,
         neg: t.negotiated,
-        peer: &peer,
-        limits: &limits,
+        peer,
+        limits,
+        direct: !tls,
     };
     let (result, served) = conn.run(rd, wr).await;
     match &result {
@@ -262,6 +369,71 @@ impl<E: Exports> Catalog for ShellCatalog<'_, E> {
 
 type Chosen<X> = (Arc<X>, Transmission);
 
+/// How option haggling ended.
+enum Haggled<X> {
+    Chosen(Arc<X>, Transmission),
+    Abort,
+    /// STARTTLS acknowledged (the ACK is sent).
+    StartTls,
+}
+
+/// The greeting and the client flags.
+async fn greet<IO>(io: &mut IO, neg: &mut Negotiation) -> Result<(), NbdError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    io.write_all(&greeting()).await?;
+    io.flush().await?;
+    let mut flags = [0u8; 4];
+    io.read_exact(&mut flags).await?;
+    neg.client_flags(flags)?;
+    Ok(())
+}
+
+/// Reads options and sends the replies until haggling ends.
+async fn haggle<E, IO>(
+    neg: &mut Negotiation,
+    catalog: &mut ShellCatalog<'_, E>,
+    io: &mut IO,
+) -> Result<Haggled<E::Export>, NbdError>
+where
+    E: Exports,
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut payload = Vec::new();
+    loop {
+        let mut raw = [0u8; OPTION_HEADER_LEN];
+        io.read_exact(&mut raw).await?;
+        let step = match neg.option_header(&raw) {
+            Ok(header) => {
+                // The header check above bounded `len` to OPTION_LEN_MAX.
+                payload.clear();
+                payload.resize(header.len as usize, 0);
+                io.read_exact(&mut payload).await?;
+                neg.option(header, &payload, catalog)
+            }
+            Err(step) => *step,
+        };
+        if !step.reply.is_empty() {
+            io.write_all(&step.reply).await?;
+            io.flush().await?;
+        }
+        match step.outcome {
+            Outcome::Continue => {}
+            Outcome::Abort => return Ok(Haggled::Abort),
+            Outcome::Reject(e) => return Err(e),
+            Outcome::StartTls => return Ok(Haggled::StartTls),
+            Outcome::Transmission(t) => {
+                let export = catalog
+                    .opened
+                    .take()
+                    .ok_or(NbdError::Misuse("transmission without an open export"))?;
+                return Ok(Haggled::Chosen(export, t));
+            }
+        }
+    }
+}
+
 async fn handshake<E, R, W>(
     exports: &E,
     rd: &mut R,
@@ -273,46 +445,93 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    wr.write_all(&greeting()).await?;
-    wr.flush().await?;
-    let mut flags = [0u8; 4];
-    rd.read_exact(&mut flags).await?;
+    let mut io = tokio::io::join(rd, wr);
     let mut neg = Negotiation::new(payload_max);
-    neg.client_flags(flags)?;
+    greet(&mut io, &mut neg).await?;
     let mut catalog = ShellCatalog {
         exports,
         opened: None,
     };
-    let mut payload = Vec::new();
-    loop {
-        let mut raw = [0u8; OPTION_HEADER_LEN];
-        rd.read_exact(&mut raw).await?;
-        let step = match neg.option_header(&raw) {
-            Ok(header) => {
-                // The header check above bounded `len` to OPTION_LEN_MAX.
-                payload.clear();
-                payload.resize(header.len as usize, 0);
-                rd.read_exact(&mut payload).await?;
-                neg.option(header, &payload, &mut catalog)
-            }
-            Err(step) => *step,
-        };
-        if !step.reply.is_empty() {
-            wr.write_all(&step.reply).await?;
-            wr.flush().await?;
+    match haggle(&mut neg, &mut catalog, &mut io).await? {
+        Haggled::Chosen(export, t) => Ok(Some((export, t))),
+        Haggled::Abort => Ok(None),
+        // A negotiation without TLS never asks for it.
+        Haggled::StartTls => Err(NbdError::Misuse("STARTTLS without TLS")),
+    }
+}
+
+/// Bytes read past the end of the handshake come first, then the stream.
+type Rest<R> = tokio::io::Chain<std::io::Cursor<Vec<u8>>, R>;
+
+/// A connection ready for transmission, in plaintext or over TLS.
+enum Ready<X, S: IntoHalves, T> {
+    Plain(Arc<X>, Transmission, BufReader<Rest<S::Read>>, S::Write),
+    Tls(
+        Arc<X>,
+        Transmission,
+        BufReader<Rest<tokio::io::ReadHalf<T>>>,
+        tokio::io::WriteHalf<T>,
+    ),
+}
+
+/// Small: the handshake reads options; transmission gets its own buffer.
+const HANDSHAKE_BUFFER_LEN: usize = 4096;
+
+async fn handshake_tls<E, S, T>(
+    exports: &E,
+    stream: S,
+    tls: &T,
+    payload_max: u32,
+) -> Result<Option<Ready<E::Export, S, T::Stream>>, NbdError>
+where
+    E: Exports,
+    S: IntoHalves,
+    T: StartTls<S>,
+{
+    let mut io = BufReader::with_capacity(HANDSHAKE_BUFFER_LEN, stream);
+    let mut neg = Negotiation::with_tls(payload_max, tls.mode());
+    greet(&mut io, &mut neg).await?;
+    let mut catalog = ShellCatalog {
+        exports,
+        opened: None,
+    };
+    match haggle(&mut neg, &mut catalog, &mut io).await? {
+        Haggled::Abort => return Ok(None),
+        Haggled::Chosen(export, t) => {
+            let rest = io.buffer().to_vec();
+            let (rd, wr) = io.into_inner().into_halves();
+            let rd =
+                BufReader::with_capacity(READ_BUFFER_LEN, std::io::Cursor::new(rest).chain(rd));
+            return Ok(Some(Ready::Plain(export, t, rd, wr)));
         }
-        match step.outcome {
-            Outcome::Continue => {}
-            Outcome::Abort => return Ok(None),
-            Outcome::Reject(e) => return Err(e),
-            Outcome::Transmission(t) => {
-                let export = catalog
-                    .opened
-                    .take()
-                    .ok_or(NbdError::Misuse("transmission without an open export"))?;
-                return Ok(Some((export, t)));
-            }
+        Haggled::StartTls => {}
+    }
+    // The client waits for the ACK before its ClientHello; anything already
+    // read would be lost under TLS.
+    if !io.buffer().is_empty() {
+        return Err(NbdError::Tls(
+            "client sent data between STARTTLS and its TLS handshake".into(),
+        ));
+    }
+    let stream = tls
+        .accept(io.into_inner())
+        .await
+        .map_err(|e| NbdError::Tls(e.to_string()))?;
+    neg.tls_started()?;
+    let mut io = BufReader::with_capacity(HANDSHAKE_BUFFER_LEN, stream);
+    match haggle(&mut neg, &mut catalog, &mut io).await? {
+        Haggled::Abort => Ok(None),
+        Haggled::Chosen(export, t) => {
+            let rest = io.buffer().to_vec();
+            // A TLS session cannot be split without a lock: its reads may
+            // need to write (key updates) and its state is one.
+            let (rd, wr) = tokio::io::split(io.into_inner());
+            let rd =
+                BufReader::with_capacity(READ_BUFFER_LEN, std::io::Cursor::new(rest).chain(rd));
+            Ok(Some(Ready::Tls(export, t, rd, wr)))
         }
+        // The negotiation answers a second STARTTLS with ERR_INVALID.
+        Haggled::StartTls => Err(NbdError::Misuse("STARTTLS inside TLS")),
     }
 }
 
@@ -549,6 +768,8 @@ struct Connection<'a, X: Export> {
     neg: Negotiated,
     peer: &'a str,
     limits: &'a Limits,
+    /// Replies may be written by the task that made them (not over TLS).
+    direct: bool,
 }
 
 impl<X: Export> Connection<'_, X> {
@@ -720,11 +941,13 @@ impl<X: Export> Connection<'_, X> {
                         }
                         Discard::Close(n) => return Err(NbdError::PayloadTooBig(n)),
                     }
-                    if replies
-                        .send(mode.error(req.cookie, errno, reason, permits))
-                        .await
-                        .is_err()
-                    {
+                    let frame = mode.error(req.cookie, errno, reason, permits);
+                    let sent = if self.direct {
+                        replies.send(frame).await
+                    } else {
+                        replies.queue(frame).await
+                    };
+                    if sent.is_err() {
                         return Ok(Stop::Writer);
                     }
                     continue;
@@ -773,6 +996,7 @@ impl<X: Export> Connection<'_, X> {
                     replies: Arc::clone(replies),
                     requests: Arc::clone(requests),
                     inflight_max: self.limits.inflight_max.max(1),
+                    direct: self.direct,
                 },
             ));
         }
@@ -894,6 +1118,7 @@ struct ReplyTo<W> {
     replies: Arc<Replies<W>>,
     requests: Arc<Semaphore>,
     inflight_max: usize,
+    direct: bool,
 }
 
 impl<W> ReplyTo<W> {
@@ -901,6 +1126,6 @@ impl<W> ReplyTo<W> {
     /// permit): the reply is written at once. With company, the writer task
     /// gathers the replies that are ready together into one write.
     fn alone(&self) -> bool {
-        self.requests.available_permits() + 1 >= self.inflight_max
+        self.direct && self.requests.available_permits() + 1 >= self.inflight_max
     }
 }

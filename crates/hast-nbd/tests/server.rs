@@ -10,8 +10,9 @@ use hast_nbd::handshake::encode_option;
 use hast_nbd::proto::*;
 use hast_nbd::reply::{parse_block_status_payload, parse_error_payload, ChunkHeader, SimpleReply};
 use hast_nbd::{
-    serve, serve_split, BlockExtent, ClientFlags, CommandType, Errno, Export, ExportInfo, Exports,
-    InfoRequest, Limits, MetaRequest, NbdError, OpenError, OptionReplyHeader, Request,
+    serve, serve_split, serve_tls, BlockExtent, ClientFlags, CommandType, Errno, Export,
+    ExportInfo, Exports, InfoRequest, Limits, MetaRequest, NbdError, OpenError, OptionReplyHeader,
+    Request, StartTls, TlsMode, TLS_REQUIRED_MESSAGE,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
@@ -344,6 +345,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             no_zeroes: true,
         })
         .await;
+        self.haggle_go(name, structured, meta).await
+    }
+
+    /// [`Client::go`] after the greeting (e.g. inside TLS).
+    async fn haggle_go(&mut self, name: &str, structured: bool, meta: bool) -> (u64, u16) {
         // What qemu 10 does first.
         self.option(OPT_EXTENDED_HEADERS, &[]).await;
         assert_eq!(self.option_replies().await[0].0, REP_ERR_UNSUP);
@@ -1275,4 +1281,239 @@ async fn refuse_answers_every_option_with_policy_and_the_reason() {
     c.option(OPT_EXPORT_NAME, b"disk").await;
     refusal.await.unwrap().unwrap();
     c.expect_eof().await;
+}
+
+// ------------------------------------------------------------- STARTTLS
+
+/// The stand-in for TLS in these tests: after a 4-byte hello each way,
+/// every byte is XORed with 0x5a, so anything that went over the plain
+/// stream after STARTTLS, or a plain reply, would arrive as garbage.
+struct Xor<S>(S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for Xor<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut self.0).poll_read(cx, buf))?;
+        for b in &mut buf.filled_mut()[before..] {
+            *b ^= 0x5a;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Xor<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let x: Vec<u8> = buf.iter().map(|b| b ^ 0x5a).collect();
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &x)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+struct FakeTls {
+    mode: TlsMode,
+    /// Refuse every handshake (as a bad certificate would).
+    refuse: bool,
+}
+
+impl StartTls<tokio::net::UnixStream> for FakeTls {
+    type Stream = Xor<tokio::net::UnixStream>;
+    fn mode(&self) -> TlsMode {
+        self.mode
+    }
+    async fn accept(
+        &self,
+        mut plain: tokio::net::UnixStream,
+    ) -> std::io::Result<Xor<tokio::net::UnixStream>> {
+        let mut hello = [0u8; 4];
+        plain.read_exact(&mut hello).await?;
+        if &hello != b"HELO" || self.refuse {
+            return Err(std::io::Error::other("handshake refused"));
+        }
+        plain.write_all(b"OLEH").await?;
+        Ok(Xor(plain))
+    }
+}
+
+fn spawn_tls(
+    mode: TlsMode,
+    refuse: bool,
+) -> (
+    Client<tokio::net::UnixStream>,
+    Arc<MemExport>,
+    JoinHandle<Result<(), NbdError>>,
+) {
+    let (ex, disk) = exports();
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let tls = Arc::new(FakeTls { mode, refuse });
+    let server = tokio::spawn(serve_tls(ex, b, tls, "test-peer".into(), Limits::default()));
+    let c = Client {
+        s: a,
+        structured: false,
+        reads: HashMap::new(),
+    };
+    (c, disk, server)
+}
+
+impl Client<tokio::net::UnixStream> {
+    /// STARTTLS, its ACK, the fake handshake: the client from then on.
+    async fn starttls(mut self) -> Client<Xor<tokio::net::UnixStream>> {
+        self.option(OPT_STARTTLS, &[]).await;
+        let r = self.option_replies().await;
+        assert_eq!(r, vec![(REP_ACK, vec![])]);
+        self.s.write_all(b"HELO").await.unwrap();
+        let mut hello = [0u8; 4];
+        self.s.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"OLEH");
+        Client {
+            s: Xor(self.s),
+            structured: false,
+            reads: HashMap::new(),
+        }
+    }
+}
+
+/// Writes through the connection, reads back, disconnects.
+async fn write_read_disc<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Client<S>, disk: &MemExport) {
+    let data = pattern(9, 64 << 10);
+    c.send(CMD_WRITE, 0, 1, 4096, data.len() as u32, &data)
+        .await;
+    assert_eq!(c.reply().await.error, 0);
+    c.send(CMD_READ, 0, 2, 4096, data.len() as u32, &[]).await;
+    let r = c.reply().await;
+    assert_eq!((r.cookie, r.error), (2, 0));
+    assert_eq!(r.data, data);
+    assert_eq!(disk.data.lock().unwrap()[4096..4096 + data.len()], data[..]);
+    c.send(CMD_DISC, 0, 3, 0, 0, &[]).await;
+}
+
+#[tokio::test]
+async fn required_tls_refuses_plaintext_then_serves_inside_tls() {
+    let (mut c, disk, server) = spawn_tls(TlsMode::Required, false);
+    c.greet(ClientFlags {
+        fixed_newstyle: true,
+        no_zeroes: true,
+    })
+    .await;
+    let go = InfoRequest {
+        name: "disk".into(),
+        requests: vec![],
+    }
+    .encode();
+    for (opt, payload) in [
+        (OPT_LIST, vec![]),
+        (OPT_STRUCTURED_REPLY, vec![]),
+        (OPT_INFO, go.clone()),
+        (OPT_GO, go.clone()),
+    ] {
+        c.option(opt, &payload).await;
+        let r = c.option_replies().await;
+        assert_eq!(
+            r,
+            vec![(REP_ERR_TLS_REQD, TLS_REQUIRED_MESSAGE.into())],
+            "option {opt}"
+        );
+    }
+    c.option(OPT_STARTTLS, b"x").await;
+    assert_eq!(c.option_replies().await[0].0, REP_ERR_INVALID);
+    let mut c = c.starttls().await;
+    c.option(OPT_STARTTLS, &[]).await;
+    assert_eq!(c.option_replies().await[0].0, REP_ERR_INVALID);
+    c.option(OPT_LIST, &[]).await;
+    assert_eq!(c.option_replies().await.last().unwrap().0, REP_ACK);
+    let (size, _) = c.haggle_go("disk", true, true).await;
+    assert_eq!(size, SIZE as u64);
+    write_read_disc(&mut c, &disk).await;
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn export_name_before_required_tls_closes() {
+    let (mut c, _disk, server) = spawn_tls(TlsMode::Required, false);
+    c.greet(ClientFlags::default()).await;
+    c.option(OPT_EXPORT_NAME, b"disk").await;
+    c.expect_eof().await;
+    assert!(matches!(server.await.unwrap(), Err(NbdError::TlsRequired)));
+
+    // With TLS it is served (old clients that skip GO).
+    let (c, disk, server) = spawn_tls(TlsMode::Required, false);
+    let mut c = c;
+    c.greet(ClientFlags {
+        fixed_newstyle: true,
+        no_zeroes: true,
+    })
+    .await;
+    let mut c = c.starttls().await;
+    c.option(OPT_EXPORT_NAME, b"disk").await;
+    let mut head = [0u8; 10];
+    c.s.read_exact(&mut head).await.unwrap();
+    assert_eq!(
+        u64::from_be_bytes(head[..8].try_into().unwrap()),
+        SIZE as u64
+    );
+    write_read_disc(&mut c, &disk).await;
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn optional_tls_serves_plaintext_and_tls_clients() {
+    let (mut c, disk, server) = spawn_tls(TlsMode::Optional, false);
+    c.go("disk", true, false).await;
+    write_read_disc(&mut c, &disk).await;
+    server.await.unwrap().unwrap();
+
+    let (mut c, disk, server) = spawn_tls(TlsMode::Optional, false);
+    c.greet(ClientFlags {
+        fixed_newstyle: true,
+        no_zeroes: true,
+    })
+    .await;
+    let mut c = c.starttls().await;
+    c.haggle_go("disk", false, false).await;
+    write_read_disc(&mut c, &disk).await;
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn failed_or_early_tls_handshakes_close() {
+    // The TLS layer refuses (a certificate not accepted): closed, reported.
+    let (mut c, _disk, server) = spawn_tls(TlsMode::Required, true);
+    c.greet(ClientFlags::default()).await;
+    c.option(OPT_STARTTLS, &[]).await;
+    assert_eq!(c.option_replies().await[0].0, REP_ACK);
+    c.s.write_all(b"HELO").await.unwrap();
+    c.expect_eof().await;
+    match server.await.unwrap() {
+        Err(NbdError::Tls(m)) => assert!(m.contains("handshake refused"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Bytes sent with STARTTLS, before its ACK could be read: they would
+    // be lost under TLS, so the connection ends.
+    let (mut c, _disk, server) = spawn_tls(TlsMode::Optional, false);
+    c.greet(ClientFlags::default()).await;
+    let mut both = encode_option(OPT_STARTTLS, &[]);
+    both.extend_from_slice(b"HELO");
+    c.s.write_all(&both).await.unwrap();
+    assert_eq!(c.option_replies().await[0].0, REP_ACK);
+    c.expect_eof().await;
+    assert!(matches!(server.await.unwrap(), Err(NbdError::Tls(_))));
 }
