@@ -15,6 +15,7 @@ impl ExitStatus for ErrorKind {
         match self {
             ErrorKind::Syntax(e) => e.exit_code(),
             ErrorKind::SecretFile { error, .. } => error.exit_code(),
+            ErrorKind::NbdTlsFile { error, .. } => error.exit_code(),
             _ => EX_CONFIG,
         }
     }
@@ -66,6 +67,15 @@ pub enum ErrorKind {
         path: std::path::PathBuf,
         error: crate::secret::SecretError,
     },
+    #[error("{option} \"{}\": {error}", .path.display())]
+    NbdTlsFile {
+        option: &'static str,
+        path: std::path::PathBuf,
+        error: crate::nbd_tls::PemFileError,
+    },
+    /// `nbd_tls*` options that do not fit together.
+    #[error("{0}")]
+    NbdTls(&'static str),
     #[error("resource \"{resource}\": NBD socket path \"{path}\" is longer than {max} bytes")]
     SocketPathTooLong {
         resource: String,

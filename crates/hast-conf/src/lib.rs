@@ -16,6 +16,7 @@ mod addr;
 mod error;
 /// Public so hastmon.conf (crate `hast-mon`) shares this tokenizer.
 pub mod lexer;
+pub mod nbd_tls;
 mod parser;
 mod resolve;
 pub mod secret;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 pub use addr::{Addr, AddrError, NBD_PORT, REPLICATION_PORT, UNIX_PATH_MAX};
 pub use error::{ConfigError, ErrorKind};
+pub use nbd_tls::{NbdTls, NbdTlsMode, NbdTlsPem};
 pub use parser::Level;
 pub use secret::{Secret, SecretError};
 pub use value::{parse_size, Checksum, Compression, OnIoError, ParseKeywordError, Replication};
@@ -104,6 +106,8 @@ pub struct Config {
     pub nbd_max_buffer: u64,
     /// `nbd_idle_timeout`: seconds; 0 is off.
     pub nbd_idle_timeout_secs: u32,
+    /// NBD over TLS (`nbd_tls*`); `None` when off.
+    pub nbd_tls: Option<NbdTls>,
     /// In file order.
     pub resources: Vec<Resource>,
 }
@@ -139,6 +143,23 @@ impl Config {
         Ok(())
     }
 
+    /// Reads `nbd_tls_cert` and `nbd_tls_key` (PEM) into `nbd_tls.pem`. An
+    /// unreadable file (exit 66), or a key readable by others (78), is an
+    /// error naming the file and its statement's line; nothing is filled then.
+    pub fn load_nbd_tls(&mut self) -> Result<(), ConfigError> {
+        let Some(tls) = &mut self.nbd_tls else {
+            return Ok(());
+        };
+        let read = |(path, line): &(PathBuf, u32), option, private| {
+            nbd_tls::read_pem(path, private)
+                .map_err(|e| nbd_tls_error(&self.file, *line, option, path, e))
+        };
+        let cert = read(&tls.cert, "nbd_tls_cert", false)?;
+        let key = read(&tls.key, "nbd_tls_key", true)?;
+        tls.pem = Some(NbdTlsPem { cert, key });
+        Ok(())
+    }
+
     /// `<nbd_socket_dir>/<resource name>.nbd`, if NBD Unix sockets are on.
     /// Its length was checked against `UNIX_PATH_MAX` when parsing.
     pub fn nbd_socket_path(&self, resource: &Resource) -> Option<PathBuf> {
@@ -146,6 +167,25 @@ impl Config {
             .as_deref()
             .map(|dir| nbd_socket_path(dir, &resource.name))
     }
+}
+
+/// `FILE:LINE: nbd_tls_key "PATH": reason` (hastd uses it for PEM contents).
+pub fn nbd_tls_error(
+    file: &Path,
+    line: u32,
+    option: &'static str,
+    path: &Path,
+    error: nbd_tls::PemFileError,
+) -> ConfigError {
+    ConfigError::at(
+        file,
+        line,
+        ErrorKind::NbdTlsFile {
+            option,
+            path: path.to_path_buf(),
+            error,
+        },
+    )
 }
 
 fn nbd_socket_path(dir: &Path, name: &str) -> PathBuf {

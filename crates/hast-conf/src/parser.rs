@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::addr::{Addr, NBD_PORT, REPLICATION_PORT};
 use crate::error::{ConfigError, ErrorKind};
+use crate::nbd_tls::{parse_fingerprint, NbdTlsMode};
 use crate::syntax::value::{abs_path, bad, check_resource_name, whole_number, NumberError};
 use crate::syntax::{set, At, Reader, SyntaxError};
 use crate::value::{parse_size, Checksum, Compression, OnIoError, Replication};
@@ -50,6 +51,11 @@ pub(crate) struct NodeOpts {
     pub(crate) metrics_listen: Option<At<Option<Addr>>>,
     pub(crate) nbd_max_buffer: Option<At<u64>>,
     pub(crate) nbd_idle_timeout: Option<At<u32>>,
+    pub(crate) nbd_tls: Option<At<NbdTlsMode>>,
+    pub(crate) nbd_tls_cert: Option<At<PathBuf>>,
+    pub(crate) nbd_tls_key: Option<At<PathBuf>>,
+    /// `none` is `Some(At { value: None })`: it overrides a global one.
+    pub(crate) nbd_tls_client_fingerprint: Option<At<Option<[u8; 32]>>>,
 }
 
 /// Options of a resource (global, resource and resource-node sections).
@@ -115,6 +121,10 @@ enum Key {
     MetricsListen,
     NbdMaxBuffer,
     NbdIdleTimeout,
+    NbdTls,
+    NbdTlsCert,
+    NbdTlsKey,
+    NbdTlsClientFingerprint,
     Replication,
     Checksum,
     Compression,
@@ -144,6 +154,10 @@ impl Key {
             "metrics_listen" => Key::MetricsListen,
             "nbd_max_buffer" => Key::NbdMaxBuffer,
             "nbd_idle_timeout" => Key::NbdIdleTimeout,
+            "nbd_tls" => Key::NbdTls,
+            "nbd_tls_cert" => Key::NbdTlsCert,
+            "nbd_tls_key" => Key::NbdTlsKey,
+            "nbd_tls_client_fingerprint" => Key::NbdTlsClientFingerprint,
             "replication" => Key::Replication,
             "checksum" => Key::Checksum,
             "compression" => Key::Compression,
@@ -379,6 +393,10 @@ fn apply(
             | Key::MetricsListen
             | Key::NbdMaxBuffer
             | Key::NbdIdleTimeout
+            | Key::NbdTls
+            | Key::NbdTlsCert
+            | Key::NbdTlsKey
+            | Key::NbdTlsClientFingerprint
     );
     if is_node_key {
         let opts = match target {
@@ -465,6 +483,22 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
             }
         }
         Key::NbdIdleTimeout => set(&mut o.nbd_idle_timeout, seconds(w, v, 0)?, w, line),
+        // The PEM files are read by hastd at start and reload, not here.
+        Key::NbdTls => set(
+            &mut o.nbd_tls,
+            v.parse().map_err(|e| bad::<ErrorKind>(w, v, e))?,
+            w,
+            line,
+        ),
+        Key::NbdTlsCert => set(&mut o.nbd_tls_cert, abs_path(w, v)?, w, line),
+        Key::NbdTlsKey => set(&mut o.nbd_tls_key, abs_path(w, v)?, w, line),
+        Key::NbdTlsClientFingerprint => {
+            let fp = match v {
+                "none" => None,
+                _ => Some(parse_fingerprint(v).map_err(|e| bad::<ErrorKind>(w, v, e))?),
+            };
+            set(&mut o.nbd_tls_client_fingerprint, fp, w, line)
+        }
         _ => Err(ErrorKind::WrongLevel {
             key: w.to_owned(),
             level: Level::Node,

@@ -64,6 +64,7 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
     let nbd_max_buffer = node_level!(nbd_max_buffer).unwrap_or(defaults::NBD_MAX_BUFFER);
     let nbd_idle_timeout_secs =
         node_level!(nbd_idle_timeout).unwrap_or(defaults::NBD_IDLE_TIMEOUT_SECS);
+    let nbd_tls = crate::nbd_tls::resolve(section, g).map_err(err)?;
     // A node section's listen list replaces the global one rather than
     // adding to it: the global addresses are usually wildcard binds.
     let listen = match section.map(|s| &s.listen).filter(|l| !l.is_empty()) {
@@ -131,6 +132,7 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         metrics_listen,
         nbd_max_buffer,
         nbd_idle_timeout_secs,
+        nbd_tls,
         resources,
     })
 }
