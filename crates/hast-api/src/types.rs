@@ -158,6 +158,10 @@ pub struct ResourceStatus {
     pub sync: Option<SyncProgress>,
     /// NBD endpoints while exported.
     pub nbd: Vec<String>,
+    /// NBD over TLS on those endpoints while exported: `required` or
+    /// `optional`, plus `, client certificate pinned`; `None`: plaintext.
+    #[serde(default)]
+    pub nbd_tls: Option<String>,
     /// State of the link to the peer (`connected`, `split-brain`, the last
     /// connection error), when a remote is configured and the component open.
     #[serde(default)]

@@ -146,6 +146,10 @@ pub fn list(list: &[ResourceStatus]) -> String {
         for uri in &r.nbd {
             let _ = writeln!(s, "  export: {uri}");
         }
+        if !r.nbd.is_empty() {
+            let tls = r.nbd_tls.as_deref().unwrap_or("off");
+            let _ = writeln!(s, "  export tls: {tls}");
+        }
         let t = &r.stats;
         let _ = writeln!(s, "  statistics:");
         let _ = writeln!(s, "    reads: {}", t.reads);

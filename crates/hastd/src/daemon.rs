@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, RwLock};
 
 use crate::control::{self, Resources};
 use crate::nbdfront::{self, Registry};
+use crate::nbdtls::NbdTls;
 use crate::resource::{Command, Env, ResourceHandle};
 use crate::{exit, Args};
 use hast_sys::daemon::{notify, Daemon, Notify, Signal, Signals};
@@ -18,7 +19,7 @@ pub fn main(args: Args) -> i32 {
     // Absolute config path: a daemon must find it again on SIGHUP whatever
     // its working directory.
     let config_path = std::fs::canonicalize(&args.config).unwrap_or(args.config.clone());
-    let config = match load(&config_path, args.node.as_deref()) {
+    let (config, nbd_tls) = match load(&config_path, args.node.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hastd: {e}");
@@ -42,22 +43,31 @@ pub fn main(args: Args) -> i32 {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let code = runtime.block_on(run(config, config_path, args.node.clone()));
+    let code = runtime.block_on(run(config, nbd_tls, config_path, args.node.clone()));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     pidfile.remove();
     code
 }
 
-/// The configuration with every `secret_file` read: a key file that is
+/// The configuration with every `secret_file` read, and the NBD TLS
+/// settings built from `nbd_tls_cert`/`nbd_tls_key`: a key file that is
 /// missing, malformed or readable by others stops hastd from starting (and a
 /// reload from applying), with the file and line on the terminal.
 fn load(
     path: &std::path::Path,
     node: Option<&str>,
-) -> Result<hast_conf::Config, hast_conf::ConfigError> {
+) -> Result<(hast_conf::Config, Option<Arc<NbdTls>>), hast_conf::ConfigError> {
     let mut c = hast_conf::load(path, node)?;
     c.load_secrets()?;
-    Ok(c)
+    c.load_nbd_tls()?;
+    let tls = NbdTls::from_config(&c)?;
+    Ok((c, tls))
+}
+
+/// `off`, `required`, `optional, client certificate pinned`, ...
+fn describe_tls(tls: &Option<Arc<NbdTls>>) -> String {
+    tls.as_ref()
+        .map_or_else(|| "off".to_string(), |t| t.describe())
 }
 
 /// Payload buffers (up to 32 MiB, typically 4 KiB to 1 MiB) are allocated
@@ -85,6 +95,7 @@ fn keep_payload_buffers() {
 
 async fn run(
     config: hast_conf::Config,
+    nbd_tls: Option<Arc<NbdTls>>,
     config_path: std::path::PathBuf,
     node: Option<String>,
 ) -> i32 {
@@ -103,6 +114,8 @@ async fn run(
         }
     };
     let registry = Arc::new(Registry::new(&config));
+    let tls_shown = describe_tls(&nbd_tls);
+    registry.set_tls(nbd_tls);
     let nbd_tcp = match &config.nbd_listen {
         Some(addr) => match nbdfront::listen_tcp(addr, registry.clone()).await {
             Ok((local, task)) => Some((local, task)),
@@ -160,6 +173,7 @@ async fn run(
         resources = config.resources.len(),
         control = %control_path.display(),
         nbd = ?env.nbd_tcp,
+        nbd_tls = %tls_shown,
         "hastd started"
     );
     warn_not_yet_applied(&config);
@@ -168,7 +182,11 @@ async fn run(
     while signals.next().await == Signal::Reload {
         notify(Notify::Reloading);
         match load(&config_path, node.as_deref()) {
-            Ok(new) => {
+            Ok((new, tls)) => {
+                // New certificates and modes apply to the next connection.
+                let shown = describe_tls(&tls);
+                registry.set_tls(tls);
+                tracing::info!(nbd_tls = %shown, "NBD TLS settings applied to new connections");
                 reload(&current, &new, &resources, &env).await;
                 warn_not_yet_applied(&new);
                 current = new;

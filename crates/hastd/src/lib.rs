@@ -15,6 +15,7 @@ mod daemon;
 mod datapath;
 mod epoch;
 mod nbdfront;
+mod nbdtls;
 mod replication;
 mod resource;
 

@@ -11,6 +11,10 @@
 //! listeners share one payload budget (`nbd_max_buffer`); a client past the
 //! connection cap is refused during the handshake at once, never left in
 //! the backlog; with `nbd_idle_timeout`, idle connections are dropped.
+//!
+//! With `nbd_tls`, every listener offers STARTTLS (`crate::nbdtls`); the
+//! TLS settings are read per accepted connection, so a reload with new
+//! certificates applies to the next connection.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::datapath::{DataPath, DpError};
+use crate::nbdtls::NbdTls;
 
 /// NBD connections served at once per listener; more are refused.
 const NBD_CONNECTIONS_MAX: usize = 256;
@@ -44,6 +49,8 @@ pub struct Registry {
     stopping: AtomicBool,
     /// Cloned into every connection: they share its payload budget.
     limits: Limits,
+    /// `None`: plaintext only. Read once per accepted connection.
+    tls: RwLock<Option<Arc<NbdTls>>>,
 }
 
 impl Registry {
@@ -81,6 +88,15 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+    }
+
+    /// Applies to connections accepted from now on.
+    pub fn set_tls(&self, tls: Option<Arc<NbdTls>>) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+
+    pub fn tls(&self) -> Option<Arc<NbdTls>> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn set_stopping(&self) {
@@ -265,8 +281,7 @@ pub async fn listen_tcp(
             let (stream, peer) = listener.accept().await?;
             // Small requests and replies: latency matters more than batching.
             let _ = stream.set_nodelay(true);
-            let (rd, wr) = stream.into_split();
-            Ok((rd, wr, peer.to_string()))
+            Ok((stream, peer.to_string()))
         }
     }));
     Ok((local, task))
@@ -285,29 +300,28 @@ pub fn listen_unix(path: &Path, registry: Arc<Registry>) -> std::io::Result<Join
         let peer = peer.clone();
         async move {
             let (stream, _) = listener.accept().await?;
-            let (rd, wr) = stream.into_split();
-            Ok((rd, wr, peer))
+            Ok((stream, peer))
         }
     })))
 }
 
-/// Accepts connections with `accept` (owned read and write halves: no lock
-/// shared between a connection's reader and writer) and serves each in its
-/// own task, at most [`NBD_CONNECTIONS_MAX`] at once. A client past the cap
+/// Accepts connections with `accept` and serves each in its own task (a
+/// plaintext listener over owned read and write halves: no lock shared
+/// between a connection's reader and writer), at most
+/// [`NBD_CONNECTIONS_MAX`] at once. A client past the cap
 /// is refused at once rather than left in the backlog, where it would wait
 /// for a slot that idle connections may never free.
-async fn accept_loop<R, W, F, Fut>(registry: Arc<Registry>, shown: String, mut accept: F)
+async fn accept_loop<S, F, Fut>(registry: Arc<Registry>, shown: String, mut accept: F)
 where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hast_nbd::IntoHalves,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<(R, W, String)>>,
+    Fut: std::future::Future<Output = std::io::Result<(S, String)>>,
 {
     let slots = Arc::new(Semaphore::new(NBD_CONNECTIONS_MAX));
     let refusals = Arc::new(Semaphore::new(NBD_REFUSALS_MAX));
     let log = RefusalLog::default();
     loop {
-        let (rd, wr, peer) = match accept().await {
+        let (stream, peer) = match accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("NBD accept on {shown} failed: {e}");
@@ -319,6 +333,7 @@ where
             log.refused(&shown, &peer);
             // Dropping the halves (no refusal slot free) closes at once.
             if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                let (rd, wr) = stream.into_halves();
                 tokio::spawn(async move {
                     let message = format!(
                         "hastd: too many NBD connections (at most {NBD_CONNECTIONS_MAX}), try again later"
@@ -335,8 +350,21 @@ where
         let registry = registry.clone();
         tokio::spawn(async move {
             let limits = registry.limits.clone();
-            if let Err(e) = hast_nbd::serve_split(registry, rd, wr, peer.clone(), limits).await {
-                tracing::debug!(%peer, "NBD connection ended: {e}");
+            let served = match registry.tls() {
+                None => {
+                    let (rd, wr) = stream.into_halves();
+                    hast_nbd::serve_split(registry, rd, wr, peer.clone(), limits).await
+                }
+                Some(tls) => hast_nbd::serve_tls(registry, stream, tls, peer.clone(), limits).await,
+            };
+            match served {
+                // Worth a line at the default level: an operator looking
+                // for why a client could not connect finds it here.
+                Err(e @ (hast_nbd::NbdError::Tls(_) | hast_nbd::NbdError::TlsRequired)) => {
+                    tracing::info!(%peer, "NBD connection refused: {e}");
+                }
+                Err(e) => tracing::debug!(%peer, "NBD connection ended: {e}"),
+                Ok(()) => {}
             }
             drop(permit);
         });

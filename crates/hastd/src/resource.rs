@@ -656,6 +656,7 @@ impl ResourceTask {
             queues: Queues::default(),
             sync: None,
             nbd: Vec::new(),
+            nbd_tls: None,
             peer: None,
             epoch: None,
             lease_ms: None,
@@ -750,12 +751,20 @@ impl ResourceTask {
         };
         st.dirty_bytes = dp.dirty_bytes();
         if let State::Primary { socket, .. } = &self.state {
+            // libnbd's URIs: `nbds` when only TLS will do.
+            let tls = self.env.registry.tls();
+            let s = if tls.as_ref().is_some_and(|t| t.required()) {
+                "s"
+            } else {
+                ""
+            };
+            st.nbd_tls = tls.map(|t| t.describe());
             if let Some(addr) = &self.env.nbd_tcp {
-                st.nbd.push(format!("nbd://{addr}/{}", c.provider_name));
+                st.nbd.push(format!("nbd{s}://{addr}/{}", c.provider_name));
             }
             if let Some((path, _)) = socket {
                 st.nbd.push(format!(
-                    "nbd+unix:///{}?socket={}",
+                    "nbd{s}+unix:///{}?socket={}",
                     c.provider_name,
                     path.display()
                 ));
