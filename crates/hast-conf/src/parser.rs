@@ -122,8 +122,8 @@ enum Key {
     NbdMaxBuffer,
     NbdIdleTimeout,
     NbdTls,
-    NbdTlsCert,
-    NbdTlsKey,
+    NbdTlsCertFile,
+    NbdTlsKeyFile,
     NbdTlsClientFingerprint,
     Replication,
     Checksum,
@@ -155,8 +155,8 @@ impl Key {
             "nbd_max_buffer" => Key::NbdMaxBuffer,
             "nbd_idle_timeout" => Key::NbdIdleTimeout,
             "nbd_tls" => Key::NbdTls,
-            "nbd_tls_cert" => Key::NbdTlsCert,
-            "nbd_tls_key" => Key::NbdTlsKey,
+            "nbd_tls_cert" => Key::NbdTlsCertFile,
+            "nbd_tls_key" => Key::NbdTlsKeyFile,
             "nbd_tls_client_fingerprint" => Key::NbdTlsClientFingerprint,
             "replication" => Key::Replication,
             "checksum" => Key::Checksum,
@@ -394,8 +394,8 @@ fn apply(
             | Key::NbdMaxBuffer
             | Key::NbdIdleTimeout
             | Key::NbdTls
-            | Key::NbdTlsCert
-            | Key::NbdTlsKey
+            | Key::NbdTlsCertFile
+            | Key::NbdTlsKeyFile
             | Key::NbdTlsClientFingerprint
     );
     if is_node_key {
@@ -490,8 +490,8 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
             w,
             line,
         ),
-        Key::NbdTlsCert => set(&mut o.nbd_tls_cert, abs_path(w, v)?, w, line),
-        Key::NbdTlsKey => set(&mut o.nbd_tls_key, abs_path(w, v)?, w, line),
+        Key::NbdTlsCertFile => set(&mut o.nbd_tls_cert, abs_path(w, v)?, w, line),
+        Key::NbdTlsKeyFile => set(&mut o.nbd_tls_key, abs_path(w, v)?, w, line),
         Key::NbdTlsClientFingerprint => {
             let fp = match v {
                 "none" => None,
