@@ -185,3 +185,261 @@ impl ClientCertVerifier for PinnedClient {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The server end to end in-process: a rustls client over a duplex
+    //! stream against [`NbdTls`] built from hast.conf text, with
+    //! certificates made by the `openssl` CLI.
+
+    use super::*;
+    use hast_nbd::StartTls;
+    use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+    use rustls::client::ResolvesClientCert;
+    use rustls::pki_types::ServerName;
+    use rustls::sign::CertifiedKey;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+
+    /// Self-signed P-256 certificate and key: `NAME-cert.pem`, `NAME-key.pem`.
+    fn self_signed(dir: &Path, name: &str) {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}-key.pem"),
+                "-out",
+                &format!("{name}-cert.pem"),
+            ],
+        );
+    }
+
+    fn der_cert(dir: &Path, name: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(dir.join(format!("{name}-cert.pem"))).unwrap()
+    }
+
+    fn der_key(dir: &Path, name: &str) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_file(dir.join(format!("{name}-key.pem"))).unwrap()
+    }
+
+    /// The test client trusts any server: only the server's checks are
+    /// under test here.
+    #[derive(Debug)]
+    struct AnyServer(WebPkiSupportedAlgorithms);
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_schemes()
+        }
+    }
+
+    /// Presents a fixed certificate and key, matching or not (rustls's own
+    /// builder refuses a key that is not the certificate's; an attacker's
+    /// client would not).
+    #[derive(Debug)]
+    struct Present(Option<Arc<CertifiedKey>>);
+
+    impl ResolvesClientCert for Present {
+        fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+            self.0.clone()
+        }
+        fn has_certs(&self) -> bool {
+            self.0.is_some()
+        }
+    }
+
+    struct Fixture {
+        dir: PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The server from hast.conf text with `extra` node-level lines.
+    fn server(f: &Fixture, extra: &str) -> Arc<NbdTls> {
+        let text = format!(
+            "nbd_tls_cert {}\nnbd_tls_key {}\n{extra}resource r {{ on n {{ local /dev/null\nremote none }} }}\n",
+            f.dir.join("server-cert.pem").display(),
+            f.dir.join("server-key.pem").display()
+        );
+        let mut c = hast_conf::parse(&text, Path::new("hast.conf"), "n").unwrap();
+        c.load_nbd_tls().unwrap();
+        NbdTls::from_config(&c).unwrap().expect("TLS on")
+    }
+
+    /// One handshake: `(cert, key)` names of what the client presents.
+    /// `Ok` when both ends completed it.
+    async fn handshake(
+        f: &Fixture,
+        tls: &NbdTls,
+        presents: Option<(&str, &str)>,
+    ) -> Result<(), String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = presents.map(|(cert, key)| {
+            let signer = provider
+                .key_provider
+                .load_private_key(der_key(&f.dir, key))
+                .unwrap();
+            Arc::new(CertifiedKey::new(vec![der_cert(&f.dir, cert)], signer))
+        });
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(
+                provider.signature_verification_algorithms,
+            )))
+            .with_client_cert_resolver(Arc::new(Present(key)));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (c, s) = tokio::join!(connector.connect(name, a), tls.accept(b));
+        let mut s = s.map_err(|e| format!("server: {e}"))?;
+        let mut c = c.map_err(|e| format!("client: {e}"))?;
+        // TLS 1.3 client authentication ends after the client's Finished:
+        // the server's verdict reaches the client with the first read.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"ok")
+            .await
+            .map_err(|e| format!("server: {e}"))?;
+        s.flush().await.map_err(|e| format!("server: {e}"))?;
+        let mut two = [0u8; 2];
+        c.read_exact(&mut two)
+            .await
+            .map_err(|e| format!("client: {e}"))?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pinned_client_needs_the_certificate_and_its_key() {
+        let dir = std::env::temp_dir().join(format!("hastd-nbdtls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = Fixture { dir };
+        for name in ["server", "pinned", "other"] {
+            self_signed(&f.dir, name);
+        }
+        let pinned: [u8; 32] = Sha256::digest(der_cert(&f.dir, "pinned").as_ref()).into();
+        let fp = format_fingerprint(&pinned).to_lowercase();
+
+        // No pinning: no certificate needed, any accepted.
+        let open = server(&f, "");
+        assert_eq!(open.describe(), "required");
+        handshake(&f, &open, None).await.unwrap();
+        handshake(&f, &open, Some(("other", "other")))
+            .await
+            .unwrap();
+
+        let tls = server(
+            &f,
+            &format!("nbd_tls optional\nnbd_tls_client_fingerprint {fp}\n"),
+        );
+        assert_eq!(tls.describe(), "optional, client certificate pinned");
+        handshake(&f, &tls, Some(("pinned", "pinned")))
+            .await
+            .unwrap();
+        for (presents, why) in [
+            (None, "no certificate"),
+            (Some(("other", "other")), "another certificate"),
+            // The pinned certificate is public; without its key the
+            // CertificateVerify signature fails.
+            (
+                Some(("pinned", "other")),
+                "the pinned certificate with another key",
+            ),
+        ] {
+            let e = handshake(&f, &tls, presents).await.unwrap_err();
+            assert!(e.starts_with("server: "), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn pem_contents_are_checked_at_their_line() {
+        let dir = std::env::temp_dir().join(format!("hastd-nbdtls-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = Fixture { dir };
+        self_signed(&f.dir, "server");
+        self_signed(&f.dir, "other");
+        // Private, so that a certificate used as the key is refused for
+        // its contents, not its mode.
+        for entry in std::fs::read_dir(&f.dir).unwrap() {
+            use std::os::unix::fs::PermissionsExt;
+            let p = entry.unwrap().path();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let build = |cert: &str, key: &str| {
+            let text = format!(
+                "\nnbd_tls_cert {}\nnbd_tls_key {}\n",
+                f.dir.join(cert).display(),
+                f.dir.join(key).display()
+            );
+            let mut c = hast_conf::parse(&text, Path::new("hast.conf"), "n").unwrap();
+            c.load_nbd_tls().unwrap();
+            NbdTls::from_config(&c)
+                .map(|_| ())
+                .map_err(|e| (e.exit_code(), e.to_string()))
+        };
+        assert_eq!(build("server-cert.pem", "server-key.pem"), Ok(()));
+        for (cert, key, line, why) in [
+            ("server-key.pem", "server-key.pem", 2, "no CERTIFICATE"),
+            ("server-cert.pem", "server-cert.pem", 3, "no private key"),
+            ("server-cert.pem", "other-key.pem", 3, ""),
+        ] {
+            let (code, msg) = build(cert, key).unwrap_err();
+            assert_eq!(code, 78, "{msg}");
+            assert!(
+                msg.starts_with(&format!("hast.conf:{line}: nbd_tls_")),
+                "{msg}"
+            );
+            assert!(msg.contains(why), "{msg}");
+        }
+    }
+}
