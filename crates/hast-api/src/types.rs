@@ -158,6 +158,9 @@ pub struct ResourceStatus {
     pub sync: Option<SyncProgress>,
     /// NBD endpoints while exported.
     pub nbd: Vec<String>,
+    /// Who can reach each of `nbd`, in the same order.
+    #[serde(default)]
+    pub nbd_access: Vec<String>,
     /// State of the link to the peer (`connected`, `split-brain`, the last
     /// connection error), when a remote is configured and the component open.
     #[serde(default)]

@@ -547,7 +547,11 @@ impl ResourceTask {
         let socket = match &self.env.nbd_socket_dir {
             Some(dir) => {
                 let path = dir.join(format!("{}.nbd", self.config.provider_name));
-                match crate::nbdfront::listen_unix(&path, self.env.registry.clone()) {
+                let access = crate::nbdfront::SocketAccess::of(&self.config)
+                    .map_err(|(_, why)| std::io::Error::other(why));
+                match access.and_then(|access| {
+                    crate::nbdfront::listen_unix(&path, self.env.registry.clone(), access)
+                }) {
                     Ok(task) => Some((path, task)),
                     Err(e) => {
                         dp.close().await.ok();
@@ -656,6 +660,7 @@ impl ResourceTask {
             queues: Queues::default(),
             sync: None,
             nbd: Vec::new(),
+            nbd_access: Vec::new(),
             peer: None,
             epoch: None,
             lease_ms: None,
@@ -752,6 +757,10 @@ impl ResourceTask {
         if let State::Primary { socket, .. } = &self.state {
             if let Some(addr) = &self.env.nbd_tcp {
                 st.nbd.push(format!("nbd://{addr}/{}", c.provider_name));
+                st.nbd_access.push(addr.parse().map_or_else(
+                    |_| "TCP, no authentication".into(),
+                    |a| crate::nbdfront::tcp_reach(&a),
+                ));
             }
             if let Some((path, _)) = socket {
                 st.nbd.push(format!(
@@ -759,6 +768,11 @@ impl ResourceTask {
                     c.provider_name,
                     path.display()
                 ));
+                st.nbd_access
+                    .push(match crate::nbdfront::SocketAccess::of(c) {
+                        Ok(a) => format!("Unix socket, {a}"),
+                        Err((_, why)) => why,
+                    });
             }
         }
         st.meta = Some(MetaStatus {
