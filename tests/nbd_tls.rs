@@ -424,6 +424,11 @@ fn pinned_client_certificate() {
         list.contains("export tls: required, client certificate pinned"),
         "{list}"
     );
+    // Who can reach it says how.
+    assert!(
+        list.contains("(loopback TCP, TLS required, client certificate pinned)"),
+        "{list}"
+    );
     let out = qemu_img_info_tls(&node, &pinned);
     assert!(
         out.status.success() && output_text(&out).contains(&format!("({datasize} bytes)")),

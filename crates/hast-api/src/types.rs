@@ -162,6 +162,9 @@ pub struct ResourceStatus {
     /// `optional`, plus `, client certificate pinned`; `None`: plaintext.
     #[serde(default)]
     pub nbd_tls: Option<String>,
+    /// Who can reach each of `nbd`, in the same order.
+    #[serde(default)]
+    pub nbd_access: Vec<String>,
     /// State of the link to the peer (`connected`, `split-brain`, the last
     /// connection error), when a remote is configured and the component open.
     #[serde(default)]

@@ -62,6 +62,9 @@ pub enum ErrorKind {
         other: String,
         other_line: u32,
     },
+    /// A name the system does not know (user, group), found by hastd.
+    #[error("{0}")]
+    Lookup(String),
     #[error("secret_file \"{}\": {error}", .path.display())]
     SecretFile {
         path: std::path::PathBuf,

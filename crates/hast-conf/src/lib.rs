@@ -47,7 +47,7 @@ pub const LISTEN_MAX: usize = 64;
 
 /// Values used when no section sets an option.
 pub mod defaults {
-    use crate::addr::{Addr, NBD_PORT, REPLICATION_PORT};
+    use crate::addr::{Addr, REPLICATION_PORT};
     use crate::value::{Checksum, Compression, OnIoError, Replication};
 
     pub const CONTROL_PATH: &str = "/run/hastctl";
@@ -63,6 +63,10 @@ pub mod defaults {
     pub const ON_IO_ERROR: OnIoError = OnIoError::Detach;
     /// Bytes per second; 0 is unlimited.
     pub const RESYNC_RATE: u64 = 0;
+    /// The export's Unix socket: owner root, group `disk`, 0660 — as
+    /// private as `/dev/hast/NAME` or `/dev/drbdN`.
+    pub const NBD_SOCKET_MODE: u32 = 0o660;
+    pub const NBD_SOCKET_GROUP: &str = "disk";
     /// NBD payload bytes held at once by all connections (`nbd_max_buffer`).
     pub const NBD_MAX_BUFFER: u64 = 256 << 20;
     /// Seconds before an idle NBD connection is dropped; 0 is never.
@@ -73,14 +77,6 @@ pub mod defaults {
         Addr::Tcp {
             host: "0.0.0.0".to_owned(),
             port: REPLICATION_PORT,
-        }
-    }
-
-    /// `tcp://127.0.0.1:10809`: NBD has no authentication, so loopback only.
-    pub fn nbd_listen() -> Addr {
-        Addr::Tcp {
-            host: "127.0.0.1".to_owned(),
-            port: NBD_PORT,
         }
     }
 }
@@ -224,6 +220,13 @@ pub struct Resource {
     /// at start and reload); `parse` leaves it `None`, so parsing stays pure
     /// and `hastctl` never reads a key.
     pub secret: Option<Secret>,
+    /// `nbd_socket_owner` (name or id, looked up by hastd) and its line;
+    /// `None`: root.
+    pub nbd_socket_owner: Option<(String, u32)>,
+    /// `nbd_socket_group` and its line; `None`: `disk` where it exists, else root.
+    pub nbd_socket_group: Option<(String, u32)>,
+    /// `nbd_socket_mode`, default 0660: like a block device node.
+    pub nbd_socket_mode: u32,
     /// Line of `resource NAME {`.
     pub line: u32,
 }

@@ -74,6 +74,9 @@ pub(crate) struct ResOpts {
     pub(crate) resync_rate: Option<At<u64>>,
     /// `secret_file none` is `Some(At { value: None })`: it overrides a default.
     pub(crate) secret_file: Option<At<Option<PathBuf>>>,
+    pub(crate) nbd_socket_owner: Option<At<String>>,
+    pub(crate) nbd_socket_group: Option<At<String>>,
+    pub(crate) nbd_socket_mode: Option<At<u32>>,
     pub(crate) name: Option<At<String>>,
     pub(crate) local: Option<At<PathBuf>>,
     pub(crate) remote: Option<At<Option<Addr>>>,
@@ -136,6 +139,9 @@ enum Key {
     OnIoError,
     ResyncRate,
     SecretFile,
+    NbdSocketOwner,
+    NbdSocketGroup,
+    NbdSocketMode,
     Name,
     Local,
     Remote,
@@ -169,6 +175,9 @@ impl Key {
             "on_io_error" => Key::OnIoError,
             "resync_rate" => Key::ResyncRate,
             "secret_file" => Key::SecretFile,
+            "nbd_socket_owner" => Key::NbdSocketOwner,
+            "nbd_socket_group" => Key::NbdSocketGroup,
+            "nbd_socket_mode" => Key::NbdSocketMode,
             "name" => Key::Name,
             "local" => Key::Local,
             "remote" => Key::Remote,
@@ -535,6 +544,31 @@ fn apply_res(key: Key, w: &str, v: &str, line: u32, o: &mut ResOpts) -> Result<(
                 _ => Some(abs_path(w, v)?),
             };
             set(&mut o.secret_file, path, w, line)
+        }
+        Key::NbdSocketOwner | Key::NbdSocketGroup => {
+            // A name (looked up by hastd, which reports a missing one with
+            // this line) or a numeric id.
+            let ok = !v.is_empty()
+                && v.len() <= 32
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(bad(w, v, "expected a user or group name, or a numeric id"));
+            }
+            let slot = if key == Key::NbdSocketOwner {
+                &mut o.nbd_socket_owner
+            } else {
+                &mut o.nbd_socket_group
+            };
+            set(slot, v.to_owned(), w, line)
+        }
+        Key::NbdSocketMode => {
+            let digits = v.strip_prefix('0').filter(|d| !d.is_empty()).unwrap_or(v);
+            let mode = u32::from_str_radix(digits, 8)
+                .ok()
+                .filter(|m| *m <= 0o777 && digits.len() <= 3)
+                .ok_or_else(|| bad::<ErrorKind>(w, v, "expected an octal mode such as 0660"))?;
+            set(&mut o.nbd_socket_mode, mode, w, line)
         }
         Key::Metaflush => {
             let on = match v {

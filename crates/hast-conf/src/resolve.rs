@@ -52,10 +52,9 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         node_level!(control).unwrap_or_else(|| Addr::Unix(PathBuf::from(defaults::CONTROL_PATH)));
     let pidfile = node_level!(pidfile).unwrap_or_else(|| defaults::PIDFILE.into());
     let state_dir = node_level!(state_dir).unwrap_or_else(|| defaults::STATE_DIR.into());
-    let nbd_listen = match node_level!(nbd_listen) {
-        Some(a) => a,
-        None => Some(defaults::nbd_listen()),
-    };
+    // Opt-in (unset: none): NBD has no authentication, and a TCP listener
+    // on loopback is open to every local user (docs/security.md).
+    let nbd_listen = node_level!(nbd_listen).flatten();
     let nbd_socket_dir = match node_level!(nbd_socket_dir) {
         Some(d) => d,
         None => Some(PathBuf::from(defaults::NBD_SOCKET_DIR)),
@@ -153,6 +152,15 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
             inherit([n.$field.as_ref(), r.$field.as_ref(), g.$field.as_ref()]).cloned()
         };
     }
+    // The value and the line that set it, for errors found by hastd later.
+    macro_rules! at {
+        ($field:ident) => {
+            [n, r, g]
+                .into_iter()
+                .find_map(|o| o.$field.as_ref())
+                .map(|at| (at.value.clone(), at.line))
+        };
+    }
     let Some(local) = get!(local) else {
         return Err((
             rn.line,
@@ -190,6 +198,9 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
             .find_map(|o| o.secret_file.as_ref())
             .and_then(|at| at.value.clone().map(|p| (p, at.line))),
         secret: None,
+        nbd_socket_owner: at!(nbd_socket_owner),
+        nbd_socket_group: at!(nbd_socket_group),
+        nbd_socket_mode: get!(nbd_socket_mode).unwrap_or(defaults::NBD_SOCKET_MODE),
         line: res.line,
     })
 }
@@ -287,6 +298,51 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn nbd_socket_access_options() {
+        let text = "nbd_socket_group hastusers\n\
+            resource d { on a { local /d0\n remote b } }\n\
+            resource o { nbd_socket_owner 1001\n nbd_socket_mode 0600\n on a { local /d1\n remote b } }\n";
+        let c = crate::parse(text, Path::new("hast.conf"), "a").unwrap();
+        let got: Vec<_> = c
+            .resources
+            .iter()
+            .map(|r| {
+                (
+                    r.nbd_socket_owner.clone(),
+                    r.nbd_socket_group.clone(),
+                    r.nbd_socket_mode,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (None, Some(("hastusers".into(), 1)), 0o660),
+                (
+                    Some(("1001".into(), 4)),
+                    Some(("hastusers".into(), 1)),
+                    0o600
+                ),
+            ]
+        );
+        for (text, why) in [
+            ("nbd_socket_mode 0999\n", "octal"),
+            ("nbd_socket_mode 01777\n", "octal"),
+            ("nbd_socket_mode rw\n", "octal"),
+            ("nbd_socket_group \"a b\"\n", "group name"),
+            ("nbd_socket_owner \"\"\n", "user or group"),
+        ] {
+            let e = crate::parse(text, Path::new("hast.conf"), "a")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("hast.conf:1:") && e.contains(why),
+                "{text:?}: {e}"
+            );
+        }
     }
 
     #[test]

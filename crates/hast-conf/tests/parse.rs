@@ -41,6 +41,9 @@ fn defaults(name: &str, local: &str, remote: Option<Addr>, line: u32) -> Resourc
         fence_peer: None,
         secret_file: None,
         secret: None,
+        nbd_socket_owner: None,
+        nbd_socket_group: None,
+        nbd_socket_mode: 0o660,
         metaflush: true,
         freeze_timeout_secs: 60,
         on_io_error: OnIoError::Detach,
@@ -111,7 +114,8 @@ fn daemon_defaults() {
     assert_eq!(c.control.to_string(), "uds:///run/hastctl");
     assert_eq!(c.pidfile, PathBuf::from("/run/hastd.pid"));
     assert_eq!(c.listen, vec![tcp("0.0.0.0", 8457)]);
-    assert_eq!(c.nbd_listen, Some(tcp("127.0.0.1", 10809)));
+    // Opt-in: no TCP export unless asked for.
+    assert_eq!(c.nbd_listen, None);
     assert_eq!(c.nbd_socket_dir, Some(PathBuf::from("/run/hast")));
     assert_eq!(c.state_dir, PathBuf::from("/var/lib/hast"));
     assert_eq!(c.metrics_listen, None);
@@ -271,6 +275,9 @@ fn every_inheritance_level() {
         fence_peer: None,
         secret_file: None,
         secret: None,
+        nbd_socket_owner: None,
+        nbd_socket_group: None,
+        nbd_socket_mode: 0o660,
         metaflush: false,
         freeze_timeout_secs: 0,
         on_io_error: OnIoError::Fail,
@@ -294,6 +301,9 @@ fn every_inheritance_level() {
         fence_peer: None,
         secret_file: None,
         secret: None,
+        nbd_socket_owner: None,
+        nbd_socket_group: None,
+        nbd_socket_mode: 0o660,
         metaflush: true,
         freeze_timeout_secs: 7,
         on_io_error: OnIoError::Detach,
@@ -318,6 +328,9 @@ fn every_inheritance_level() {
         fence_peer: None,
         secret_file: None,
         secret: None,
+        nbd_socket_owner: None,
+        nbd_socket_group: None,
+        nbd_socket_mode: 0o660,
         metaflush: true,
         freeze_timeout_secs: 120,
         on_io_error: OnIoError::Detach,
@@ -339,6 +352,9 @@ fn every_inheritance_level() {
         fence_peer: None,
         secret_file: None,
         secret: None,
+        nbd_socket_owner: None,
+        nbd_socket_group: None,
+        nbd_socket_mode: 0o660,
         metaflush: false,
         freeze_timeout_secs: 0,
         on_io_error: OnIoError::Fail,

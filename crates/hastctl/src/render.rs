@@ -143,8 +143,15 @@ pub fn list(list: &[ResourceStatus]) -> String {
                 let _ = writeln!(s, "  synchronization: -");
             }
         }
-        for uri in &r.nbd {
-            let _ = writeln!(s, "  export: {uri}");
+        for (i, uri) in r.nbd.iter().enumerate() {
+            match r.nbd_access.get(i) {
+                Some(who) => {
+                    let _ = writeln!(s, "  export: {uri} ({who})");
+                }
+                None => {
+                    let _ = writeln!(s, "  export: {uri}");
+                }
+            }
         }
         if !r.nbd.is_empty() {
             let tls = r.nbd_tls.as_deref().unwrap_or("off");

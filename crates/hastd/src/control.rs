@@ -29,11 +29,6 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     tokio_listener(hast_sys::sock::bind_control("hastd", path)?)
 }
 
-/// Binds a Unix socket with mode 0600 (see `hast_sys::sock`).
-pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    tokio_listener(hast_sys::sock::bind_private(path)?)
-}
-
 fn tokio_listener(l: std::os::unix::net::UnixListener) -> std::io::Result<UnixListener> {
     l.set_nonblocking(true)?;
     UnixListener::from_std(l)

@@ -59,6 +59,16 @@ fn load(
 ) -> Result<(hast_conf::Config, Option<Arc<NbdTls>>), hast_conf::ConfigError> {
     let mut c = hast_conf::load(path, node)?;
     c.load_secrets()?;
+    for r in &c.resources {
+        // A missing socket owner or group is found now, not at promotion.
+        if let Err((line, why)) = crate::nbdfront::SocketAccess::of(r) {
+            return Err(hast_conf::ConfigError::at(
+                &c.file,
+                line,
+                hast_conf::ErrorKind::Lookup(why),
+            ));
+        }
+    }
     c.load_nbd_tls()?;
     let tls = NbdTls::from_config(&c)?;
     Ok((c, tls))
@@ -333,6 +343,19 @@ fn not_yet_applied(c: &hast_conf::Config) -> Vec<String> {
 fn warn_not_yet_applied(c: &hast_conf::Config) {
     for w in not_yet_applied(c) {
         tracing::warn!("{w} (option accepted and ignored)");
+    }
+    if let Some(hast_conf::Addr::Tcp { host, .. }) = &c.nbd_listen {
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>();
+        if !ip.is_ok_and(|ip| ip.is_loopback()) {
+            tracing::warn!(
+                "nbd_listen {host}: not a loopback address, and NBD has no authentication: \
+                 anyone who can reach it can read and write every primary export \
+                 (see docs/security.md)"
+            );
+        }
     }
     for r in c
         .resources

@@ -287,12 +287,69 @@ pub async fn listen_tcp(
     Ok((local, task))
 }
 
-/// Listens on the per-resource Unix socket `path` (mode 0600).
-pub fn listen_unix(path: &Path, registry: Arc<Registry>) -> std::io::Result<JoinHandle<()>> {
+/// Who may connect to a resource's Unix socket: its owner, group and mode
+/// (`nbd_socket_owner`, `nbd_socket_group`, `nbd_socket_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl SocketAccess {
+    /// Looks up the resource's owner and group. Unset, the owner is root and
+    /// the group `disk` (root where no such group exists), as for a block
+    /// device node. `Err` names the option, its line and what is missing.
+    pub fn of(cfg: &hast_conf::Resource) -> Result<SocketAccess, (u32, String)> {
+        let uid = match &cfg.nbd_socket_owner {
+            None => 0,
+            Some((name, line)) => hast_sys::sock::uid_of(name)
+                .map_err(|e| (*line, format!("nbd_socket_owner \"{name}\": {e}")))?,
+        };
+        let gid = match &cfg.nbd_socket_group {
+            None => hast_sys::sock::gid_of(hast_conf::defaults::NBD_SOCKET_GROUP).unwrap_or(0),
+            Some((name, line)) => hast_sys::sock::gid_of(name)
+                .map_err(|e| (*line, format!("nbd_socket_group \"{name}\": {e}")))?,
+        };
+        Ok(SocketAccess {
+            uid,
+            gid,
+            mode: cfg.nbd_socket_mode,
+        })
+    }
+}
+
+impl std::fmt::Display for SocketAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "uid {} gid {} mode {:04o}",
+            self.uid, self.gid, self.mode
+        )
+    }
+}
+
+/// Who can reach the TCP listener bound at `local`, for `hastctl list`.
+pub fn tcp_reach(local: &std::net::SocketAddr) -> String {
+    if local.ip().is_loopback() {
+        "any local user (loopback TCP, no authentication)".into()
+    } else {
+        format!("anyone who can reach {local} (TCP, no authentication)")
+    }
+}
+
+/// Listens on the per-resource Unix socket `path`, owned and moded as `access`.
+pub fn listen_unix(
+    path: &Path,
+    registry: Arc<Registry>,
+    access: SocketAccess,
+) -> std::io::Result<JoinHandle<()>> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
-    let listener = Arc::new(crate::control::bind_private(path)?);
+    let std_listener = hast_sys::sock::bind_shared(path, access.uid, access.gid, access.mode)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = Arc::new(tokio::net::UnixListener::from_std(std_listener)?);
     let shown = path.display().to_string();
     let peer = shown.clone();
     Ok(tokio::spawn(accept_loop(registry, shown, move || {

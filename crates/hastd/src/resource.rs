@@ -547,7 +547,11 @@ impl ResourceTask {
         let socket = match &self.env.nbd_socket_dir {
             Some(dir) => {
                 let path = dir.join(format!("{}.nbd", self.config.provider_name));
-                match crate::nbdfront::listen_unix(&path, self.env.registry.clone()) {
+                let access = crate::nbdfront::SocketAccess::of(&self.config)
+                    .map_err(|(_, why)| std::io::Error::other(why));
+                match access.and_then(|access| {
+                    crate::nbdfront::listen_unix(&path, self.env.registry.clone(), access)
+                }) {
                     Ok(task) => Some((path, task)),
                     Err(e) => {
                         dp.close().await.ok();
@@ -657,6 +661,7 @@ impl ResourceTask {
             sync: None,
             nbd: Vec::new(),
             nbd_tls: None,
+            nbd_access: Vec::new(),
             peer: None,
             epoch: None,
             lease_ms: None,
@@ -761,6 +766,16 @@ impl ResourceTask {
             st.nbd_tls = tls.map(|t| t.describe());
             if let Some(addr) = &self.env.nbd_tcp {
                 st.nbd.push(format!("nbd{s}://{addr}/{}", c.provider_name));
+                let reach = addr.parse().map_or_else(
+                    |_| "TCP, no authentication".into(),
+                    |a| crate::nbdfront::tcp_reach(&a),
+                );
+                st.nbd_access.push(match &st.nbd_tls {
+                    // Reachable still, but only through TLS (and the pinned
+                    // client certificate, if any).
+                    Some(t) => reach.replace("no authentication", &format!("TLS {t}")),
+                    None => reach,
+                });
             }
             if let Some((path, _)) = socket {
                 st.nbd.push(format!(
@@ -768,6 +783,11 @@ impl ResourceTask {
                     c.provider_name,
                     path.display()
                 ));
+                st.nbd_access
+                    .push(match crate::nbdfront::SocketAccess::of(c) {
+                        Ok(a) => format!("Unix socket, {a}"),
+                        Err((_, why)) => why,
+                    });
             }
         }
         st.meta = Some(MetaStatus {
