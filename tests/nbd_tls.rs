@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use hast_testkit::{
-    bins, output_text, require_tools, run, run_ok, timeout_s, wait_for, Node, ResourceSpec,
-    TempDir, MIB,
+    bins, output_text, require_python_nbd, require_tools, run, run_ok, timeout_s, wait_for, Node,
+    ResourceSpec, TempDir, MIB, PYTHON,
 };
 use rand::{RngCore, SeedableRng};
 
@@ -346,17 +346,38 @@ fn required_tls_serves_tls_clients_and_refuses_plaintext() {
         text.contains("server error message: TLS required"),
         "{text}"
     );
-    // Old-style EXPORT_NAME before TLS: the connection is closed (qemu-io
-    // cannot be made to do that; the python client can).
     assert!(
         !qemu_io_plain(&plain, &["read 0 4k"]).status.success(),
         "plaintext qemu-io served"
     );
+    // A client that skips option haggling (NBD_OPT_EXPORT_NAME at once,
+    // which cannot carry an error) is disconnected.
+    if require_python_nbd() {
+        let out = export_name_client(&node);
+        assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    }
     let log = node.log();
     assert!(
         log.contains("tls=true") && !log.contains("tls=false"),
         "only TLS connections reached transmission:\n{log}"
     );
+}
+
+/// python3-libnbd without fixed newstyle: libnbd then sends
+/// `NBD_OPT_EXPORT_NAME` as its first option. Exit 0 when served, 3 when
+/// the connection failed.
+fn export_name_client(node: &Node) -> Output {
+    let script = format!(
+        "import nbd, sys\n\
+         h = nbd.NBD()\n\
+         h.set_handshake_flags(0)\n\
+         h.set_export_name('r0')\n\
+         try:\n    h.connect_tcp('127.0.0.1', '{}')\n\
+         except nbd.Error as e:\n    print('refused:', e); sys.exit(3)\n\
+         print('served, size', h.get_size(), 'protocol', h.get_protocol())\n",
+        node.layout().nbd_port
+    );
+    run(Command::new(PYTHON).args(["-c", &script]), timeout_s(30))
 }
 
 fn qemu_io_plain(uri: &str, cmds: &[&str]) -> Output {
@@ -397,6 +418,11 @@ fn optional_tls_serves_both() {
     let out = qemu_io_tls(&node, &creds, &["read -P 0x3c 0 256k"]);
     let text = output_text(&out);
     assert!(out.status.success() && !text.contains("failed"), "{text}");
+    // The old-style client is served in plaintext too.
+    if require_python_nbd() {
+        let out = export_name_client(&node);
+        assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    }
     let log = node.log();
     assert!(
         log.contains("tls=true") && log.contains("tls=false"),
