@@ -363,3 +363,76 @@ fn a_fake_secondary_cannot_acknowledge_anything() {
     pair.wait_complete(timeout_s(60));
     pair.assert_identical(timeout_s(10));
 }
+
+/// Finding 3's descriptor leak: a live session replaced by a new connection
+/// (here one that holds the key and sends the primary's own HELLO, as a
+/// primary that restarted would, each kept open so that the next one
+/// replaces a live session) closes the old socket. 50 replacements later
+/// hastd holds no more descriptors than before.
+#[test]
+fn replaced_sessions_close_their_sockets() {
+    if !require_tools(&["qemu-io"]) {
+        return;
+    }
+    let atk = Attacker::new();
+    let pair = synced_pair("adv-replace");
+    let port = pair.node(Side::B).layout().repl_port.to_string();
+    let pid = pair.node(Side::B).daemon_pid().expect("B's hastd runs");
+    let before = open_fds(pid);
+    let d = pair.node(Side::A).dump("r0");
+    let key = pair.node(Side::A).layout().dir.join("repl.key");
+    let key = key.to_str().expect("utf-8 path").to_string();
+    let mut args = vec![
+        "auth",
+        "127.0.0.1",
+        &port,
+        "--resource",
+        "r0",
+        "--key-file",
+        &key,
+        "--then-hello",
+        "--no-write",
+        "--repeat",
+        "50",
+        "--hold",
+    ];
+    let fields = [
+        ("--resuid", "resuid"),
+        ("--localcnt", "localcnt"),
+        ("--remotecnt", "remotecnt"),
+        ("--datasize", "datasize"),
+        ("--extentsize", "extentsize"),
+        ("--epoch", "epoch"),
+    ];
+    for (flag, k) in fields {
+        args.push(flag);
+        args.push(
+            d.get(k)
+                .map(String::as_str)
+                .unwrap_or_else(|| panic!("no {k} in dump: {d:?}")),
+        );
+    }
+    let out = atk.run(true, &args, timeout_s(120));
+    let replies: Vec<&str> = out.iter().map(|r| field(r, "hello_result")).collect();
+    say(&format!("50 replacing hellos: {:?}", &replies[..3]));
+    assert!(replies.iter().all(|r| *r == "HELLO_REPLY"), "{replies:?}");
+    let replaced = pair
+        .node(Side::B)
+        .log()
+        .matches("replacing the previous")
+        .count();
+    assert!(replaced >= 25, "only {replaced} sessions were replaced");
+    // The real primary comes back; then count.
+    pair.wait_complete(timeout_s(30));
+    let deadline = std::time::Instant::now() + timeout_s(15);
+    let mut after = open_fds(pid);
+    while after > before + 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = open_fds(pid);
+    }
+    say(&format!(
+        "hastd fds: {before} before, {after} after {replaced} replaced sessions"
+    ));
+    assert!(after <= before + 2, "fd growth: {before} -> {after}");
+    pair.assert_identical(timeout_s(10));
+}
