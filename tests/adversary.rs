@@ -79,6 +79,35 @@ impl Attacker {
     }
 }
 
+/// `auth` with the real key (root, who can read it), then a HELLO with
+/// `extra` arguments; returns the script's one result.
+fn keyed_hello(atk: &Attacker, port: &str, key: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "auth",
+        "127.0.0.1",
+        port,
+        "--resource",
+        "r0",
+        "--key-file",
+        key,
+        "--then-hello",
+    ];
+    args.extend_from_slice(extra);
+    atk.run(true, &args, timeout_s(120)).remove(0)
+}
+
+/// hastd's open descriptors once they settle back to `before` (+2), or
+/// whatever they are after 15 s.
+fn fds_after(pid: u32, before: usize) -> usize {
+    let deadline = std::time::Instant::now() + timeout_s(15);
+    let mut after = open_fds(pid);
+    while after > before + 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = open_fds(pid);
+    }
+    after
+}
+
 fn field<'v>(v: &'v serde_json::Value, k: &str) -> &'v str {
     v.get(k).and_then(|x| x.as_str()).unwrap_or("")
 }
@@ -209,42 +238,16 @@ fn strangers_cannot_write_to_the_secondary_or_disturb_its_session() {
     // With the real key (root): a HELLO with a bad checksum, and a HELLO
     // for another copy (resuid, sizes), each followed by a WRITE of 0xAA at
     // offset 0: refused before anything is applied, the live session stays.
-    let bad_sum = &atk.run(
-        true,
-        &[
-            "auth",
-            "127.0.0.1",
-            &port,
-            "--resource",
-            "r0",
-            "--key-file",
-            key,
-            "--then-hello",
-            "--bad-hello-checksum",
-            "--epoch",
-            "4611686018427387904",
-        ],
-        timeout_s(30),
-    )[0];
+    let bad_sum = &keyed_hello(
+        &atk,
+        &port,
+        key,
+        &["--bad-hello-checksum", "--epoch", "4611686018427387904"],
+    );
     say(&format!("bad checksum hello: {bad_sum}"));
     assert_eq!(field(bad_sum, "result"), "ok", "{bad_sum}");
     assert_eq!(field(bad_sum, "hello_result"), "closed", "{bad_sum}");
-    let other = &atk.run(
-        true,
-        &[
-            "auth",
-            "127.0.0.1",
-            &port,
-            "--resource",
-            "r0",
-            "--key-file",
-            key,
-            "--then-hello",
-            "--resuid",
-            "12345",
-        ],
-        timeout_s(30),
-    )[0];
+    let other = &keyed_hello(&atk, &port, key, &["--resuid", "12345"]);
     say(&format!("other copy hello: {other}"));
     assert_eq!(field(other, "hello_result"), "HELLO_REPLY", "{other}");
 
@@ -286,12 +289,7 @@ fn a_thousand_refused_connections_leak_nothing() {
     )[0];
     say(&format!("flood: {r}"));
     // Handshakes end when their peer closes; give the last ones a moment.
-    let deadline = std::time::Instant::now() + timeout_s(15);
-    let mut after = open_fds(pid);
-    while after > before + 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        after = open_fds(pid);
-    }
+    let after = fds_after(pid, before);
     say(&format!(
         "hastd fds: {before} before, {after} after 1000 refused connections"
     ));
@@ -424,12 +422,7 @@ fn replaced_sessions_close_their_sockets() {
     assert!(replaced >= 25, "only {replaced} sessions were replaced");
     // The real primary comes back; then count.
     pair.wait_complete(timeout_s(30));
-    let deadline = std::time::Instant::now() + timeout_s(15);
-    let mut after = open_fds(pid);
-    while after > before + 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        after = open_fds(pid);
-    }
+    let after = fds_after(pid, before);
     say(&format!(
         "hastd fds: {before} before, {after} after {replaced} replaced sessions"
     ));
