@@ -79,6 +79,35 @@ impl Attacker {
     }
 }
 
+/// `auth` with the real key (root, who can read it), then a HELLO with
+/// `extra` arguments; returns the script's one result.
+fn keyed_hello(atk: &Attacker, port: &str, key: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "auth",
+        "127.0.0.1",
+        port,
+        "--resource",
+        "r0",
+        "--key-file",
+        key,
+        "--then-hello",
+    ];
+    args.extend_from_slice(extra);
+    atk.run(true, &args, timeout_s(120)).remove(0)
+}
+
+/// hastd's open descriptors once they settle back to `before` (+2), or
+/// whatever they are after 15 s.
+fn fds_after(pid: u32, before: usize) -> usize {
+    let deadline = std::time::Instant::now() + timeout_s(15);
+    let mut after = open_fds(pid);
+    while after > before + 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = open_fds(pid);
+    }
+    after
+}
+
 fn field<'v>(v: &'v serde_json::Value, k: &str) -> &'v str {
     v.get(k).and_then(|x| x.as_str()).unwrap_or("")
 }
@@ -209,42 +238,16 @@ fn strangers_cannot_write_to_the_secondary_or_disturb_its_session() {
     // With the real key (root): a HELLO with a bad checksum, and a HELLO
     // for another copy (resuid, sizes), each followed by a WRITE of 0xAA at
     // offset 0: refused before anything is applied, the live session stays.
-    let bad_sum = &atk.run(
-        true,
-        &[
-            "auth",
-            "127.0.0.1",
-            &port,
-            "--resource",
-            "r0",
-            "--key-file",
-            key,
-            "--then-hello",
-            "--bad-hello-checksum",
-            "--epoch",
-            "4611686018427387904",
-        ],
-        timeout_s(30),
-    )[0];
+    let bad_sum = &keyed_hello(
+        &atk,
+        &port,
+        key,
+        &["--bad-hello-checksum", "--epoch", "4611686018427387904"],
+    );
     say(&format!("bad checksum hello: {bad_sum}"));
     assert_eq!(field(bad_sum, "result"), "ok", "{bad_sum}");
     assert_eq!(field(bad_sum, "hello_result"), "closed", "{bad_sum}");
-    let other = &atk.run(
-        true,
-        &[
-            "auth",
-            "127.0.0.1",
-            &port,
-            "--resource",
-            "r0",
-            "--key-file",
-            key,
-            "--then-hello",
-            "--resuid",
-            "12345",
-        ],
-        timeout_s(30),
-    )[0];
+    let other = &keyed_hello(&atk, &port, key, &["--resuid", "12345"]);
     say(&format!("other copy hello: {other}"));
     assert_eq!(field(other, "hello_result"), "HELLO_REPLY", "{other}");
 
@@ -286,12 +289,7 @@ fn a_thousand_refused_connections_leak_nothing() {
     )[0];
     say(&format!("flood: {r}"));
     // Handshakes end when their peer closes; give the last ones a moment.
-    let deadline = std::time::Instant::now() + timeout_s(15);
-    let mut after = open_fds(pid);
-    while after > before + 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        after = open_fds(pid);
-    }
+    let after = fds_after(pid, before);
     say(&format!(
         "hastd fds: {before} before, {after} after 1000 refused connections"
     ));
@@ -361,5 +359,73 @@ fn a_fake_secondary_cannot_acknowledge_anything() {
     pair.restart(Side::B);
     pair.make_secondary(Side::B);
     pair.wait_complete(timeout_s(60));
+    pair.assert_identical(timeout_s(10));
+}
+
+/// Finding 3's descriptor leak: a live session replaced by a new connection
+/// (here one that holds the key and sends the primary's own HELLO, as a
+/// primary that restarted would, each kept open so that the next one
+/// replaces a live session) closes the old socket. 50 replacements later
+/// hastd holds no more descriptors than before.
+#[test]
+fn replaced_sessions_close_their_sockets() {
+    if !require_tools(&["qemu-io"]) {
+        return;
+    }
+    let atk = Attacker::new();
+    let pair = synced_pair("adv-replace");
+    let port = pair.node(Side::B).layout().repl_port.to_string();
+    let pid = pair.node(Side::B).daemon_pid().expect("B's hastd runs");
+    let before = open_fds(pid);
+    let d = pair.node(Side::A).dump("r0");
+    let key = pair.node(Side::A).layout().dir.join("repl.key");
+    let key = key.to_str().expect("utf-8 path").to_string();
+    let mut args = vec![
+        "auth",
+        "127.0.0.1",
+        &port,
+        "--resource",
+        "r0",
+        "--key-file",
+        &key,
+        "--then-hello",
+        "--no-write",
+        "--repeat",
+        "50",
+        "--hold",
+    ];
+    let fields = [
+        ("--resuid", "resuid"),
+        ("--localcnt", "localcnt"),
+        ("--remotecnt", "remotecnt"),
+        ("--datasize", "datasize"),
+        ("--extentsize", "extentsize"),
+        ("--epoch", "epoch"),
+    ];
+    for (flag, k) in fields {
+        args.push(flag);
+        args.push(
+            d.get(k)
+                .map(String::as_str)
+                .unwrap_or_else(|| panic!("no {k} in dump: {d:?}")),
+        );
+    }
+    let out = atk.run(true, &args, timeout_s(120));
+    let replies: Vec<&str> = out.iter().map(|r| field(r, "hello_result")).collect();
+    say(&format!("50 replacing hellos: {:?}", &replies[..3]));
+    assert!(replies.iter().all(|r| *r == "HELLO_REPLY"), "{replies:?}");
+    let replaced = pair
+        .node(Side::B)
+        .log()
+        .matches("replacing the previous")
+        .count();
+    assert!(replaced >= 25, "only {replaced} sessions were replaced");
+    // The real primary comes back; then count.
+    pair.wait_complete(timeout_s(30));
+    let after = fds_after(pid, before);
+    say(&format!(
+        "hastd fds: {before} before, {after} after {replaced} replaced sessions"
+    ));
+    assert!(after <= before + 2, "fd growth: {before} -> {after}");
     pair.assert_identical(timeout_s(10));
 }

@@ -10,9 +10,11 @@ needs hast's code: everything it sends is built here, byte by byte.
       ignore the challenge and send a HELLO at once (the attack of old:
       a forged primary with a huge epoch)
   auth HOST PORT --resource R [--key-file F] [--then-hello] [--epoch N]
-       [--bad-hello-checksum] [--resuid N] [--print-auth]
+       [--bad-hello-checksum] [--resuid N] [--localcnt N] [--remotecnt N]
+       [--datasize N] [--extentsize N] [--no-write] [--repeat N] [--hold] [--print-auth]
       authenticate with the key in F (or a random one), then optionally send
-      a HELLO and a WRITE
+      a HELLO (and a WRITE unless --no-write), N times; --hold keeps every
+      connection open until the end
   replay HOST PORT --auth-hex HEX
       send a previously recorded AUTH frame to a fresh challenge
   fake-secondary PORT --seconds S [--reflect]
@@ -99,11 +101,13 @@ def lp(s):
     return bytes([len(b)]) + b
 
 
-def hello(resource, node, epoch, resuid):
+def hello(resource, node, epoch, resuid, localcnt=1, remotecnt=1, datasize=1 << 30, extentsize=2 << 20):
     # version, role primary, flags, resuid, localcnt, remotecnt, datasize,
     # extentsize, epoch, resource, node (crates/hast-repl/src/hello.rs)
     return (
-        struct.pack("<IBBQQQQIQ", PROTOCOL_VERSION, 1, 0, resuid, 1, 1, 1 << 30, 2 << 20, epoch)
+        struct.pack(
+            "<IBBQQQQIQ", PROTOCOL_VERSION, 1, 0, resuid, localcnt, remotecnt, datasize, extentsize, epoch
+        )
         + lp(resource)
         + lp(node)
     )
@@ -156,7 +160,19 @@ def cmd_hello_first(a):
     emit(mode="hello-first", first=first, result=kind, text=payload.decode(errors="replace"))
 
 
+HELD = []
+
+
 def cmd_auth(a):
+    for _ in range(a.repeat):
+        auth_once(a)
+        if a.hold:
+            # Give the secondary time to attach this session before the next
+            # connection replaces it.
+            time.sleep(0.05)
+
+
+def auth_once(a):
     key = read_key(a.key_file)
     s = connect(a.host, a.port)
     kind, payload = read_frame(s)
@@ -175,10 +191,14 @@ def cmd_auth(a):
         result = "ok" if payload[0] == 0 else "refused"
     rec = dict(mode="auth", result=result, reply_hex=payload.hex())
     if result == "ok" and a.then_hello:
-        s.sendall(message_frame("HELLO", hello(a.resource, "nodea", a.epoch, a.resuid), a.bad_hello_checksum))
-        s.sendall(write_frame(0, b"\xAA" * 4096))
+        h = hello(a.resource, "nodea", a.epoch, a.resuid, a.localcnt, a.remotecnt, a.datasize, a.extentsize)
+        s.sendall(message_frame("HELLO", h, a.bad_hello_checksum))
+        if not a.no_write:
+            s.sendall(write_frame(0, b"\xAA" * 4096))
         kind, payload = outcome(s)
         rec.update(hello_result=kind, text=payload[4:].decode(errors="replace"))
+    if a.hold:
+        HELD.append(s)  # open until the process exits: the session stays live
     emit(**rec)
 
 
@@ -257,6 +277,13 @@ def main():
     au.add_argument("--then-hello", action="store_true")
     au.add_argument("--epoch", type=int, default=1)
     au.add_argument("--resuid", type=int, default=1)
+    au.add_argument("--localcnt", type=int, default=1)
+    au.add_argument("--remotecnt", type=int, default=1)
+    au.add_argument("--datasize", type=int, default=1 << 30)
+    au.add_argument("--extentsize", type=int, default=2 << 20)
+    au.add_argument("--no-write", action="store_true")
+    au.add_argument("--repeat", type=int, default=1)
+    au.add_argument("--hold", action="store_true")
     au.add_argument("--bad-hello-checksum", action="store_true")
     au.add_argument("--print-auth", action="store_true")
     r = sub.add_parser("replay")

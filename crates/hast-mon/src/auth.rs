@@ -51,10 +51,15 @@ pub type Nonce = [u8; NONCE_LEN];
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The shared secret of `key { secret }`. Its bytes never appear in `Debug`
-/// output, so a logged `Config` does not leak it.
+/// The shared secret of `key { secret }` or `key { secret_file }`, and the
+/// file's optional next key (rotation: messages are sealed with the current
+/// key; both are accepted). Its bytes never appear in `Debug` output, so a
+/// logged `Config` does not leak it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Key(Vec<u8>);
+pub struct Key {
+    current: Vec<u8>,
+    next: Option<Vec<u8>>,
+}
 
 impl Key {
     /// Shorter secrets are refused: 16 bytes is the least that leaves
@@ -69,23 +74,50 @@ impl Key {
                 min: Self::LEN_MIN,
             });
         }
-        Ok(Key(bytes))
+        Ok(Key {
+            current: bytes,
+            next: None,
+        })
+    }
+
+    /// This key, also accepting `next` (a key file's second line).
+    pub fn with_next(self, next: impl Into<Vec<u8>>) -> Result<Key, AuthError> {
+        let next = Key::new(next)?.current;
+        Ok(Key {
+            next: Some(next),
+            ..self
+        })
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.current
     }
 
+    /// The MAC of the key messages are sealed with.
     fn mac(&self) -> HmacSha256 {
-        // HMAC is defined for keys of any length (long ones are hashed), so
-        // `new_from_slice` cannot fail for HMAC-SHA256.
-        HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
+        hmac_of(&self.current)
     }
+
+    /// The MACs of every accepted key, the current one first.
+    fn accepted(&self) -> impl Iterator<Item = HmacSha256> + '_ {
+        std::iter::once(&self.current)
+            .chain(self.next.as_ref())
+            .map(|k| hmac_of(k))
+    }
+}
+
+fn hmac_of(key: &[u8]) -> HmacSha256 {
+    // HMAC is defined for keys of any length (long ones are hashed), so
+    // `new_from_slice` cannot fail for HMAC-SHA256.
+    HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key(<{} bytes, redacted>)", self.0.len())
+        match &self.next {
+            None => write!(f, "Key(<{} bytes, redacted>)", self.current.len()),
+            Some(_) => write!(f, "Key(<{} bytes + next, redacted>)", self.current.len()),
+        }
     }
 }
 
@@ -229,8 +261,7 @@ fn sealed(fixed: &[&[u8]], body: &[u8], max: usize) -> Result<Vec<u8>, AuthError
     Ok(out)
 }
 
-fn request_mac(key: &Key, ns: &Nonce, nc: &Nonce, body: &[u8]) -> HmacSha256 {
-    let mut mac = key.mac();
+fn request_mac(mut mac: HmacSha256, ns: &Nonce, nc: &Nonce, body: &[u8]) -> HmacSha256 {
     mac.update(REQUEST_LABEL);
     mac.update(ns);
     mac.update(nc);
@@ -238,8 +269,7 @@ fn request_mac(key: &Key, ns: &Nonce, nc: &Nonce, body: &[u8]) -> HmacSha256 {
     mac
 }
 
-fn reply_mac(key: &Key, nc: &Nonce, ns: &Nonce, body: &[u8]) -> HmacSha256 {
-    let mut mac = key.mac();
+fn reply_mac(mut mac: HmacSha256, nc: &Nonce, ns: &Nonce, body: &[u8]) -> HmacSha256 {
     mac.update(REPLY_LABEL);
     mac.update(nc);
     mac.update(ns);
@@ -249,7 +279,7 @@ fn reply_mac(key: &Key, nc: &Nonce, ns: &Nonce, body: &[u8]) -> HmacSha256 {
 
 /// The client's REQUEST (with its length prefix) answering challenge `ns`.
 pub fn seal_request(key: &Key, ns: &Nonce, nc: &Nonce, body: &[u8]) -> Result<Vec<u8>, AuthError> {
-    let tag = request_mac(key, ns, nc, body).finalize().into_bytes();
+    let tag = request_mac(key.mac(), ns, nc, body).finalize().into_bytes();
     sealed(&[nc, &tag], body, REQUEST_BODY_MAX)
 }
 
@@ -265,15 +295,18 @@ pub fn open_request<'f>(
     let (tag, body) = rest.split_at(MAC_LEN);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(nc);
-    request_mac(key, ns, &nonce, body)
-        .verify_slice(tag)
-        .map_err(|_| AuthError::BadMac)?;
+    if !key
+        .accepted()
+        .any(|m| request_mac(m, ns, &nonce, body).verify_slice(tag).is_ok())
+    {
+        return Err(AuthError::BadMac);
+    }
     Ok((nonce, body))
 }
 
 /// The server's REPLY (with its length prefix) to the request that carried `nc`.
 pub fn seal_reply(key: &Key, nc: &Nonce, ns: &Nonce, body: &[u8]) -> Result<Vec<u8>, AuthError> {
-    let tag = reply_mac(key, nc, ns, body).finalize().into_bytes();
+    let tag = reply_mac(key.mac(), nc, ns, body).finalize().into_bytes();
     sealed(&[&tag], body, REPLY_BODY_MAX)
 }
 
@@ -287,9 +320,12 @@ pub fn open_reply<'f>(
 ) -> Result<&'f [u8], AuthError> {
     let rest = payload(frame, FrameKind::Reply)?;
     let (tag, body) = rest.split_at(MAC_LEN);
-    reply_mac(key, nc, ns, body)
-        .verify_slice(tag)
-        .map_err(|_| AuthError::BadMac)?;
+    if !key
+        .accepted()
+        .any(|m| reply_mac(m, nc, ns, body).verify_slice(tag).is_ok())
+    {
+        return Err(AuthError::BadMac);
+    }
     Ok(body)
 }
 
@@ -316,6 +352,24 @@ mod tests {
         let shown = format!("{k:?}");
         assert_eq!(shown, "Key(<16 bytes, redacted>)");
         assert!(!shown.contains("0123"));
+    }
+
+    /// Rotation: a node that offers the next key and one that still offers
+    /// the current one understand each other while both accept both.
+    #[test]
+    fn next_key_is_accepted_both_ways() {
+        let (k1, k2, k3) = (vec![1u8; 32], vec![2u8; 32], vec![3u8; 32]);
+        let old = Key::new(k1.clone()).unwrap().with_next(k2.clone()).unwrap();
+        let new = Key::new(k2.clone()).unwrap().with_next(k1.clone()).unwrap();
+        let req = seal_request(&new, &NS, &NC, b"q").unwrap();
+        assert_eq!(open_request(&old, &NS, &req).unwrap().1, b"q");
+        let rep = seal_reply(&old, &NC, &NS, b"r").unwrap();
+        assert_eq!(open_reply(&new, &NC, &NS, &rep).unwrap(), b"r");
+        let other = Key::new(k3).unwrap();
+        assert_eq!(open_request(&other, &NS, &req), Err(AuthError::BadMac));
+        let only_k1 = Key::new(k1).unwrap();
+        assert_eq!(open_request(&only_k1, &NS, &req), Err(AuthError::BadMac));
+        assert!(!format!("{old:?}").contains('\u{1}'));
     }
 
     #[test]

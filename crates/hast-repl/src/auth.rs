@@ -33,7 +33,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::error::ReplError;
-use crate::hello::{NODE_MAX, PROTOCOL_VERSION, RESOURCE_MAX};
+use crate::hello::{clip, NODE_MAX, PROTOCOL_VERSION, RESOURCE_MAX};
 
 pub const NONCE_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
@@ -339,17 +339,6 @@ fn put_str(out: &mut Vec<u8>, s: &str, max: usize) {
     let s = clip(s, max);
     out.push(s.len() as u8);
     out.extend_from_slice(s.as_bytes());
-}
-
-fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn bad(what: &'static str, why: impl Into<String>) -> ReplError {

@@ -309,7 +309,7 @@ impl HelloReply {
 }
 
 /// `s` cut to at most `max` bytes at a char boundary.
-fn clip(s: &str, max: usize) -> &str {
+pub(crate) fn clip(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -318,12 +318,17 @@ impl Parser<'_> {
                     .map_err(|k| self.r.err(kw_line, k))?
             } else {
                 let path = abs_path(&word, &value).map_err(|k| self.r.err(kw_line, k))?;
-                // hastd's key file format: the current key is used; the
-                // mode must deny group and others.
+                // hastd's key file format: the current key seals, the next
+                // one is accepted too; the mode must deny group and others.
                 let secret = hast_conf::Secret::read(&path)
                     .map_err(|error| self.r.err(kw_line, ErrorKind::SecretFile { path, error }))?;
-                Key::new(secret.current().to_vec())
-                    .expect("a key file's keys are at least Key::LEN_MIN bytes")
+                let mut keys = secret.accepted().map(<[u8]>::to_vec);
+                let current = Key::new(keys.next().unwrap_or_default());
+                let key = match keys.next() {
+                    Some(next) => current.and_then(|k| k.with_next(next)),
+                    None => current,
+                };
+                key.expect("a key file's keys are at least Key::LEN_MIN bytes")
             };
             found = Some((
                 At {

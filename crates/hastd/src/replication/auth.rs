@@ -120,9 +120,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let payload = expect(rd, Kind::Challenge, timeout)
-        .await
-        .map_err(|e| format!("no authentication challenge from the secondary: {e}"))?;
+    let payload = expect(rd, Kind::Challenge, timeout).await.map_err(|e| {
+        format!(
+            "no authentication challenge from the secondary ({e}): it closes connections \
+                 from addresses that are no resource's remote there, see its log"
+        )
+    })?;
     let ch = Challenge::decode(&payload).map_err(|e| e.to_string())?;
     if ch.version != hast_repl::PROTOCOL_VERSION {
         return Err(AuthError::Version { theirs: ch.version }.to_string());
