@@ -349,11 +349,15 @@ fn warn_not_yet_applied(c: &hast_conf::Config) {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>();
-        if !ip.is_ok_and(|ip| ip.is_loopback()) {
+        let tls_required = c
+            .nbd_tls
+            .as_ref()
+            .is_some_and(|t| t.mode == hast_conf::NbdTlsMode::Required);
+        if !ip.is_ok_and(|ip| ip.is_loopback()) && !tls_required {
             tracing::warn!(
-                "nbd_listen {host}: not a loopback address, and NBD has no authentication: \
+                "nbd_listen {host}: not a loopback address and NBD TLS is not required: \
                  anyone who can reach it can read and write every primary export \
-                 (see docs/security.md)"
+                 (set nbd_tls_cert/nbd_tls_key, see docs/security.md)"
             );
         }
     }
