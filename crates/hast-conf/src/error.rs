@@ -15,6 +15,7 @@ impl ExitStatus for ErrorKind {
         match self {
             ErrorKind::Syntax(e) => e.exit_code(),
             ErrorKind::SecretFile { error, .. } => error.exit_code(),
+            ErrorKind::TlsFile { code, .. } => *code,
             _ => EX_CONFIG,
         }
     }
@@ -65,6 +66,18 @@ pub enum ErrorKind {
     SecretFile {
         path: std::path::PathBuf,
         error: crate::secret::SecretError,
+    },
+    /// A `tls://` address on this node without what TLS needs.
+    #[error("{addr} needs {missing}")]
+    TlsIncomplete { addr: String, missing: String },
+    /// hastd could not use a `tls_cert`/`tls_key` file; `code` is the
+    /// sysexits status (66 unreadable, 78 malformed).
+    #[error("{option} \"{}\": {error}", .path.display())]
+    TlsFile {
+        option: &'static str,
+        path: std::path::PathBuf,
+        error: String,
+        code: i32,
     },
     #[error("resource \"{resource}\": NBD socket path \"{path}\" is longer than {max} bytes")]
     SocketPathTooLong {

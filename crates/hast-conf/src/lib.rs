@@ -21,6 +21,7 @@ mod resolve;
 pub mod secret;
 /// Public so hastmon.conf (crate `hast-mon`) shares this grammar.
 pub mod syntax;
+pub mod tls;
 mod value;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ pub use addr::{Addr, AddrError, NBD_PORT, REPLICATION_PORT, UNIX_PATH_MAX};
 pub use error::{ConfigError, ErrorKind};
 pub use parser::Level;
 pub use secret::{Secret, SecretError};
+pub use tls::Fingerprint;
 pub use value::{parse_size, Checksum, Compression, OnIoError, ParseKeywordError, Replication};
 
 /// Larger files are refused before they are read.
@@ -96,6 +98,11 @@ pub struct Config {
     pub nbd_socket_dir: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub metrics_listen: Option<Addr>,
+    /// `tls_cert` and `tls_key` (absolute PEM paths) and the lines that set
+    /// them; required when a `listen` or `remote` is `tls://`. hastd reads
+    /// them at start and reload.
+    pub tls_cert: Option<(PathBuf, u32)>,
+    pub tls_key: Option<(PathBuf, u32)>,
     /// In file order.
     pub resources: Vec<Resource>,
 }
@@ -176,6 +183,9 @@ pub struct Resource {
     /// at start and reload); `parse` leaves it `None`, so parsing stays pure
     /// and `hastctl` never reads a key.
     pub secret: Option<Secret>,
+    /// `tls_peer_fingerprint`: the peer certificates a `tls://` link
+    /// accepts (pinned, no CA); never empty when `remote` is `tls://`.
+    pub tls_peer_fingerprints: Vec<Fingerprint>,
     /// Line of `resource NAME {`.
     pub line: u32,
 }

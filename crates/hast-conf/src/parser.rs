@@ -13,6 +13,7 @@ use crate::addr::{Addr, NBD_PORT, REPLICATION_PORT};
 use crate::error::{ConfigError, ErrorKind};
 use crate::syntax::value::{abs_path, bad, check_resource_name, whole_number, NumberError};
 use crate::syntax::{set, At, Reader, SyntaxError};
+use crate::tls::Fingerprint;
 use crate::value::{parse_size, Checksum, Compression, OnIoError, Replication};
 use crate::{DEPTH_MAX, LISTEN_MAX, NODE_SECTIONS_MAX, RESOURCES_MAX};
 
@@ -48,6 +49,9 @@ pub(crate) struct NodeOpts {
     pub(crate) nbd_socket_dir: Option<At<Option<PathBuf>>>,
     pub(crate) state_dir: Option<At<PathBuf>>,
     pub(crate) metrics_listen: Option<At<Option<Addr>>>,
+    /// This node's certificate and key for `tls://` links (PEM paths).
+    pub(crate) tls_cert: Option<At<PathBuf>>,
+    pub(crate) tls_key: Option<At<PathBuf>>,
 }
 
 /// Options of a resource (global, resource and resource-node sections).
@@ -70,6 +74,7 @@ pub(crate) struct ResOpts {
     pub(crate) local: Option<At<PathBuf>>,
     pub(crate) remote: Option<At<Option<Addr>>>,
     pub(crate) source: Option<At<Addr>>,
+    pub(crate) tls_peer_fingerprint: Option<At<Vec<Fingerprint>>>,
 }
 
 #[derive(Debug)]
@@ -126,6 +131,9 @@ enum Key {
     Local,
     Remote,
     Source,
+    TlsCert,
+    TlsKey,
+    TlsPeerFingerprint,
 }
 
 impl Key {
@@ -153,6 +161,9 @@ impl Key {
             "local" => Key::Local,
             "remote" => Key::Remote,
             "source" => Key::Source,
+            "tls_cert" => Key::TlsCert,
+            "tls_key" => Key::TlsKey,
+            "tls_peer_fingerprint" => Key::TlsPeerFingerprint,
             _ => return None,
         })
     }
@@ -321,7 +332,7 @@ fn addr(key: &str, value: &str, default_port: Option<u16>) -> Result<Addr, Error
 
 fn tcp_addr(key: &str, value: &str, default_port: Option<u16>) -> Result<Addr, ErrorKind> {
     let a = addr(key, value, default_port)?;
-    if a.is_unix() {
+    if a.is_unix() || a.is_tls() {
         return Err(bad(key, value, "must be a TCP address"));
     }
     Ok(a)
@@ -371,6 +382,8 @@ fn apply(
             | Key::NbdSocketDir
             | Key::StateDir
             | Key::MetricsListen
+            | Key::TlsCert
+            | Key::TlsKey
     );
     if is_node_key {
         let opts = match target {
@@ -433,6 +446,9 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
             set(&mut o.nbd_socket_dir, d, w, line)
         }
         Key::StateDir => set(&mut o.state_dir, abs_path(w, v)?, w, line),
+        // Read by hastd at start and reload, like secret_file.
+        Key::TlsCert => set(&mut o.tls_cert, abs_path(w, v)?, w, line),
+        Key::TlsKey => set(&mut o.tls_key, abs_path(w, v)?, w, line),
         Key::MetricsListen => {
             let a = match v {
                 "none" => None,
@@ -516,6 +532,11 @@ fn apply_res(key: Key, w: &str, v: &str, line: u32, o: &mut ResOpts) -> Result<(
             set(&mut o.remote, a, w, line)
         }
         Key::Source => set(&mut o.source, tcp_addr(w, v, Some(0))?, w, line),
+        Key::TlsPeerFingerprint => {
+            let list =
+                crate::tls::parse_list(v).map_err(|e| bad::<ErrorKind>(w, v, e.to_string()))?;
+            set(&mut o.tls_peer_fingerprint, list, w, line)
+        }
         _ => Err(ErrorKind::WrongLevel {
             key: w.to_owned(),
             level: Level::Resource,

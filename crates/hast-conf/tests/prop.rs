@@ -251,6 +251,7 @@ fn expected(name: &str, o: &Opts, line: u32) -> Resource {
         fence_peer: None,
         secret_file: None,
         secret: None,
+        tls_peer_fingerprints: Vec::new(),
         metaflush: o.metaflush.unwrap_or(true),
         freeze_timeout_secs: o.freeze_timeout.unwrap_or(60),
         on_io_error: o.on_io_error.unwrap_or(OnIoError::Detach),
