@@ -12,13 +12,15 @@ use crate::control::{self, Resources};
 use crate::nbdfront::{self, Registry};
 use crate::resource::{Command, Env, ResourceHandle};
 use crate::{exit, Args};
+
+type TlsIdentity = Arc<crate::replication::tls::Identity>;
 use hast_sys::daemon::{notify, Daemon, Notify, Signal, Signals};
 
 pub fn main(args: Args) -> i32 {
     // Absolute config path: a daemon must find it again on SIGHUP whatever
     // its working directory.
     let config_path = std::fs::canonicalize(&args.config).unwrap_or(args.config.clone());
-    let config = match load(&config_path, args.node.as_deref()) {
+    let (config, tls_identity) = match load(&config_path, args.node.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hastd: {e}");
@@ -42,22 +44,24 @@ pub fn main(args: Args) -> i32 {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let code = runtime.block_on(run(config, config_path, args.node.clone()));
+    let code = runtime.block_on(run(config, tls_identity, config_path, args.node.clone()));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     pidfile.remove();
     code
 }
 
-/// The configuration with every `secret_file` read: a key file that is
-/// missing, malformed or readable by others stops hastd from starting (and a
-/// reload from applying), with the file and line on the terminal.
+/// The configuration with every `secret_file` read, and this node's TLS
+/// certificate and key (`tls_cert`, `tls_key`): a key file that is missing,
+/// malformed or readable by others stops hastd from starting (and a reload
+/// from applying), with the file and line on the terminal.
 fn load(
     path: &std::path::Path,
     node: Option<&str>,
-) -> Result<hast_conf::Config, hast_conf::ConfigError> {
+) -> Result<(hast_conf::Config, Option<TlsIdentity>), hast_conf::ConfigError> {
     let mut c = hast_conf::load(path, node)?;
     c.load_secrets()?;
-    Ok(c)
+    let identity = crate::replication::tls::load_identity(&c)?;
+    Ok((c, identity))
 }
 
 /// Payload buffers (up to 32 MiB, typically 4 KiB to 1 MiB) are allocated
@@ -85,6 +89,7 @@ fn keep_payload_buffers() {
 
 async fn run(
     config: hast_conf::Config,
+    tls_identity: Option<TlsIdentity>,
     config_path: std::path::PathBuf,
     node: Option<String>,
 ) -> i32 {
@@ -121,6 +126,7 @@ async fn run(
         }
     }
     let env = Env {
+        tls: Arc::new(std::sync::RwLock::new(tls_identity)),
         node: config.node.clone(),
         registry: registry.clone(),
         nbd_socket_dir: config.nbd_socket_dir.clone(),
@@ -135,9 +141,13 @@ async fn run(
     // Only nodes with a peer need to listen for one.
     if config.resources.iter().any(|r| r.remote.is_some()) {
         for addr in &config.listen {
-            match crate::replication::listener::listen(addr, resources.clone(), config.node.clone())
-                .await
-            {
+            let listening = crate::replication::listener::listen(
+                addr,
+                resources.clone(),
+                config.node.clone(),
+                env.tls.clone(),
+            );
+            match listening.await {
                 Ok((local, task)) => {
                     tracing::info!(listen = %local, "replication listener ready");
                     repl_tasks.push(task);
@@ -162,13 +172,24 @@ async fn run(
         nbd = ?env.nbd_tcp,
         "hastd started"
     );
+    if let Some(id) = crate::replication::tls::current(&env.tls) {
+        // What the peer must pin (tls_peer_fingerprint), for the operator.
+        tracing::info!(fingerprint = %id.fingerprint, "TLS certificate loaded");
+    }
     warn_not_yet_applied(&config);
     notify(Notify::Ready);
     let mut current = config;
     while signals.next().await == Signal::Reload {
         notify(Notify::Reloading);
         match load(&config_path, node.as_deref()) {
-            Ok(new) => {
+            Ok((new, identity)) => {
+                // The next TLS handshake uses the reloaded certificate; live
+                // links keep theirs.
+                let old = crate::replication::tls::current(&env.tls).map(|i| i.fingerprint);
+                if let Some(id) = identity.as_ref().filter(|i| Some(i.fingerprint) != old) {
+                    tracing::info!(fingerprint = %id.fingerprint, "TLS certificate reloaded");
+                }
+                *env.tls.write().unwrap_or_else(|p| p.into_inner()) = identity;
                 reload(&current, &new, &resources, &env).await;
                 warn_not_yet_applied(&new);
                 current = new;
