@@ -132,7 +132,7 @@ enum Key {
     Remote,
     Source,
     TlsCert,
-    TlsKey,
+    TlsKeyPath,
     TlsPeerFingerprint,
 }
 
@@ -162,7 +162,7 @@ impl Key {
             "remote" => Key::Remote,
             "source" => Key::Source,
             "tls_cert" => Key::TlsCert,
-            "tls_key" => Key::TlsKey,
+            "tls_key" => Key::TlsKeyPath,
             "tls_peer_fingerprint" => Key::TlsPeerFingerprint,
             _ => return None,
         })
@@ -383,7 +383,7 @@ fn apply(
             | Key::StateDir
             | Key::MetricsListen
             | Key::TlsCert
-            | Key::TlsKey
+            | Key::TlsKeyPath
     );
     if is_node_key {
         let opts = match target {
@@ -448,7 +448,7 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
         Key::StateDir => set(&mut o.state_dir, abs_path(w, v)?, w, line),
         // Read by hastd at start and reload, like secret_file.
         Key::TlsCert => set(&mut o.tls_cert, abs_path(w, v)?, w, line),
-        Key::TlsKey => set(&mut o.tls_key, abs_path(w, v)?, w, line),
+        Key::TlsKeyPath => set(&mut o.tls_key, abs_path(w, v)?, w, line),
         Key::MetricsListen => {
             let a = match v {
                 "none" => None,

@@ -461,8 +461,9 @@ mod tests {
             assert_eq!(e.exit_code(), crate::syntax::EX_CONFIG, "{got}");
         }
         // Sections for other nodes are not held to this node's identity.
-        let other = format!("resource r {{ on b {{ local /d\n remote tls://a }} on a {{ local /d\n remote c }} }}\n");
-        assert!(crate::parse(&other, Path::new("hast.conf"), "a").is_ok());
+        let other =
+            "resource r { on b { local /d\n remote tls://a } on a { local /d\n remote c } }\n";
+        assert!(crate::parse(other, Path::new("hast.conf"), "a").is_ok());
     }
 
     #[test]

@@ -245,6 +245,19 @@ async fn reload(
             format!("{:?}", old.nbd_socket_dir),
             format!("{:?}", new.nbd_socket_dir),
         ),
+        // Listeners are bound once; a switch to or from tls:// needs a
+        // restart (tls_cert/tls_key changes apply at once).
+        (
+            "listen",
+            format!(
+                "{:?}",
+                old.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+            ),
+            format!(
+                "{:?}",
+                new.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+            ),
+        ),
     ] {
         if a != b {
             tracing::warn!("change of {what} ({a} -> {b}) takes effect when hastd restarts");

@@ -441,7 +441,8 @@ pub(crate) mod tests {
             let (mut rd, mut wr) = super::super::stream::split_tls(t);
             assert!(wr.is_write_vectored(), "vectored writes reach rustls");
             let bufs = [std::io::IoSlice::new(b"x")];
-            wr.write_vectored(&bufs).await?;
+            let n = wr.write_vectored(&bufs).await?;
+            assert_eq!(n, 1);
             wr.flush().await?;
             let mut b = [0u8; 1];
             rd.read_exact(&mut b).await?;
