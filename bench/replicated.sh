@@ -11,6 +11,13 @@
 # QD32, 1 MiB sequential write at QD4 and 4 KiB sequential write at QD1 (plus
 # random at QD1, for information), interleaved over the servers. Targets:
 # writes >= 0.5x qemu-nbd, reads >= 0.9x, QD1 write latency <= 2x.
+# The same run also measures what protecting the link costs: two more
+# fullsync pairs, `hmac` (a shared secret_file) and `tls` (tls:// addresses,
+# self-signed certificates made with openssl, each node pinning the other's;
+# no secret_file, so the column is TLS alone), against `fullsync` (neither),
+# on 1 MiB sequential write QD4 and 4 KiB write QD1 (median latency).
+# Targets (issue 9): tls >= 0.7x plaintext on 1 MiB QD4, tls QD1 latency
+# <= 1.25x, hmac within 5%.
 # Part 2: full resync of BENCH_SYNC_SIZE (1G) of random data from a primary to a
 # fresh secondary, timed from `role secondary` to both sides `complete`,
 # against `nbdcopy` of the same data between two qemu-nbd exports. Target:
@@ -29,41 +36,68 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-bench_need cargo fio qemu-nbd nbdinfo nbdcopy
+bench_need cargo fio qemu-nbd nbdinfo nbdcopy openssl
 bench_init rbench
 bench_build
 
-# pair DIR MODE SIZE: writes a two-node config for one resource `bench`, creates
-# both components, starts both daemons; prints nothing. Roles are set by the caller.
+# cert DIR NAME: a self-signed P-256 certificate DIR/NAME.crt and key
+# DIR/NAME.key (as docs/security.md makes them); prints its fingerprint.
+cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=$2" -keyout "$1/$2.key" -out "$1/$2.crt" 2>/dev/null
+    chmod 600 "$1/$2.key"
+    openssl x509 -noout -fingerprint -sha256 -in "$1/$2.crt" | cut -d= -f2
+}
+
+# pair DIR MODE SIZE [LINK]: writes a two-node config for one resource `bench`,
+# creates both components, starts both daemons; prints nothing. Roles are set
+# by the caller. LINK: plain (default), hmac (a secret_file) or tls.
 pair() {
-    local d=$1 mode=$2 size=$3
+    local d=$1 mode=$2 size=$3 link=${4:-plain}
     mkdir -p "$d"
-    local na nb ra rb
+    local na nb ra rb scheme=tcp tls_a="" tls_b="" pin_a="" pin_b="" secret=""
     na=$(free_port); nb=$(free_port); ra=$(free_port); rb=$(free_port)
+    if [ "$link" = hmac ]; then
+        (umask 077; head -c 32 /dev/urandom | base64 >"$d/repl.key")
+        secret="secret_file $d/repl.key"
+    elif [ "$link" = tls ]; then
+        scheme=tls
+        tls_a="tls_cert $d/a.crt
+    tls_key $d/a.key"
+        tls_b="tls_cert $d/b.crt
+    tls_key $d/b.key"
+        pin_b="tls_peer_fingerprint $(cert "$d" a)"
+        pin_a="tls_peer_fingerprint $(cert "$d" b)"
+    fi
     cat >"$d/hast.conf" <<CONF
+$secret
 on nodea {
     control uds://$d/a.sock
     pidfile $d/a.pid
     nbd_listen tcp://127.0.0.1:$na
     nbd_socket_dir $d/nbda
-    listen tcp://127.0.0.1:$ra
+    listen $scheme://127.0.0.1:$ra
+    $tls_a
 }
 on nodeb {
     control uds://$d/b.sock
     pidfile $d/b.pid
     nbd_listen tcp://127.0.0.1:$nb
     nbd_socket_dir $d/nbdb
-    listen tcp://127.0.0.1:$rb
+    listen $scheme://127.0.0.1:$rb
+    $tls_b
 }
 resource bench {
     replication $mode
     on nodea {
         local $d/a.img
-        remote tcp://127.0.0.1:$rb
+        remote $scheme://127.0.0.1:$rb
+        $pin_a
     }
     on nodeb {
         local $d/b.img
-        remote tcp://127.0.0.1:$ra
+        remote $scheme://127.0.0.1:$ra
+        $pin_b
     }
 }
 CONF
@@ -90,8 +124,11 @@ wait_complete() {
 
 # ---- part 1: I/O through a replicated export -----------------------------------
 declare -A URI
-for mode in fullsync memsync; do
-    pair "$WORK/$mode" $mode "$SIZE"
+for mode in fullsync memsync hmac tls; do
+    case $mode in
+        hmac | tls) pair "$WORK/$mode" fullsync "$SIZE" $mode ;;
+        *) pair "$WORK/$mode" $mode "$SIZE" ;;
+    esac
     ctl "$WORK/$mode" nodeb role secondary bench
     ctl "$WORK/$mode" nodea role primary bench
     wait_complete "$WORK/$mode" 120
@@ -100,20 +137,25 @@ for mode in fullsync memsync; do
 done
 qemu_export "$WORK/qemu" "$SIZE"
 URI[qemu-nbd]=$QEMU_URI
-SERVERS=(fullsync memsync qemu-nbd)
+SERVERS=(fullsync memsync hmac tls qemu-nbd)
 DATASIZE=$(smallest_size)
 echo "== filling the ${SIZE} files through NBD" >&2
 fill_servers
+# The link-protection columns need only the two workloads they report.
+WORKLOADS=(
+    "seqwrite-1m-qd4 write 1M 4"
+    "write-4k-qd1 write 4k 1"
+)
+run_workloads
+SERVERS=(fullsync memsync qemu-nbd)
 WORKLOADS=(
     "randread-4k-qd32 randread 4k 32"
     "randwrite-4k-qd32 randwrite 4k 32"
-    "seqwrite-1m-qd4 write 1M 4"
-    "write-4k-qd1 write 4k 1"
     "randwrite-4k-qd1 randwrite 4k 1"
 )
 run_workloads
-# Both pairs off: part 2 gets the disk to itself.
-for mode in fullsync memsync; do
+# All pairs off: part 2 gets the disk to itself.
+for mode in fullsync memsync hmac tls; do
     ctl "$WORK/$mode" nodea role init bench
     ctl "$WORK/$mode" nodeb role init bench
 done
@@ -188,4 +230,17 @@ print("|---|---:|---:|")
 print("| hastd resync (connected -> complete, both flushed) | %.1f | %.2f |" % (rs, t1 - t0))
 print("| nbdcopy qemu-nbd -> qemu-nbd | %.1f | %.2f |" % (cp, t3 - t2))
 print("| ratio hastd/nbdcopy (target >= 0.8) | %.2f | |" % (rs / cp))
+def median_us(name, server):
+    text = open("%s/%s-%s.json" % (work, name, server)).read()
+    job = json.loads(text[text.index("{"):])["jobs"][0]
+    return job["write"]["clat_ns"]["percentile"]["50.000000"] / 1000.0
+print()
+print("| link protection (fullsync) | plaintext | hmac | tls | hmac/plain | tls/plain | target |")
+print("|---|---:|---:|---:|---:|---:|---|")
+p, h, t = (fig("seqwrite-1m-qd4", s, "write", "MiB/s") for s in ("fullsync", "hmac", "tls"))
+print("| 1 MiB seq write QD4 (MiB/s) | %.1f | %.1f | %.1f | %.2f | %.2f | tls >= 0.7x, hmac >= 0.95x |" % (p, h, t, h / p, t / p))
+p, h, t = (median_us("write-4k-qd1", s) for s in ("fullsync", "hmac", "tls"))
+print("| 4 KiB write QD1 median latency (us) | %.1f | %.1f | %.1f | %.2f | %.2f | tls <= 1.25x, hmac <= 1.05x |" % (p, h, t, h / p, t / p))
+p, h, t = (fig("write-4k-qd1", s, "write", "lat") for s in ("fullsync", "hmac", "tls"))
+print("| 4 KiB write QD1 mean latency (us) | %.1f | %.1f | %.1f | %.2f | %.2f | |" % (p, h, t, h / p, t / p))
 REPORT

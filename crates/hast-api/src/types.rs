@@ -185,6 +185,10 @@ pub struct ResourceStatus {
     /// `secret_file`), `none` (source address only); `None` without a remote.
     #[serde(default)]
     pub auth: Option<String>,
+    /// The live link's TLS (`TLSv1.3 <cipher suite> peer sha256:<hex>`),
+    /// when connected over a `tls://` address; `None` otherwise.
+    #[serde(default)]
+    pub tls: Option<String>,
 }
 
 /// Where a primary stands with `fence_peer`. Each time it loses its peer

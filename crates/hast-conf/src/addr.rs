@@ -1,6 +1,8 @@
 //! Addresses as written in hast.conf: `tcp://host:port`, `tcp4://`, `tcp6://`,
 //! `uds:///path`, or a bare `host`, `host:port`, `[v6]:port`, IPv4 or IPv6
 //! literal (TCP with the option's default port). They print back in URI form.
+//! `tls://host:port` is TCP carrying TLS (the replication link's `listen`
+//! and `remote` only; the parser refuses it elsewhere).
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -21,6 +23,8 @@ pub enum Addr {
     Tcp { host: String, port: u16 },
     /// An absolute path.
     Unix(PathBuf),
+    /// `tls://`: TCP to or from `host`, TLS 1.3 over it.
+    Tls { host: String, port: u16 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,13 +52,18 @@ impl Addr {
         if s.starts_with('/') {
             return unix(s);
         }
+        let mut tls = false;
         let (family, hostport) = match s.split_once("://") {
             Some(("tcp", rest)) => (Family::Any, rest),
+            Some(("tls", rest)) => {
+                tls = true;
+                (Family::Any, rest)
+            }
             Some(("tcp4", rest)) => (Family::V4, rest),
             Some(("tcp6", rest)) => (Family::V6, rest),
             Some((scheme, _)) => {
                 return err(format!(
-                    "unsupported scheme \"{scheme}\" (use tcp, tcp4, tcp6 or uds)"
+                    "unsupported scheme \"{scheme}\" (use tcp, tcp4, tcp6, tls or uds)"
                 ))
             }
             None => (Family::Any, s),
@@ -68,10 +77,24 @@ impl Addr {
                 None => return err("a port is required"),
             },
         };
-        Ok(Addr::Tcp {
-            host: host.to_owned(),
-            port,
+        let host = host.to_owned();
+        Ok(if tls {
+            Addr::Tls { host, port }
+        } else {
+            Addr::Tcp { host, port }
         })
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Addr::Tls { .. })
+    }
+
+    /// Host and port of a TCP address, TLS or not (`None` for a Unix socket).
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        match self {
+            Addr::Tcp { host, port } | Addr::Tls { host, port } => Some((host, *port)),
+            Addr::Unix(_) => None,
+        }
     }
 
     pub fn is_unix(&self) -> bool {
@@ -81,7 +104,7 @@ impl Addr {
     /// The TCP port, `None` for a Unix socket.
     pub fn port(&self) -> Option<u16> {
         match self {
-            Addr::Tcp { port, .. } => Some(*port),
+            Addr::Tcp { port, .. } | Addr::Tls { port, .. } => Some(*port),
             Addr::Unix(_) => None,
         }
     }
@@ -101,6 +124,8 @@ impl fmt::Display for Addr {
         match self {
             Addr::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
             Addr::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Addr::Tls { host, port } if host.contains(':') => write!(f, "tls://[{host}]:{port}"),
+            Addr::Tls { host, port } => write!(f, "tls://{host}:{port}"),
             Addr::Unix(path) => write!(f, "uds://{}", path.display()),
         }
     }
@@ -257,6 +282,38 @@ mod tests {
     }
 
     #[test]
+    fn tls_addresses_parse_and_print_back() {
+        let tls = |host: &str, port| Addr::Tls {
+            host: host.into(),
+            port,
+        };
+        let cases: &[(&str, Addr, &str)] = &[
+            (
+                "tls://10.0.0.1:7771",
+                tls("10.0.0.1", 7771),
+                "tls://10.0.0.1:7771",
+            ),
+            ("tls://nodeb", tls("nodeb", 8457), "tls://nodeb:8457"),
+            ("tls://[::1]:9", tls("::1", 9), "tls://[::1]:9"),
+            (
+                "tls://fe80::1",
+                tls("fe80::1", 8457),
+                "tls://[fe80::1]:8457",
+            ),
+        ];
+        for (s, want, shown) in cases {
+            let got: Addr = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(&got, want, "{s}");
+            assert!(got.is_tls() && !got.is_unix(), "{s}");
+            assert_eq!(got.to_string(), *shown, "{s}");
+            assert_eq!(shown.parse::<Addr>().as_ref(), Ok(want), "{shown}");
+        }
+        assert_eq!(tls("h", 1).host_port(), Some(("h", 1)));
+        assert_eq!(tcp("h", 2).host_port(), Some(("h", 2)));
+        assert!(!tcp("h", 2).is_tls());
+    }
+
+    #[test]
     fn rejected() {
         let cases: &[(&str, &str)] = &[
             ("", "missing host"),
@@ -269,7 +326,9 @@ mod tests {
             ("h:+1", "not a number"),
             ("h:http", "not a number"),
             ("udp://h:1", "unsupported scheme"),
-            ("tls://h:1", "unsupported scheme"),
+            ("tls://", "missing host"),
+            ("tls://h:x", "not a number"),
+            ("tls4://h:1", "unsupported scheme"),
             ("uds://relative", "absolute"),
             ("tcp4://[::1]:1", "tcp4 with an IPv6"),
             ("tcp6://10.0.0.1", "tcp6 with an IPv4"),

@@ -16,6 +16,7 @@ impl ExitStatus for ErrorKind {
             ErrorKind::Syntax(e) => e.exit_code(),
             ErrorKind::SecretFile { error, .. } => error.exit_code(),
             ErrorKind::NbdTlsFile { error, .. } => error.exit_code(),
+            ErrorKind::TlsFile { code, .. } => *code,
             _ => EX_CONFIG,
         }
     }
@@ -79,6 +80,18 @@ pub enum ErrorKind {
     /// `nbd_tls*` options that do not fit together.
     #[error("{0}")]
     NbdTls(&'static str),
+    /// A `tls://` address on this node without what TLS needs.
+    #[error("{addr} needs {missing}")]
+    TlsIncomplete { addr: String, missing: String },
+    /// hastd could not use a `tls_cert`/`tls_key` file; `code` is the
+    /// sysexits status (66 unreadable, 78 malformed).
+    #[error("{option} \"{}\": {error}", .path.display())]
+    TlsFile {
+        option: &'static str,
+        path: std::path::PathBuf,
+        error: String,
+        code: i32,
+    },
     #[error("resource \"{resource}\": NBD socket path \"{path}\" is longer than {max} bytes")]
     SocketPathTooLong {
         resource: String,

@@ -22,6 +22,7 @@ mod resolve;
 pub mod secret;
 /// Public so hastmon.conf (crate `hast-mon`) shares this grammar.
 pub mod syntax;
+pub mod tls;
 mod value;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub use error::{ConfigError, ErrorKind};
 pub use nbd_tls::{NbdTls, NbdTlsMode, NbdTlsPem};
 pub use parser::Level;
 pub use secret::{Secret, SecretError};
+pub use tls::Fingerprint;
 pub use value::{parse_size, Checksum, Compression, OnIoError, ParseKeywordError, Replication};
 
 /// Larger files are refused before they are read.
@@ -104,6 +106,11 @@ pub struct Config {
     pub nbd_idle_timeout_secs: u32,
     /// NBD over TLS (`nbd_tls*`); `None` when off.
     pub nbd_tls: Option<NbdTls>,
+    /// `tls_cert` and `tls_key` (absolute PEM paths) and the lines that set
+    /// them; required when a `listen` or `remote` is `tls://`. hastd reads
+    /// them at start and reload.
+    pub tls_cert: Option<(PathBuf, u32)>,
+    pub tls_key: Option<(PathBuf, u32)>,
     /// In file order.
     pub resources: Vec<Resource>,
 }
@@ -227,6 +234,9 @@ pub struct Resource {
     pub nbd_socket_group: Option<(String, u32)>,
     /// `nbd_socket_mode`, default 0660: like a block device node.
     pub nbd_socket_mode: u32,
+    /// `tls_peer_fingerprint`: the peer certificates a `tls://` link
+    /// accepts (pinned, no CA); never empty when `remote` is `tls://`.
+    pub tls_peer_fingerprints: Vec<Fingerprint>,
     /// Line of `resource NAME {`.
     pub line: u32,
 }

@@ -14,6 +14,7 @@ use crate::error::{ConfigError, ErrorKind};
 use crate::nbd_tls::{parse_fingerprint, NbdTlsMode};
 use crate::syntax::value::{abs_path, bad, check_resource_name, whole_number, NumberError};
 use crate::syntax::{set, At, Reader, SyntaxError};
+use crate::tls::Fingerprint;
 use crate::value::{parse_size, Checksum, Compression, OnIoError, Replication};
 use crate::{DEPTH_MAX, LISTEN_MAX, NODE_SECTIONS_MAX, RESOURCES_MAX};
 
@@ -56,6 +57,9 @@ pub(crate) struct NodeOpts {
     pub(crate) nbd_tls_key: Option<At<PathBuf>>,
     /// `none` is `Some(At { value: None })`: it overrides a global one.
     pub(crate) nbd_tls_client_fingerprint: Option<At<Option<[u8; 32]>>>,
+    /// This node's certificate and key for `tls://` links (PEM paths).
+    pub(crate) tls_cert: Option<At<PathBuf>>,
+    pub(crate) tls_key: Option<At<PathBuf>>,
 }
 
 /// Options of a resource (global, resource and resource-node sections).
@@ -81,6 +85,7 @@ pub(crate) struct ResOpts {
     pub(crate) local: Option<At<PathBuf>>,
     pub(crate) remote: Option<At<Option<Addr>>>,
     pub(crate) source: Option<At<Addr>>,
+    pub(crate) tls_peer_fingerprint: Option<At<Vec<Fingerprint>>>,
 }
 
 #[derive(Debug)]
@@ -146,6 +151,9 @@ enum Key {
     Local,
     Remote,
     Source,
+    TlsCert,
+    TlsKeyPath,
+    TlsPeerFingerprint,
 }
 
 impl Key {
@@ -182,6 +190,9 @@ impl Key {
             "local" => Key::Local,
             "remote" => Key::Remote,
             "source" => Key::Source,
+            "tls_cert" => Key::TlsCert,
+            "tls_key" => Key::TlsKeyPath,
+            "tls_peer_fingerprint" => Key::TlsPeerFingerprint,
             _ => return None,
         })
     }
@@ -350,7 +361,7 @@ fn addr(key: &str, value: &str, default_port: Option<u16>) -> Result<Addr, Error
 
 fn tcp_addr(key: &str, value: &str, default_port: Option<u16>) -> Result<Addr, ErrorKind> {
     let a = addr(key, value, default_port)?;
-    if a.is_unix() {
+    if a.is_unix() || a.is_tls() {
         return Err(bad(key, value, "must be a TCP address"));
     }
     Ok(a)
@@ -406,6 +417,8 @@ fn apply(
             | Key::NbdTlsCertFile
             | Key::NbdTlsKeyFile
             | Key::NbdTlsClientFingerprint
+            | Key::TlsCert
+            | Key::TlsKeyPath
     );
     if is_node_key {
         let opts = match target {
@@ -471,6 +484,9 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
             set(&mut o.nbd_socket_dir, d, w, line)
         }
         Key::StateDir => set(&mut o.state_dir, abs_path(w, v)?, w, line),
+        // Read by hastd at start and reload, like secret_file.
+        Key::TlsCert => set(&mut o.tls_cert, abs_path(w, v)?, w, line),
+        Key::TlsKeyPath => set(&mut o.tls_key, abs_path(w, v)?, w, line),
         Key::MetricsListen => {
             let a = match v {
                 "none" => None,
@@ -609,6 +625,11 @@ fn apply_res(key: Key, w: &str, v: &str, line: u32, o: &mut ResOpts) -> Result<(
             set(&mut o.remote, a, w, line)
         }
         Key::Source => set(&mut o.source, tcp_addr(w, v, Some(0))?, w, line),
+        Key::TlsPeerFingerprint => {
+            let list =
+                crate::tls::parse_list(v).map_err(|e| bad::<ErrorKind>(w, v, e.to_string()))?;
+            set(&mut o.tls_peer_fingerprint, list, w, line)
+        }
         _ => Err(ErrorKind::WrongLevel {
             key: w.to_owned(),
             level: Level::Resource,

@@ -72,11 +72,65 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         None => vec![defaults::listen()],
     };
 
+    // The node section's statement wins over the global one.
+    let tls_file = |f: fn(&crate::parser::NodeOpts) -> &Option<At<PathBuf>>| {
+        [section.and_then(|s| f(s).as_ref()), f(g).as_ref()]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|at| (at.value.clone(), at.line))
+    };
+    let tls_cert = tls_file(|o| &o.tls_cert);
+    let tls_key = tls_file(|o| &o.tls_key);
+    // A tls:// address is useless without this node's certificate: say so
+    // on the address's line, not when the first connection fails.
+    let no_identity = match (&tls_cert, &tls_key) {
+        (Some(_), Some(_)) => None,
+        (None, Some(_)) => Some("tls_cert (this node's certificate, global or in its on section)"),
+        (Some(_), None) => Some("tls_key (this node's private key, global or in its on section)"),
+        (None, None) => Some(
+            "tls_cert and tls_key (this node's certificate and key, global or in its on section)",
+        ),
+    };
+    if let Some(missing) = no_identity {
+        let listen_at = match section.map(|s| &s.listen).filter(|l| !l.is_empty()) {
+            Some(l) => l.as_slice(),
+            None => g.listen.as_slice(),
+        };
+        if let Some(at) = listen_at.iter().find(|a| a.value.is_tls()) {
+            return Err(err((
+                at.line,
+                ErrorKind::TlsIncomplete {
+                    addr: format!("listen {}", at.value),
+                    missing: missing.to_string(),
+                },
+            )));
+        }
+    }
+
     let mut resources = Vec::with_capacity(raw.resources.len());
     let mut exports: HashMap<String, (String, u32)> = HashMap::new();
     let mut locals: HashMap<PathBuf, (String, u32)> = HashMap::new();
     for res in &raw.resources {
         let r = resource(&raw, res, node).map_err(err)?;
+        if let Some(remote) = r.remote.as_ref().filter(|a| a.is_tls()) {
+            let missing = match no_identity {
+                Some(m) => Some(m),
+                None if r.tls_peer_fingerprints.is_empty() => {
+                    Some("tls_peer_fingerprint (the SHA-256 of the peer's certificate)")
+                }
+                None => None,
+            };
+            if let Some(missing) = missing {
+                return Err(err((
+                    remote_line(&raw, res, node).unwrap_or(r.line),
+                    ErrorKind::TlsIncomplete {
+                        addr: format!("resource \"{}\": remote {remote}", r.name),
+                        missing: missing.to_string(),
+                    },
+                )));
+            }
+        }
         if let Some(dir) = &nbd_socket_dir {
             let path = crate::nbd_socket_path(dir, &r.name);
             if path.as_os_str().len() > UNIX_PATH_MAX {
@@ -132,8 +186,20 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         nbd_max_buffer,
         nbd_idle_timeout_secs,
         nbd_tls,
+        tls_cert,
+        tls_key,
         resources,
     })
+}
+
+/// The line of the `remote` statement this node's resource uses.
+fn remote_line(raw: &RawConfig, res: &RawResource, node: &str) -> Option<u32> {
+    let picked: Result<_, (u32, ErrorKind)> = pick(&res.nodes, |n| (&n.name, n.line), node);
+    let rn = picked.ok().flatten()?;
+    [&rn.opts, &res.opts, &raw.res_opts]
+        .into_iter()
+        .find_map(|o| o.remote.as_ref())
+        .map(|at| at.line)
 }
 
 fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, (u32, ErrorKind)> {
@@ -201,6 +267,7 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
         nbd_socket_owner: at!(nbd_socket_owner),
         nbd_socket_group: at!(nbd_socket_group),
         nbd_socket_mode: get!(nbd_socket_mode).unwrap_or(defaults::NBD_SOCKET_MODE),
+        tls_peer_fingerprints: get!(tls_peer_fingerprint).unwrap_or_default(),
         line: res.line,
     })
 }
@@ -298,6 +365,123 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `tls_cert`/`tls_key` are node options (an `on` section's win),
+    /// `tls_peer_fingerprint` a resource option; a `tls://` address without
+    /// them is an error on the address's line.
+    #[test]
+    fn tls_options_and_what_tls_addresses_require() {
+        let fp = "AB:".repeat(31) + "CD";
+        let text = format!(
+            "tls_cert /etc/hast/g.crt\n\
+             tls_key /etc/hast/g.key\n\
+             tls_peer_fingerprint {fp}\n\
+             listen tls://0.0.0.0:7000\n\
+             on a {{ tls_cert /etc/hast/a.crt }}\n\
+             resource r {{ on a {{ local /d0\n remote tls://10.0.0.2:7000 }} }}\n\
+             resource two {{ tls_peer_fingerprint \"{}, {}\"\n on a {{ local /d1\n remote tls://b }} }}\n\
+             resource plain {{ on a {{ local /d2\n remote 10.0.0.3 }} }}\n",
+            "11".repeat(32),
+            "22".repeat(32)
+        );
+        let c = crate::parse(&text, Path::new("hast.conf"), "a").unwrap();
+        assert_eq!(c.tls_cert, Some(("/etc/hast/a.crt".into(), 5)));
+        assert_eq!(c.tls_key, Some(("/etc/hast/g.key".into(), 2)));
+        assert!(c.listen[0].is_tls());
+        assert_eq!(c.listen[0].to_string(), "tls://0.0.0.0:7000");
+        let fps: Vec<String> = c.resources[0]
+            .tls_peer_fingerprints
+            .iter()
+            .map(|f| f.hex())
+            .collect();
+        assert_eq!(fps, ["ab".repeat(31) + "cd"]);
+        assert_eq!(c.resources[1].tls_peer_fingerprints.len(), 2);
+        assert_eq!(
+            c.resources[1].remote.as_ref().unwrap().to_string(),
+            "tls://b:8457"
+        );
+        assert!(!c.resources[2].remote.as_ref().unwrap().is_tls());
+
+        let no_tls = "resource r { on a { local /d\n remote b } }\n";
+        let c = crate::parse(no_tls, Path::new("hast.conf"), "a").unwrap();
+        assert_eq!((c.tls_cert, c.tls_key), (None, None));
+        assert!(c.resources[0].tls_peer_fingerprints.is_empty());
+
+        let r = "resource r { on a { local /d\n remote tls://b } }\n";
+        let id = "tls_cert /c\ntls_key /k\n";
+        let cases = [
+            (
+                format!("listen tls://0.0.0.0\n{no_tls}"),
+                1,
+                "listen tls://0.0.0.0:8457 needs tls_cert and tls_key",
+            ),
+            (
+                format!("tls_cert /c\n\nlisten tls://h:1\n{no_tls}"),
+                3,
+                "needs tls_key",
+            ),
+            (
+                format!("tls_key /k\non a {{ listen tls://h:1 }}\n{no_tls}"),
+                2,
+                "needs tls_cert",
+            ),
+            (
+                format!("tls_peer_fingerprint {fp}\n{r}"),
+                3,
+                "resource \"r\": remote tls://b:8457 needs tls_cert and tls_key",
+            ),
+            (
+                format!("{id}{r}"),
+                4,
+                "remote tls://b:8457 needs tls_peer_fingerprint",
+            ),
+            (
+                format!("{id}resource r {{\n remote tls://b\n on a {{ local /d }} }}\n"),
+                4,
+                "needs tls_peer_fingerprint",
+            ),
+            (
+                format!("{id}tls_peer_fingerprint 12:34\n"),
+                3,
+                "tls_peer_fingerprint",
+            ),
+            (
+                "resource r {\n tls_cert /c\n}\n".into(),
+                2,
+                "\"tls_cert\" is not allowed",
+            ),
+            (
+                "on a {\n tls_peer_fingerprint x\n}\n".into(),
+                2,
+                "not allowed",
+            ),
+            (
+                "nbd_listen tls://127.0.0.1\n".into(),
+                1,
+                "must be a TCP address",
+            ),
+            (
+                "resource r {\n source tls://10.0.0.1\n}\n".into(),
+                2,
+                "must be a TCP address",
+            ),
+            ("tls_cert relative.crt\n".into(), 1, "tls_cert"),
+        ];
+        for (text, line, msg) in cases {
+            let e = crate::parse(&text, Path::new("hast.conf"), "a").unwrap_err();
+            let got = e.to_string();
+            assert!(
+                got.starts_with(&format!("hast.conf:{line}: ")) && got.contains(msg),
+                "{text:?}: {got}"
+            );
+            assert!(!got.contains('\n'), "{got}");
+            assert_eq!(e.exit_code(), crate::syntax::EX_CONFIG, "{got}");
+        }
+        // Sections for other nodes are not held to this node's identity.
+        let other =
+            "resource r { on b { local /d\n remote tls://a } on a { local /d\n remote c } }\n";
+        assert!(crate::parse(other, Path::new("hast.conf"), "a").is_ok());
     }
 
     #[test]

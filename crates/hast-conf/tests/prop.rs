@@ -254,6 +254,7 @@ fn expected(name: &str, o: &Opts, line: u32) -> Resource {
         nbd_socket_owner: None,
         nbd_socket_group: None,
         nbd_socket_mode: 0o660,
+        tls_peer_fingerprints: Vec::new(),
         metaflush: o.metaflush.unwrap_or(true),
         freeze_timeout_secs: o.freeze_timeout.unwrap_or(60),
         on_io_error: o.on_io_error.unwrap_or(OnIoError::Detach),

@@ -17,6 +17,13 @@
 //! with the queue empty and the writer task idle, so nothing queued earlier
 //! can be overtaken; the writer task marks itself busy before it takes
 //! frames and idle only when it finds the queue empty (both under the lock).
+//!
+//! A writer that buffers (TLS: rustls takes the bytes, encrypts them, and
+//! may hold records back when the socket is full) can accept a whole frame
+//! yet not get it onto the socket without waiting. The sender cannot wait
+//! (it has no waker registered), so it marks the outbox unflushed and the
+//! writer task flushes: otherwise the frame would sit in the buffer until
+//! the next write, and a reply the peer waits for might never leave.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -77,6 +84,9 @@ struct State<F> {
     closed: bool,
     /// The writer task stops once the queue is empty.
     finishing: bool,
+    /// A direct write left bytes in the writer's own buffer (its flush did
+    /// not complete): the writer task must flush.
+    unflushed: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +125,7 @@ where
                 writing: false,
                 closed: false,
                 finishing: false,
+                unflushed: false,
             }),
             queued: Notify::new(),
             room: Notify::new(),
@@ -150,11 +161,14 @@ where
                     return Ok(());
                 };
                 if direct && !st.writing && st.queue.is_empty() {
-                    let done = self.write_now(&f);
+                    let (done, flushed) = self.write_now(&f);
                     if done < frame_len(&f) {
                         // The rest (and any error) is the writer task's.
                         st.queue.push_back(f);
                         st.front_sent = done;
+                        self.queued.notify_one();
+                    } else if !flushed {
+                        st.unflushed = true;
                         self.queued.notify_one();
                     }
                     return Ok(());
@@ -170,12 +184,13 @@ where
         }
     }
 
-    /// Writes what the socket takes of `f` without waiting; bytes written.
-    /// Called with the state lock held and the writer task idle.
-    fn write_now(&self, f: &F) -> usize {
+    /// Writes what the socket takes of `f` without waiting: bytes written,
+    /// and whether the writer's flush completed. Called with the state lock
+    /// held and the writer task idle.
+    fn write_now(&self, f: &F) -> (usize, bool) {
         let mut guard = lock(&self.sock);
         let Some(sock) = guard.as_mut() else {
-            return 0;
+            return (0, true);
         };
         // Never woken: a socket that is full leaves the frame to the writer
         // task, whose own poll registers its waker.
@@ -196,11 +211,16 @@ where
                 Poll::Ready(Err(_)) => break,
             }
         }
+        let mut flushed = true;
         if done == total {
-            // A no-op on sockets; buffered writers need it.
-            let _ = Pin::new(&mut *sock).poll_flush(&mut cx);
+            // Ready at once on sockets; a buffering writer (TLS) may not get
+            // everything out, and then the writer task finishes the flush.
+            flushed = matches!(
+                Pin::new(&mut *sock).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            );
         }
-        done
+        (done, flushed)
     }
 
     /// The writer task: writes queued frames until the socket fails
@@ -216,6 +236,7 @@ where
     ) -> io::Result<()> {
         let mut batch: Vec<F> = Vec::with_capacity(BATCH_FRAMES);
         loop {
+            let mut flush_only = false;
             let skip = {
                 let mut st = lock(&self.state);
                 let mut bytes = 0;
@@ -224,7 +245,11 @@ where
                     bytes += frame_len(&f);
                     batch.push(f);
                 }
-                st.writing = !batch.is_empty();
+                if batch.is_empty() && !st.closed {
+                    flush_only = std::mem::take(&mut st.unflushed);
+                }
+                // Flushing counts as writing: no sender writes past it.
+                st.writing = !batch.is_empty() || flush_only;
                 if batch.is_empty() && st.closed {
                     return Ok(());
                 }
@@ -233,6 +258,28 @@ where
                 }
                 std::mem::take(&mut st.front_sent)
             };
+            if flush_only {
+                let taken = lock(&self.sock).take();
+                let Some(mut sock) = taken else {
+                    return Ok(());
+                };
+                let res = match timeout {
+                    None => sock.flush().await,
+                    Some(t) => match tokio::time::timeout(t, sock.flush()).await {
+                        Err(_) => Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("peer took nothing for {} s", t.as_secs()),
+                        )),
+                        Ok(r) => r,
+                    },
+                };
+                *lock(&self.sock) = Some(sock);
+                if let Err(e) = res {
+                    self.close();
+                    return Err(e);
+                }
+                continue;
+            }
             if batch.is_empty() {
                 match idle {
                     None => self.queued.notified().await,
@@ -446,6 +493,33 @@ mod tests {
             let mine: Vec<u32> = seen.iter().copied().filter(|n| n % 4 == t).collect();
             assert_eq!(mine, (0..500).map(|i| i * 4 + t).collect::<Vec<_>>());
         }
+    }
+
+    /// A writer that buffers (as TLS does) takes a frame whole but cannot
+    /// get it out while the pipe is full; the frame must still arrive
+    /// without any later send to push it.
+    #[tokio::test]
+    async fn a_frame_held_in_a_buffering_writer_is_flushed_by_the_writer_task() {
+        let (wr, rd) = tokio::io::duplex(64);
+        let wr = tokio::io::BufWriter::with_capacity(4096, wr);
+        let ob: Arc<Outbox<_, Num>> = Arc::new(Outbox::new(wr, 8));
+        let writer = tokio::spawn({
+            let ob = ob.clone();
+            async move { ob.run(Some(Duration::from_secs(10)), None).await }
+        });
+        // Alone and direct: the buffer takes all of it, the 64-byte pipe
+        // only a part, and nobody sends after it.
+        ob.send(num(1, 1000)).await.unwrap();
+        let mut rd = rd;
+        let mut got = vec![0u8; 1008];
+        tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut got))
+            .await
+            .expect("the frame stayed in the writer's buffer")
+            .unwrap();
+        assert_eq!(&got[..4], &1u32.to_le_bytes());
+        assert!(got[8..].iter().all(|&b| b == 1));
+        ob.finish();
+        writer.await.unwrap().unwrap();
     }
 
     #[tokio::test]

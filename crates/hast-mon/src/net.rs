@@ -145,6 +145,15 @@ pub async fn exchange(
                     .await
                     .map_err(|f| f.at(addr, timeout))
             }
+            // hastmon.conf refuses tls:// (hastmon authenticates each
+            // message itself); only hastd's replication link speaks TLS.
+            Addr::Tls { .. } => Err(NetError::Connect {
+                addr: addr.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "hastmon does not use tls:// addresses",
+                ),
+            }),
         }
     };
     match tokio::time::timeout(timeout, run).await {

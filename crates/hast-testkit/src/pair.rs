@@ -12,6 +12,10 @@
 //! The resource is always `r0`. Roles are not persisted (as in FreeBSD): after a
 //! daemon restart the resource is in `init` until a test sets a role again.
 //! Dropping the pair stops both daemons by PID (see [`Node`]) and then the proxy.
+//!
+//! With [`PairBuilder::tls`] each node gets a self-signed certificate made
+//! with openssl, both `listen` and `remote` addresses become `tls://`, and
+//! each node's resource pins the other's fingerprint as openssl prints it.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -162,9 +166,17 @@ pub struct PairBuilder {
     proxy: bool,
     options: Vec<String>,
     secret: bool,
+    tls: bool,
 }
 
 impl PairBuilder {
+    /// The link over TLS: a certificate per node, `tls://` addresses, each
+    /// node pinning the other's fingerprint (see [`tls_config`]).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// No `secret_file`: the link is checked by address only (by default
     /// both nodes share a key file, as a real deployment should).
     pub fn no_secret(mut self) -> Self {
@@ -255,6 +267,16 @@ impl PairBuilder {
             &self.options,
             secret.as_deref(),
         );
+        let certs = self.tls.then(|| {
+            [
+                make_cert(&a.layout().dir, "nodea"),
+                make_cert(&b.layout().dir, "nodeb"),
+            ]
+        });
+        let text = match &certs {
+            Some(c) => tls_config(&text, a.layout(), b.layout(), a_remote, c),
+            None => text,
+        };
         for n in [&a, &b] {
             std::fs::write(&n.layout().config_path, &text).expect("write pair config");
         }
@@ -287,6 +309,7 @@ impl PairBuilder {
             timeout_secs: self.timeout_secs,
             options: self.options,
             secret,
+            certs,
         }
     }
 
@@ -313,6 +336,97 @@ pub fn write_secret(path: &Path) {
         .open(path)
         .expect("create key file");
     writeln!(f, "{hex}").expect("write key file");
+}
+
+/// A node's TLS certificate and key (PEM files) and its SHA-256
+/// fingerprint as `openssl x509 -noout -fingerprint -sha256` prints it
+/// (`AB:CD:...`), which is what the peer pins.
+#[derive(Clone, Debug)]
+pub struct NodeCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub fingerprint: String,
+}
+
+/// Makes a self-signed P-256 certificate and key in `dir` (`NAME.crt`,
+/// `NAME.key`, mode 0600) the way docs/security.md tells an operator to,
+/// replacing any there.
+pub fn make_cert(dir: &Path, name: &str) -> NodeCert {
+    use std::os::unix::fs::PermissionsExt;
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let _ = std::fs::remove_file(&cert);
+    let _ = std::fs::remove_file(&key);
+    let mut req = Command::new("openssl");
+    req.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650"])
+        .args(["-subj", &format!("/CN={name}"), "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+    let out = run(&mut req, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        describe(&req),
+        output_text(&out)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    let mut fp = Command::new("openssl");
+    fp.args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&cert);
+    let out = run(&mut fp, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fingerprint = text
+        .trim()
+        .split_once('=')
+        .map(|(_, f)| f.to_string())
+        .unwrap_or_else(|| panic!("{}: no fingerprint in {text:?}", describe(&fp)));
+    NodeCert {
+        cert,
+        key,
+        fingerprint,
+    }
+}
+
+/// [`pair_config`]'s text over TLS: both `listen` and `remote` addresses
+/// `tls://`, each node's `on` section naming its certificate and key, and
+/// each node's resource section pinning the other node's certificate.
+pub fn tls_config(
+    text: &str,
+    a: &Layout,
+    b: &Layout,
+    a_remote_port: u16,
+    certs: &[NodeCert; 2],
+) -> String {
+    let mut out = text.to_string();
+    for (l, c) in [(a, &certs[0]), (b, &certs[1])] {
+        let listen = format!("    listen tcp://127.0.0.1:{}\n", l.repl_port);
+        assert!(out.contains(&listen), "no {listen:?} in the pair config");
+        out = out.replace(
+            &listen,
+            &format!(
+                "    listen tls://127.0.0.1:{}\n    tls_cert {}\n    tls_key {}\n",
+                l.repl_port,
+                c.cert.display(),
+                c.key.display()
+            ),
+        );
+    }
+    // A's remote (B or the proxy in front of it) pins B's certificate, B's
+    // remote (A) pins A's.
+    for (port, pin) in [(a_remote_port, &certs[1]), (a.repl_port, &certs[0])] {
+        let remote = format!("        remote tcp://127.0.0.1:{port}\n");
+        assert!(out.contains(&remote), "no {remote:?} in the pair config");
+        out = out.replace(
+            &remote,
+            &format!(
+                "        remote tls://127.0.0.1:{port}\n        tls_peer_fingerprint {}\n",
+                pin.fingerprint
+            ),
+        );
+    }
+    out
 }
 
 /// The config both nodes share.
@@ -382,6 +496,8 @@ pub struct Pair {
     options: Vec<String>,
     /// The key file both nodes' `secret_file` names.
     secret: Option<PathBuf>,
+    /// A's and B's certificates when the link is TLS.
+    certs: Option<[NodeCert; 2]>,
 }
 
 impl Pair {
@@ -397,7 +513,32 @@ impl Pair {
             proxy: false,
             options: Vec::new(),
             secret: true,
+            tls: false,
         }
+    }
+
+    /// A's and B's certificates (`None` unless built with
+    /// [`PairBuilder::tls`]).
+    pub fn certs(&self) -> Option<&[NodeCert; 2]> {
+        self.certs.as_ref()
+    }
+
+    /// Replaces `side`'s certificate and key with a fresh pair at the same
+    /// paths, leaving the configs as they are: the other node still pins the
+    /// old fingerprint. Takes effect when `side`'s hastd starts or reloads.
+    pub fn new_cert(&mut self, side: Side) -> NodeCert {
+        let dir = self.node(side).layout().dir.clone();
+        let certs = self
+            .certs
+            .as_mut()
+            .expect("this pair was built without tls");
+        let c = make_cert(&dir, side.node_name());
+        let i = match side {
+            Side::A => 0,
+            Side::B => 1,
+        };
+        certs[i] = c.clone();
+        c
     }
 
     /// The node on `side`.
@@ -441,6 +582,15 @@ impl Pair {
             &self.options,
             self.secret.as_deref(),
         );
+        if let Some(c) = &self.certs {
+            self.config_text = tls_config(
+                &self.config_text,
+                self.a.layout(),
+                self.b.layout(),
+                self.a_remote,
+                c,
+            );
+        }
         for side in [Side::A, Side::B] {
             let path = self.node(side).layout().config_path.clone();
             std::fs::write(&path, &self.config_text).expect("rewrite pair config");

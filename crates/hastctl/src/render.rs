@@ -86,6 +86,9 @@ pub fn list(list: &[ResourceStatus]) -> String {
         if let Some(a) = &r.auth {
             let _ = writeln!(s, "  auth: {a}");
         }
+        if let Some(t) = &r.tls {
+            let _ = writeln!(s, "  tls: {t}");
+        }
         let _ = writeln!(s, "  replication: {}", r.replication);
         let _ = writeln!(s, "  checksum: {}", r.checksum);
         let _ = writeln!(s, "  compression: {}", r.compression);

@@ -13,13 +13,15 @@ use crate::nbdfront::{self, Registry};
 use crate::nbdtls::NbdTls;
 use crate::resource::{Command, Env, ResourceHandle};
 use crate::{exit, Args};
+
+type TlsIdentity = Arc<crate::replication::tls::Identity>;
 use hast_sys::daemon::{notify, Daemon, Notify, Signal, Signals};
 
 pub fn main(args: Args) -> i32 {
     // Absolute config path: a daemon must find it again on SIGHUP whatever
     // its working directory.
     let config_path = std::fs::canonicalize(&args.config).unwrap_or(args.config.clone());
-    let (config, nbd_tls) = match load(&config_path, args.node.as_deref()) {
+    let (config, nbd_tls, tls_identity) = match load(&config_path, args.node.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hastd: {e}");
@@ -43,20 +45,28 @@ pub fn main(args: Args) -> i32 {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let code = runtime.block_on(run(config, nbd_tls, config_path, args.node.clone()));
+    let code = runtime.block_on(run(
+        config,
+        nbd_tls,
+        tls_identity,
+        config_path,
+        args.node.clone(),
+    ));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     pidfile.remove();
     code
 }
 
-/// The configuration with every `secret_file` read, and the NBD TLS
-/// settings built from `nbd_tls_cert`/`nbd_tls_key`: a key file that is
-/// missing, malformed or readable by others stops hastd from starting (and a
-/// reload from applying), with the file and line on the terminal.
-fn load(
-    path: &std::path::Path,
-    node: Option<&str>,
-) -> Result<(hast_conf::Config, Option<Arc<NbdTls>>), hast_conf::ConfigError> {
+/// What `load` gives: the configuration with every `secret_file` read, the
+/// NBD TLS settings (`nbd_tls_cert`/`nbd_tls_key`) and this node's
+/// replication TLS identity (`tls_cert`/`tls_key`).
+type Loaded = (hast_conf::Config, Option<Arc<NbdTls>>, Option<TlsIdentity>);
+
+/// Reads the configuration and every file it names: a key or certificate
+/// file that is missing, malformed or readable by others, or a socket owner
+/// that does not exist, stops hastd from starting (and a reload from
+/// applying), with the file and line on the terminal.
+fn load(path: &std::path::Path, node: Option<&str>) -> Result<Loaded, hast_conf::ConfigError> {
     let mut c = hast_conf::load(path, node)?;
     c.load_secrets()?;
     for r in &c.resources {
@@ -70,8 +80,9 @@ fn load(
         }
     }
     c.load_nbd_tls()?;
-    let tls = NbdTls::from_config(&c)?;
-    Ok((c, tls))
+    let nbd_tls = NbdTls::from_config(&c)?;
+    let identity = crate::replication::tls::load_identity(&c)?;
+    Ok((c, nbd_tls, identity))
 }
 
 /// `off`, `required`, `optional, client certificate pinned`, ...
@@ -106,6 +117,7 @@ fn keep_payload_buffers() {
 async fn run(
     config: hast_conf::Config,
     nbd_tls: Option<Arc<NbdTls>>,
+    tls_identity: Option<TlsIdentity>,
     config_path: std::path::PathBuf,
     node: Option<String>,
 ) -> i32 {
@@ -144,6 +156,7 @@ async fn run(
         }
     }
     let env = Env {
+        tls: Arc::new(std::sync::RwLock::new(tls_identity)),
         node: config.node.clone(),
         registry: registry.clone(),
         nbd_socket_dir: config.nbd_socket_dir.clone(),
@@ -158,9 +171,13 @@ async fn run(
     // Only nodes with a peer need to listen for one.
     if config.resources.iter().any(|r| r.remote.is_some()) {
         for addr in &config.listen {
-            match crate::replication::listener::listen(addr, resources.clone(), config.node.clone())
-                .await
-            {
+            let listening = crate::replication::listener::listen(
+                addr,
+                resources.clone(),
+                config.node.clone(),
+                env.tls.clone(),
+            );
+            match listening.await {
                 Ok((local, task)) => {
                     tracing::info!(listen = %local, "replication listener ready");
                     repl_tasks.push(task);
@@ -186,17 +203,28 @@ async fn run(
         nbd_tls = %tls_shown,
         "hastd started"
     );
+    if let Some(id) = crate::replication::tls::current(&env.tls) {
+        // What the peer must pin (tls_peer_fingerprint), for the operator.
+        tracing::info!(fingerprint = %id.fingerprint, "TLS certificate loaded");
+    }
     warn_not_yet_applied(&config);
     notify(Notify::Ready);
     let mut current = config;
     while signals.next().await == Signal::Reload {
         notify(Notify::Reloading);
         match load(&config_path, node.as_deref()) {
-            Ok((new, tls)) => {
+            Ok((new, tls, identity)) => {
                 // New certificates and modes apply to the next connection.
                 let shown = describe_tls(&tls);
                 registry.set_tls(tls);
                 tracing::info!(nbd_tls = %shown, "NBD TLS settings applied to new connections");
+                // The next replication TLS handshake uses the reloaded
+                // certificate; live links keep theirs.
+                let old = crate::replication::tls::current(&env.tls).map(|i| i.fingerprint);
+                if let Some(id) = identity.as_ref().filter(|i| Some(i.fingerprint) != old) {
+                    tracing::info!(fingerprint = %id.fingerprint, "TLS certificate reloaded");
+                }
+                *env.tls.write().unwrap_or_else(|p| p.into_inner()) = identity;
                 reload(&current, &new, &resources, &env).await;
                 warn_not_yet_applied(&new);
                 current = new;
@@ -261,6 +289,19 @@ async fn reload(
             "nbd_idle_timeout",
             old.nbd_idle_timeout_secs.to_string(),
             new.nbd_idle_timeout_secs.to_string(),
+        ),
+        // Listeners are bound once; a switch to or from tls:// needs a
+        // restart (tls_cert/tls_key changes apply at once).
+        (
+            "listen",
+            format!(
+                "{:?}",
+                old.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+            ),
+            format!(
+                "{:?}",
+                new.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+            ),
         ),
     ] {
         if a != b {

@@ -25,12 +25,13 @@ use hast_api::{
 };
 use hast_meta::{MetaError, Role, Store};
 use hast_repl::{Hello, HelloStatus};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::datapath::{DataPath, Side};
 use crate::nbdfront::Registry;
+use crate::replication::stream::{ConnRead, ConnWrite};
+use crate::replication::tls::TlsInfo;
 use crate::replication::{primary, secondary};
 
 /// Commands queued per resource; control requests beyond this wait.
@@ -39,9 +40,11 @@ const COMMAND_QUEUE_DEPTH: usize = 16;
 /// A primary that connected to our replication listener for this resource.
 pub struct PeerConn {
     pub hello: Hello,
-    pub rd: OwnedReadHalf,
-    pub wr: OwnedWriteHalf,
+    pub rd: ConnRead,
+    pub wr: ConnWrite,
     pub peer: String,
+    /// What the connection's TLS negotiated; `None` over plain TCP.
+    pub tls: Option<TlsInfo>,
 }
 
 /// The answer to a role request: the role and the epoch held after it
@@ -75,6 +78,7 @@ impl ResourceHandle {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_DEPTH);
         let task = ResourceTask {
             secret: watch::channel(config.secret.clone()).0,
+            pins: watch::channel(config.tls_peer_fingerprints.clone()).0,
             config: config.clone(),
             env,
             state: State::Init,
@@ -99,6 +103,9 @@ pub struct Env {
     pub registry: Arc<Registry>,
     pub nbd_socket_dir: Option<PathBuf>,
     pub nbd_tcp: Option<String>,
+    /// This node's TLS certificate and key (`tls_cert`, `tls_key`), replaced
+    /// on reload; read at each connection attempt.
+    pub tls: crate::replication::tls::SharedIdentity,
 }
 
 enum State {
@@ -137,6 +144,9 @@ struct ResourceTask {
     /// `config.secret`, shared with the primary's connector so that a
     /// reloaded key file applies to its next connection attempt.
     secret: watch::Sender<Option<hast_conf::Secret>>,
+    /// `config.tls_peer_fingerprints`, shared the same way (a certificate
+    /// rotation pins the new fingerprint with a reload).
+    pins: watch::Sender<Vec<hast_conf::Fingerprint>>,
     env: Env,
     state: State,
     /// The component (and the lock on it) between closing one role and
@@ -219,6 +229,7 @@ impl ResourceTask {
                         dp.reconfigure(&cfg);
                     }
                     self.secret.send_replace(cfg.secret.clone());
+                    self.pins.send_replace(cfg.tls_peer_fingerprints.clone());
                     self.config = *cfg;
                     tracing::info!(resource = %self.config.name, "configuration reloaded");
                 }
@@ -570,6 +581,8 @@ impl ResourceTask {
                 self.config.clone(),
                 self.env.node.clone(),
                 self.secret.subscribe(),
+                self.pins.subscribe(),
+                self.env.tls.clone(),
             ))
         });
         self.env
@@ -590,6 +603,7 @@ impl ResourceTask {
             rd,
             mut wr,
             peer,
+            tls,
         } = conn;
         let State::Secondary { dp, session } = &mut self.state else {
             let (status, why) = match self.state.role() {
@@ -632,7 +646,8 @@ impl ResourceTask {
         );
         let epoch = hello.epoch;
         let task = tokio::spawn(async move {
-            let why = secondary::serve(dp, cfg, node, hello, rd, wr, peer.clone()).await;
+            let tls = tls.map(|t| t.to_string());
+            let why = secondary::serve(dp, cfg, node, hello, rd, wr, peer.clone(), tls).await;
             tracing::warn!(resource = %name, %peer, "primary disconnected: {why}");
             why
         });
@@ -670,6 +685,7 @@ impl ResourceTask {
                 .remote
                 .is_some()
                 .then(|| crate::replication::auth::mode(c.secret.as_ref()).to_string()),
+            tls: None,
         };
         let Some(dp) = self.state.dp() else {
             let local = c.local.clone();
@@ -695,6 +711,7 @@ impl ResourceTask {
                 st.fence = Some(dp.fence.status());
             }
         }
+        st.tls = dp.peer_tls();
         let peer_state = dp.peer_state();
         let syncing = dp.sync.active.load(Relaxed);
         let needsync = dp.map_lock().needsync_count();
@@ -833,14 +850,14 @@ async fn secondary_hello(dp: &DataPath, node: &str) -> hast_repl::Hello {
 /// peer's IP must be one of the configured `remote`'s addresses. Resolved
 /// asynchronously: a slow resolver must not stall the runtime's workers.
 pub async fn peer_allowed(cfg: &hast_conf::Resource, peer: &std::net::SocketAddr) -> bool {
-    let Some(hast_conf::Addr::Tcp { host, port }) = &cfg.remote else {
+    let Some((host, port)) = cfg.remote.as_ref().and_then(|a| a.host_port()) else {
         return false;
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return ip == peer.ip();
     }
-    match tokio::net::lookup_host((host, *port)).await {
+    match tokio::net::lookup_host((host, port)).await {
         Ok(mut addrs) => addrs.any(|a| a.ip() == peer.ip()),
         Err(_) => false,
     }

@@ -95,7 +95,7 @@ pub(super) fn unix_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
 /// hastmon peers talk over TCP (`net::serve` listens on a TCP socket).
 pub(super) fn tcp_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
     let a = addr(key, value)?;
-    if a.is_unix() {
+    if a.is_unix() || a.is_tls() {
         return Err(bad(key, value, "must be a TCP address"));
     }
     Ok(a)

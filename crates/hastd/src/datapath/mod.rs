@@ -176,6 +176,9 @@ pub struct DataPath {
     pub sync_from_peer: AtomicBool,
     pub sync: SyncCounters,
     peer_state: Mutex<String>,
+    /// What the live link's TLS negotiated (`tls::TlsInfo` as text), `None`
+    /// over plain TCP or while disconnected.
+    peer_tls: Mutex<Option<String>>,
     /// `localcnt` was bumped for the current degraded period.
     degraded_recorded: AtomicBool,
     writes_since_barrier: AtomicU64,
@@ -233,6 +236,7 @@ impl DataPath {
             resync_rate: AtomicU64::new(cfg.resync_rate),
             sync_from_peer: AtomicBool::new(false),
             sync: SyncCounters::default(),
+            peer_tls: Mutex::new(None),
             peer_state: Mutex::new(if peer_configured {
                 "connecting".into()
             } else {
@@ -310,6 +314,17 @@ impl DataPath {
 
     pub fn set_peer_state(&self, s: &str) {
         *self.peer_state.lock().unwrap_or_else(|p| p.into_inner()) = s.to_string();
+    }
+
+    pub fn set_peer_tls(&self, tls: Option<String>) {
+        *self.peer_tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+
+    pub fn peer_tls(&self) -> Option<String> {
+        self.peer_tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn peer_state(&self) -> String {

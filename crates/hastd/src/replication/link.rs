@@ -17,9 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hast_repl::{ChecksumKind, Compression, Data, Kind};
 use tokio::io::AsyncRead;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{oneshot, Notify};
 
+use super::stream::ConnWrite;
 use super::wire::{keepalive_frame, read_frame, Out, Tx};
 
 /// Encoded frames queued for the writer task; beyond this, senders wait.
@@ -101,7 +101,7 @@ impl Link {
     pub fn new<R>(
         peer: String,
         rd: R,
-        wr: OwnedWriteHalf,
+        wr: ConnWrite,
         compression: Compression,
         checksum: ChecksumKind,
         first_seq: u64,

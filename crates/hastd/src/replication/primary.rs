@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use super::auth;
 use super::link::Link;
 use super::resync::{self, Direction};
+use super::stream::{self, ConnRead};
+use super::tls::{self, SharedIdentity, TlsInfo};
 use super::wire::{read_frame, write_all};
 use crate::datapath::DataPath;
 
@@ -25,24 +27,39 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until the data path is withdrawn (demotion, stop).
-/// `secret` follows the resource's `secret_file` across reloads; each
-/// connection attempt uses the keys current then.
+/// `secret` follows the resource's `secret_file` across reloads, `pins` its
+/// `tls_peer_fingerprint` and `identity` the node's `tls_cert`/`tls_key`;
+/// each connection attempt uses what is current then.
 pub async fn run(
     dp: Arc<DataPath>,
     cfg: hast_conf::Resource,
     node: String,
     secret: watch::Receiver<Option<hast_conf::Secret>>,
+    pins: watch::Receiver<Vec<hast_conf::Fingerprint>>,
+    identity: SharedIdentity,
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut last_error = String::new();
     while !dp.is_withdrawn() {
         let keys = secret.borrow().clone();
-        match connect(&dp, &cfg, &node, keys.as_ref()).await {
-            Ok((link, tasks, decision, peer)) => {
+        let link_tls = LinkTls {
+            pins: pins.borrow().clone(),
+            identity: tls::current(&identity),
+        };
+        match connect(&dp, &cfg, &node, keys.as_ref(), &link_tls).await {
+            Ok((link, tasks, decision, peer, tls_info)) => {
                 backoff = BACKOFF_FIRST;
                 last_error.clear();
                 dp.set_peer_state("connected");
-                tracing::info!(resource = %cfg.name, peer = %link.peer, ?decision, "connected to secondary");
+                match &tls_info {
+                    Some(t) => {
+                        tracing::info!(resource = %cfg.name, peer = %link.peer, ?decision, tls = %t, "connected to secondary")
+                    }
+                    None => {
+                        tracing::info!(resource = %cfg.name, peer = %link.peer, ?decision, "connected to secondary")
+                    }
+                }
+                dp.set_peer_tls(tls_info.map(|t| t.to_string()));
                 let timeout = Duration::from_secs(u64::from(cfg.timeout_secs.max(1)));
                 let keepalive = (timeout / 4).max(Duration::from_millis(500));
                 let runner = tokio::spawn(link.clone().run(tasks, timeout, keepalive));
@@ -71,6 +88,7 @@ pub async fn run(
                 dp.set_link(None);
                 runner.abort();
                 dp.sync_from_peer.store(false, Relaxed);
+                dp.set_peer_tls(None);
                 dp.set_peer_state("disconnected");
                 if !dp.is_withdrawn() {
                     tracing::warn!(resource = %cfg.name, "secondary disconnected: {}", link.reason());
@@ -133,17 +151,24 @@ pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
 
 type Connected = (
     Arc<Link>,
-    super::link::LinkTasks<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    super::link::LinkTasks<tokio::io::BufReader<ConnRead>>,
     Decision,
     Hello,
+    Option<TlsInfo>,
 );
 
+/// What a `tls://` remote needs for one connection attempt.
+struct LinkTls {
+    pins: Vec<hast_conf::Fingerprint>,
+    identity: Option<Arc<tls::Identity>>,
+}
+
 async fn dial(remote: &Addr, source: Option<&Addr>) -> Result<TcpStream, String> {
-    let Addr::Tcp { host, port } = remote else {
+    let Some((host, port)) = remote.host_port() else {
         return Err(format!("remote {remote} is not a tcp address"));
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, *port))
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("cannot resolve {remote}: {e}"))?
         .collect();
@@ -156,13 +181,13 @@ async fn dial(remote: &Addr, source: Option<&Addr>) -> Result<TcpStream, String>
         TcpSocket::new_v6()
     }
     .map_err(|e| e.to_string())?;
-    if let Some(Addr::Tcp { host, port }) = source {
+    if let Some((host, port)) = source.and_then(|a| a.host_port()) {
         let h = host.trim_start_matches('[').trim_end_matches(']');
         let ip: std::net::IpAddr = h
             .parse()
             .map_err(|_| format!("source {h} is not an IP address"))?;
         socket
-            .bind(std::net::SocketAddr::new(ip, *port))
+            .bind(std::net::SocketAddr::new(ip, port))
             .map_err(|e| format!("cannot bind source {h}: {e}"))?;
     }
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.connect(*target))
@@ -178,6 +203,7 @@ async fn connect(
     cfg: &hast_conf::Resource,
     node: &str,
     secret: Option<&hast_conf::Secret>,
+    link_tls: &LinkTls,
 ) -> Result<Connected, String> {
     let remote = cfg
         .remote
@@ -188,7 +214,15 @@ async fn connect(
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| remote.to_string());
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr, tls_info) = if remote.is_tls() {
+        let (rd, wr, info) = tls_connect(stream, remote, link_tls)
+            .await
+            .map_err(|e| format!("{peer}: {e}"))?;
+        (rd, wr, Some(info))
+    } else {
+        let (rd, wr) = stream::split_tcp(stream);
+        (rd, wr, None)
+    };
     let own = dp.header().await;
     let hello = hello_of(&own, node, PeerRole::Primary);
     // Nothing about this copy goes out before the secondary proved it holds
@@ -284,5 +318,34 @@ async fn connect(
     // Buffered: replies are 32-byte frames, many per segment at high depth.
     let rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let (link, tasks) = Link::new(peer, rd, wr, compression, checksum, 1);
-    Ok((link, tasks, decision, theirs))
+    Ok((link, tasks, decision, theirs, tls_info))
+}
+
+/// The TLS handshake of a `tls://` remote, bounded like every handshake
+/// step: the secondary must present a pinned certificate (and prove its
+/// key), and sees ours. The HMAC exchange of a `secret_file` follows inside.
+async fn tls_connect(
+    stream: TcpStream,
+    remote: &Addr,
+    link_tls: &LinkTls,
+) -> Result<(ConnRead, stream::ConnWrite, TlsInfo), String> {
+    let identity = link_tls
+        .identity
+        .as_ref()
+        .ok_or_else(|| format!("{remote} needs tls_cert and tls_key, which are not loaded"))?;
+    let config = tls::client_config(identity, &link_tls.pins)?;
+    let (host, _) = remote.host_port().unwrap_or_default();
+    // The name is not checked (the verifier pins the certificate); rustls
+    // only needs one to start the handshake.
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{remote}: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let tls = tokio_rustls::TlsStream::Client(tls);
+    let info = tls::stream_info(&tls).ok_or("TLS handshake left no peer certificate")?;
+    let (rd, wr) = stream::split_tls(tls);
+    Ok((rd, wr, info))
 }

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind, PeerRole};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use super::primary::hello_of;
+use super::stream::ConnWrite;
 use super::wire::{read_frame, write_all, Frame, Out, Tx};
 use crate::datapath::{Change, DataPath, DpError};
 
@@ -41,14 +41,17 @@ pub async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, status: HelloStatus, mess
 }
 
 /// Serves one primary connection until it ends. Returns why it ended.
+/// `tls` is what the connection's TLS negotiated, for status.
+#[allow(clippy::too_many_arguments)] // one call site, each argument a different thing
 pub async fn serve<R>(
     dp: Arc<DataPath>,
     cfg: hast_conf::Resource,
     node: String,
     hello: Hello,
     rd: R,
-    mut wr: OwnedWriteHalf,
+    mut wr: ConnWrite,
     peer: String,
+    tls: Option<String>,
 ) -> String
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -150,7 +153,13 @@ where
         return e.to_string();
     }
     dp.set_peer_state("connected");
-    tracing::info!(resource = %cfg.name, %peer, ?decision, "primary connected");
+    match &tls {
+        Some(t) => {
+            tracing::info!(resource = %cfg.name, %peer, ?decision, tls = %t, "primary connected")
+        }
+        None => tracing::info!(resource = %cfg.name, %peer, ?decision, "primary connected"),
+    }
+    dp.set_peer_tls(tls);
     let timeout = Duration::from_secs(u64::from(cfg.timeout_secs.max(1)));
     let session = Arc::new(Session {
         dp,
@@ -184,6 +193,7 @@ where
     })
     .await;
     tx.close();
+    session.dp.set_peer_tls(None);
     session.dp.set_peer_state("disconnected");
     why
 }

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use hast_io::{OutFrame, Outbox};
 use hast_repl::{FrameHeader, ReplError, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+
+use super::stream::ConnWrite;
 
 /// One frame queued for a writer: `head` (header, digest and any payload it
 /// carries itself) followed by `data`, a payload sent as it is from the
@@ -111,7 +112,7 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
 /// straight onto the socket, `queue` hands one with company to the writer
 /// task, which batches; order is kept either way, which
 /// RECEIVED-before-REPLY relies on).
-pub type Tx = Outbox<OwnedWriteHalf, Out>;
+pub type Tx = Outbox<ConnWrite, Out>;
 
 impl OutFrame for Out {
     fn parts(&self) -> [&[u8]; 2] {

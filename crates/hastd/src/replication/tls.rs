@@ -1,0 +1,551 @@
+//! TLS for `tls://` replication addresses: this node's identity (`tls_cert`,
+//! `tls_key`, read at start and reload), the rustls configurations of both
+//! ends, and the pinned-certificate verifiers.
+//!
+//! Trust is pinning, not a CA: each end accepts exactly the certificates
+//! whose SHA-256 fingerprints its configuration lists
+//! (`tls_peer_fingerprint`), and still checks the handshake's TLS 1.3
+//! signature with the certificate's key, so a stolen certificate without
+//! its key is useless. Client certificates are required. Validity dates and
+//! names are not looked at: the fingerprint is the whole identity, and a
+//! certificate is retired by unpinning it. Only TLS 1.3 (the rustls build
+//! has no TLS 1.2), no session resumption (a resumed session would skip the
+//! certificate check the listener makes per resource), no tickets.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use hast_conf::{ConfigError, ErrorKind, Fingerprint};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig,
+    SignatureScheme,
+};
+use sha2::{Digest, Sha256};
+
+/// PEM files larger than this are refused before they are read.
+const PEM_SIZE_MAX: u64 = 1 << 20;
+
+/// This node's certificate chain and key: the server certificate of its
+/// `tls://` listeners and the client certificate of its primaries.
+pub struct Identity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// Of the end-entity certificate, for the log (what the peer must pin).
+    pub fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.fingerprint)
+    }
+}
+
+/// The identity as loaded at start or the last reload, shared by the
+/// listeners and the primaries' connectors.
+pub type SharedIdentity = Arc<std::sync::RwLock<Option<Arc<Identity>>>>;
+
+pub fn current(shared: &SharedIdentity) -> Option<Arc<Identity>> {
+    shared.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+pub fn fingerprint(der: &[u8]) -> Fingerprint {
+    Fingerprint(Sha256::digest(der).into())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads `tls_cert` and `tls_key` when both are set (hast-conf made sure
+/// they are wherever a `tls://` address needs them). Errors are one line
+/// naming the statement's line and the file: exit 66 when a file cannot be
+/// read, 78 when it is malformed, the key is readable by group or others,
+/// or the two do not belong together.
+pub fn load_identity(c: &hast_conf::Config) -> Result<Option<Arc<Identity>>, ConfigError> {
+    let (Some((cert_path, cert_line)), Some((key_path, key_line))) = (&c.tls_cert, &c.tls_key)
+    else {
+        return Ok(None);
+    };
+    let fail = |option: &'static str, path: &Path, line: u32, error: String, code: i32| {
+        ConfigError::at(
+            &c.file,
+            line,
+            ErrorKind::TlsFile {
+                option,
+                path: path.to_path_buf(),
+                error,
+                code,
+            },
+        )
+    };
+    let read = |option, path: &Path, line| {
+        read_limited(path).map_err(|(e, code)| fail(option, path, line, e, code))
+    };
+    let cert_pem = read("tls_cert", cert_path, *cert_line)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            fail(
+                "tls_cert",
+                cert_path,
+                *cert_line,
+                format!("bad PEM: {e}"),
+                ConfigError::EX_CONFIG,
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(fail(
+            "tls_cert",
+            cert_path,
+            *cert_line,
+            "no CERTIFICATE in it".into(),
+            ConfigError::EX_CONFIG,
+        ));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key_path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(fail(
+                "tls_key",
+                key_path,
+                *key_line,
+                format!(
+                    "mode {:03o} lets group or others read it; chmod 600",
+                    mode & 0o777
+                ),
+                ConfigError::EX_CONFIG,
+            ));
+        }
+    }
+    let key_pem = read("tls_key", key_path, *key_line)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        fail(
+            "tls_key",
+            key_path,
+            *key_line,
+            format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
+            ConfigError::EX_CONFIG,
+        )
+    })?;
+    rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider()).map_err(
+        |e| {
+            fail(
+                "tls_key",
+                key_path,
+                *key_line,
+                format!("does not go with tls_cert {}: {e}", cert_path.display()),
+                ConfigError::EX_CONFIG,
+            )
+        },
+    )?;
+    let fingerprint = fingerprint(&certs[0]);
+    Ok(Some(Arc::new(Identity {
+        certs,
+        key,
+        fingerprint,
+    })))
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, (String, i32)> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| (e.to_string(), ConfigError::EX_NOINPUT))?;
+    let mut out = Vec::new();
+    f.take(PEM_SIZE_MAX + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| (e.to_string(), ConfigError::EX_NOINPUT))?;
+    if out.len() as u64 > PEM_SIZE_MAX {
+        return Err((
+            format!("larger than {PEM_SIZE_MAX} bytes"),
+            ConfigError::EX_CONFIG,
+        ));
+    }
+    Ok(out)
+}
+
+/// Accepts exactly the pinned certificates; the handshake signature is
+/// still verified with the certificate's key (TLS 1.3 only).
+#[derive(Debug)]
+struct Pinned {
+    pins: Vec<Fingerprint>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    fn new(pins: &[Fingerprint], provider: &CryptoProvider) -> Arc<Pinned> {
+        Arc::new(Pinned {
+            pins: pins.to_vec(),
+            algs: provider.signature_verification_algorithms,
+        })
+    }
+
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.pins.contains(&fingerprint(cert)) {
+            Ok(())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+}
+
+fn no_tls12() -> rustls::Error {
+    rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic)
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(no_tls12())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for Pinned {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(no_tls12())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The primary's side: presents `id`, accepts a server whose certificate
+/// is one of `pins`.
+pub fn client_config(id: &Identity, pins: &[Fingerprint]) -> Result<Arc<ClientConfig>, String> {
+    let p = provider();
+    let verifier = Pinned::new(pins, &p);
+    let mut c = ClientConfig::builder_with_provider(p)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(id.certs.clone(), id.key.clone_key())
+        .map_err(|e| e.to_string())?;
+    c.resumption = rustls::client::Resumption::disabled();
+    c.enable_sni = false;
+    Ok(Arc::new(c))
+}
+
+/// The listener's side: presents `id`, requires a client certificate that
+/// is one of `pins` (every `tls://` resource's; the listener then checks
+/// the one of the resource the AUTH names).
+pub fn server_config(id: &Identity, pins: &[Fingerprint]) -> Result<Arc<ServerConfig>, String> {
+    let p = provider();
+    let verifier = Pinned::new(pins, &p);
+    let mut c = ServerConfig::builder_with_provider(p)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .map_err(|e| e.to_string())?;
+    c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    c.send_tls13_tickets = 0;
+    Ok(Arc::new(c))
+}
+
+/// What a TLS link negotiated, for status and the log:
+/// `TLSv1.3 TLS13_AES_256_GCM_SHA384 peer sha256:…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub suite: String,
+    pub peer: Fingerprint,
+}
+
+impl fmt::Display for TlsInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} peer {}", self.version, self.suite, self.peer)
+    }
+}
+
+/// The negotiated parameters of an established connection (`None` before
+/// the handshake finished, or without a peer certificate).
+pub fn info(c: &rustls::CommonState) -> Option<TlsInfo> {
+    let version = match c.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+        v => format!("{v:?}"),
+    };
+    let suite = format!("{:?}", c.negotiated_cipher_suite()?.suite());
+    let peer = fingerprint(c.peer_certificates()?.first()?);
+    Some(TlsInfo {
+        version,
+        suite,
+        peer,
+    })
+}
+
+/// [`info`] of either end's stream.
+pub fn stream_info(s: &tokio_rustls::TlsStream<tokio::net::TcpStream>) -> Option<TlsInfo> {
+    match s {
+        tokio_rustls::TlsStream::Client(c) => info(c.get_ref().1),
+        tokio_rustls::TlsStream::Server(c) => info(c.get_ref().1),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    /// A self-signed P-256 certificate made with openssl (what the test kit
+    /// and the docs use), in a temp dir: (cert path, key path).
+    pub(crate) fn make_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let st = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650"])
+            .args(["-subj", &format!("/CN={name}"), "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (crt, key)
+    }
+
+    fn tmpdir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("hastd-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn config_with(dir: &Path, cert: &Path, key: &Path) -> hast_conf::Config {
+        let text = format!(
+            "tls_cert {}\ntls_key {}\nresource r {{ on a {{ local {}/d\n remote 10.0.0.2 }} }}\n",
+            cert.display(),
+            key.display(),
+            dir.display()
+        );
+        hast_conf::parse(&text, Path::new("hast.conf"), "a").unwrap()
+    }
+
+    fn identity(dir: &Path, name: &str) -> Arc<Identity> {
+        let (c, k) = make_cert(dir, name);
+        load_identity(&config_with(dir, &c, &k)).unwrap().unwrap()
+    }
+
+    /// A handshake over loopback; the outcome of both ends.
+    async fn handshake(
+        server: (&Identity, &[Fingerprint]),
+        client: (&Identity, &[Fingerprint]),
+    ) -> (std::io::Result<TlsInfo>, std::io::Result<TlsInfo>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(server.0, server.1).unwrap());
+        let connector =
+            tokio_rustls::TlsConnector::from(client_config(client.0, client.1).unwrap());
+        let srv = async {
+            let (s, _) = l.accept().await.unwrap();
+            let mut t = acceptor.accept(s).await?;
+            // One byte each way proves the keys agree.
+            let mut b = [0u8; 1];
+            t.read_exact(&mut b).await?;
+            t.write_all(&b).await?;
+            t.flush().await?;
+            Ok(info(t.get_ref().1).unwrap())
+        };
+        let cli = async {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            let t = connector.connect(name, s).await?;
+            let t = tokio_rustls::TlsStream::Client(t);
+            let i = stream_info(&t).unwrap();
+            let (mut rd, mut wr) = super::super::stream::split_tls(t);
+            assert!(wr.is_write_vectored(), "vectored writes reach rustls");
+            let bufs = [std::io::IoSlice::new(b"x")];
+            let n = wr.write_vectored(&bufs).await?;
+            assert_eq!(n, 1);
+            wr.flush().await?;
+            let mut b = [0u8; 1];
+            rd.read_exact(&mut b).await?;
+            assert_eq!(&b, b"x");
+            Ok(i)
+        };
+        let bounded = std::time::Duration::from_secs(10);
+        let (s, c) = tokio::time::timeout(bounded, async { tokio::join!(srv, cli) })
+            .await
+            .expect("handshake bounded");
+        (s, c)
+    }
+
+    #[tokio::test]
+    async fn pinned_certificates_connect_and_others_are_refused_by_either_end() {
+        let dir = tmpdir("pins");
+        let (a, b, x) = (
+            identity(&dir, "a"),
+            identity(&dir, "b"),
+            identity(&dir, "x"),
+        );
+        // Both pinned: TLS 1.3, each end sees the other's fingerprint.
+        let (s, c) = handshake((&b, &[a.fingerprint]), (&a, &[b.fingerprint])).await;
+        let (s, c) = (s.unwrap(), c.unwrap());
+        assert_eq!(s.peer, a.fingerprint);
+        assert_eq!(c.peer, b.fingerprint);
+        assert_eq!(s.version, "TLSv1.3");
+        assert!(c.suite.starts_with("TLS13_"), "{c}");
+        assert!(c.to_string().contains(&format!("peer {}", b.fingerprint)));
+        // Two pins (a rotation): either certificate is accepted.
+        let (s, c) = handshake(
+            (&b, &[x.fingerprint, a.fingerprint]),
+            (&a, &[b.fingerprint]),
+        )
+        .await;
+        assert!(s.is_ok() && c.is_ok());
+        // The client presents an unpinned certificate: the server refuses.
+        let (s, c) = handshake((&b, &[a.fingerprint]), (&x, &[b.fingerprint])).await;
+        let e = s.unwrap_err().to_string();
+        assert!(e.contains("invalid peer certificate"), "{e}");
+        assert!(c.is_err());
+        // The server presents an unpinned certificate: the client refuses.
+        let (s, c) = handshake((&x, &[a.fingerprint]), (&a, &[b.fingerprint])).await;
+        let e = c.unwrap_err().to_string();
+        assert!(e.contains("invalid peer certificate"), "{e}");
+        assert!(s.is_err());
+        // Nothing pinned accepts nobody.
+        let (s, _) = handshake((&b, &[]), (&a, &[b.fingerprint])).await;
+        assert!(s.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The fingerprint hastd pins is the one openssl prints.
+    #[test]
+    fn fingerprint_is_openssls() {
+        let dir = tmpdir("fp");
+        let (crt, key) = make_cert(&dir, "n");
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(&crt)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let theirs: Fingerprint = text.trim().split_once('=').unwrap().1.parse().unwrap();
+        let id = load_identity(&config_with(&dir, &crt, &key))
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.fingerprint, theirs);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Bad files: one line naming the statement's line and the file, 66
+    /// for a missing one, 78 for a malformed or exposed one.
+    #[test]
+    fn identity_errors_name_the_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmpdir("errs");
+        let (crt, key) = make_cert(&dir, "n");
+        let (_, other_key) = make_cert(&dir, "m");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not pem\n").unwrap();
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let open_key = dir.join("open.key");
+        std::fs::copy(&key, &open_key).unwrap();
+        std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let missing = dir.join("missing.pem");
+        let cases: [(&Path, &Path, u32, &str, i32); 5] = [
+            (&missing, &key, 1, "tls_cert", 66),
+            (&junk, &key, 1, "no CERTIFICATE", 78),
+            (&crt, &junk, 2, "no usable private key", 78),
+            (&crt, &open_key, 2, "chmod 600", 78),
+            (&crt, &other_key, 2, "does not go with", 78),
+        ];
+        for (c, k, line, msg, code) in cases {
+            let e = load_identity(&config_with(&dir, c, k)).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("hast.conf:{line}: ")), "{text}");
+            assert!(text.contains(msg), "{text}");
+            let named = if line == 1 { c } else { k };
+            assert!(text.contains(&named.display().to_string()), "{text}");
+            assert_eq!(e.exit_code(), code, "{text}");
+            assert!(!text.contains('\n'));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
