@@ -65,8 +65,11 @@ impl NbdTls {
         let key = PrivateKeyDer::from_pem_slice(&pem.key)
             .map_err(|e| bad(&tls.key, "nbd_tls_key", format!("no private key: {e}")))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // TLS 1.3 and 1.2: the NBD protocol requires 1.2 of servers, and
+        // GnuTLS clients such as nbd-tester-client ask for it. (The
+        // replication link, ours at both ends, is 1.3 only.)
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| bad(&tls.key, "nbd_tls_key", e.to_string()))?;
         let builder = match tls.client_fingerprint {
             None => builder.with_no_client_auth(),
@@ -320,6 +323,7 @@ mod tests {
     /// `Ok` when both ends completed it.
     async fn handshake(
         f: &Fixture,
+        version: &'static rustls::SupportedProtocolVersion,
         tls: &NbdTls,
         presents: Option<(&str, &str)>,
     ) -> Result<(), String> {
@@ -332,7 +336,7 @@ mod tests {
             Arc::new(CertifiedKey::new(vec![der_cert(&f.dir, cert)], signer))
         });
         let client = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(&[version])
             .unwrap()
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyServer(
@@ -370,34 +374,37 @@ mod tests {
         let pinned: [u8; 32] = Sha256::digest(der_cert(&f.dir, "pinned").as_ref()).into();
         let fp = format_fingerprint(&pinned).to_lowercase();
 
-        // No pinning: no certificate needed, any accepted.
-        let open = server(&f, "");
-        assert_eq!(open.describe(), "required");
-        handshake(&f, &open, None).await.unwrap();
-        handshake(&f, &open, Some(("other", "other")))
-            .await
-            .unwrap();
+        // Both versions the server offers, the pinning rules the same.
+        for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            // No pinning: no certificate needed, any accepted.
+            let open = server(&f, "");
+            assert_eq!(open.describe(), "required");
+            handshake(&f, v, &open, None).await.unwrap();
+            handshake(&f, v, &open, Some(("other", "other")))
+                .await
+                .unwrap();
 
-        let tls = server(
-            &f,
-            &format!("nbd_tls optional\nnbd_tls_client_fingerprint {fp}\n"),
-        );
-        assert_eq!(tls.describe(), "optional, client certificate pinned");
-        handshake(&f, &tls, Some(("pinned", "pinned")))
-            .await
-            .unwrap();
-        for (presents, why) in [
-            (None, "no certificate"),
-            (Some(("other", "other")), "another certificate"),
-            // The pinned certificate is public; without its key the
-            // CertificateVerify signature fails.
-            (
-                Some(("pinned", "other")),
-                "the pinned certificate with another key",
-            ),
-        ] {
-            let e = handshake(&f, &tls, presents).await.unwrap_err();
-            assert!(e.starts_with("server: "), "{why}: {e}");
+            let tls = server(
+                &f,
+                &format!("nbd_tls optional\nnbd_tls_client_fingerprint {fp}\n"),
+            );
+            assert_eq!(tls.describe(), "optional, client certificate pinned");
+            handshake(&f, v, &tls, Some(("pinned", "pinned")))
+                .await
+                .unwrap();
+            for (presents, why) in [
+                (None, "no certificate"),
+                (Some(("other", "other")), "another certificate"),
+                // The pinned certificate is public; without its key the
+                // CertificateVerify signature fails.
+                (
+                    Some(("pinned", "other")),
+                    "the pinned certificate with another key",
+                ),
+            ] {
+                let e = handshake(&f, v, &tls, presents).await.unwrap_err();
+                assert!(e.starts_with("server: "), "{why}: {e}");
+            }
         }
     }
 

@@ -495,6 +495,81 @@ pub(crate) mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The build has TLS 1.2 (NBD needs it), this link does not: a client
+    /// that speaks only 1.2 fails the handshake, whatever it would present.
+    #[tokio::test]
+    async fn tls12_is_refused_on_the_replication_link() {
+        use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified};
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        #[derive(Debug)]
+        struct AcceptAny;
+        impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+            fn verify_server_cert(
+                &self,
+                _: &CertificateDer<'_>,
+                _: &[CertificateDer<'_>],
+                _: &ServerName<'_>,
+                _: &[u8],
+                _: UnixTime,
+            ) -> Result<ServerCertVerified, rustls::Error> {
+                Ok(ServerCertVerified::assertion())
+            }
+            fn verify_tls12_signature(
+                &self,
+                _: &[u8],
+                _: &CertificateDer<'_>,
+                _: &rustls::DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, rustls::Error> {
+                Ok(HandshakeSignatureValid::assertion())
+            }
+            fn verify_tls13_signature(
+                &self,
+                _: &[u8],
+                _: &CertificateDer<'_>,
+                _: &rustls::DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, rustls::Error> {
+                Ok(HandshakeSignatureValid::assertion())
+            }
+            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+                rustls::crypto::ring::default_provider()
+                    .signature_verification_algorithms
+                    .supported_schemes()
+            }
+        }
+        let dir = tmpdir("tls12");
+        let (a, b) = (identity(&dir, "a"), identity(&dir, "b"));
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(server_config(&b, &[a.fingerprint]).unwrap());
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let srv = async {
+            let (s, _) = l.accept().await.unwrap();
+            acceptor.accept(s).await.map(|_| ())
+        };
+        let cli = async {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            connector.connect(name, s).await.map(|_| ())
+        };
+        let bounded = std::time::Duration::from_secs(10);
+        let (s, c) = tokio::time::timeout(bounded, async { tokio::join!(srv, cli) })
+            .await
+            .expect("handshake bounded");
+        let e = s.unwrap_err().to_string();
+        assert!(e.contains("Tls12NotOfferedOrEnabled"), "{e}");
+        assert!(c.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// The fingerprint hastd pins is the one openssl prints.
     #[test]
     fn fingerprint_is_openssls() {
