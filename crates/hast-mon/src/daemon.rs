@@ -108,7 +108,7 @@ fn params_of(r: &Resource, priority: u32) -> Params {
 #[derive(Clone)]
 struct Shared {
     node: String,
-    key: Arc<Key>,
+    key: net::KeyCell,
     state_dir: PathBuf,
     t0: Instant,
 }
@@ -191,7 +191,7 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
     };
     let shared = Shared {
         node: config.node.clone(),
-        key: Arc::new(key.clone()),
+        key: net::key_cell(key.clone()),
         state_dir: config.state_dir.clone(),
         t0: Instant::now(),
     };
@@ -217,10 +217,15 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
         .max()
         .unwrap_or(Duration::from_secs(2));
     let peer_routes = routes.clone();
-    let peer_task = tokio::spawn(net::serve(listener, key, timeout, move |addr, body| {
-        let routes = peer_routes.clone();
-        async move { handle_peer(&routes, addr, body).await }
-    }));
+    let peer_task = tokio::spawn(net::serve(
+        listener,
+        shared.key.clone(),
+        timeout,
+        move |addr, body| {
+            let routes = peer_routes.clone();
+            async move { handle_peer(&routes, addr, body).await }
+        },
+    ));
     let ctl_task = tokio::spawn(serve_control(control, routes.clone()));
     let mut signals = match Signals::new() {
         Ok(s) => s,
@@ -250,8 +255,8 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
 
 /// SIGHUP: resources added start in init (HASTMON(8): no role by itself),
 /// removed ones stop, the others take their new timing, exec script, nodes
-/// and remotes at once, keeping their role and state. Host options and the
-/// key take effect at the next start.
+/// and remotes at once, keeping their role and state; a new key applies to
+/// the next exchange. Host options take effect at the next start.
 async fn reload(old: &Config, new: &Config, routes: &Routes, shared: &Shared) {
     for (what, a, b) in [
         ("control", old.control.to_string(), new.control.to_string()),
@@ -271,14 +276,17 @@ async fn reload(old: &Config, new: &Config, routes: &Routes, shared: &Shared) {
             tracing::warn!("change of {what} ({a} -> {b}) takes effect when hastmon restarts");
         }
     }
-    if new
-        .resources
-        .iter()
-        .any(|r| r.key.as_bytes() != shared.key.as_bytes())
-    {
-        tracing::warn!(
-            "change of key takes effect when hastmon restarts (all hosts must change it together)"
-        );
+    // One key for all resources (the listener authenticates before it
+    // knows the resource); a new one applies to the next exchange, so a
+    // rotation (docs/security.md) needs no restart.
+    let mut keys = new.resources.iter().map(|r| &r.key);
+    if let Some(first) = keys.next() {
+        if keys.any(|k| k != first) {
+            tracing::error!("all resources must share one key; keeping the running key");
+        } else if *first != *net::current(&shared.key) {
+            *shared.key.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(first.clone());
+            tracing::info!("key reloaded: it applies to the next exchange");
+        }
     }
     let mut next = HashMap::new();
     let mut gone = std::mem::take(&mut *routes.write().unwrap_or_else(|p| p.into_inner()));
@@ -449,7 +457,7 @@ struct Actor {
     res: Resource,
     node: String,
     remotes: Vec<Addr>,
-    key: Arc<Key>,
+    key: net::KeyCell,
     state_dir: PathBuf,
     policy: Policy,
     t0: Instant,
@@ -616,7 +624,7 @@ impl Actor {
             return;
         };
         let req = self.request(body.clone());
-        let key = self.key.clone();
+        let key = net::current(&self.key);
         let tx = self.tx.clone();
         let sent_at = self.now();
         let timeout = self.res.timing.timeout;
@@ -682,7 +690,7 @@ impl Actor {
     ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         let targets = self.watchdog_targets();
         let req = self.request(body);
-        let key = self.key.clone();
+        let key = net::current(&self.key);
         let timeout = self.res.timing.timeout;
         async move { ask_any(&targets, &key, &req, timeout).await }
     }

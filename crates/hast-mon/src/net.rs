@@ -193,6 +193,19 @@ async fn read_frame<S: AsyncRead + Unpin>(
     Ok(frame)
 }
 
+/// The key every exchange uses, replaced as a whole when a reload changes
+/// the key file; each connection or request takes the one current then.
+pub type KeyCell = Arc<std::sync::RwLock<Arc<Key>>>;
+
+pub fn key_cell(key: Key) -> KeyCell {
+    Arc::new(std::sync::RwLock::new(Arc::new(key)))
+}
+
+/// The key current now.
+pub fn current(cell: &KeyCell) -> Arc<Key> {
+    Arc::clone(&cell.read().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// Accepts hastmon peers on `listener` for ever (abort the task to stop;
 /// connections in progress are aborted with it). Each connection gets a
 /// challenge, and its request must arrive within `timeout`; the handler is
@@ -202,12 +215,11 @@ async fn read_frame<S: AsyncRead + Unpin>(
 /// caller's to bound. Sending the reply is bounded by `timeout` again.
 /// A request that fails authentication closes the connection and is logged
 /// as a warning naming the peer; the handler never sees it.
-pub async fn serve<H, Fut>(listener: TcpListener, key: Key, timeout: Duration, handler: H)
+pub async fn serve<H, Fut>(listener: TcpListener, key: KeyCell, timeout: Duration, handler: H)
 where
     H: Fn(SocketAddr, Vec<u8>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Option<Vec<u8>>> + Send + 'static,
 {
-    let key = Arc::new(key);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let peers = Arc::new(PeerCounts::default());
     let mut tasks = JoinSet::new();
@@ -242,7 +254,8 @@ where
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("hastmon: {peer}: cannot set TCP_NODELAY: {e}");
         }
-        let key = Arc::clone(&key);
+        // The key of this moment: a reload applies to the next connection.
+        let key = current(&key);
         let handler = handler.clone();
         tasks.spawn(async move {
             let _held = (permit, slot);
@@ -366,19 +379,24 @@ mod tests {
         let addr = addr_of(&listener);
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&calls);
-        let task = tokio::spawn(serve(listener, key, TIMEOUT, move |peer, body| {
-            let counter = Arc::clone(&counter);
-            async move {
-                assert!(peer.ip().is_loopback());
-                counter.fetch_add(1, Ordering::SeqCst);
-                if body == b"drop" {
-                    return None;
+        let task = tokio::spawn(serve(
+            listener,
+            key_cell(key),
+            TIMEOUT,
+            move |peer, body| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    assert!(peer.ip().is_loopback());
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if body == b"drop" {
+                        return None;
+                    }
+                    let mut reply = b"re:".to_vec();
+                    reply.extend_from_slice(&body);
+                    Some(reply)
                 }
-                let mut reply = b"re:".to_vec();
-                reply.extend_from_slice(&body);
-                Some(reply)
-            }
-        }));
+            },
+        ));
         (addr, calls, task)
     }
 
@@ -391,6 +409,36 @@ mod tests {
             assert_eq!(&reply[3..], body);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+        task.abort();
+    }
+
+    /// A reload swaps the key in the cell: the next connection is checked
+    /// with the new one (and its next key), without restarting the server.
+    #[tokio::test]
+    async fn a_reloaded_key_applies_to_the_next_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = addr_of(&listener);
+        let cell = key_cell(key(1));
+        let task = tokio::spawn(serve(
+            listener,
+            cell.clone(),
+            TIMEOUT,
+            |_, body| async move { Some(body) },
+        ));
+        assert!(exchange(&addr, &key(1), b"a", TIMEOUT).await.is_ok());
+        assert!(exchange(&addr, &key(2), b"b", TIMEOUT).await.is_err());
+        // Rotation: the server offers the new key and still accepts the old
+        // one; a client that has not switched yet (old key first, new one
+        // next) and one that has are both served.
+        *cell.write().unwrap() = Arc::new(key(2).with_next(key(1).as_bytes().to_vec()).unwrap());
+        assert!(exchange(&addr, &key(2), b"c", TIMEOUT).await.is_ok());
+        let not_yet = key(1).with_next(key(2).as_bytes().to_vec()).unwrap();
+        let r = exchange(&addr, &not_yet, b"d", TIMEOUT).await;
+        assert!(r.is_ok(), "{r:?}");
+        // A client that never learned the new key cannot check the reply.
+        assert!(exchange(&addr, &key(1), b"d", TIMEOUT).await.is_err());
+        *cell.write().unwrap() = Arc::new(key(2));
+        assert!(exchange(&addr, &key(1), b"e", TIMEOUT).await.is_err());
         task.abort();
     }
 
