@@ -11,14 +11,22 @@
 //! `random_fault_schedules` draws faults from the same set with a seed:
 //! `HAST_HA_SEED` replays one, `HAST_HA_FAULTS` sets how many (default 6).
 //! `HAST_HA_ONLY=<part of a fault name>` narrows the scenario test.
-//! `failover_time` (ignored; `bench/failover.sh` runs it) measures kill -9 →
-//! new primary over `HAST_HA_TRIALS` trials (default 20).
+//! `failover_time` (ignored; `bench/failover.sh` runs it) measures, for each
+//! fault kind of `HAST_HA_KINDS` (comma-separated fault names; default every
+//! kind that must take over, and the link cut), fault → first write
+//! acknowledged by the new primary as the client sees it, over
+//! `HAST_HA_TRIALS` trials (default 20), and prints a markdown table.
+//!
+//! `adoption_of_a_running_pair` puts a pair run by hastd alone, switched over
+//! by hand a few times, under hastmon exactly as the README says, under a
+//! client writing: no pause in the client's writes, no refused epoch, the
+//! hand-set primary stays; then a kill -9 failover works.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use hast_testkit::cluster::NsProc;
-use hast_testkit::hacluster::{other, HaBins, HaCluster, WITNESS};
+use hast_testkit::hacluster::{other, HaBins, HaCluster, HaOptions, DATA, RES, WITNESS};
 use hast_testkit::{output_text, require_python_nbd, tail, timeout_s, wait_for};
 use rand::{Rng, SeedableRng};
 
@@ -38,12 +46,106 @@ const SIZE: u64 = 256 << 20;
 /// (The guard comes first so that it is dropped after the cluster.)
 static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn cluster() -> Option<(std::sync::MutexGuard<'static, ()>, HaCluster)> {
+fn cluster_with(opts: HaOptions) -> Option<(std::sync::MutexGuard<'static, ()>, HaCluster)> {
     if !require_python_nbd() {
         return None;
     }
     let guard = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
-    HaCluster::start(bins(), SIZE).map(|c| (guard, c))
+    HaCluster::start_with(bins(), SIZE, opts).map(|c| (guard, c))
+}
+
+/// The cluster the faults `fs` need (FUSE disks if one hangs a disk).
+fn cluster_for(fs: &[Fault]) -> Option<(std::sync::MutexGuard<'static, ()>, HaCluster)> {
+    cluster_with(HaOptions {
+        fuse_disks: fs.iter().any(|f| f.needs_fuse_disks()),
+        ..HaOptions::default()
+    })
+}
+
+/// Now, in seconds since the epoch (the clock of the client's history and of
+/// the daemons' log lines).
+fn wall() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The time of a daemon log line (`2026-12-04T22:07:25.261511Z  INFO ...`,
+/// tracing's UTC timestamp), in seconds since the epoch.
+fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
+/// Lines of the log at `path` that contain `what` and were logged at or
+/// after `since`, with their times.
+fn log_lines_since(path: &Path, since: f64, what: &str) -> Vec<(f64, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| log_time(l).map(|t| (t, l.to_owned())))
+        .filter(|(t, _)| *t >= since)
+        .collect()
+}
+
+/// The client's acknowledgements: (time, uri) of every `ok` line, in order.
+fn acks(history: &Path) -> Vec<(f64, String)> {
+    std::fs::read_to_string(history)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "ok").then_some(())?;
+            let t = w.next()?.parse().ok()?;
+            Some((t, w.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// The longest time without an acknowledgement that overlaps `[from, to]`,
+/// and when it ended (the ack that ended it; `to` if none came).
+fn longest_gap(acks: &[(f64, String)], from: f64, to: f64) -> (f64, f64) {
+    let mut t: Vec<f64> = acks.iter().map(|a| a.0).collect();
+    t.sort_by(f64::total_cmp);
+    let mut best = (0.0, from);
+    let mut prev = t
+        .iter()
+        .copied()
+        .filter(|x| *x <= from)
+        .last()
+        .unwrap_or(from);
+    for &x in t.iter().filter(|x| **x > from) {
+        if x - prev > best.0 {
+            best = (x - prev, x);
+        }
+        prev = x;
+        if x > to {
+            return best;
+        }
+    }
+    if to - prev > best.0 {
+        best = (to - prev, to);
+    }
+    best
 }
 
 /// The faults, each with what must follow (whether the secondary takes over).
@@ -64,9 +166,18 @@ enum Fault {
     OneWaySecondaryToPrimary,
     OneWayPrimaryToWitness,
     OneWayWitnessToPrimary,
+    /// SIGSTOP of hastd alone on the primary (its hastmon runs on).
+    PausePrimaryHastd,
+    /// The primary's disk hangs (nbdkit behind its nbdfuse component stopped).
+    PrimaryDiskHang,
+    /// fork(2) fails for the primary's hastmon (its pids cgroup is full).
+    ForkFailPrimaryMon,
+    /// kill -9 of the primary host, then of the witness 1.5 s later, while
+    /// the takeover is under way; the witness comes back after the hold.
+    WitnessKilledDuringTakeover,
 }
 
-const ALL: [Fault; 15] = [
+const ALL: [Fault; 19] = [
     Fault::KillPrimary,
     Fault::KillPrimaryHastd,
     Fault::KillSecondary,
@@ -82,7 +193,26 @@ const ALL: [Fault; 15] = [
     Fault::OneWaySecondaryToPrimary,
     Fault::OneWayPrimaryToWitness,
     Fault::OneWayWitnessToPrimary,
+    Fault::PausePrimaryHastd,
+    Fault::PrimaryDiskHang,
+    Fault::ForkFailPrimaryMon,
+    Fault::WitnessKilledDuringTakeover,
 ];
+
+/// The kinds `failover_time` measures by default: every fault that must
+/// take over, and the link cut (its figure: writes resuming).
+const MEASURED: [Fault; 6] = [
+    Fault::KillPrimary,
+    Fault::PausePrimary,
+    Fault::IsolatePrimary,
+    Fault::PausePrimaryHastd,
+    Fault::PrimaryDiskHang,
+    Fault::CutPrimarySecondary,
+];
+
+/// The longest pause of the client's writes a cut link may cause (the issue's
+/// bound: the primary notices, fences its peer and writes on alone).
+const CUT_RESUME_MAX_S: f64 = 5.0;
 
 impl Fault {
     /// `Some(true)`: the secondary must take over; `Some(false)`: the primary
@@ -90,7 +220,10 @@ impl Fault {
     fn takeover(self) -> Option<bool> {
         match self {
             Fault::KillPrimary | Fault::PausePrimary | Fault::IsolatePrimary => Some(true),
-            Fault::KillPrimaryHastd => Some(true),
+            Fault::KillPrimaryHastd | Fault::PausePrimaryHastd | Fault::PrimaryDiskHang => {
+                Some(true)
+            }
+            Fault::ForkFailPrimaryMon => Some(false),
             Fault::KillSecondary
             | Fault::KillWitness
             | Fault::PauseSecondary
@@ -101,6 +234,29 @@ impl Fault {
             _ => None,
         }
     }
+
+    fn needs_fuse_disks(self) -> bool {
+        self == Fault::PrimaryDiskHang
+    }
+
+    fn parse(name: &str) -> Option<Fault> {
+        ALL.into_iter().find(|f| format!("{f:?}") == name.trim())
+    }
+}
+
+/// What one scenario measured.
+#[derive(Debug, Clone, Default)]
+struct Measure {
+    /// Fault → first write acknowledged by the new primary (takeovers), or →
+    /// the end of the longest pause of writes (no takeover), as the client
+    /// saw it, in seconds.
+    resume_s: Option<f64>,
+    /// The longest time without an acknowledgement from the fault to healing.
+    longest_gap_s: f64,
+    /// Violations found by the checker: lost acknowledged writes, epochs with
+    /// two primaries.
+    lost: u64,
+    split_brain: u64,
 }
 
 /// One scenario: writes, the fault for `hold`, healing, then the checks.
@@ -113,6 +269,9 @@ struct Run<'a> {
     /// As the client saw them: connection lost → first write acknowledged
     /// by the new primary (`after_loss_s` of follow_writer's outages).
     client_outages: Vec<f64>,
+    /// Record the checker's violations instead of failing (the bench counts
+    /// them per kind).
+    lenient: bool,
 }
 
 fn count_acks(history: &std::path::Path) -> usize {
@@ -138,6 +297,7 @@ impl<'a> Run<'a> {
             n: 0,
             takeovers: vec![],
             client_outages: vec![],
+            lenient: false,
         }
     }
 }
@@ -170,12 +330,13 @@ impl Run<'_> {
         );
     }
 
-    fn scenario(&mut self, fault: Fault, hold: Duration, label: &str) {
+    fn scenario(&mut self, fault: Fault, hold: Duration, label: &str) -> Measure {
         let p = self.c.wait_in_sync(timeout_s(120));
         let s = other(p);
         let (mut writer, history, stop) = self.start_writer();
         self.wait_acks(&history, 200, label);
         let t0 = Instant::now();
+        let wall0 = wall();
         match fault {
             Fault::KillPrimary => self.c.kill9(p),
             Fault::KillPrimaryHastd => self.c.kill9_hastd(p),
@@ -192,8 +353,24 @@ impl Run<'_> {
             Fault::OneWaySecondaryToPrimary => self.c.net.cut_oneway(s, p),
             Fault::OneWayPrimaryToWitness => self.c.net.cut_oneway(p, WITNESS),
             Fault::OneWayWitnessToPrimary => self.c.net.cut_oneway(WITNESS, p),
+            Fault::PausePrimaryHastd => self.c.pause_hastd(p),
+            Fault::PrimaryDiskHang => self.c.hang_disk(p),
+            Fault::ForkFailPrimaryMon => match self.c.fork_fail_hastmon(p) {
+                Ok(max) => println!("{label}: hastmon on {p} in a pids cgroup full at {max} tasks"),
+                Err(e) => {
+                    hast_testkit::env::skip(&format!("{label}: cannot make fork fail: {e}"));
+                }
+            },
+            Fault::WitnessKilledDuringTakeover => {
+                self.c.kill9(p);
+                std::thread::sleep(Duration::from_millis(1500));
+                self.c.kill9(WITNESS);
+            }
         }
+        // After the fault is in place (a cut is in effect once its rule is).
+        let wall_fault = wall();
         let acks_at_fault = count_acks(&history);
+        let mut new_primary = None;
         match fault.takeover() {
             Some(true) => {
                 let took = self.c.wait_takeover(p, t0, timeout_s(30));
@@ -205,6 +382,7 @@ impl Run<'_> {
                     d.as_secs_f64()
                 );
                 self.takeovers.push(d);
+                new_primary = Some(s);
                 std::thread::sleep(hold.saturating_sub(t0.elapsed()));
             }
             Some(false) => {
@@ -220,6 +398,7 @@ impl Run<'_> {
             }
             None => std::thread::sleep(hold),
         }
+        let wall_heal = wall();
         // Heal.
         match fault {
             Fault::KillPrimary | Fault::KillPrimaryHastd => self.c.restart(p),
@@ -227,6 +406,35 @@ impl Run<'_> {
             Fault::KillWitness => self.c.restart(WITNESS),
             Fault::PausePrimary => self.c.resume(p),
             Fault::PauseSecondary => self.c.resume(s),
+            Fault::PausePrimaryHastd => self.c.resume_hastd(p),
+            Fault::PrimaryDiskHang => self.c.heal_disk(p),
+            Fault::ForkFailPrimaryMon => {
+                let refused = self.c.fork_heal_hastmon(p);
+                println!("{label}: the pids cgroup refused {refused} forks/threads of hastmon");
+            }
+            Fault::WitnessKilledDuringTakeover => {
+                let back = Instant::now();
+                self.c.restart(WITNESS);
+                let prim = wait_for(timeout_s(30), || {
+                    let p = self.c.primaries();
+                    if p.is_empty() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    p.first().copied()
+                });
+                let Some(prim) = prim else {
+                    panic!(
+                        "{label}: no primary within 30 s of the witness being back\n{}",
+                        self.c.describe()
+                    );
+                };
+                println!(
+                    "{label}: {prim} primary {:.2} s after the witness was restarted",
+                    back.elapsed().as_secs_f64()
+                );
+                new_primary = Some(prim).filter(|n| *n != p);
+                self.c.restart(p);
+            }
             _ => self.c.net.heal_all(),
         }
         // Writes flow again, then stop the client.
@@ -248,10 +456,98 @@ impl Run<'_> {
                     .extend(o.iter().filter_map(|o| o["after_loss_s"].as_f64()));
             }
         }
-        self.verify(label);
+        // What the client saw: its longest pause, and when writes resumed.
+        let ack = acks(&history);
+        let (gap, gap_end) = longest_gap(&ack, wall0, wall_heal);
+        let mut m = Measure {
+            longest_gap_s: gap,
+            ..Measure::default()
+        };
+        m.resume_s = match new_primary {
+            Some(n) => {
+                let uri = self.c.uri(n);
+                ack.iter()
+                    .find(|(t, u)| *t > wall0 && *u == uri)
+                    .map(|(t, _)| t - wall0)
+            }
+            None => Some(gap_end - wall0),
+        };
+        if fault == Fault::CutPrimarySecondary {
+            self.check_cut(label, p, s, &ack, wall0, wall_fault, wall_heal);
+        }
+        let (lost, split) = self.verify(label);
+        m.lost = lost;
+        m.split_brain = split;
+        m
     }
 
-    fn verify(&mut self, label: &str) {
+    /// The link between the data nodes cut under fullsync writes: the
+    /// client's writes resume within [`CUT_RESUME_MAX_S`], the watchdog marks
+    /// the secondary outdated before the first write acknowledged without it,
+    /// and the secondary is never promoted.
+    #[allow(clippy::too_many_arguments)]
+    fn check_cut(
+        &self,
+        label: &str,
+        p: &str,
+        s: &str,
+        ack: &[(f64, String)],
+        wall0: f64,
+        wall_fault: f64,
+        wall_heal: f64,
+    ) {
+        let (gap, _) = longest_gap(ack, wall0, wall_heal);
+        println!("{label}: the client's longest pause without an acknowledgement: {gap:.2} s (bound {CUT_RESUME_MAX_S} s)");
+        // Writes invoked after the cut cannot reach the secondary, and the
+        // acks of earlier ones cannot come back: any ack later than a round
+        // trip after the rule is in place was given without the secondary.
+        let first_degraded = ack.iter().map(|a| a.0).find(|t| *t > wall_fault + 0.2);
+        let outdated = log_lines_since(
+            &self.c.hastmon_log(WITNESS),
+            wall0 - 0.5,
+            &format!("{s} outdated by {p}"),
+        );
+        println!(
+            "{label}: watchdog: {}; first degraded ack at +{}",
+            outdated
+                .first()
+                .map(|(t, l)| format!("+{:.3} s {}", t - wall0, l.trim()))
+                .unwrap_or_else(|| "no outdated mark".into()),
+            first_degraded
+                .map(|t| format!("{:.3} s", t - wall0))
+                .unwrap_or_else(|| "none".into())
+        );
+        let promoted = log_lines_since(&self.c.hastd_log(s), wall0, "role=primary");
+        assert!(
+            promoted.is_empty(),
+            "{label}: the secondary {s} was promoted during the cut: {promoted:?}"
+        );
+        assert!(
+            gap < CUT_RESUME_MAX_S,
+            "{label}: the client's writes paused {gap:.2} s after the cut (bound {CUT_RESUME_MAX_S} s)\n{}",
+            self.c.describe()
+        );
+        if let Some(t_ack) = first_degraded {
+            let Some((t_out, _)) = outdated.first() else {
+                panic!(
+                    "{label}: a write was acknowledged without {s} (+{:.3} s) but the watchdog never marked it outdated\n{}",
+                    t_ack - wall0,
+                    self.c.describe()
+                );
+            };
+            assert!(
+                *t_out < t_ack,
+                "{label}: first degraded ack at +{:.3} s before the watchdog's outdated mark at +{:.3} s",
+                t_ack - wall0,
+                t_out - wall0
+            );
+        }
+    }
+
+    /// Copies identical and the checker clean; returns (lost acknowledged
+    /// writes, epochs with two primaries) as the checker counted them (only
+    /// non-zero when `lenient`: otherwise a violation fails the test).
+    fn verify(&mut self, label: &str) -> (u64, u64) {
         let p = self.c.wait_in_sync(timeout_s(120));
         let ok = wait_for(timeout_s(30), || {
             let r = self.c.copies_identical();
@@ -268,32 +564,64 @@ impl Run<'_> {
         );
         let out = self.c.check(p, &self.histories);
         let text = output_text(&out);
-        assert!(
-            out.status.success(),
-            "{label}: checker found violations:\n{text}\n{}",
-            self.c.describe()
-        );
         let summary = String::from_utf8_lossy(&out.stdout);
-        println!("{label}: check {}", summary.lines().next().unwrap_or(""));
+        let first = summary.lines().next().unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(first).unwrap_or_default();
+        let count = |k: &str| v["violations"][k].as_u64().unwrap_or(0);
+        let (lost, split) = (count("LOST"), count("SPLIT-BRAIN"));
+        if !(self.lenient && v.is_object()) {
+            assert!(
+                out.status.success(),
+                "{label}: checker found violations:\n{text}\n{}",
+                self.c.describe()
+            );
+        } else if !out.status.success() {
+            println!("{label}: checker found violations:\n{text}");
+        }
+        println!("{label}: check {first}");
+        (lost, split)
     }
 }
 
 #[test]
 fn every_fault_keeps_one_primary_and_every_acknowledged_write() {
-    let Some((_one, mut c)) = cluster() else {
-        return;
-    };
-    let mut run = Run::new(&mut c);
-    let hold = Duration::from_secs(8);
     // HAST_HA_ONLY=Isolate runs the faults whose name contains it.
     let only = std::env::var("HAST_HA_ONLY").unwrap_or_default();
-    for f in ALL.into_iter().filter(|f| format!("{f:?}").contains(&only)) {
-        run.scenario(f, hold, &format!("{f:?}"));
+    let faults: Vec<Fault> = ALL
+        .into_iter()
+        .filter(|f| format!("{f:?}").contains(&only))
+        .collect();
+    let hold = Duration::from_secs(8);
+    let mut takeovers = vec![];
+    // The faults on plain components first, then those that hang a disk on a
+    // cluster whose components are on FUSE (one cluster at a time).
+    for group in [
+        faults
+            .iter()
+            .copied()
+            .filter(|f| !f.needs_fuse_disks())
+            .collect::<Vec<_>>(),
+        faults
+            .iter()
+            .copied()
+            .filter(|f| f.needs_fuse_disks())
+            .collect(),
+    ] {
+        if group.is_empty() {
+            continue;
+        }
+        let Some((_one, mut c)) = cluster_for(&group) else {
+            return;
+        };
+        let mut run = Run::new(&mut c);
+        for f in group {
+            run.scenario(f, hold, &format!("{f:?}"));
+        }
+        takeovers.extend(run.takeovers);
     }
     println!(
-        "scenarios: {} faults, takeovers {:?}",
-        ALL.len(),
-        run.takeovers
+        "scenarios: {} faults, takeovers {takeovers:?}",
+        faults.len()
     );
 }
 
@@ -311,7 +639,8 @@ fn random_fault_schedules() {
         })
         .collect();
     println!("random schedule: HAST_HA_SEED={seed} HAST_HA_FAULTS={faults}: {schedule:?}");
-    let Some((_one, mut c)) = cluster() else {
+    let kinds: Vec<Fault> = schedule.iter().map(|f| f.0).collect();
+    let Some((_one, mut c)) = cluster_for(&kinds) else {
         return;
     };
     let mut run = Run::new(&mut c);
@@ -324,41 +653,223 @@ fn random_fault_schedules() {
     }
 }
 
+/// Median, p99 and max of `t` (sorted in place); None when empty.
+fn stats(t: &mut [f64]) -> Option<(f64, f64, f64)> {
+    t.sort_by(f64::total_cmp);
+    let last = *t.last()?;
+    let pct = |q: f64| t[((t.len() as f64 - 1.0) * q).round() as usize];
+    Some((pct(0.5), pct(0.99), last))
+}
+
 #[test]
 #[ignore = "measurement: run by bench/failover.sh"]
 fn failover_time() {
     let trials: usize = env_parse("HAST_HA_TRIALS").unwrap_or(20);
-    let Some((_one, mut c)) = cluster() else {
+    let kinds: Vec<Fault> = match std::env::var("HAST_HA_KINDS") {
+        Ok(k) if !k.trim().is_empty() => k
+            .split(',')
+            .map(|n| Fault::parse(n).unwrap_or_else(|| panic!("HAST_HA_KINDS: no fault {n:?}")))
+            .collect(),
+        _ => MEASURED.to_vec(),
+    };
+    let mut rows = vec![];
+    for kind in kinds {
+        let Some((_one, mut c)) = cluster_for(&[kind]) else {
+            return;
+        };
+        let mut run = Run::new(&mut c);
+        run.lenient = true;
+        let mut resume = vec![];
+        let (mut lost, mut split) = (0, 0);
+        let hold = if kind.takeover() == Some(true) { 1 } else { 8 };
+        for i in 0..trials {
+            let m = run.scenario(
+                kind,
+                Duration::from_secs(hold),
+                &format!("{kind:?} trial {i}"),
+            );
+            println!(
+                "{kind:?} trial {i}: fault -> writes acknowledged again {} s (longest pause {:.2} s)",
+                m.resume_s.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
+                m.longest_gap_s
+            );
+            resume.extend(m.resume_s);
+            lost += m.lost;
+            split += m.split_brain;
+        }
+        let mut takeover: Vec<f64> = run.takeovers.iter().map(Duration::as_secs_f64).collect();
+        if let Some((med, p99, max)) = stats(&mut takeover) {
+            println!(
+                "{kind:?}: fault -> the other node exports as primary, {} trials: median {med:.2} s, p99 {p99:.2} s, max {max:.2} s",
+                takeover.len()
+            );
+        }
+        rows.push((kind, trials, stats(&mut resume), lost, split));
+    }
+    let what = |k: Fault| {
+        if k.takeover() == Some(true) {
+            "fault -> first write acknowledged by the new primary"
+        } else {
+            "fault -> writes acknowledged again"
+        }
+    };
+    println!("failover time as the client sees it ({trials} trials per kind, default settings):");
+    println!("| kind | figure | trials | median | p99 | max | lost acknowledged writes | epochs with two primaries |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for (kind, n, st, lost, split) in &rows {
+        let (med, p99, max) = st
+            .map(|(a, b, c)| {
+                (
+                    format!("{a:.2} s"),
+                    format!("{b:.2} s"),
+                    format!("{c:.2} s"),
+                )
+            })
+            .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
+        println!(
+            "| {kind:?} | {} | {n} | {med} | {p99} | {max} | {lost} | {split} |",
+            what(*kind)
+        );
+    }
+    assert!(
+        rows.iter().all(|r| r.3 == 0 && r.4 == 0),
+        "violations found (see the table)"
+    );
+}
+
+/// Log lines that mean a grant or a role request was refused.
+const REFUSALS: [&str; 4] = ["stale epoch", "refused", "refusing", "refuses"];
+
+#[test]
+fn adoption_of_a_running_pair() {
+    let Some((_one, mut c)) = cluster_with(HaOptions {
+        hastd_only: true,
+        ..HaOptions::default()
+    }) else {
         return;
     };
     let mut run = Run::new(&mut c);
-    for i in 0..trials {
-        run.scenario(
-            Fault::KillPrimary,
-            Duration::from_secs(1),
-            &format!("trial {i}"),
-        );
+    let (mut writer, history, stop) = run.start_writer();
+    run.wait_acks(&history, 200, "adoption");
+    // A pair run by hand: switched over a few times (each promotion by
+    // hand starts a new epoch).
+    let mut p = "a";
+    for round in 0..5 {
+        let s = other(p);
+        run.c.hastctl_ok(p, &["role", "secondary", RES]);
+        run.c.hastctl_ok(s, &["role", "primary", RES]);
+        p = s;
+        let before = count_acks(&history);
+        run.wait_acks(&history, before + 200, &format!("switchover {round}"));
+        let now = run.c.wait_in_sync(timeout_s(60));
+        assert_eq!(now, p, "switchover {round}: {p} should be primary");
     }
-    let report = |what: &str, mut t: Vec<f64>| {
-        t.sort_by(f64::total_cmp);
-        if t.is_empty() {
-            return;
-        }
-        let pct = |q: f64| t[((t.len() as f64 - 1.0) * q).round() as usize];
-        println!(
-            "failover time ({what}), {} trials: median {:.2} s, p99 {:.2} s, max {:.2} s",
-            t.len(),
-            pct(0.5),
-            pct(0.99),
-            t[t.len() - 1]
-        );
+    let s = other(p);
+    let epoch = |c: &HaCluster, n: &str| {
+        c.status(n)
+            .and_then(|st| st.json.get("epoch").and_then(|e| e.as_u64()))
+            .unwrap_or(0)
     };
-    report(
-        "kill -9 of the primary -> the other node exports as primary",
-        run.takeovers.iter().map(Duration::as_secs_f64).collect(),
+    let hand_epoch = epoch(run.c, p);
+    println!("adoption: {p} primary by hand at epoch {hand_epoch}");
+    // Under hastmon exactly as the README says: the watchdog, the primary,
+    // the secondary.
+    let t_adopt = wall();
+    let mut refused = vec![];
+    let mut steps: Vec<(&str, &str)> =
+        vec![(WITNESS, "watchdog"), (p, "primary"), (s, "secondary")];
+    for (n, role) in steps.drain(..) {
+        run.c.start_hastmon(n);
+        let out = run.c.hastmonctl(n, &["role", role, RES]);
+        if !out.status.success() {
+            refused.push(format!(
+                "hastmonctl role {role} on {n}: {}",
+                output_text(&out)
+            ));
+            // Carry on as an operator would, to see the rest.
+            let ok = wait_for(timeout_s(30), || {
+                std::thread::sleep(Duration::from_millis(500));
+                run.c
+                    .hastmonctl(n, &["role", role, RES])
+                    .status
+                    .success()
+                    .then_some(())
+            });
+            assert!(
+                ok.is_some(),
+                "hastmonctl role {role} on {n} never succeeded\n{}",
+                run.c.describe()
+            );
+        }
+    }
+    // A few heartbeats and leases under hastmon, writes going on.
+    std::thread::sleep(Duration::from_secs(6));
+    let t_end = wall();
+    let ack = acks(&history);
+    let (gap, gap_end) = longest_gap(&ack, t_adopt, t_end);
+    println!(
+        "adoption: the client's longest pause while hastmon took over the pair: {gap:.3} s (ended at +{:.3} s)",
+        gap_end - t_adopt
     );
-    report(
-        "the client's connection lost -> its first write acknowledged by the new primary",
-        run.client_outages.clone(),
+    let mon_epoch = run
+        .c
+        .mon_status(p)
+        .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()));
+    println!(
+        "adoption: hastd epoch on {p} {} (by hand {hand_epoch}), hastmon epoch {mon_epoch:?}",
+        epoch(run.c, p)
+    );
+    // Refusals anywhere since hastmon came.
+    let mut logs: Vec<(String, PathBuf)> = vec![];
+    for n in DATA {
+        logs.push((format!("hastd@{n}"), run.c.hastd_log(n)));
+    }
+    for n in ["a", "b", WITNESS] {
+        logs.push((format!("hastmon@{n}"), run.c.hastmon_log(n)));
+    }
+    for (name, log) in &logs {
+        for (t, l) in std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| REFUSALS.iter().any(|r| l.to_lowercase().contains(r)))
+            .filter_map(|l| log_time(l).map(|t| (t, l)))
+            .filter(|(t, _)| *t >= t_adopt - 0.5)
+        {
+            refused.push(format!("{name} +{:.3} s: {}", t - t_adopt, l.trim()));
+        }
+    }
+    let demoted = log_lines_since(&run.c.hastd_log(p), t_adopt, "role=secondary");
+    let promoted = log_lines_since(&run.c.hastd_log(s), t_adopt, "role=primary");
+    let prim = run.c.primaries();
+    for r in &refused {
+        println!("adoption: refusal: {r}");
+    }
+    assert!(
+        refused.is_empty() && demoted.is_empty() && promoted.is_empty() && prim == vec![p],
+        "adoption: refusals {refused:#?}, {p} demoted {demoted:?}, {s} promoted {promoted:?}, primaries now {prim:?}\n{}",
+        run.c.describe()
+    );
+    assert!(
+        gap < 1.0,
+        "adoption: the client waited {gap:.3} s for an acknowledgement while hastmon took over the pair (bound: one heartbeat, 1 s)\n{}",
+        run.c.describe()
+    );
+    std::fs::write(&stop, b"").expect("stop file");
+    let st = writer.wait_timeout(timeout_s(90));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "adoption: writer failed: {}",
+        writer.tail(30)
+    );
+    println!("adoption: client {}", writer.tail(1).trim());
+    // The adopted pair fails over like any other.
+    let m = run.scenario(
+        Fault::KillPrimary,
+        Duration::from_secs(3),
+        "adoption: kill -9 of the primary",
+    );
+    println!(
+        "adoption: kill -9 -> first write acknowledged by the new primary {:?} s",
+        m.resume_s
     );
 }

@@ -12,6 +12,13 @@
 //! `exec` being the shipped `contrib/hastmon/hastmon-hastd`, all with default
 //! timing. hastmon picks no role by itself (HASTMON(8)): the harness sets the
 //! roles at start and after restarting a host's daemons.
+//!
+//! [`HaOptions`] change that: `fuse_disks` puts each data node's component on
+//! an nbdkit + nbdfuse mount in the node's directory ([`crate::faults::FuseDisk`])
+//! so that its disk can hang ([`HaCluster::hang_disk`]); `hastd_only` starts
+//! hastd alone with the roles set by hand (`hastctl role`, `a` primary), and
+//! hastmon comes later, host by host ([`HaCluster::start_hastmon`]), as when a
+//! running pair is put under hastmon.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Net, NsProc};
 use crate::env::{py_script, repo_root, timeout_s, PYTHON};
+use crate::faults::{FuseDisk, PidsCage};
 use crate::pair::{compare_areas, ResStatus};
 use crate::proc::{run, tail, try_run, wait_for};
 use crate::tmp::TempDir;
@@ -48,6 +56,17 @@ pub struct HaBins {
     pub hastmonctl: PathBuf,
 }
 
+/// How [`HaCluster::start_with`] builds the cluster.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HaOptions {
+    /// Each data node's component is a file behind nbdkit + nbdfuse, mounted
+    /// in the node's directory, so its disk can hang on demand.
+    pub fuse_disks: bool,
+    /// hastd only on `a` (primary, set by hand) and `b` (secondary); no
+    /// hastmon anywhere until [`HaCluster::start_hastmon`].
+    pub hastd_only: bool,
+}
+
 pub struct HaCluster {
     pub net: Net,
     dir: TempDir,
@@ -55,6 +74,10 @@ pub struct HaCluster {
     hastd: BTreeMap<String, NsProc>,
     hastmon: BTreeMap<String, NsProc>,
     area: BTreeMap<&'static str, (u64, u64)>,
+    /// The FUSE disks (`fuse_disks`), by data node.
+    disks: BTreeMap<&'static str, FuseDisk>,
+    /// pids cgroups of hastmons whose forks fail, by host.
+    cages: BTreeMap<String, PidsCage>,
 }
 
 /// The other data node.
@@ -71,6 +94,17 @@ impl HaCluster {
     /// watchdog. `None` (after a loud message) where namespaces cannot be made
     /// outside CI.
     pub fn start(bins: HaBins, size: u64) -> Option<HaCluster> {
+        HaCluster::start_with(bins, size, HaOptions::default())
+    }
+
+    /// [`HaCluster::start`] with options.
+    pub fn start_with(bins: HaBins, size: u64, opts: HaOptions) -> Option<HaCluster> {
+        if opts.fuse_disks
+            && !(crate::env::require_fuse()
+                && crate::env::require_tools(&["nbdkit", "nbdfuse", "fusermount3"]))
+        {
+            return None;
+        }
         let net = Net::new(&["a", "b", "w", "c"])?;
         let dir = TempDir::new("hacluster");
         let mut c = HaCluster {
@@ -80,6 +114,8 @@ impl HaCluster {
             hastd: BTreeMap::new(),
             hastmon: BTreeMap::new(),
             area: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            cages: BTreeMap::new(),
         };
         for n in ["a", "b", "w"] {
             std::fs::create_dir_all(c.host_dir(n)).expect("host dir");
@@ -92,10 +128,14 @@ impl HaCluster {
             std::fs::copy(&key, c.host_dir(n).join("repl.key")).expect("copy key file");
         }
         for n in DATA {
-            std::fs::write(c.hast_conf(n), c.hast_config(n)).expect("hast.conf");
             let img = c.host_dir(n).join("r0.img");
             let f = std::fs::File::create(&img).expect("image");
             f.set_len(size).expect("sparse image");
+            if opts.fuse_disks {
+                let disk = FuseDisk::new(&img, &c.host_dir(n));
+                c.disks.insert(n, disk);
+            }
+            std::fs::write(c.hast_conf(n), c.hast_config(n)).expect("hast.conf");
             c.hastctl_ok(n, &["create", RES]);
             let dump = crate::node::parse_dump(&c.hastctl_ok(n, &["dump", RES]));
             let num = |k: &str| -> u64 {
@@ -104,6 +144,15 @@ impl HaCluster {
                     .unwrap_or_else(|| panic!("no {k} in dump: {dump:?}"))
             };
             c.area.insert(n, (num("localoff"), num("datasize")));
+        }
+        if opts.hastd_only {
+            for n in DATA {
+                c.start_hastd(n);
+            }
+            c.hastctl_ok("a", &["role", "primary", RES]);
+            c.hastctl_ok("b", &["role", "secondary", RES]);
+            c.wait_in_sync(timeout_s(60));
+            return Some(c);
         }
         for n in ["a", "b", "w"] {
             c.start_daemons(n);
@@ -136,7 +185,8 @@ impl HaCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
-    /// The component file of data node `n`.
+    /// The component file of data node `n` (with `fuse_disks`, the file behind
+    /// the mount: readable while the disk hangs).
     pub fn image(&self, n: &str) -> PathBuf {
         self.host_dir(n).join("r0.img")
     }
@@ -176,9 +226,14 @@ impl HaCluster {
             self.mon_conf(node).display()
         ));
         for n in DATA {
+            let local = self
+                .disks
+                .get(n)
+                .map(FuseDisk::path)
+                .unwrap_or_else(|| self.image(n));
             s.push_str(&format!(
                 "    on {n} {{\n        local {img}\n        remote tcp://{peer}:{REPL_PORT}\n    }}\n",
-                img = self.image(n).display(),
+                img = local.display(),
                 peer = self.net.addr(other(n)),
             ));
         }
@@ -224,11 +279,19 @@ impl HaCluster {
             ["a", "b", WITNESS].contains(&n),
             "no host {n} in the cluster"
         );
-        // A killed daemon leaves its socket behind; the waits below must see
+        if DATA.contains(&n) {
+            self.start_hastd(n);
+        }
+        self.start_hastmon(n);
+    }
+
+    /// Starts hastd on data node `n`.
+    pub fn start_hastd(&mut self, n: &str) {
+        assert!(DATA.contains(&n), "no data node {n} in the cluster");
+        // A killed daemon leaves its socket behind; the wait below must see
         // the new one.
         let _ = std::fs::remove_file(self.host_dir(n).join("hastd.sock"));
-        let _ = std::fs::remove_file(self.host_dir(n).join("hastmon.sock"));
-        if DATA.contains(&n) {
+        {
             let mut cmd = self.net.command(n, &self.bins.hastd);
             cmd.args(["-F", "-c"])
                 .arg(self.hast_conf(n))
@@ -245,6 +308,15 @@ impl HaCluster {
                 tail(&self.hastd_log(n), 30)
             );
         }
+    }
+
+    /// Starts hastmon on `n` (no role yet: `hastmonctl role ...`).
+    pub fn start_hastmon(&mut self, n: &str) {
+        assert!(
+            ["a", "b", WITNESS].contains(&n),
+            "no host {n} in the cluster"
+        );
+        let _ = std::fs::remove_file(self.host_dir(n).join("hastmon.sock"));
         let mut cmd = self.net.command(n, &self.bins.hastmon);
         cmd.args(["-F", "-c"])
             .arg(self.mon_conf(n))
@@ -317,6 +389,73 @@ impl HaCluster {
             .flatten()
         {
             p.cont();
+        }
+    }
+
+    /// SIGSTOP of hastd alone on `n` (its hastmon keeps running).
+    pub fn pause_hastd(&mut self, n: &str) {
+        if let Some(p) = self.hastd.get_mut(n) {
+            p.stop();
+        }
+    }
+
+    pub fn resume_hastd(&mut self, n: &str) {
+        if let Some(p) = self.hastd.get_mut(n) {
+            p.cont();
+        }
+    }
+
+    /// hastd's PID on `n`, hastmon's PID on `n`.
+    pub fn pids(&self, n: &str) -> (Option<u32>, Option<u32>) {
+        (
+            self.hastd.get(n).map(NsProc::pid),
+            self.hastmon.get(n).map(NsProc::pid),
+        )
+    }
+
+    /// Every request to the disk of data node `n` waits from now on (its
+    /// nbdkit SIGSTOPped). Needs `fuse_disks`.
+    pub fn hang_disk(&mut self, n: &str) {
+        self.disks
+            .get_mut(n)
+            .expect("hang_disk needs HaOptions::fuse_disks")
+            .hang();
+    }
+
+    /// The disk of `n` answers again.
+    pub fn heal_disk(&mut self, n: &str) {
+        if let Some(d) = self.disks.get_mut(n) {
+            d.heal();
+        }
+    }
+
+    /// Whether this cluster's disks can hang (`fuse_disks`).
+    pub fn has_fuse_disks(&self) -> bool {
+        !self.disks.is_empty()
+    }
+
+    /// From now on hastmon on `n` can neither fork nor start a thread (its
+    /// pids cgroup is full); returns the cgroup's limit. Err where no pids
+    /// cgroup can be made.
+    pub fn fork_fail_hastmon(&mut self, n: &str) -> Result<u64, String> {
+        let pid = self.hastmon.get(n).map(NsProc::pid).ok_or("no hastmon")?;
+        let cage = PidsCage::new(&format!("hastmon-{n}"))?;
+        cage.enter(pid)?;
+        let max = cage.exhaust()?;
+        self.cages.insert(n.to_owned(), cage);
+        Ok(max)
+    }
+
+    /// hastmon on `n` may fork again; returns how many forks/clones were
+    /// refused meanwhile.
+    pub fn fork_heal_hastmon(&mut self, n: &str) -> u64 {
+        match self.cages.remove(n) {
+            Some(cage) => {
+                let refused = cage.refused();
+                cage.release();
+                refused
+            }
+            None => 0,
         }
     }
 
@@ -424,10 +563,11 @@ impl HaCluster {
     /// a heartbeat of the resync): fully redundant again.
     pub fn wait_in_sync(&self, bound: Duration) -> &'static str {
         let got = wait_for(bound, || {
-            let outdated = self
-                .mon_status(WITNESS)
-                .and_then(|v| v.pointer("/witness/outdated").cloned())
-                .is_none_or(|o| o.as_object().is_some_and(|m| !m.is_empty()));
+            let outdated = self.hastmon.contains_key(WITNESS)
+                && self
+                    .mon_status(WITNESS)
+                    .and_then(|v| v.pointer("/witness/outdated").cloned())
+                    .is_none_or(|o| o.as_object().is_some_and(|m| !m.is_empty()));
             for n in DATA {
                 if let Some(s) = self.status(n) {
                     if s.role == "primary" && s.is_complete() && !outdated {
@@ -556,5 +696,41 @@ impl HaCluster {
             }
             up.then(|| (new, since.elapsed()))
         })
+    }
+}
+
+impl Drop for HaCluster {
+    /// Frees what could keep a daemon from dying: forks are allowed again, a
+    /// hung disk answers again; then the daemons go (kill -9 by PID, a FUSE
+    /// connection aborted if one is still stuck), then the disks are
+    /// unmounted. The namespaces and the directory go with the fields.
+    fn drop(&mut self) {
+        self.cages.clear();
+        for d in self.disks.values_mut() {
+            d.heal();
+        }
+        if self.disks.is_empty() {
+            return;
+        }
+        for p in self.hastmon.values_mut().chain(self.hastd.values_mut()) {
+            if p.is_running() {
+                p.signal(libc::SIGKILL);
+            }
+        }
+        for p in self.hastd.values_mut() {
+            if p.wait_timeout(Duration::from_secs(5)).is_none() {
+                eprintln!(
+                    "{} stuck in its disk: aborting the FUSE connections",
+                    p.name()
+                );
+                for d in self.disks.values_mut() {
+                    d.abort();
+                }
+                let _ = p.wait_timeout(Duration::from_secs(10));
+            }
+        }
+        for d in self.disks.values_mut() {
+            d.release();
+        }
     }
 }

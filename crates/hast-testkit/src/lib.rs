@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod env;
+pub mod faults;
 pub mod hacluster;
 pub mod net;
 pub mod node;

@@ -148,13 +148,34 @@ impl NbdFuse {
         self.mountpoint.join("nbd")
     }
 
+    /// kill -9 of nbdfuse (by PID), leaving the mount to [`NbdFuse::unmount`]:
+    /// closing /dev/fuse aborts the connection, so every request pending in
+    /// it fails at once.
+    pub fn kill9(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            if p.is_running() {
+                p.kill9();
+            }
+        }
+    }
+
     /// Unmount and wait for nbdfuse to exit; returns its exit status.
     pub fn unmount(&mut self) -> Option<std::process::ExitStatus> {
         let mut proc = self.proc.take()?;
-        let _ = run(
+        let plain = run(
             Command::new("fusermount3").arg("-u").arg(&self.mountpoint),
             timeout_s(30),
         );
+        if !plain.status.success() {
+            // Busy or its daemon gone: detach it now, it goes once unused.
+            let _ = run(
+                Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&self.mountpoint),
+                timeout_s(30),
+            );
+        }
         match proc.wait_timeout(timeout_s(30)) {
             Some(st) => Some(st),
             None => {
