@@ -63,7 +63,7 @@ fn config(dir: &Path) -> PathBuf {
     std::fs::set_permissions(&exec, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let text = format!(
-        "control {d}/mon.sock\npidfile {d}/mon.pid\nstate_dir {d}/state\nlisten tcp://127.0.0.1:{p1}\n\
+        "control {d}/mon.sock\npidfile {d}/mon.pid\nstate_dir {d}/state\nlisten tcp://127.0.0.1:{p1}\nhastd_control none\n\
          key {{ secret \"0123456789abcdef0123\" }}\n\
          resource r0 {{\n  exec {exec}\n  on nodea {{ remote tcp://127.0.0.1:{p2} tcp://127.0.0.1:{p3} }}\n  \
          on nodeb {{ remote tcp://127.0.0.1:{p1} }}\n  on nodew {{ remote tcp://127.0.0.1:{p1} }}\n}}\n",

@@ -62,6 +62,7 @@ mod tests {
             Request::Lease {
                 ms: 3000,
                 names: Vec::new(),
+                not_after: Some(1),
             },
         ];
         for req in reqs {

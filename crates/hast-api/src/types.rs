@@ -62,6 +62,11 @@ pub enum Request {
     Lease {
         ms: u64,
         names: Vec<String>,
+        /// Absolute CLOCK_MONOTONIC deadline in nanoseconds (same host, same
+        /// clock): the lease never runs past it, so a renewal read late
+        /// (queued while hastd was frozen) cannot extend it.
+        #[serde(default)]
+        not_after: Option<u64>,
     },
 }
 

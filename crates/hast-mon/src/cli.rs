@@ -260,6 +260,9 @@ pub fn render(resources: &[ResourceStatus]) -> String {
             .unwrap_or_default();
         let _ = writeln!(s, "  state: {state}");
         let _ = writeln!(s, "  epoch: {}", r.epoch);
+        if let Some(st) = &r.storage {
+            let _ = writeln!(s, "  storage: {}, epoch {}", st.role.as_str(), st.epoch);
+        }
         let _ = writeln!(s, "  attempts: {} of {}", r.attempts, r.attempts_max);
         let _ = writeln!(s, "  complaints: {}", r.complaints);
         let _ = writeln!(s, "  heartbeat: {} ms", r.heartbeat_ms);

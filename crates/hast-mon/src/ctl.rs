@@ -63,6 +63,17 @@ pub struct ResourceStatus {
     /// A takeover request is waiting for the watchdog's answer.
     #[serde(default)]
     pub takeover_pending: bool,
+    /// The storage's role and epoch at the last check (`storage: primary,
+    /// epoch 7`), when known.
+    #[serde(default)]
+    pub storage: Option<StorageStatus>,
+}
+
+/// What the last status check found in the storage (hastd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStatus {
+    pub role: Role,
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,16 @@
 //! The `hastmon` daemon: the peer listener, the control socket, and one
 //! task per resource that owns its [`Policy`] and carries out its actions —
-//! exchanges with the remotes, the `exec` script (one ordered queue, plus a
+//! exchanges with the remotes, status checks and lease renewals (in-process
+//! over hastd's control socket with `hastd_control`, else by the `exec`
+//! script), the `exec` script for role changes (one ordered queue, plus a
 //! separate "latest value wins" runner for lease renewals so a slow start
 //! never delays them), and persisting the watchdog state before replying.
+//!
+//! Every bound derives from the resource's timing: a status check must
+//! answer within `check_deadline` (half a heartbeat in-process, a heartbeat
+//! by script), a renewal within half a heartbeat and before the lease it
+//! carries ends, and any other run of the script within
+//! `lease + timeout × attempts`.
 //!
 //! The policy's clock is `Instant` (CLOCK_MONOTONIC) in milliseconds since
 //! the daemon started; wall-clock jumps change nothing.
@@ -25,12 +33,17 @@ use crate::exec;
 use crate::msg::{self, ReplyBody, Request, RequestBody, Role};
 use crate::net;
 use crate::policy::{Action, Exec, Ms, Params, Policy, DRIFT_PPM};
+use crate::storage::Hastd;
 use crate::store;
 
 /// How often each resource's policy is ticked.
 const TICK: Duration = Duration::from_millis(100);
-/// Bound on one run of the exec script.
-const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bound on one run of the exec script other than a check: a role change
+/// drains I/O, `start` waits for the export.
+fn exec_bound(r: &Resource) -> Duration {
+    r.timing.lease + r.timing.timeout.saturating_mul(r.timing.attempts.min(1000))
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -90,9 +103,22 @@ fn route_names(routes: &Routes) -> Vec<String> {
     all
 }
 
-/// The policy's timing for resource `r` on a node with section `local`.
-fn params_of(r: &Resource, priority: u32) -> Params {
+/// The policy's timing for resource `r` on a node with section `local`;
+/// `in_process`: checks go to hastd's control socket (cheap: four per
+/// heartbeat, each answered within half a heartbeat), else to the script
+/// (one per heartbeat, answered within it).
+fn params_of(r: &Resource, priority: u32, in_process: bool) -> Params {
+    let heartbeat = ms(r.timing.heartbeat_interval);
+    let tick = ms(TICK);
+    let (check_interval, check_deadline) = if in_process {
+        ((heartbeat / 4).max(tick), (heartbeat / 2).max(tick))
+    } else {
+        (heartbeat, heartbeat)
+    };
     Params {
+        check_interval,
+        check_deadline,
+        probe_storage: in_process,
         heartbeat: ms(r.timing.heartbeat_interval),
         lease: ms(r.timing.lease),
         complaint_count: r.timing.complaint_count,
@@ -110,6 +136,7 @@ struct Shared {
     node: String,
     key: net::KeyCell,
     state_dir: PathBuf,
+    hastd_control: Option<PathBuf>,
     t0: Instant,
 }
 
@@ -122,9 +149,13 @@ fn spawn_actor(r: &Resource, sh: &Shared) -> Result<Option<mpsc::Sender<Input>>,
     let witness = store::load(&sh.state_dir, &r.name)
         .map_err(|e| format!("resource {}: cannot load watchdog state: {e}", r.name))?;
     let now = ms(sh.t0.elapsed());
+    let storage = sh.hastd_control.as_ref().map(|socket| Hastd {
+        socket: socket.clone(),
+        resource: r.name.clone(),
+    });
     let policy = Policy::new(
         &sh.node,
-        params_of(r, local.priority),
+        params_of(r, local.priority, storage.is_some()),
         local.remote.len(),
         witness,
         now,
@@ -141,6 +172,7 @@ fn spawn_actor(r: &Resource, sh: &Shared) -> Result<Option<mpsc::Sender<Input>>,
         tx: tx.clone(),
         last_clear: None,
         exec_busy: 0,
+        storage,
     };
     tokio::spawn(actor.run(rx));
     Ok(Some(tx))
@@ -193,6 +225,7 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
         node: config.node.clone(),
         key: net::key_cell(key.clone()),
         state_dir: config.state_dir.clone(),
+        hastd_control: config.hastd_control.clone(),
         t0: Instant::now(),
     };
     let mut routes = HashMap::new();
@@ -270,6 +303,11 @@ async fn reload(old: &Config, new: &Config, routes: &Routes, shared: &Shared) {
             "state_dir",
             old.state_dir.display().to_string(),
             new.state_dir.display().to_string(),
+        ),
+        (
+            "hastd_control",
+            format!("{:?}", old.hastd_control),
+            format!("{:?}", new.hastd_control),
         ),
     ] {
         if a != b {
@@ -439,6 +477,8 @@ enum Input {
     ExecDone {
         what: Exec,
         outcome: exec::Outcome,
+        /// The storage's role and epoch, from an in-process check.
+        storage: Option<(Role, u64)>,
     },
     Cleared {
         mark: (u64, u64),
@@ -466,6 +506,9 @@ struct Actor {
     last_clear: Option<(u64, u64)>,
     /// Exec script runs queued or running.
     exec_busy: u32,
+    /// hastd in-process (`hastd_control`), else the script does checks and
+    /// renewals.
+    storage: Option<Hastd>,
 }
 
 impl Actor {
@@ -477,7 +520,12 @@ impl Actor {
         let (exec_tx, exec_rx) = mpsc::unbounded_channel();
         tokio::spawn(exec_worker(self.res.exec.clone(), exec_rx, self.tx.clone()));
         let (lease_tx, lease_rx) = watch::channel(None);
-        tokio::spawn(lease_worker(self.res.exec.clone(), lease_rx));
+        tokio::spawn(lease_worker(
+            self.res.exec.clone(),
+            self.storage.clone(),
+            lease_rx,
+            self.tx.clone(),
+        ));
         let ticker = self.tx.clone();
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(TICK);
@@ -523,15 +571,37 @@ impl Actor {
                     }
                     self.policy.on_reply(to, &req, reply.as_ref(), sent_at, now)
                 }
-                Input::ExecDone { what, outcome } => {
-                    self.exec_busy = self.exec_busy.saturating_sub(1);
+                Input::ExecDone {
+                    what,
+                    outcome,
+                    storage,
+                } => {
+                    // Runs of the script were counted when queued.
+                    let scripted = match what {
+                        Exec::Lease(_) => false,
+                        Exec::Status => self.storage.is_none(),
+                        _ => true,
+                    };
+                    if scripted {
+                        self.exec_busy = self.exec_busy.saturating_sub(1);
+                    }
                     if let Some(e) = &outcome.error {
-                        tracing::warn!(resource = %self.res.name, "exec {}: {e}", what.args().join(" "));
+                        // A check that fails on a node that is not primary
+                        // only means it could not take over: not a warning.
+                        if self.policy.role() == Role::Primary || !matches!(what, Exec::Status) {
+                            tracing::warn!(resource = %self.res.name, "{}: {e}", what.args().join(" "));
+                        } else {
+                            tracing::debug!(resource = %self.res.name, "{}: {e}", what.args().join(" "));
+                        }
+                    }
+                    if let Some((role, epoch)) = storage {
+                        self.policy.observe_storage(role, epoch);
                     }
                     if what == Exec::Status && outcome.ok {
                         self.maybe_clear(&outcome.line);
                     }
-                    self.policy.on_exec(what, outcome.ok)
+                    let now = self.now();
+                    self.policy.on_exec(what, outcome.ok, now)
                 }
                 Input::Cleared { mark } => {
                     self.last_clear = Some(mark);
@@ -541,8 +611,10 @@ impl Actor {
                 Input::Reconfigure(r) => {
                     if let Some(local) = r.local(&self.node) {
                         self.remotes = local.remote.clone();
-                        self.policy
-                            .reconfigure(params_of(&r, local.priority), self.remotes.len());
+                        self.policy.reconfigure(
+                            params_of(&r, local.priority, self.storage.is_some()),
+                            self.remotes.len(),
+                        );
                     }
                     self.res = *r;
                     Vec::new()
@@ -556,7 +628,7 @@ impl Actor {
                             &self.res.exec,
                             &Exec::Stop.args(),
                             &self.exec_env(),
-                            EXEC_TIMEOUT,
+                            exec_bound(&self.res),
                         )
                         .await;
                         if let Some(e) = out.error {
@@ -591,18 +663,64 @@ impl Actor {
     fn apply(
         &mut self,
         actions: Vec<Action>,
-        exec_tx: &mpsc::UnboundedSender<(Exec, exec::Env)>,
-        lease_tx: &watch::Sender<Option<(Ms, Instant, exec::Env)>>,
+        exec_tx: &mpsc::UnboundedSender<ExecJob>,
+        lease_tx: &watch::Sender<Option<Renewal>>,
     ) {
         for a in actions {
             match a {
                 Action::Send { to, req } => self.send(to, req),
-                Action::Exec(Exec::Lease(ms)) => {
-                    let _ = lease_tx.send(Some((ms, Instant::now(), self.exec_env())));
+                Action::Exec(Exec::Lease(until)) => {
+                    let heartbeat = self.res.timing.heartbeat_interval;
+                    let _ = lease_tx.send(Some(Renewal {
+                        what: Exec::Lease(until),
+                        until: self.t0 + Duration::from_millis(until),
+                        deadline: heartbeat / 2,
+                        env: self.exec_env(),
+                    }));
+                }
+                Action::Exec(Exec::Status) => {
+                    let deadline = Duration::from_millis(self.policy.params().check_deadline);
+                    match self.storage.clone() {
+                        Some(hastd) => {
+                            let role = self.policy.role();
+                            let tx = self.tx.clone();
+                            tokio::spawn(async move {
+                                let (outcome, storage) = match hastd.check(role, deadline).await {
+                                    Ok(c) => (
+                                        exec::Outcome {
+                                            ok: c.ok,
+                                            line: c.line,
+                                            error: c.error,
+                                        },
+                                        Some(c.storage),
+                                    ),
+                                    Err(e) => (
+                                        exec::Outcome {
+                                            ok: false,
+                                            line: String::new(),
+                                            error: Some(e),
+                                        },
+                                        None,
+                                    ),
+                                };
+                                let _ = tx
+                                    .send(Input::ExecDone {
+                                        what: Exec::Status,
+                                        outcome,
+                                        storage,
+                                    })
+                                    .await;
+                            });
+                        }
+                        None => {
+                            self.exec_busy += 1;
+                            let _ = exec_tx.send((Exec::Status, self.exec_env(), deadline));
+                        }
+                    }
                 }
                 Action::Exec(e) => {
                     self.exec_busy += 1;
-                    let _ = exec_tx.send((e, self.exec_env()));
+                    let _ = exec_tx.send((e, self.exec_env(), exec_bound(&self.res)));
                 }
                 Action::Persist => self.persist(),
                 Action::Log(m) => tracing::info!(resource = %self.res.name, "{m}"),
@@ -714,21 +832,8 @@ impl Actor {
     /// The other data node: configured for the resource, not us, not the
     /// watchdog.
     fn data_peer(&self) -> Option<String> {
-        let watchdogs: Vec<&str> = self
-            .policy
-            .peers()
-            .iter()
-            .filter(|p| p.role == Some(Role::Watchdog))
-            .filter_map(|p| p.name.as_deref())
-            .collect();
-        if watchdogs.is_empty() && self.res.nodes.len() > 2 {
-            return None;
-        }
-        self.res
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .find(|n| *n != self.node && !watchdogs.contains(&n.as_str()))
+        let names: Vec<String> = self.res.nodes.iter().map(|n| n.name.clone()).collect();
+        self.policy.data_peer(&names).map(str::to_owned)
     }
 
     /// Handles a control request; returns the policy's actions. The reply
@@ -818,6 +923,9 @@ impl Actor {
             witness: (p.role() == Role::Watchdog).then(|| p.witness().clone()),
             last_refusal: p.last_refusal.clone(),
             takeover_pending: p.takeover_pending(),
+            storage: p
+                .storage()
+                .map(|(role, epoch)| ctl::StorageStatus { role, epoch }),
         }
     }
 }
@@ -847,39 +955,88 @@ async fn ask_any(
     ))
 }
 
+/// A run of the exec script, with its bound.
+type ExecJob = (Exec, exec::Env, Duration);
+
 async fn exec_worker(
     script: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<(Exec, exec::Env)>,
+    mut rx: mpsc::UnboundedReceiver<ExecJob>,
     tx: mpsc::Sender<Input>,
 ) {
-    while let Some((what, env)) = rx.recv().await {
-        let outcome = exec::run(&script, &what.args(), &env, EXEC_TIMEOUT).await;
-        if tx.send(Input::ExecDone { what, outcome }).await.is_err() {
+    while let Some((what, env, bound)) = rx.recv().await {
+        let outcome = exec::run(&script, &what.args(), &env, bound).await;
+        let done = Input::ExecDone {
+            what,
+            outcome,
+            storage: None,
+        };
+        if tx.send(done).await.is_err() {
             return;
         }
     }
 }
 
+/// The newest lease renewal asked for.
+#[derive(Clone)]
+struct Renewal {
+    what: Exec,
+    /// When the lease must end, whenever the renewal is carried out.
+    until: Instant,
+    /// Bound on the renewal itself.
+    deadline: Duration,
+    env: exec::Env,
+}
+
 /// Renews the storage lease with the newest value; older renewals that
-/// queued up meanwhile are skipped, and the time spent waiting is deducted.
-async fn lease_worker(script: PathBuf, mut rx: watch::Receiver<Option<(Ms, Instant, exec::Env)>>) {
+/// queued up meanwhile are skipped. The lease ends at the same instant
+/// however late the renewal runs (in-process, hastd also gets it as an
+/// absolute deadline). A failed renewal is reported: the primary stops
+/// vouching for a storage that does not take its lease.
+async fn lease_worker(
+    script: PathBuf,
+    storage: Option<Hastd>,
+    mut rx: watch::Receiver<Option<Renewal>>,
+    tx: mpsc::Sender<Input>,
+) {
     while rx.changed().await.is_ok() {
-        let Some((ms_left, at, env)) = rx.borrow_and_update().clone() else {
+        let Some(r) = rx.borrow_and_update().clone() else {
             continue;
         };
-        let left = ms_left.saturating_sub(ms(at.elapsed()));
-        if left == 0 {
+        let left = r.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             continue;
         }
-        let outcome = exec::run(
-            &script,
-            &Exec::Lease(left).args(),
-            &env,
-            Duration::from_millis(left.max(1000)),
-        )
-        .await;
-        if let Some(e) = outcome.error {
-            tracing::warn!(resource = %env.resource, "lease renewal failed: {e}");
+        // Never wait for an answer past the lease it carries.
+        let bound = r.deadline.min(left).max(Duration::from_millis(1));
+        let outcome = match &storage {
+            Some(hastd) => match hastd.renew(r.until, bound).await {
+                Ok(()) => exec::Outcome {
+                    ok: true,
+                    line: String::new(),
+                    error: None,
+                },
+                Err(e) => exec::Outcome {
+                    ok: false,
+                    line: String::new(),
+                    error: Some(format!("lease renewal failed: {e}")),
+                },
+            },
+            None => {
+                let left_ms = ms(left).max(1);
+                let mut o = exec::run(&script, &Exec::Lease(left_ms).args(), &r.env, bound).await;
+                if let Some(e) = o.error.take() {
+                    o.error = Some(format!("lease renewal failed: {e}"));
+                }
+                o
+            }
+        };
+        let done = Input::ExecDone {
+            what: r.what,
+            outcome,
+            storage: None,
+        };
+        if tx.send(done).await.is_err() {
+            return;
         }
     }
 }

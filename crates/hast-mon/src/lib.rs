@@ -5,8 +5,9 @@
 //! between hastmon peers, keyed by the shared `key { secret }`; `net` runs
 //! that framing over TCP with tokio, one exchange per connection. `msg` is
 //! what the exchanges carry and `policy` the pure takeover state machine.
-//! `daemon` runs the policies (with `exec` for the resource script and
-//! `store` for the watchdog's durable state); `ctl` is the control socket
+//! `daemon` runs the policies (with `exec` for the resource script,
+//! `storage` for hastd's lease and status in-process, and `store` for the
+//! watchdog's durable state); `ctl` is the control socket
 //! and `cli` the command lines of `hastmon` and `hastmonctl`.
 
 pub mod auth;
@@ -18,4 +19,5 @@ pub mod exec;
 pub mod msg;
 pub mod net;
 pub mod policy;
+pub mod storage;
 pub mod store;

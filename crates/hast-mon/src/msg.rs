@@ -91,15 +91,28 @@ pub enum ReplyBody {
         role: Role,
         state: RunState,
         epoch: u64,
+        /// The role the node's storage (hastd) reported at its last check,
+        /// whatever hastmon's own role: a pair run by hand before hastmon
+        /// was started has a primary the watchdog must not complain about.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storage: Option<Role>,
     },
-    /// Takeover granted: promote with this epoch.
+    /// Takeover granted: promote with this epoch. `node` names the
+    /// watchdog, so the new primary knows at once which node is its data
+    /// peer (its `fence_peer` needs it on the first degraded write).
     Granted {
         epoch: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
-    /// Request refused, with the reason (logged by the asker).
+    /// Request refused, with the reason (logged by the asker). `retry_ms`:
+    /// the refusal is temporary and the same request may succeed that many
+    /// milliseconds later (the watchdog still honours a lease).
     Refused {
         reason: String,
         epoch: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_ms: Option<u64>,
     },
     Ack,
 }
@@ -144,7 +157,45 @@ mod tests {
             role: Role::Watchdog,
             state: RunState::Stopped,
             epoch: 1,
+            storage: None,
         };
         assert_eq!(decode::<ReplyBody>(&encode(&rep)).unwrap(), rep);
+    }
+
+    /// Replies of a hastmon that predates `storage`, `node` and `retry_ms`
+    /// still decode, and the new fields are left out when empty.
+    #[test]
+    fn older_replies_decode() {
+        let cases: [(&str, ReplyBody); 3] = [
+            (
+                r#"{"kind":"status","node":"a","role":"init","state":"stopped","epoch":7}"#,
+                ReplyBody::Status {
+                    node: "a".into(),
+                    role: Role::Init,
+                    state: RunState::Stopped,
+                    epoch: 7,
+                    storage: None,
+                },
+            ),
+            (
+                r#"{"kind":"granted","epoch":8}"#,
+                ReplyBody::Granted {
+                    epoch: 8,
+                    node: None,
+                },
+            ),
+            (
+                r#"{"kind":"refused","reason":"no","epoch":8}"#,
+                ReplyBody::Refused {
+                    reason: "no".into(),
+                    epoch: 8,
+                    retry_ms: None,
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(decode::<ReplyBody>(text.as_bytes()).unwrap(), want);
+            assert_eq!(encode(&want), text.as_bytes());
+        }
     }
 }

@@ -21,6 +21,17 @@
 //!   persists it before answering. The epoch is the fencing token hastd
 //!   enforces. A node that restarts assumes it granted a promise just before:
 //!   it supports no takeover for one `lease` after its start.
+//! - **Vouching.** A primary heartbeats only while its storage answers: the
+//!   status check runs every `check_interval` and must answer within
+//!   `check_deadline`; once no check has passed for longer than both, the
+//!   primary reports `failing` and stops heartbeating. A hung hastd (SIGSTOP,
+//!   D state on a dying disk, livelock) is then replaced as soon as the
+//!   promises it already got run out — never sooner (hastd still fences
+//!   itself at its own lease deadline).
+//! - **Adoption.** Every node reports the role and epoch its storage holds;
+//!   the watchdog grants above every epoch it has seen and does not complain
+//!   while a node's storage is primary, so a pair run by hand can be put
+//!   under hastmon without a takeover.
 //! - **Outdated.** Before the primary acknowledges writes without its peer,
 //!   hastd's `fence_peer` hook makes it tell the watchdog (`Outdate`); only
 //!   an in-sync report for a later (epoch, seq) clears the mark. An outdated
@@ -55,9 +66,24 @@ pub struct Params {
     pub drift_ppm: u64,
     /// How long an exchange may take before it counts as failed.
     pub timeout: Ms,
+    /// How often a primary checks its storage (the status check).
+    pub check_interval: Ms,
+    /// A check not answered by then has failed (the daemon bounds it).
+    pub check_deadline: Ms,
+    /// Checks are cheap and tell the storage's role and epoch in any role
+    /// (in-process hastd): run them also in init, to learn a running pair.
+    pub probe_storage: bool,
 }
 
 impl Params {
+    /// Failed checks in a row after which a primary gives up: `attempts`
+    /// heartbeats' worth of checks.
+    fn checks_max(&self) -> u32 {
+        let per_heartbeat = (self.heartbeat / self.check_interval.max(1)).max(1);
+        self.attempts
+            .saturating_mul(u32::try_from(per_heartbeat).unwrap_or(u32::MAX))
+    }
+
     /// How long after *sending* a granted heartbeat the primary may act:
     /// `lease·(1−ρ)/(1+ρ)`.
     pub fn holder_lease(&self) -> Ms {
@@ -88,7 +114,9 @@ pub enum Exec {
     Connect,
     Disconnect,
     Complain,
-    /// Renew the storage's own lease for this many milliseconds.
+    /// Renew the storage's own lease until this time of the policy's clock
+    /// (the daemon passes what is left when it runs, and hastd clamps to
+    /// the absolute deadline, so a late renewal never extends the lease).
     Lease(Ms),
 }
 
@@ -103,7 +131,7 @@ impl Exec {
             Exec::Connect => vec!["connect".into()],
             Exec::Disconnect => vec!["disconnect".into()],
             Exec::Complain => vec!["complain".into()],
-            Exec::Lease(ms) => vec!["lease".into(), ms.to_string()],
+            Exec::Lease(until) => vec!["lease".into(), until.to_string()],
         }
     }
 }
@@ -143,10 +171,19 @@ pub struct Policy {
     peers: Vec<PeerView>,
     /// Why the last request of ours was refused, for `hastmonctl status`.
     pub last_refusal: Option<String>,
+    // Storage checks (every role but the watchdog).
+    /// When the running check started.
+    check_started: Option<Ms>,
+    next_check: Ms,
+    /// When the last check that passed started.
+    last_check_ok: Option<Ms>,
+    /// The role and epoch the storage reported at the last check.
+    storage: Option<(Role, u64)>,
+    /// The watchdog's node name, once known (from its requests or grant).
+    watchdog_name: Option<String>,
     // Primary.
     lease_until: Option<Ms>,
     status_failures: u32,
-    status_running: bool,
     // Secondary.
     promise_until: Option<Ms>,
     primary_name: Option<String>,
@@ -159,11 +196,16 @@ pub struct Policy {
     /// After a refusal, the next request waits until then.
     takeover_retry_at: Ms,
     manual_takeover: bool,
+    /// An operator's takeover is retried after temporary refusals until then.
+    manual_until: Ms,
     // Watchdog.
     witness: WitnessState,
     promises: BTreeMap<String, Ms>,
-    round: BTreeMap<usize, (Role, RunState)>,
+    /// The round's answers: (role, state, storage role) per remote; `None`
+    /// for a remote that did not answer.
+    round: BTreeMap<usize, Option<(Role, RunState, Option<Role>)>>,
     round_open: bool,
+    round_started: Ms,
     complaint_rounds: u32,
 }
 
@@ -180,9 +222,13 @@ impl Policy {
             next_heartbeat: now,
             peers: vec![PeerView::default(); remotes],
             last_refusal: None,
+            check_started: None,
+            next_check: now,
+            last_check_ok: None,
+            storage: None,
+            watchdog_name: None,
             lease_until: None,
             status_failures: 0,
-            status_running: false,
             // We may have granted a promise just before a restart: keep it.
             promise_until: Some(now + p.lease),
             primary_name: None,
@@ -193,10 +239,12 @@ impl Policy {
             takeover_sent: None,
             takeover_retry_at: 0,
             manual_takeover: false,
+            manual_until: 0,
             witness,
             promises: BTreeMap::new(),
             round: BTreeMap::new(),
             round_open: false,
+            round_started: 0,
             complaint_rounds: 0,
         }
     }
@@ -232,9 +280,41 @@ impl Policy {
     pub fn complaint_rounds(&self) -> u32 {
         self.complaint_rounds
     }
-    /// A takeover request is waiting for the watchdog's answer.
+    /// A takeover request is waiting for the watchdog's answer, or an
+    /// operator's is retried after a temporary refusal.
     pub fn takeover_pending(&self) -> bool {
-        self.takeover_sent.is_some()
+        self.takeover_sent.is_some() || self.manual_takeover
+    }
+
+    /// The role and epoch the storage reported at its last check.
+    pub fn storage(&self) -> Option<(Role, u64)> {
+        self.storage
+    }
+
+    /// The other data node of a resource whose nodes are `nodes`: not us,
+    /// not the watchdog. `None` while a third node could be either.
+    pub fn data_peer<'a>(&self, nodes: &'a [String]) -> Option<&'a str> {
+        let watchdogs: Vec<&str> = self
+            .peers
+            .iter()
+            .filter(|p| p.role == Some(Role::Watchdog))
+            .filter_map(|p| p.name.as_deref())
+            .chain(self.watchdog_name.as_deref())
+            .collect();
+        if watchdogs.is_empty() && nodes.len() > 2 {
+            return None;
+        }
+        nodes
+            .iter()
+            .map(String::as_str)
+            .find(|n| *n != self.node && !watchdogs.contains(n))
+    }
+
+    /// What the storage reported at the check that is about to be passed
+    /// to [`Policy::on_exec`]: its role and epoch. A node learns the epochs
+    /// a pair run by hand already holds, and says so in every reply.
+    pub fn observe_storage(&mut self, role: Role, epoch: u64) {
+        self.storage = Some((role, epoch));
     }
 
     /// The primary this secondary last granted a lease to.
@@ -244,6 +324,10 @@ impl Policy {
 
     /// New timing (and number of remotes) from a configuration reload; the
     /// role, epoch, leases and promises stay.
+    pub fn params(&self) -> &Params {
+        &self.p
+    }
+
     pub fn reconfigure(&mut self, p: Params, remotes: usize) {
         self.p = p;
         self.peers.resize(remotes, PeerView::default());
@@ -262,8 +346,11 @@ impl Policy {
                     self.last_refusal = Some("a watchdog cannot become primary".into());
                     return out;
                 }
-                // Ask the witness for the next epoch; promotion happens on Granted.
+                // Ask the witness for the next epoch; promotion happens on
+                // Granted. Temporary refusals are retried as long as
+                // `hastmonctl role primary` waits for the answer.
                 self.manual_takeover = true;
+                self.manual_until = now + MANUAL_WAIT;
                 self.request_takeover(now, &mut out);
             }
             Role::Secondary | Role::Init => {
@@ -286,6 +373,7 @@ impl Policy {
                 self.started = now;
                 self.round_open = false;
                 self.complaint_rounds = 0;
+                self.check_started = None;
             }
         }
         out
@@ -294,6 +382,9 @@ impl Policy {
     /// Called every few hundred milliseconds.
     pub fn tick(&mut self, now: Ms) -> Vec<Action> {
         let mut out = Vec::new();
+        if self.role != Role::Watchdog {
+            self.manual_retry(now, &mut out);
+        }
         match self.role {
             Role::Primary => {
                 if self.lease_until.is_some_and(|l| now >= l) {
@@ -304,7 +395,25 @@ impl Policy {
                     );
                     return out;
                 }
-                if now >= self.next_heartbeat {
+                let checking = matches!(self.state, RunState::Run | RunState::Failing);
+                if checking {
+                    self.check(now, self.p.check_interval, &mut out);
+                }
+                // Vouch for the storage only while it answers: a check that
+                // passed must have started within the last interval plus its
+                // deadline (or the start, which is a check, is under way).
+                let vouching = self.state == RunState::Starting
+                    || self
+                        .last_check_ok
+                        .is_some_and(|t| now <= t + self.p.check_interval + self.p.check_deadline);
+                if checking && !vouching && self.state == RunState::Run {
+                    self.state = RunState::Failing;
+                    out.push(Action::Log(format!(
+                        "the storage has not answered a check for {} ms: no longer vouching for it (heartbeats stop; the lease runs out)",
+                        now.saturating_sub(self.last_check_ok.unwrap_or(now))
+                    )));
+                }
+                if now >= self.next_heartbeat && vouching {
                     self.next_heartbeat = now + self.p.heartbeat;
                     for to in 0..self.peers.len() {
                         out.push(Action::Send {
@@ -315,34 +424,17 @@ impl Policy {
                             },
                         });
                     }
-                    if matches!(self.state, RunState::Run | RunState::Failing)
-                        && !self.status_running
-                    {
-                        self.status_running = true;
-                        out.push(Action::Exec(Exec::Status));
-                    }
                 }
             }
             Role::Secondary => {
                 // Check every heartbeat that the local resource could take over.
-                if now >= self.next_heartbeat {
-                    self.next_heartbeat = now + self.p.heartbeat;
-                    if !self.status_running {
-                        self.status_running = true;
-                        out.push(Action::Exec(Exec::Status));
-                    }
-                }
+                self.check(now, self.p.heartbeat, &mut out);
                 if self.primary_connected && self.promise_until.is_some_and(|p| now >= p) {
                     self.primary_connected = false;
                     out.push(Action::Exec(Exec::Disconnect));
                 }
-                if self
-                    .takeover_sent
-                    .is_some_and(|t| now >= t + self.p.timeout)
+                if self.takeover_sent.is_none() && !self.manual_takeover && self.may_take_over(now)
                 {
-                    self.takeover_sent = None;
-                }
-                if self.takeover_sent.is_none() && self.may_take_over(now) {
                     self.request_takeover(now, &mut out);
                 }
             }
@@ -354,6 +446,7 @@ impl Policy {
                     }
                     self.round.clear();
                     self.round_open = true;
+                    self.round_started = now;
                     for to in 0..self.peers.len() {
                         out.push(Action::Send {
                             to,
@@ -362,9 +455,47 @@ impl Policy {
                     }
                 }
             }
-            Role::Init => {}
+            Role::Init => {
+                if self.p.probe_storage {
+                    self.check(now, self.p.heartbeat, &mut out);
+                }
+            }
         }
         out
+    }
+
+    /// Starts a status check every `every` unless one is running.
+    fn check(&mut self, now: Ms, every: Ms, out: &mut Vec<Action>) {
+        if now >= self.next_check && self.check_started.is_none() {
+            self.next_check = now + every;
+            self.check_started = Some(now);
+            out.push(Action::Exec(Exec::Status));
+        }
+    }
+
+    /// A takeover request that got no answer is over; an operator's is
+    /// sent again while its time lasts.
+    fn manual_retry(&mut self, now: Ms, out: &mut Vec<Action>) {
+        if self
+            .takeover_sent
+            .is_some_and(|t| now >= t + self.p.timeout)
+        {
+            self.takeover_sent = None;
+            if self.manual_takeover {
+                self.takeover_retry_at = now;
+            }
+        }
+        if !self.manual_takeover || self.takeover_sent.is_some() || now < self.takeover_retry_at {
+            return;
+        }
+        if now >= self.manual_until {
+            self.manual_takeover = false;
+            if self.last_refusal.is_none() {
+                self.last_refusal = Some("no answer from the watchdog".into());
+            }
+            return;
+        }
+        self.request_takeover(now, out);
     }
 
     /// The secondary's half of the takeover rule.
@@ -389,7 +520,7 @@ impl Policy {
             out.push(Action::Send {
                 to,
                 req: RequestBody::Takeover {
-                    epoch_seen: self.epoch,
+                    epoch_seen: self.known_epoch(),
                     manual,
                 },
             });
@@ -398,18 +529,22 @@ impl Policy {
 
     /// The watchdog's verdict on the round that just ended.
     fn close_round(&mut self, out: &mut Vec<Action>) {
-        let running = self
-            .round
-            .values()
-            .any(|&(r, s)| r == Role::Primary && s == RunState::Run);
+        self.round_open = false;
+        // A primary that runs, or a node whose storage is primary while
+        // hastmon does not manage it yet (a pair run by hand, being
+        // adopted): no complaint, so no secondary takes over from it.
+        let running = self.round.values().flatten().any(|&(r, s, storage)| {
+            (r == Role::Primary && s == RunState::Run)
+                || (r == Role::Init && storage == Some(Role::Primary))
+        });
         if running {
             self.complaint_rounds = 0;
             return;
         }
         self.complaint_rounds += 1;
         let outdated: Vec<String> = self.witness.outdated.keys().cloned().collect();
-        for (&to, &(r, _)) in &self.round {
-            if r == Role::Secondary {
+        for (&to, answer) in &self.round {
+            if matches!(answer, Some((Role::Secondary, _, _))) {
                 out.push(Action::Send {
                     to,
                     req: RequestBody::Complain {
@@ -459,16 +594,22 @@ impl Policy {
                     role: self.role,
                 }
             }
-            RequestBody::Status => ReplyBody::Status {
-                node: self.node.clone(),
-                role: self.role,
-                state: self.state,
-                epoch: self.known_epoch(),
-            },
+            RequestBody::Status => {
+                // Only the watchdog asks.
+                self.watchdog_name = Some(from.to_owned());
+                ReplyBody::Status {
+                    node: self.node.clone(),
+                    role: self.role,
+                    state: self.state,
+                    epoch: self.known_epoch(),
+                    storage: self.storage.map(|(r, _)| r),
+                }
+            }
             RequestBody::Complain {
                 epoch,
                 ref outdated,
             } => {
+                self.watchdog_name = Some(from.to_owned());
                 if self.role == Role::Secondary {
                     self.complaints.push_back(now);
                     while self.complaints.len() > 64 {
@@ -551,11 +692,25 @@ impl Policy {
         ReplyBody::Refused {
             reason: reason.to_owned(),
             epoch: self.known_epoch(),
+            retry_ms: None,
         }
     }
 
+    /// A refusal that may turn into a grant `retry_ms` from now.
+    fn refuse_for(&self, reason: &str, retry_ms: Ms) -> ReplyBody {
+        ReplyBody::Refused {
+            reason: format!("{reason} (retry in {:.1} s)", retry_ms as f64 / 1000.0),
+            epoch: self.known_epoch(),
+            retry_ms: Some(retry_ms.max(1)),
+        }
+    }
+
+    /// The highest epoch this node knows: its own, the witness's, its
+    /// storage's.
     fn known_epoch(&self) -> u64 {
-        self.epoch.max(self.witness.epoch)
+        self.epoch
+            .max(self.witness.epoch)
+            .max(self.storage.map_or(0, |(_, e)| e))
     }
 
     /// Whether to renew `from`'s lease.
@@ -622,19 +777,24 @@ impl Policy {
             return self.refuse(&format!("{from} is outdated (epoch {e} seq {s})"));
         }
         if now < self.started + self.p.lease {
-            return self.refuse("watchdog started less than a lease ago");
+            return self.refuse_for(
+                "watchdog started less than a lease ago",
+                self.started + self.p.lease - now,
+            );
         }
-        if let Some((n, _)) = self
+        if let Some((n, &until)) = self
             .promises
             .iter()
             .find(|&(n, &until)| n != from && now < until)
         {
-            return self.refuse(&format!("{n} holds a lease"));
+            return self.refuse_for(&format!("{n} holds a lease"), until - now);
         }
         if !manual && self.complaint_rounds < self.p.complaint_count {
             return self.refuse("no complaints: a primary is running");
         }
-        let epoch = self.witness.epoch.max(epoch_seen) + 1;
+        // Above every epoch seen: ours, the asker's, and every node's
+        // storage (a pair switched by hand holds epochs we never granted).
+        let epoch = self.known_epoch().max(epoch_seen) + 1;
         self.witness.epoch = epoch;
         self.witness.primary = Some(from.to_owned());
         self.promises.insert(from.to_owned(), now + self.p.lease);
@@ -643,11 +803,48 @@ impl Policy {
         out.push(Action::Log(format!(
             "takeover by {from} granted: epoch {epoch}"
         )));
-        ReplyBody::Granted { epoch }
+        ReplyBody::Granted {
+            epoch,
+            node: Some(self.node.clone()),
+        }
     }
 
     /// The answer to (or failure of) a request sent at `sent_at` to remote `to`.
     pub fn on_reply(
+        &mut self,
+        to: usize,
+        req: &RequestBody,
+        reply: Option<&ReplyBody>,
+        sent_at: Ms,
+        now: Ms,
+    ) -> Vec<Action> {
+        let mut out = self.handle_reply(to, req, reply, sent_at, now);
+        // The watchdog judges a round as soon as every remote answered (or
+        // failed to), not only at the next tick: a dead or failing primary
+        // is complained about without waiting out the round.
+        if self.role == Role::Watchdog
+            && self.round_open
+            && *req == RequestBody::Status
+            && sent_at >= self.round_started
+        {
+            let answer = match reply {
+                Some(&ReplyBody::Status {
+                    role,
+                    state,
+                    storage,
+                    ..
+                }) => Some((role, state, storage)),
+                _ => None,
+            };
+            self.round.insert(to, answer);
+            if self.round.len() >= self.peers.len() {
+                self.close_round(&mut out);
+            }
+        }
+        out
+    }
+
+    fn handle_reply(
         &mut self,
         to: usize,
         req: &RequestBody,
@@ -684,7 +881,7 @@ impl Policy {
                     let until = sent_at + self.p.holder_lease();
                     if self.lease_until.is_none_or(|l| until > l) {
                         self.lease_until = Some(until);
-                        out.push(Action::Exec(Exec::Lease(until.saturating_sub(now))));
+                        out.push(Action::Exec(Exec::Lease(until)));
                     }
                 } else if *theirs > self.epoch {
                     self.step_down(
@@ -701,6 +898,7 @@ impl Policy {
                     role,
                     state,
                     epoch,
+                    ..
                 },
             ) => {
                 if let Some(peer) = self.peers.get_mut(to) {
@@ -709,24 +907,29 @@ impl Policy {
                     peer.state = Some(*state);
                 }
                 self.epoch = self.epoch.max(*epoch);
-                if self.role == Role::Watchdog && self.round_open {
-                    self.round.insert(to, (*role, *state));
-                }
             }
-            (RequestBody::Takeover { .. }, ReplyBody::Granted { epoch }) => {
+            (RequestBody::Takeover { .. }, ReplyBody::Granted { epoch, node }) => {
                 if self.takeover_sent.is_none() || self.role == Role::Primary {
                     return out;
                 }
                 self.takeover_sent = None;
                 self.manual_takeover = false;
-                // Only the watchdog grants: now we know which remote it is.
+                // Only the watchdog grants: now we know which remote it is,
+                // and so which node is the data peer `fence_peer` names.
                 if let Some(peer) = self.peers.get_mut(to) {
                     peer.role = Some(Role::Watchdog);
+                    if node.is_some() {
+                        peer.name.clone_from(node);
+                    }
+                }
+                if node.is_some() {
+                    self.watchdog_name.clone_from(node);
                 }
                 self.role = Role::Primary;
                 self.epoch = *epoch;
                 self.state = RunState::Starting;
                 self.status_failures = 0;
+                self.last_check_ok = None;
                 self.lease_until = Some(sent_at + self.p.holder_lease());
                 self.next_heartbeat = now;
                 self.promise_until = None;
@@ -736,18 +939,36 @@ impl Policy {
                 out.push(Action::Exec(Exec::Role(Role::Primary)));
                 out.push(Action::Exec(Exec::Start));
             }
-            (RequestBody::Takeover { .. }, ReplyBody::Refused { reason, epoch }) => {
+            (
+                RequestBody::Takeover { .. },
+                ReplyBody::Refused {
+                    reason,
+                    epoch,
+                    retry_ms,
+                },
+            ) => {
                 self.epoch = self.epoch.max(*epoch);
                 if reason != NOT_WATCHDOG {
                     if let Some(peer) = self.peers.get_mut(to) {
                         peer.role = Some(Role::Watchdog);
                     }
                     self.last_refusal = Some(reason.clone());
-                    // An operator's request is answered: it is over. A
-                    // secondary's own request is retried on later complaints.
                     self.takeover_sent = None;
-                    self.manual_takeover = false;
-                    self.takeover_retry_at = now + self.p.heartbeat;
+                    match retry_ms {
+                        // An operator's request refused for a while only
+                        // (the watchdog honours a lease): ask again then,
+                        // as long as `hastmonctl role primary` waits.
+                        Some(ms) if self.manual_takeover && now + ms < self.manual_until => {
+                            self.takeover_retry_at = now + ms;
+                        }
+                        // Otherwise an operator's request is answered: it
+                        // is over. A secondary's own request is retried on
+                        // later complaints.
+                        _ => {
+                            self.manual_takeover = false;
+                            self.takeover_retry_at = now + self.p.heartbeat;
+                        }
+                    }
                 }
             }
             _ => {}
@@ -755,12 +976,16 @@ impl Policy {
         out
     }
 
-    /// The exec script finished (`ok` = exit 0).
-    pub fn on_exec(&mut self, what: Exec, ok: bool) -> Vec<Action> {
+    /// The exec script (or the in-process storage call) finished at `now`
+    /// (`ok` = exit 0).
+    pub fn on_exec(&mut self, what: Exec, ok: bool, now: Ms) -> Vec<Action> {
         let mut out = Vec::new();
+        let started = match what {
+            Exec::Status => self.check_started.take(),
+            _ => None,
+        };
         if self.role != Role::Primary {
             if what == Exec::Status {
-                self.status_running = false;
                 self.ready = ok && self.role == Role::Secondary;
             }
             return out;
@@ -773,19 +998,28 @@ impl Policy {
                     &mut out,
                 );
             }
-            Exec::Start | Exec::Status => {
-                if what == Exec::Status {
-                    self.status_running = false;
-                }
+            // A renewal that succeeded says no more than the last check.
+            Exec::Lease(_) if ok => {}
+            Exec::Start | Exec::Status | Exec::Lease(_) => {
                 if ok {
                     self.status_failures = 0;
+                    // A check vouches from when it started; the start
+                    // from when it finished.
+                    self.last_check_ok = Some(started.unwrap_or(now));
                     if self.state != RunState::Stopped {
                         self.state = RunState::Run;
                     }
                 } else {
                     self.status_failures += 1;
+                    self.last_check_ok = None;
+                    if self.state != RunState::Failing {
+                        out.push(Action::Log(format!(
+                            "storage check failed ({}): no longer vouching for it",
+                            what.args().join(" ")
+                        )));
+                    }
                     self.state = RunState::Failing;
-                    if self.status_failures >= self.p.attempts {
+                    if self.status_failures >= self.p.checks_max() {
                         self.step_down(
                             Role::Secondary,
                             &format!("the resource failed {} checks", self.status_failures),
@@ -799,6 +1033,10 @@ impl Policy {
         out
     }
 }
+
+/// How long an operator's `role primary` is retried after temporary
+/// refusals (`hastmonctl` waits as long for the answer).
+pub const MANUAL_WAIT: Ms = 15_000;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,21 @@ pub mod logging;
 pub mod pidfile;
 pub mod sock;
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, shared by
+/// every process of the host, so one daemon can hand another an absolute
+/// deadline (hastmon's lease renewals to hastd).
+pub fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// sysexits(3) codes used by the daemons and their control tools.
 pub mod exit {
     pub const OK: i32 = 0;

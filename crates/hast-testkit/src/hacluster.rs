@@ -246,8 +246,15 @@ impl HaCluster {
             format!("# written by hast-testkit (hacluster)\nkey {{\n    secret \"{KEY}\"\n}}\n");
         for n in ["a", "b", "w"] {
             let d = self.host_dir(n);
+            // Lease and status in-process over hastd's control socket; the
+            // witness runs no hastd.
+            let hastd = if n == WITNESS {
+                "none".to_owned()
+            } else {
+                format!("unix://{}", d.join("hastd.sock").display())
+            };
             s.push_str(&format!(
-                "on {n} {{\n    control {ctl}\n    listen tcp://{ip}:{MON_PORT}\n    pidfile {pid}\n    state_dir {d}/monstate\n}}\n",
+                "on {n} {{\n    control {ctl}\n    listen tcp://{ip}:{MON_PORT}\n    pidfile {pid}\n    state_dir {d}/monstate\n    hastd_control {hastd}\n}}\n",
                 ctl = d.join("hastmon.sock").display(),
                 ip = self.net.addr(n),
                 pid = d.join("hastmon.pid").display(),

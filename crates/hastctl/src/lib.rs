@@ -363,6 +363,7 @@ fn lease(common: &Common, ms: u64, names: &[String]) -> Res {
         common,
         &cfg,
         Request::Lease {
+            not_after: None,
             ms,
             names: names.to_vec(),
         },

@@ -157,7 +157,7 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             }
             Response::Role(out)
         }
-        Request::Lease { ms, names } => {
+        Request::Lease { ms, names, .. } => {
             if ms == 0 || ms > LEASE_MS_MAX {
                 return error(
                     ErrorKind::Usage,

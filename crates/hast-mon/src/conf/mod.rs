@@ -5,6 +5,7 @@
 //! ```text
 //! control unix:///var/run/hastmonctl      # host options: global or in a
 //! listen 0.0.0.0                          # top-level `on NODE { }`
+//! hastd_control unix:///run/hastctl       # lease + status in-process
 //! heartbeat_interval 1                    # resource options: global
 //! key { secret "at least 16 bytes" }      # defaults, overridden per resource
 //! resource www {
@@ -68,6 +69,8 @@ pub mod defaults {
     pub const CONTROL_PATH: &str = "/var/run/hastmonctl";
     pub const PIDFILE: &str = "/var/run/hastmon.pid";
     pub const STATE_DIR: &str = "/var/lib/hastmon";
+    /// hastd's default control socket (hast.conf `control`).
+    pub const HASTD_CONTROL: &str = "/run/hastctl";
     pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
     pub const COMPLAINT_COUNT: u32 = 2;
     pub const COMPLAINT_INTERVAL: Duration = Duration::from_secs(10);
@@ -100,6 +103,10 @@ pub struct Config {
     pub pidfile: PathBuf,
     /// Where hastmon persists its state across restarts.
     pub state_dir: PathBuf,
+    /// hastd's control socket: lease renewals and status checks of the
+    /// resources go there in-process (the resource of the same name);
+    /// `None` (`hastd_control none`): the `exec` script does them.
+    pub hastd_control: Option<PathBuf>,
     /// The node name the sections were chosen by.
     pub node: String,
     /// Every resource of the file, in file order, including those without

@@ -54,6 +54,8 @@ pub(super) struct HostOpts {
     pub(super) listen: Option<At<Addr>>,
     pub(super) pidfile: Option<At<PathBuf>>,
     pub(super) state_dir: Option<At<PathBuf>>,
+    /// hastd's control socket, or `None` for `hastd_control none`.
+    pub(super) hastd_control: Option<At<Option<Addr>>>,
 }
 
 /// Options of a resource (global defaults and the resource section).
@@ -107,6 +109,7 @@ enum Word {
     Listen,
     Pidfile,
     StateDir,
+    HastdControl,
     Exec,
     HeartbeatInterval,
     ComplaintCount,
@@ -130,6 +133,7 @@ impl Word {
             "listen" => Word::Listen,
             "pidfile" => Word::Pidfile,
             "state_dir" => Word::StateDir,
+            "hastd_control" => Word::HastdControl,
             "exec" => Word::Exec,
             "heartbeat_interval" => Word::HeartbeatInterval,
             "complaint_count" => Word::ComplaintCount,
@@ -363,7 +367,7 @@ impl Parser<'_> {
         let at = |e: ErrorKind| ConfigError::at(file, line, e);
         match (w, target) {
             (
-                Word::Control | Word::Listen | Word::Pidfile | Word::StateDir,
+                Word::Control | Word::Listen | Word::Pidfile | Word::StateDir | Word::HastdControl,
                 Target::Global(host, _) | Target::Node(host),
             ) => {
                 let v = self.r.value(word)?;
@@ -462,6 +466,14 @@ fn apply_host(w: Word, key: &str, v: &str, line: u32, o: &mut HostOpts) -> Resul
         Word::Listen => set(&mut o.listen, tcp_addr(key, v)?, key, line),
         Word::Pidfile => set(&mut o.pidfile, abs_path(key, v)?, key, line),
         Word::StateDir => set(&mut o.state_dir, abs_path(key, v)?, key, line),
+        Word::HastdControl => {
+            let a = if v == "none" {
+                None
+            } else {
+                Some(unix_addr(key, v)?)
+            };
+            set(&mut o.hastd_control, a, key, line)
+        }
         _ => Err(ErrorKind::WrongLevel {
             key: key.to_owned(),
             level: Level::Node,

@@ -13,7 +13,7 @@ use hast_conf::syntax::{At, SyntaxError};
 use super::error::{ConfigError, ErrorKind};
 use super::parser::{RawConfig, RawResource};
 use super::value::show;
-use super::{defaults, Config, NodeSection, Resource, Timing};
+use super::{defaults, Addr, Config, NodeSection, Resource, Timing};
 
 /// The innermost level that sets the option.
 fn inherit<'a, T>(inner: &'a Option<At<T>>, outer: &'a Option<At<T>>) -> Option<&'a At<T>> {
@@ -38,6 +38,14 @@ pub(super) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         .map_or_else(|| defaults::PIDFILE.into(), |a| a.value.clone());
     let state_dir = inherit(&section.state_dir, &g.state_dir)
         .map_or_else(|| defaults::STATE_DIR.into(), |a| a.value.clone());
+    let hastd_control = match inherit(&section.hastd_control, &g.hastd_control) {
+        None => Some(defaults::HASTD_CONTROL.into()),
+        Some(At {
+            value: Some(Addr::Unix(p)),
+            ..
+        }) => Some(p.clone()),
+        Some(_) => None,
+    };
 
     let mut resources = Vec::with_capacity(raw.resources.len());
     for res in &raw.resources {
@@ -48,6 +56,7 @@ pub(super) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         listen,
         pidfile,
         state_dir,
+        hastd_control,
         node: node.to_owned(),
         resources,
     })

@@ -78,6 +78,7 @@ fn accepted() {
             assert_eq!(c.listen, tcp("0.0.0.0", 8459));
             assert_eq!(c.pidfile, PathBuf::from("/var/run/hastmon.pid"));
             assert_eq!(c.state_dir, PathBuf::from("/var/lib/hastmon"));
+            assert_eq!(c.hastd_control, Some(PathBuf::from("/run/hastctl")));
             assert_eq!(c.node, "nodea");
             let r = &c.resources[0];
             assert_eq!((r.name.as_str(), r.line), ("r", 3));
@@ -183,6 +184,18 @@ on nodeb { control unix:///run/b.sock }
             assert_eq!(c.control, Addr::Unix("/run/b.sock".into()));
             assert_eq!(c.listen, tcp("0.0.0.0", 9000));
         }),
+        ("hastd_control: a path per node, or none", "\
+hastd_control none
+on nodea { hastd_control uds:///srv/a/hastd.sock }
+", "nodea", |c| {
+            assert_eq!(c.hastd_control, Some(PathBuf::from("/srv/a/hastd.sock")));
+        }),
+        ("hastd_control none: the exec script does everything", "\
+hastd_control none
+on nodea { listen 10.0.0.1 }
+", "nodea", |c| {
+            assert_eq!(c.hastd_control, None);
+        }),
         ("a resource's key replaces the global one", "\
 key { secret \"global-key-0123456789\" }
 exec /x
@@ -284,6 +297,8 @@ fn refused() {
         ("listen h:65536".into(), "1: invalid listen \"h:65536\": port 65536 is out of range (0-65535)"),
         ("pidfile run/x.pid".into(), "1: invalid pidfile \"run/x.pid\": must be an absolute path"),
         ("state_dir var".into(), "1: invalid state_dir \"var\": must be an absolute path"),
+        ("hastd_control tcp://h:1".into(), "1: invalid hastd_control \"tcp://h:1\": must be a Unix socket (unix:///path)"),
+        ("resource r {\n hastd_control none\n}".into(), "2: \"hastd_control\" is not allowed in the resource section"),
         ("exec relative".into(), "1: invalid exec \"relative\": must be an absolute path"),
         ("lease 2\nlease 3".into(), "2: \"lease\" is already set in this section at line 1"),
         ("listen 0.0.0.0\nlisten 10.0.0.1".into(), "2: \"listen\" is already set in this section at line 1"),
