@@ -127,12 +127,7 @@ fn longest_gap(acks: &[(f64, String)], from: f64, to: f64) -> (f64, f64) {
     let mut t: Vec<f64> = acks.iter().map(|a| a.0).collect();
     t.sort_by(f64::total_cmp);
     let mut best = (0.0, from);
-    let mut prev = t
-        .iter()
-        .copied()
-        .filter(|x| *x <= from)
-        .last()
-        .unwrap_or(from);
+    let mut prev = t.iter().copied().rfind(|x| *x <= from).unwrap_or(from);
     for &x in t.iter().filter(|x| **x > from) {
         if x - prev > best.0 {
             best = (x - prev, x);
@@ -356,7 +351,9 @@ impl Run<'_> {
             Fault::PausePrimaryHastd => self.c.pause_hastd(p),
             Fault::PrimaryDiskHang => self.c.hang_disk(p),
             Fault::ForkFailPrimaryMon => match self.c.fork_fail_hastmon(p) {
-                Ok(max) => println!("{label}: hastmon on {p} in a pids cgroup full at {max} tasks"),
+                Ok(max) => println!(
+                    "{label}: hastmon on {p} in a pids cgroup full at {max} tasks (a probe failed to fork in it)"
+                ),
                 Err(e) => {
                     hast_testkit::env::skip(&format!("{label}: cannot make fork fail: {e}"));
                 }
@@ -410,7 +407,7 @@ impl Run<'_> {
             Fault::PrimaryDiskHang => self.c.heal_disk(p),
             Fault::ForkFailPrimaryMon => {
                 let refused = self.c.fork_heal_hastmon(p);
-                println!("{label}: the pids cgroup refused {refused} forks/threads of hastmon");
+                println!("{label}: the pids cgroup refused {refused} forks/threads of hastmon during the fault");
             }
             Fault::WitnessKilledDuringTakeover => {
                 let back = Instant::now();

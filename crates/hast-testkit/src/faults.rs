@@ -223,6 +223,51 @@ impl PidsCage {
         Ok(n)
     }
 
+    /// Shows that a fork in the cage fails now: a shell moved into it
+    /// (moving a process in is never limited) runs an external command and
+    /// must fail to fork. Ok(how many refusals the probe itself caused).
+    pub fn probe(&self) -> Result<u64, String> {
+        let go = self.dir_tag_file();
+        let _ = std::fs::remove_file(&go);
+        let before = self.refused();
+        let mut cmd = Command::new("/bin/sh");
+        // Builtins only until GO exists (the probe cannot fork in the cage);
+        // then /bin/true, not the last command, so the shell must fork it.
+        cmd.arg("-c")
+            .arg("while [ ! -e \"$0\" ]; do :; done; /bin/true; echo forked")
+            .arg(&go)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().map_err(|e| format!("probe: {e}"))?;
+        let entered = self.enter(child.id());
+        std::fs::write(&go, b"").map_err(|e| format!("probe: {e}"))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("probe: {e}"))?;
+        let _ = std::fs::remove_file(&go);
+        entered?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || text.contains("forked") {
+            return Err(format!(
+                "a fork in the full pids cgroup {} succeeded ({}): {text}",
+                self.dir.display(),
+                out.status
+            ));
+        }
+        Ok(self.refused().saturating_sub(before))
+    }
+
+    fn dir_tag_file(&self) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "{}.probe-go",
+            self.dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("cage")
+        ))
+    }
+
     /// No limit again.
     pub fn release(&self) {
         let _ = self.write("pids.max", "max");

@@ -76,8 +76,9 @@ pub struct HaCluster {
     area: BTreeMap<&'static str, (u64, u64)>,
     /// The FUSE disks (`fuse_disks`), by data node.
     disks: BTreeMap<&'static str, FuseDisk>,
-    /// pids cgroups of hastmons whose forks fail, by host.
-    cages: BTreeMap<String, PidsCage>,
+    /// pids cgroups of hastmons whose forks fail, by host, with the
+    /// refusals their probe caused.
+    cages: BTreeMap<String, (PidsCage, u64)>,
 }
 
 /// The other data node.
@@ -442,23 +443,24 @@ impl HaCluster {
     }
 
     /// From now on hastmon on `n` can neither fork nor start a thread (its
-    /// pids cgroup is full); returns the cgroup's limit. Err where no pids
-    /// cgroup can be made.
+    /// pids cgroup is full, checked with a probe that must fail to fork in
+    /// it); returns the cgroup's limit. Err where no pids cgroup can be made.
     pub fn fork_fail_hastmon(&mut self, n: &str) -> Result<u64, String> {
         let pid = self.hastmon.get(n).map(NsProc::pid).ok_or("no hastmon")?;
         let cage = PidsCage::new(&format!("hastmon-{n}"))?;
         cage.enter(pid)?;
         let max = cage.exhaust()?;
-        self.cages.insert(n.to_owned(), cage);
+        let probe = cage.probe()?;
+        self.cages.insert(n.to_owned(), (cage, probe));
         Ok(max)
     }
 
-    /// hastmon on `n` may fork again; returns how many forks/clones were
-    /// refused meanwhile.
+    /// hastmon on `n` may fork again; returns how many of its forks/clones
+    /// were refused meanwhile (the probe's not counted).
     pub fn fork_heal_hastmon(&mut self, n: &str) -> u64 {
         match self.cages.remove(n) {
-            Some(cage) => {
-                let refused = cage.refused();
+            Some((cage, probe)) => {
+                let refused = cage.refused().saturating_sub(probe);
                 cage.release();
                 refused
             }
