@@ -678,3 +678,86 @@ fn follow_writer_leaves_a_partitioned_server_for_the_reachable_one() {
         "abandoned writes are recorded"
     );
 }
+
+/// The hangable disk of the failover tests (`hast_testkit::faults::FuseDisk`):
+/// a write into it waits while the disk hangs and completes after heal; a
+/// writer stuck in it survives SIGKILL until the FUSE connection is aborted,
+/// which frees it at once; the file behind it holds what was written.
+#[test]
+fn a_fuse_disk_hangs_heals_and_a_writer_stuck_in_it_can_be_freed() {
+    use hast_testkit::faults::FuseDisk;
+    if !(hast_testkit::require_root()
+        && hast_testkit::require_fuse()
+        && hast_testkit::require_tools(&["nbdkit", "nbdfuse", "fusermount3", "dd"]))
+    {
+        return;
+    }
+    let dir = TempDir::new("fusedisk");
+    let file = dir.join("disk.img");
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("disk image");
+    let mut disk = FuseDisk::new(&file, dir.path());
+    let target = disk.path();
+    let dd = |seek: u32| {
+        let mut cmd = Command::new("dd");
+        cmd.args([
+            "if=/dev/urandom",
+            "bs=4096",
+            "count=1",
+            "conv=notrunc,fsync",
+        ])
+        .arg(format!("seek={seek}"))
+        .arg(format!("of={}", target.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        cmd.spawn().expect("spawn dd")
+    };
+    let finished = |c: &mut std::process::Child, bound: Duration| {
+        wait_for(bound, || {
+            let st = c.try_wait().ok().flatten();
+            if st.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            st
+        })
+    };
+    // Hang, then heal: the write completes.
+    disk.hang();
+    let mut w = dd(1);
+    assert!(
+        finished(&mut w, Duration::from_secs(2)).is_none(),
+        "a write went through a hung disk"
+    );
+    disk.heal();
+    let st = finished(&mut w, timeout_s(20)).expect("the write did not complete after heal");
+    assert!(st.success(), "dd after heal: {st}");
+    let data = std::fs::read(&file).expect("read the file behind the disk");
+    assert!(
+        data[4096..8192].iter().any(|b| *b != 0),
+        "the write is not in the file"
+    );
+    // Hang, SIGKILL the stuck writer, abort the connection: it dies.
+    disk.hang();
+    let mut w = dd(2);
+    assert!(
+        finished(&mut w, Duration::from_secs(2)).is_none(),
+        "a write went through a hung disk"
+    );
+    let _ = w.kill();
+    let killed = finished(&mut w, Duration::from_secs(2));
+    println!(
+        "writer stuck in the hung disk: SIGKILL alone {}",
+        if killed.is_some() {
+            "freed it"
+        } else {
+            "did not free it"
+        }
+    );
+    disk.abort();
+    assert!(
+        killed.is_some() || finished(&mut w, timeout_s(10)).is_some(),
+        "the writer stuck in the disk did not die after the FUSE connection was aborted"
+    );
+    disk.release();
+}
