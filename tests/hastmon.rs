@@ -380,6 +380,18 @@ impl Run<'_> {
                 );
                 self.takeovers.push(d);
                 new_primary = Some(s);
+                // The fault lasts until the client has left the old primary
+                // (bounded): healing first would let a frozen primary answer
+                // its held requests and shorten what a client of a host that
+                // stays hung sees (its request timeout).
+                let uri = self.c.uri(s);
+                wait_for(timeout_s(30), || {
+                    let moved = acks(&history).iter().any(|(t, u)| *t > wall0 && *u == uri);
+                    if !moved {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    moved.then_some(())
+                });
                 std::thread::sleep(hold.saturating_sub(t0.elapsed()));
             }
             Some(false) => {
