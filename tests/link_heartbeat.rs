@@ -9,7 +9,8 @@
 //! - **lease**: a primary with a lease whose `fence_peer` hangs (sleeps) and
 //!   whose peer is silenced: writes issued after the cut fail with ESHUTDOWN as
 //!   the NBD client sees it within the lease plus a small margin, and `hastctl
-//!   status` says secondary by then.
+//!   status` says secondary by then — both while they wait for the fence
+//!   (`ping_timeout 1`) and for the silent peer's REPLY (`ping_timeout 10`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -178,4 +179,104 @@ fn blackholed_link_under_fullsync_writes_recovers_within_5s() {
     pair.proxy().heal();
     pair.wait_complete(timeout_s(60));
     pair.assert_identical(timeout_s(30));
+}
+
+/// Held writes fail at the lease's end. `ping` is the pair's `ping_timeout`:
+/// 1 s, the link is declared dead before the lease ends and writes are held
+/// for `fence_peer` (which hangs); 10 s, they are still waiting for the
+/// silent peer's REPLY when the lease ends.
+fn held_writes_fail_at_lease_end(ping: u32) {
+    if !require_python_nbd() {
+        return;
+    }
+    const LEASE_MS: u64 = 2000;
+    let mut pair = Pair::builder(bins!())
+        .tag(&format!("hb-lease-{ping}"))
+        .timeout(20)
+        .proxy()
+        .option(&format!("ping_timeout {ping}"))
+        .option("fence_peer \"sleep 60\"")
+        .start();
+    pair.setup(Side::A, timeout_s(60));
+    let a = pair.node(Side::A);
+    let dir = a.dir().to_path_buf();
+    let renew = || a.hastctl_ok(&["lease", "-t", &LEASE_MS.to_string(), "r0"]);
+    renew();
+    let writer = Writer::start(&pair.uri(Side::A), &dir, "held", 8, 8);
+    let got = wait_for(timeout_s(30), || {
+        renew();
+        std::thread::sleep(Duration::from_millis(200));
+        (writer.acks().len() > 200).then_some(())
+    });
+    assert!(got.is_some(), "writer never got going");
+    // The last renewal, then the cut: the lease ends within LEASE_MS of it.
+    renew();
+    let (t_renewed, renewed) = (wall(), Instant::now());
+    pair.proxy().blackhole();
+    let t_cut = wall();
+    let lease_end = t_renewed + LEASE_MS as f64 / 1000.0;
+    // `hastctl status` says secondary within the lease and a margin.
+    let st = pair.wait_status(Side::A, timeout_s(15), "secondary", |s| {
+        s.role == "secondary"
+    });
+    let demoted = renewed.elapsed();
+    say(&format!(
+        "ping_timeout {ping}: status secondary {:.2} s after the last renewal (lease {LEASE_MS} ms): {}",
+        demoted.as_secs_f64(),
+        st.brief()
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let events = writer.events();
+    writer.stop();
+    // Every write sent after the cut: its outcome, as the NBD client saw it.
+    let mut after_cut = 0;
+    let mut latest_fail: f64 = 0.0;
+    for (kind, t, rest) in &events {
+        if kind != "invoke" || *t <= t_cut {
+            continue;
+        }
+        after_cut += 1;
+        let (lba, seq) = (&rest[1], &rest[2]);
+        let outcome = events.iter().find(|(k, _, r)| {
+            (k == "ok" || k == "fail") && r.get(1) == Some(lba) && r.get(2) == Some(seq)
+        });
+        match outcome {
+            Some((k, tf, r)) if k == "fail" => {
+                assert_eq!(
+                    r.get(3).map(String::as_str),
+                    Some("ESHUTDOWN"),
+                    "write {seq}: {r:?}"
+                );
+                latest_fail = latest_fail.max(*tf);
+            }
+            other => panic!("write {seq} sent after the cut was not failed: {other:?}"),
+        }
+    }
+    let late = latest_fail - lease_end;
+    say(&format!(
+        "ping_timeout {ping}: {after_cut} writes sent after the cut, all ESHUTDOWN; \
+         the last failed {late:+.2} s from the lease's end"
+    ));
+    assert!(after_cut > 0, "no write was sent after the cut");
+    assert!(
+        late < 0.5,
+        "held writes failed {late:.2} s after the lease ended"
+    );
+    assert!(
+        demoted < Duration::from_millis(LEASE_MS + 1000),
+        "demoted {demoted:?} after the last renewal"
+    );
+    let log = pair.node(Side::A).log();
+    assert!(log.contains("lease expired"), "{log}");
+    pair.proxy().heal();
+}
+
+#[test]
+fn writes_held_for_a_hanging_fence_fail_at_lease_end() {
+    held_writes_fail_at_lease_end(1);
+}
+
+#[test]
+fn writes_waiting_for_a_silent_peer_fail_at_lease_end() {
+    held_writes_fail_at_lease_end(10);
 }

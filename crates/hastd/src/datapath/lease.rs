@@ -4,10 +4,17 @@
 //! may run late, the NBD reply path also checks the deadline itself before
 //! every WRITE/TRIM/WRITE_ZEROES/FLUSH success. The check is one atomic load
 //! and, only while a lease is set, one read of the clock: no lock.
+//!
+//! The data path also acts on the deadline itself ([`Lease::passed`], the
+//! data path's lease guard): a write held for `fence_peer` or for a peer
+//! that does not answer must fail at the deadline, whatever the resource
+//! task is awaiting then.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// Deadline value meaning "no lease".
 const NONE: u64 = u64::MAX;
@@ -27,6 +34,8 @@ fn nanos_since_origin(t: Instant) -> u64 {
 pub struct Lease {
     /// Nanoseconds since [`origin`], or [`NONE`].
     deadline: AtomicU64,
+    /// Wakes [`Lease::passed`] when the deadline is replaced.
+    changed: Notify,
 }
 
 impl Default for Lease {
@@ -35,6 +44,7 @@ impl Default for Lease {
         origin();
         Lease {
             deadline: AtomicU64::new(NONE),
+            changed: Notify::new(),
         }
     }
 }
@@ -44,6 +54,27 @@ impl Lease {
     pub fn set(&self, deadline: Instant) {
         self.deadline
             .store(nanos_since_origin(deadline), Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once a lease is set and its deadline passed, following
+    /// renewals (later or earlier) made meanwhile.
+    pub async fn passed(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.deadline() {
+                None => changed.await,
+                Some(d) if Instant::now() >= d => return,
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(d)) => {}
+                        _ = changed => {}
+                    }
+                }
+            }
+        }
     }
 
     /// A lease is set and its deadline passed at `now`.
@@ -110,5 +141,30 @@ mod tests {
         assert!(!l.expired_at(now + Duration::from_secs(9)));
         l.set(now);
         assert!(l.expired());
+    }
+
+    /// `passed` follows renewals: it waits without a lease, resolves at the
+    /// deadline, not before, and an earlier deadline set meanwhile wakes it.
+    #[tokio::test]
+    async fn passed_follows_renewals() {
+        let l = std::sync::Arc::new(Lease::default());
+        let ms = Duration::from_millis;
+        let waiting = |l: &std::sync::Arc<Lease>| {
+            let l = l.clone();
+            tokio::spawn(async move { l.passed().await })
+        };
+        let w = waiting(&l);
+        tokio::time::sleep(ms(50)).await;
+        assert!(!w.is_finished(), "no lease: never passes");
+        let t0 = Instant::now();
+        l.set(t0 + ms(150));
+        tokio::time::sleep(ms(50)).await;
+        l.set(Instant::now() + ms(200)); // renewed: later
+        tokio::time::sleep(ms(150)).await;
+        assert!(!w.is_finished(), "renewed: not yet");
+        l.set(Instant::now() + ms(20)); // shortened
+        tokio::time::timeout(ms(500), w).await.unwrap().unwrap();
+        assert!(l.expired());
+        assert!(t0.elapsed() >= ms(215), "not before the shortened deadline");
     }
 }
