@@ -280,3 +280,51 @@ fn writes_held_for_a_hanging_fence_fail_at_lease_end() {
 fn writes_waiting_for_a_silent_peer_fail_at_lease_end() {
     held_writes_fail_at_lease_end(10);
 }
+
+/// A lease request carrying `not_after` (CLOCK_MONOTONIC ns, what hastmon
+/// sends in-process and `hastctl lease` sends as its own start + ms): one
+/// whose `not_after` passed is refused (not renewed, exit 77 like an expired
+/// lease), one whose `not_after` comes before receipt + ms ends then.
+#[test]
+fn lease_not_after_caps_a_late_renewal() {
+    use hast_api::{ErrorKind, Request, Response};
+    let node = hast_testkit::Node::primary(bins!(), "hb-not-after", 64 << 20);
+    let socket = node.layout().control.clone();
+    let lease = |ms: u64, not_after: Option<u64>| {
+        let req = Request::Lease {
+            ms,
+            names: vec!["r0".into()],
+            not_after,
+        };
+        match hast_api::call(&socket, req).expect("control call") {
+            Response::Lease(mut out) => out.remove(0).result,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    };
+    // Passed: refused, and no lease is set by it.
+    let past = hast_sys::mono_now_ns() - 1;
+    let err = lease(60_000, Some(past)).expect_err("a past not_after must be refused");
+    assert_eq!(err.kind, ErrorKind::NoPerm, "{err:?}");
+    let st = node.hastctl_ok(&["status", "--json", "r0"]);
+    let v: serde_json::Value = serde_json::from_str(&st).expect("status json");
+    let r = &v["resources"][0];
+    assert_eq!(r["role"], "primary", "{st}");
+    assert!(r["lease_ms"].is_null(), "refused renewal set a lease: {r}");
+    // Near: the lease ends at not_after, not a minute later.
+    let t0 = Instant::now();
+    let granted = lease(60_000, Some(hast_sys::mono_now_ns() + 800_000_000)).expect("granted");
+    assert!((700..=800).contains(&granted), "granted {granted} ms");
+    let demoted = wait_for(timeout_s(10), || {
+        let st = node.hastctl_ok(&["status", "r0"]);
+        st.contains("secondary").then(|| t0.elapsed())
+    })
+    .expect("not demoted at not_after");
+    say(&format!(
+        "lease of 60000 ms with not_after +800 ms: granted {granted} ms, secondary after {demoted:?}"
+    ));
+    assert!(demoted < Duration::from_millis(1500), "{demoted:?}");
+    // An old request (no not_after) keeps its meaning: ms from receipt —
+    // refused here only because the resource is no longer primary.
+    let err = lease(1000, None).expect_err("secondary holds no lease");
+    assert_eq!(err.kind, ErrorKind::NoPerm);
+}

@@ -1,11 +1,15 @@
 //! What every hast daemon (`hastd`, `hastmon`) needs from the system, in
 //! one place: start-up and signals (`daemon`), the locked pidfile, logging through `tracing` to stderr or
-//! syslog(3), the root-only control socket, and the sysexits(3) codes.
+//! syslog(3), the root-only control socket, the sysexits(3) codes, and
+//! CLOCK_MONOTONIC deadlines passed between processes (`clock`).
 
+pub mod clock;
 pub mod daemon;
 pub mod logging;
 pub mod pidfile;
 pub mod sock;
+
+pub use clock::{mono_now_ns, mono_ns_to_instant};
 
 /// sysexits(3) codes used by the daemons and their control tools.
 pub mod exit {

@@ -31,6 +31,24 @@ fn nanos_since_origin(t: Instant) -> u64 {
     u64::try_from(n).unwrap_or(NONE - 1).min(NONE - 1)
 }
 
+/// The deadline of a lease of `ms` received at `now` whose caller said it
+/// must end by `not_after`: `Some(None)` no limit given, `Some(Some(t))` by
+/// `t`, `None` a limit that had already passed when converted. `None` back
+/// means refused: that limit passed (at or before `now`).
+pub fn lease_deadline(
+    now: Instant,
+    ms: u64,
+    not_after: Option<Option<Instant>>,
+) -> Option<Instant> {
+    let asked = now + Duration::from_millis(ms);
+    match not_after {
+        None => Some(asked),
+        Some(None) => None,
+        Some(Some(t)) if t <= now => None,
+        Some(Some(t)) => Some(asked.min(t)),
+    }
+}
+
 pub struct Lease {
     /// Nanoseconds since [`origin`], or [`NONE`].
     deadline: AtomicU64,
@@ -141,6 +159,27 @@ mod tests {
         assert!(!l.expired_at(now + Duration::from_secs(9)));
         l.set(now);
         assert!(l.expired());
+    }
+
+    /// min(now + ms, not_after); refused once not_after passed.
+    #[test]
+    fn lease_deadline_clamp() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        type Case = (&'static str, u64, Option<Option<Instant>>, Option<Instant>);
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            ("older caller: ms from receipt", 2000, None, Some(now + ms(2000))),
+            ("not_after later: ms", 2000, Some(Some(now + ms(5000))), Some(now + ms(2000))),
+            ("not_after sooner: it", 2000, Some(Some(now + ms(300))), Some(now + ms(300))),
+            ("equal", 2000, Some(Some(now + ms(2000))), Some(now + ms(2000))),
+            ("not_after at receipt: refused", 2000, Some(Some(now)), None),
+            ("not_after before receipt: refused", 2000, Some(Some(now - ms(1))), None),
+            ("already passed when converted: refused", 2000, Some(None), None),
+        ];
+        for (name, asked, not_after, want) in cases {
+            assert_eq!(lease_deadline(now, *asked, *not_after), *want, "{name}");
+        }
     }
 
     /// `passed` follows renewals: it waits without a lease, resolves at the

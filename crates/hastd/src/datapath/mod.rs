@@ -39,7 +39,7 @@ use tokio::sync::{watch, Notify};
 use crate::replication::link::{InFlight, Link, RemoteError};
 pub use fence::Fence;
 use gate::Gate;
-pub use lease::Lease;
+pub use lease::{lease_deadline, Lease};
 use local::LocalData;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
