@@ -62,7 +62,12 @@ mod tests {
             Request::Lease {
                 ms: 3000,
                 names: Vec::new(),
-                not_after: Some(1),
+                not_after: None,
+            },
+            Request::Lease {
+                ms: 3000,
+                names: vec!["r0".into()],
+                not_after: Some(123_456_789_000),
             },
         ];
         for req in reqs {
@@ -86,6 +91,21 @@ mod tests {
                 role: RoleArg::Primary,
                 names: vec!["r0".into()],
                 epoch: None
+            }
+        );
+    }
+
+    /// A lease request from a hastctl that predates `not_after` still decodes.
+    #[test]
+    fn lease_without_not_after_decodes() {
+        let body = br#"{"version":1,"body":{"Lease":{"ms":1500,"names":["r0"]}}}"#;
+        let req: Envelope<Request> = decode_body(body).unwrap();
+        assert_eq!(
+            req.body,
+            Request::Lease {
+                ms: 1500,
+                names: vec!["r0".into()],
+                not_after: None
             }
         );
     }

@@ -59,12 +59,17 @@ pub enum Request {
     },
     /// `hastctl lease -t ms`: a primary demotes itself to secondary `ms`
     /// milliseconds from now unless a later lease replaces this one.
+    ///
+    /// `not_after`: an absolute CLOCK_MONOTONIC deadline in nanoseconds
+    /// (`hast_sys::mono_now_ns`; the caller is on the same host). The lease
+    /// then ends at min(receipt + `ms`, `not_after`), and a request whose
+    /// `not_after` already passed is refused like a renewal of an expired
+    /// lease — so a renewal that sat in the socket while hastd was frozen
+    /// never extends the lease past what its grantors promised. Absent
+    /// (older callers): `ms` from receipt.
     Lease {
         ms: u64,
         names: Vec<String>,
-        /// Absolute CLOCK_MONOTONIC deadline in nanoseconds (same host, same
-        /// clock): the lease never runs past it, so a renewal read late
-        /// (queued while hastd was frozen) cannot extend it.
         #[serde(default)]
         not_after: Option<u64>,
     },
@@ -136,7 +141,8 @@ pub struct RoleOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseOutcome {
     pub name: String,
-    /// The lease granted, in milliseconds from when hastd received it.
+    /// The lease granted, in milliseconds from when hastd received it
+    /// (shorter than asked when `not_after` came first).
     pub result: Result<u64, ApiError>,
 }
 

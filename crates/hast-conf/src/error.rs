@@ -92,6 +92,14 @@ pub enum ErrorKind {
         error: String,
         code: i32,
     },
+    /// A peer that answers keepalives is judged by `timeout`; declaring it
+    /// dead for silence must not take longer than that.
+    #[error("resource \"{resource}\": ping_timeout {ping} is longer than timeout {timeout}")]
+    PingAboveTimeout {
+        resource: String,
+        ping: u32,
+        timeout: u32,
+    },
     #[error("resource \"{resource}\": NBD socket path \"{path}\" is longer than {max} bytes")]
     SocketPathTooLong {
         resource: String,

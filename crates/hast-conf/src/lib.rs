@@ -60,6 +60,10 @@ pub mod defaults {
     pub const CHECKSUM: Checksum = Checksum::None;
     pub const COMPRESSION: Compression = Compression::Hole;
     pub const TIMEOUT_SECS: u32 = 20;
+    /// Silence after which a replication peer is declared dead (DRBD's
+    /// ping-timeout); never more than `timeout`, so with `timeout` 1 or 2
+    /// the default follows it down.
+    pub const PING_TIMEOUT_SECS: u32 = 3;
     pub const METAFLUSH: bool = true;
     pub const FREEZE_TIMEOUT_SECS: u32 = 60;
     pub const ON_IO_ERROR: OnIoError = OnIoError::Detach;
@@ -211,6 +215,10 @@ pub struct Resource {
     pub checksum: Checksum,
     pub compression: Compression,
     pub timeout_secs: u32,
+    /// `ping_timeout`: seconds without any frame from the replication peer
+    /// after which it is declared dead; each side sends a KEEPALIVE once its
+    /// sending side has been idle a third of it. 1 ≤ it ≤ `timeout_secs`.
+    pub ping_timeout_secs: u32,
     pub exec: Option<PathBuf>,
     /// `fence_peer`: shell command that fences the peer before the primary
     /// writes without it (`/bin/sh -c`); `None` when unset or `none`.

@@ -69,6 +69,7 @@ pub(crate) struct ResOpts {
     pub(crate) checksum: Option<At<Checksum>>,
     pub(crate) compression: Option<At<Compression>>,
     pub(crate) timeout: Option<At<u32>>,
+    pub(crate) ping_timeout: Option<At<u32>>,
     pub(crate) exec: Option<At<PathBuf>>,
     /// `fence_peer none` is `Some(At { value: None })`: it overrides a default.
     pub(crate) fence_peer: Option<At<Option<String>>>,
@@ -137,6 +138,7 @@ enum Key {
     Checksum,
     Compression,
     Timeout,
+    PingTimeout,
     Exec,
     FencePeer,
     Metaflush,
@@ -176,6 +178,7 @@ impl Key {
             "checksum" => Key::Checksum,
             "compression" => Key::Compression,
             "timeout" => Key::Timeout,
+            "ping_timeout" => Key::PingTimeout,
             "exec" => Key::Exec,
             "fence_peer" => Key::FencePeer,
             "metaflush" => Key::Metaflush,
@@ -538,6 +541,7 @@ fn apply_res(key: Key, w: &str, v: &str, line: u32, o: &mut ResOpts) -> Result<(
         Key::Compression => set(&mut o.compression, keyword(w, v)?, w, line),
         Key::OnIoError => set(&mut o.on_io_error, keyword(w, v)?, w, line),
         Key::Timeout => set(&mut o.timeout, seconds(w, v, 1)?, w, line),
+        Key::PingTimeout => set(&mut o.ping_timeout, seconds(w, v, 1)?, w, line),
         Key::FreezeTimeout => set(&mut o.freeze_timeout, seconds(w, v, 0)?, w, line),
         Key::Exec => set(&mut o.exec, abs_path(w, v)?, w, line),
         Key::FencePeer => {

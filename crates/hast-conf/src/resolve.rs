@@ -243,6 +243,22 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
             },
         ));
     };
+    let timeout_secs = get!(timeout).unwrap_or(defaults::TIMEOUT_SECS);
+    let ping_timeout_secs = match at!(ping_timeout) {
+        Some((ping, line)) if ping > timeout_secs => {
+            return Err((
+                line,
+                ErrorKind::PingAboveTimeout {
+                    resource: res.name.clone(),
+                    ping,
+                    timeout: timeout_secs,
+                },
+            ))
+        }
+        Some((ping, _)) => ping,
+        // The default never exceeds a short `timeout` set on its own.
+        None => defaults::PING_TIMEOUT_SECS.min(timeout_secs),
+    };
     Ok(Resource {
         name: res.name.clone(),
         provider_name: get!(name).unwrap_or_else(|| res.name.clone()),
@@ -252,7 +268,8 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
         replication: get!(replication).unwrap_or(defaults::REPLICATION),
         checksum: get!(checksum).unwrap_or(defaults::CHECKSUM),
         compression: get!(compression).unwrap_or(defaults::COMPRESSION),
-        timeout_secs: get!(timeout).unwrap_or(defaults::TIMEOUT_SECS),
+        timeout_secs,
+        ping_timeout_secs,
         exec: get!(exec),
         fence_peer: get!(fence_peer).flatten(),
         metaflush: get!(metaflush).unwrap_or(defaults::METAFLUSH),
@@ -275,6 +292,56 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ping_timeout` inherits like `timeout`; its default (3 s) follows a
+    /// shorter `timeout` down; one set above `timeout`, or below 1, is an
+    /// error on the line that set it.
+    #[test]
+    fn ping_timeout_rules() {
+        #[rustfmt::skip]
+        let ok: &[(&str, u32, u32)] = &[
+            // text, timeout, ping_timeout
+            ("", 20, 3),
+            ("timeout 2\n", 2, 2),
+            ("timeout 1\n", 1, 1),
+            ("ping_timeout 5\n", 20, 5),
+            ("ping_timeout 20\n", 20, 20),
+            ("timeout 10\nping_timeout 1\n", 10, 1),
+        ];
+        for (global, timeout, ping) in ok {
+            let text = format!("{global}resource r {{ on a {{ local /d\n remote b }} }}\n");
+            let c = crate::parse(&text, Path::new("hast.conf"), "a").unwrap();
+            let r = &c.resources[0];
+            assert_eq!(
+                (r.timeout_secs, r.ping_timeout_secs),
+                (*timeout, *ping),
+                "{global:?}"
+            );
+        }
+        // Resource and node level override the global one.
+        let text = "ping_timeout 4\nresource r { ping_timeout 2\n on a { local /d\n remote b } }\n\
+            resource s { on a { local /e\n remote b\n ping_timeout 1 } }\n";
+        let c = crate::parse(text, Path::new("hast.conf"), "a").unwrap();
+        let got: Vec<u32> = c.resources.iter().map(|r| r.ping_timeout_secs).collect();
+        assert_eq!(got, [2, 1]);
+        #[rustfmt::skip]
+        let bad: &[(&str, u32, &str)] = &[
+            ("ping_timeout 0\nresource r { on a { local /d\n remote b } }\n", 1, "greater than 0"),
+            ("ping_timeout x\nresource r { on a { local /d\n remote b } }\n", 1, "ping_timeout"),
+            ("timeout 5\nresource r {\n ping_timeout 6\n on a { local /d\n remote b } }\n", 3,
+             "ping_timeout 6 is longer than timeout 5"),
+            ("resource r { timeout 2\n on a { local /d\n remote b\n ping_timeout 3 } }\n", 4,
+             "ping_timeout 3 is longer than timeout 2"),
+        ];
+        for (text, line, word) in bad {
+            let e = crate::parse(text, Path::new("hast.conf"), "a").unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!("hast.conf:{line}:")) && msg.contains(word),
+                "{text:?}: {msg}"
+            );
+        }
+    }
 
     /// `fence_peer` inherits like every resource option; `none` turns a
     /// wider default off; an empty command is an error on its line.

@@ -247,6 +247,7 @@ fn expected(name: &str, o: &Opts, line: u32) -> Resource {
         checksum: o.checksum.unwrap_or(Checksum::None),
         compression: o.compression.unwrap_or(Compression::Hole),
         timeout_secs: o.timeout.unwrap_or(20),
+        ping_timeout_secs: 3.min(o.timeout.unwrap_or(20)),
         exec: o.exec.clone().map(Into::into),
         fence_peer: None,
         secret_file: None,

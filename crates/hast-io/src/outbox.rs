@@ -232,7 +232,7 @@ where
     pub async fn run(
         &self,
         timeout: Option<Duration>,
-        idle: Option<(Duration, fn() -> F)>,
+        idle: Option<(Duration, &(dyn Fn() -> F + Sync))>,
     ) -> io::Result<()> {
         let mut batch: Vec<F> = Vec::with_capacity(BATCH_FRAMES);
         loop {
@@ -581,7 +581,7 @@ mod tests {
             let ob = ob.clone();
             async move {
                 let keepalive: fn() -> Num = || num(7, 0);
-                ob.run(None, Some((Duration::from_secs(1), keepalive)))
+                ob.run(None, Some((Duration::from_secs(1), &keepalive)))
                     .await
             }
         });

@@ -1,26 +1,15 @@
 //! What every hast daemon (`hastd`, `hastmon`) needs from the system, in
 //! one place: start-up and signals (`daemon`), the locked pidfile, logging through `tracing` to stderr or
-//! syslog(3), the root-only control socket, and the sysexits(3) codes.
+//! syslog(3), the root-only control socket, the sysexits(3) codes, and
+//! CLOCK_MONOTONIC deadlines passed between processes (`clock`).
 
+pub mod clock;
 pub mod daemon;
 pub mod logging;
 pub mod pidfile;
 pub mod sock;
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, shared by
-/// every process of the host, so one daemon can hand another an absolute
-/// deadline (hastmon's lease renewals to hastd).
-pub fn mono_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
+pub use clock::{mono_now_ns, mono_ns_to_instant};
 
 /// sysexits(3) codes used by the daemons and their control tools.
 pub mod exit {

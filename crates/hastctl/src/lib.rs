@@ -96,7 +96,8 @@ enum Cmd {
     /// milliseconds, hastd demotes them to secondary itself.
     #[command(override_usage = "hastctl lease [-d] [-c config] -t milliseconds all | name ...")]
     Lease {
-        /// Lease length in milliseconds (1 to 86400000), from when hastd receives it.
+        /// Lease length in milliseconds (1 to 86400000), from now: hastd ends it at
+        /// min(its receipt + ms, hastctl's start + ms).
         #[arg(
             short = 't',
             value_name = "milliseconds",
@@ -363,9 +364,11 @@ fn lease(common: &Common, ms: u64, names: &[String]) -> Res {
         common,
         &cfg,
         Request::Lease {
-            not_after: None,
             ms,
             names: names.to_vec(),
+            // Counted from now, not from when hastd reads the request: one
+            // that waits in the socket (hastd frozen) cannot extend the lease.
+            not_after: Some(hast_sys::mono_now_ns().saturating_add(ms.saturating_mul(1_000_000))),
         },
     )?
     else {

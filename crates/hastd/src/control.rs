@@ -157,7 +157,11 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             }
             Response::Role(out)
         }
-        Request::Lease { ms, names, .. } => {
+        Request::Lease {
+            ms,
+            names,
+            not_after,
+        } => {
             if ms == 0 || ms > LEASE_MS_MAX {
                 return error(
                     ErrorKind::Usage,
@@ -171,7 +175,7 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             let mut out = Vec::with_capacity(targets.len());
             for r in targets {
                 let (tx, rx) = oneshot::channel();
-                let result = match r.tx.send(Command::Lease(ms, tx)).await {
+                let result = match r.tx.send(Command::Lease(ms, not_after, tx)).await {
                     Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(&r.name))),
                     Err(_) => Err(gone(&r.name)),
                 };

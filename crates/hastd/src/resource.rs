@@ -18,7 +18,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hast_api::{
     ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, RoleArg, Stats, SyncProgress,
@@ -54,8 +54,9 @@ pub type RoleReply = Result<(RoleArg, Option<u64>), ApiError>;
 pub enum Command {
     /// A role, and the epoch `hastctl role -E` gave.
     Role(RoleArg, Option<u64>, oneshot::Sender<RoleReply>),
-    /// A lease of this many milliseconds for a primary (`hastctl lease -t`).
-    Lease(u64, oneshot::Sender<Result<u64, ApiError>>),
+    /// A lease of this many milliseconds for a primary (`hastctl lease -t`),
+    /// ending no later than the CLOCK_MONOTONIC instant (ns) given.
+    Lease(u64, Option<u64>, oneshot::Sender<Result<u64, ApiError>>),
     Status(oneshot::Sender<ResourceStatus>),
     /// Options changed that apply live (`local` and `name` changes restart
     /// the resource instead: see the daemon's reload).
@@ -218,8 +219,8 @@ impl ResourceTask {
                     }
                     let _ = reply.send(res);
                 }
-                Command::Lease(ms, reply) => {
-                    let _ = reply.send(self.lease(ms));
+                Command::Lease(ms, not_after, reply) => {
+                    let _ = reply.send(self.lease(ms, not_after));
                 }
                 Command::Status(reply) => {
                     let _ = reply.send(self.status().await);
@@ -263,8 +264,11 @@ impl ResourceTask {
     }
 
     /// `hastctl lease -t ms`: only a primary holds a lease; a renewal
-    /// replaces the deadline, but an expired lease is never revived.
-    fn lease(&mut self, ms: u64) -> Result<u64, ApiError> {
+    /// replaces the deadline, but an expired lease is never revived, and a
+    /// renewal never reaches past its `not_after` (a CLOCK_MONOTONIC instant
+    /// in ns: one that waited in the control socket while hastd was frozen
+    /// grants only what is left of it, or nothing). Returns the ms granted.
+    fn lease(&mut self, ms: u64, not_after: Option<u64>) -> Result<u64, ApiError> {
         let State::Primary { dp, .. } = &self.state else {
             return Err(api_err(
                 ErrorKind::NoPerm,
@@ -275,6 +279,8 @@ impl ResourceTask {
                 ),
             ));
         };
+        // Converted first, then `now`: the conversion errs early, never late.
+        let limit = not_after.map(hast_sys::mono_ns_to_instant);
         let now = Instant::now();
         if dp.lease.expired_at(now) {
             return Err(api_err(
@@ -285,9 +291,22 @@ impl ResourceTask {
                 ),
             ));
         }
-        dp.lease.set(now + Duration::from_millis(ms));
-        tracing::debug!(resource = %self.config.name, ms, "lease renewed");
-        Ok(ms)
+        let Some(deadline) = crate::datapath::lease_deadline(now, ms, limit) else {
+            // Not renewed, as for an expired lease: the current deadline
+            // (if any) stands and ends the primary in time.
+            return Err(api_err(
+                ErrorKind::NoPerm,
+                format!(
+                    "lease renewal for {} arrived after its not_after: not renewed",
+                    self.config.name
+                ),
+            ));
+        };
+        dp.lease.set(deadline);
+        let granted =
+            u64::try_from(deadline.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+        tracing::debug!(resource = %self.config.name, ms, granted, "lease renewed");
+        Ok(granted)
     }
 
     /// The lease's deadline passed: stop being primary. Secondary (not

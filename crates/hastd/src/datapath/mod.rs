@@ -39,7 +39,7 @@ use tokio::sync::{watch, Notify};
 use crate::replication::link::{InFlight, Link, RemoteError};
 pub use fence::Fence;
 use gate::Gate;
-pub use lease::Lease;
+pub use lease::{lease_deadline, Lease};
 use local::LocalData;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
@@ -257,6 +257,9 @@ impl DataPath {
             inline_paused_until: AtomicU64::new(0),
         });
         tokio::spawn(dp.clone().metadata_writer());
+        if side == Side::Primary {
+            tokio::spawn(dp.clone().lease_guard());
+        }
         Ok(dp)
     }
 
@@ -847,6 +850,26 @@ impl DataPath {
                 _ = changed => {}
                 _ = self.gate.closed() => return Err(DpError::Shutdown),
             }
+        }
+    }
+
+    /// Enforces the lease on the data path itself, at the deadline: closes
+    /// the gate (no new request, and a write held for `fence_peer` fails
+    /// with `Shutdown` at once) and fails the link, so a write waiting for a
+    /// peer that does not answer fails too, unacknowledged, its extents left
+    /// dirty. It must not wait for the resource task, which demotes only
+    /// when it gets to it: it may be awaiting something else (a role change
+    /// draining exactly these writes, a peer flush), and a held write would
+    /// then outlive the lease by whatever that takes (the peer's timeout).
+    async fn lease_guard(self: Arc<Self>) {
+        tokio::select! {
+            _ = self.lease.passed() => {}
+            _ = self.gate.closed() => return,
+        }
+        tracing::warn!(resource = %self.name, "lease expired: refusing requests, failing held writes");
+        self.gate.close();
+        if let Some(link) = self.link() {
+            link.fail("lease expired");
         }
     }
 

@@ -53,7 +53,9 @@ pub async fn expect<R: AsyncRead + Unpin>(
     kind: Kind,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
-    let f = read_frame(rd, timeout).await.map_err(|e| e.to_string())?;
+    let f = read_frame(rd, timeout, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     if f.header.kind != kind {
         return Err(format!("expected {kind}, got {}", f.header.kind));
     }

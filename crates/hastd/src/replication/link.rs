@@ -8,17 +8,24 @@
 //! before sending the next: the pipeline is as deep as the client's. When the
 //! connection fails every pending request fails at once with `Down`, which is
 //! what turns a write into a degraded one (see the data path).
+//!
+//! Liveness (`heartbeat`): the writer task sends a KEEPALIVE whenever it has
+//! been idle for `ping_timeout / 3`, the reader declares the secondary dead
+//! after the silence limit without any frame, and a watchdog fails the link
+//! when requests are pending and none completed for `timeout` (a secondary
+//! that answers keepalives but whose disk or daemon hangs).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hast_repl::{ChecksumKind, Compression, Data, Kind};
 use tokio::io::AsyncRead;
 use tokio::sync::{oneshot, Notify};
 
+use super::heartbeat;
 use super::stream::ConnWrite;
 use super::wire::{keepalive_frame, read_frame, Out, Tx};
 
@@ -91,7 +98,13 @@ pub struct Link {
     reason: Mutex<String>,
     compression: Compression,
     checksum: ChecksumKind,
+    /// The last completion (REPLY or RECEIVED), or when the first of the
+    /// requests now pending was sent: what the stall watchdog measures.
+    last_progress: Mutex<Instant>,
 }
+
+/// How often the stall watchdog looks at the pending requests.
+const STALL_CHECK: Duration = Duration::from_millis(500);
 
 pub struct LinkTasks<R> {
     pub rd: R,
@@ -116,12 +129,17 @@ impl Link {
             reason: Mutex::new(String::new()),
             compression,
             checksum,
+            last_progress: Mutex::new(Instant::now()),
         });
         (link, LinkTasks { rd })
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn progress(&self) {
+        *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     pub fn is_dead(&self) -> bool {
@@ -180,6 +198,10 @@ impl Link {
         };
         let alone = {
             let mut pending = self.pending();
+            if pending.is_empty() {
+                // The stall clock starts with the first pending request.
+                self.progress();
+            }
             pending.insert(
                 seq,
                 Waiter {
@@ -294,6 +316,7 @@ impl Link {
     }
 
     fn complete(&self, seq: u64, result: Result<Vec<u8>, RemoteError>) {
+        self.progress();
         if let Some(w) = self.pending().remove(&seq) {
             if let Some(r) = w.received {
                 let _ = r.send(());
@@ -303,6 +326,7 @@ impl Link {
     }
 
     fn received(&self, seq: u64) {
+        self.progress();
         if let Some(w) = self.pending().get_mut(&seq) {
             if let Some(r) = w.received.take() {
                 let _ = r.send(());
@@ -310,34 +334,67 @@ impl Link {
         }
     }
 
-    /// Runs the reader and writer until the link dies.
-    pub async fn run<R>(
-        self: Arc<Self>,
-        tasks: LinkTasks<R>,
-        timeout: Duration,
-        keepalive: Duration,
-    ) where
+    /// Runs the reader, the writer and the stall watchdog until the link
+    /// dies. `ping` is this side's `ping_timeout`, `timeout` the resource's.
+    pub async fn run<R>(self: Arc<Self>, tasks: LinkTasks<R>, ping: Duration, timeout: Duration)
+    where
         R: AsyncRead + Unpin + Send + 'static,
     {
         let LinkTasks { rd } = tasks;
-        let reader = tokio::spawn(self.clone().reader(rd, timeout));
+        // Announced at once: until the secondary knows this side heartbeats
+        // it must judge it by `timeout`, and under load the writer may not
+        // be idle for a long while.
+        let seq = heartbeat::announce(ping);
+        if self.tx.send(keepalive_frame(seq)).await.is_err() {
+            self.fail("connection closed");
+        }
+        let reader = tokio::spawn(self.clone().reader(rd, ping, timeout));
         let link = self.clone();
         let writer = tokio::spawn(async move {
-            let idle = Some((keepalive, keepalive_frame as fn() -> Out));
+            let make = move || keepalive_frame(seq);
+            let idle = Some((
+                heartbeat::interval(ping),
+                &make as &(dyn Fn() -> Out + Sync),
+            ));
             if let Err(e) = link.tx.run(Some(timeout), idle).await {
                 link.fail(&e.to_string());
             }
         });
+        let link = self.clone();
+        let watchdog = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(STALL_CHECK).await;
+                let pending = !link.pending().is_empty();
+                let last = *link.last_progress.lock().unwrap_or_else(|p| p.into_inner());
+                if heartbeat::stalled(pending, last, Instant::now(), timeout) {
+                    link.fail(&format!(
+                        "secondary alive but completed no request for {} s",
+                        timeout.as_secs()
+                    ));
+                    return;
+                }
+            }
+        });
         self.dead().await;
         // Dead means every pending request already failed: nothing queued
-        // is worth sending any more, so both halves stop at once.
+        // is worth sending any more, so every task stops at once.
         reader.abort();
         writer.abort();
+        watchdog.abort();
     }
 
-    async fn reader<R: AsyncRead + Unpin>(self: Arc<Self>, mut rd: R, timeout: Duration) {
+    async fn reader<R: AsyncRead + Unpin>(
+        self: Arc<Self>,
+        mut rd: R,
+        ping: Duration,
+        timeout: Duration,
+    ) {
+        // What the secondary announced in its KEEPALIVE; `None` (an older
+        // hastd, which only echoes ours) keeps the `timeout` rule.
+        let mut peer_ping = None;
         loop {
-            let frame = match read_frame(&mut rd, timeout).await {
+            let silence = heartbeat::silence_limit(ping, peer_ping, timeout);
+            let frame = match read_frame(&mut rd, silence, timeout).await {
                 Ok(f) => f,
                 Err(e) => {
                     self.fail(&e.to_string());
@@ -364,7 +421,11 @@ impl Link {
                     self.complete(h.seq, result);
                 }
                 Kind::Received => self.received(h.seq),
-                Kind::Keepalive => {}
+                Kind::Keepalive => {
+                    if let Some(p) = heartbeat::announced(h.seq) {
+                        peer_ping = Some(p);
+                    }
+                }
                 Kind::Goodbye => {
                     let why = String::from_utf8_lossy(&frame.payload).to_string();
                     self.fail(&format!("peer closed: {why}"));

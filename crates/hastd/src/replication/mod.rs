@@ -5,6 +5,7 @@
 //! The protocol itself is described in `docs/replication.md`.
 
 pub mod auth;
+pub mod heartbeat;
 pub mod link;
 pub mod listener;
 pub mod primary;

@@ -60,9 +60,8 @@ pub async fn run(
                     }
                 }
                 dp.set_peer_tls(tls_info.map(|t| t.to_string()));
-                let timeout = Duration::from_secs(u64::from(cfg.timeout_secs.max(1)));
-                let keepalive = (timeout / 4).max(Duration::from_millis(500));
-                let runner = tokio::spawn(link.clone().run(tasks, timeout, keepalive));
+                let (ping, timeout) = link_timing(&cfg);
+                let runner = tokio::spawn(link.clone().run(tasks, ping, timeout));
                 dp.set_link(Some(link.clone()));
                 let direction =
                     if decision.direction() == Some(hast_repl::Direction::SecondaryToPrimary) {
@@ -108,6 +107,14 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// The resource's `ping_timeout` and `timeout` (`heartbeat`), both at
+/// least a second.
+pub fn link_timing(cfg: &hast_conf::Resource) -> (Duration, Duration) {
+    let timeout = Duration::from_secs(u64::from(cfg.timeout_secs.max(1)));
+    let ping = Duration::from_secs(u64::from(cfg.ping_timeout_secs.max(1))).min(timeout);
+    (ping, timeout)
 }
 
 /// Records the counters of a completed sync on both copies.
@@ -243,7 +250,7 @@ async fn connect(
     write_all(&mut wr, &out, HANDSHAKE_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
-    let frame = read_frame(&mut rd, HANDSHAKE_TIMEOUT)
+    let frame = read_frame(&mut rd, HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT)
         .await
         .map_err(|e| format!("{peer}: {e}"))?;
     if frame.header.kind != Kind::HelloReply {
@@ -274,7 +281,7 @@ async fn connect(
     let mut assembler =
         MapAssembler::new(own.map_size as usize).map_err(|e| format!("{peer}: {e}"))?;
     let peer_map = loop {
-        let f = read_frame(&mut rd, HANDSHAKE_TIMEOUT)
+        let f = read_frame(&mut rd, HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT)
             .await
             .map_err(|e| format!("{peer}: {e}"))?;
         if f.header.kind != Kind::Map {

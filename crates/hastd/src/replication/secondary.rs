@@ -6,6 +6,13 @@
 //! disjoint ones run concurrently. A FLUSH waits for every earlier request
 //! to finish before it flushes, so "durable" covers exactly what the primary
 //! sent before it.
+//!
+//! Liveness (`heartbeat`): the writer task sends this side's own KEEPALIVE
+//! whenever it has been idle for `ping_timeout / 3` — from the writer, not
+//! the read loop, so it never waits behind the disk or a SYNC_DONE — and
+//! the read loop declares the primary dead after the silence limit without
+//! any frame while it waits to read. A KEEPALIVE of an older primary
+//! (`seq` 0) is still echoed, which is all such a primary listens for.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -15,9 +22,10 @@ use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind, Pe
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::primary::hello_of;
+use super::heartbeat;
+use super::primary::{hello_of, link_timing};
 use super::stream::ConnWrite;
-use super::wire::{read_frame, write_all, Frame, Out, Tx};
+use super::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 use crate::datapath::{Change, DataPath, DpError};
 
 /// Replies queued for the writer.
@@ -160,16 +168,27 @@ where
         None => tracing::info!(resource = %cfg.name, %peer, ?decision, "primary connected"),
     }
     dp.set_peer_tls(tls);
-    let timeout = Duration::from_secs(u64::from(cfg.timeout_secs.max(1)));
+    let (ping, timeout) = link_timing(&cfg);
     let session = Arc::new(Session {
         dp,
         inflight: Mutex::new(BTreeSet::new()),
         drained: Notify::new(),
     });
     let tx = Arc::new(Tx::new(wr, REPLY_QUEUE_DEPTH));
+    // Announced at once, after the activemap: the primary judges this side
+    // by `timeout` until it knows it heartbeats.
+    let seq = heartbeat::announce(ping);
+    let _ = tx.send(keepalive_frame(seq)).await;
     let writer = {
         let tx = tx.clone();
-        tokio::spawn(async move { tx.run(Some(timeout), None).await })
+        tokio::spawn(async move {
+            let make = move || keepalive_frame(seq);
+            let idle = (
+                heartbeat::interval(ping),
+                &make as &(dyn Fn() -> Out + Sync),
+            );
+            tx.run(Some(timeout), Some(idle)).await
+        })
     };
     // Also when this task is aborted (a new primary connection replaces this
     // one): the writer task must not keep the socket open.
@@ -182,7 +201,7 @@ where
     let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, rd);
     let why = session
         .clone()
-        .read_loop(&mut rd, &tx, timeout, adopt)
+        .read_loop(&mut rd, &tx, ping, timeout, adopt)
         .await;
     // Let the replies of requests being applied go out (bounded by the
     // write timeout), then stop.
@@ -284,19 +303,35 @@ impl Session {
         self: Arc<Self>,
         rd: &mut R,
         tx: &Arc<Tx>,
+        ping: Duration,
         timeout: Duration,
         adopt: Adopt,
     ) -> String {
         let mut adopt = Some(adopt);
+        // What the primary announced in its KEEPALIVE; `None` (an older
+        // hastd, idle keepalives every timeout/4) keeps the `timeout` rule.
+        let mut peer_ping = None;
         loop {
+            // The clock runs only while this loop waits to read: a frame
+            // whose handling waits (SYNC_DONE's barrier, a full reply queue)
+            // is this side's own backpressure, not the primary's silence.
+            let silence = heartbeat::silence_limit(ping, peer_ping, timeout);
             let frame = tokio::select! {
-                f = read_frame(rd, timeout) => f,
+                f = read_frame(rd, silence, timeout) => f,
                 _ = self.dp.withdrawn() => return "resource closing".into(),
             };
             let frame = match frame {
                 Ok(f) => f,
                 Err(e) => return e.to_string(),
             };
+            if frame.header.kind == Kind::Keepalive {
+                if let Some(p) = heartbeat::announced(frame.header.seq) {
+                    // A heartbeating primary needs no echo: this side's
+                    // writer sends its own.
+                    peer_ping = Some(p);
+                    continue;
+                }
+            }
             if let Some(a) = adopt.take() {
                 let r = self
                     .dp
@@ -424,9 +459,8 @@ impl Session {
                 });
             }
             Kind::Keepalive => {
-                let mut out = Vec::new();
-                hast_repl::encode_control_frame(Kind::Keepalive, 0, 0, 0, 0, &mut out);
-                tx.send(out.into())
+                // An older primary (no announcement) waits for the echo.
+                tx.send(keepalive_frame(0))
                     .await
                     .map_err(|_| "reply queue closed".to_string())?;
             }

@@ -37,7 +37,7 @@ pub struct Frame {
 pub enum WireError {
     #[error("connection closed by the peer")]
     Closed,
-    #[error("peer silent for {0} s")]
+    #[error("peer silent for {0} s (no frame, not even a keepalive)")]
     Timeout(u64),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -45,14 +45,19 @@ pub enum WireError {
     Protocol(#[from] ReplError),
 }
 
-/// Reads one frame, failing if nothing at all arrives within `timeout`.
+/// Reads one frame, failing if nothing at all arrives within `silence`
+/// (while this side waits for it: the clock runs only inside this call),
+/// nor any byte of a started frame within `silence`, nor the whole rest of
+/// the frame within `whole`. Bytes arriving count as a live peer: a large
+/// payload on a busy link may take longer than `silence` as a whole.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
-    timeout: Duration,
+    silence: Duration,
+    whole: Duration,
 ) -> Result<Frame, WireError> {
     let mut raw = [0u8; HEADER_LEN];
-    match tokio::time::timeout(timeout, rd.read_exact(&mut raw)).await {
-        Err(_) => return Err(WireError::Timeout(timeout.as_secs())),
+    match tokio::time::timeout(silence, rd.read_exact(&mut raw)).await {
+        Err(_) => return Err(WireError::Timeout(silence.as_secs())),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(WireError::Closed)
         }
@@ -63,25 +68,30 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut digest = vec![0u8; header.digest_len()];
     // Sized by the decoded (and so bounded) header; filled without zeroing first.
     let mut payload = Vec::with_capacity(header.payload_len as usize);
-    // The rest of a frame follows its header at once; a long stall here is a
+    // The rest of a frame follows its header at once; a stall here is a
     // dead peer just as silence is.
     let body = async {
-        rd.read_exact(&mut digest).await?;
+        match tokio::time::timeout(silence, rd.read_exact(&mut digest)).await {
+            Err(_) => return Err(WireError::Timeout(silence.as_secs())),
+            Ok(r) => r?,
+        };
         let mut rest = rd.take(u64::from(header.payload_len));
         while payload.len() < header.payload_len as usize {
-            if rest.read_buf(&mut payload).await? == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
+            match tokio::time::timeout(silence, rest.read_buf(&mut payload)).await {
+                Err(_) => return Err(WireError::Timeout(silence.as_secs())),
+                Ok(Ok(0)) => return Err(WireError::Closed),
+                Ok(r) => r?,
+            };
         }
         Ok(())
     };
-    match tokio::time::timeout(timeout, body).await {
-        Err(_) => return Err(WireError::Timeout(timeout.as_secs())),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+    match tokio::time::timeout(whole, body).await {
+        Err(_) => return Err(WireError::Timeout(whole.as_secs())),
+        Ok(Err(WireError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(WireError::Closed)
         }
-        Ok(Err(e)) => return Err(e.into()),
-        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(())) => {}
     }
     if header.kind.is_message() {
         // A hello, map or auth frame is acted on as a whole: one whose bytes
@@ -120,9 +130,10 @@ impl OutFrame for Out {
     }
 }
 
-/// A KEEPALIVE frame, sent by the primary's writer task when idle.
-pub fn keepalive_frame() -> Out {
+/// A KEEPALIVE frame whose `seq` announces the sender's `ping_timeout`
+/// (`heartbeat::announce`; 0 is an older hastd's, or an echo).
+pub fn keepalive_frame(seq: u64) -> Out {
     let mut out = Vec::new();
-    hast_repl::encode_control_frame(hast_repl::Kind::Keepalive, 0, 0, 0, 0, &mut out);
+    hast_repl::encode_control_frame(hast_repl::Kind::Keepalive, 0, seq, 0, 0, &mut out);
     out.into()
 }
