@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use hast_testkit::tools::{fsck_ext4, mkfs_ext4, require_ext4, sha256sum, write_files};
-use hast_testkit::{bins, expect_ok, run, timeout_s, LoopMount, NbdFuse, Node, MIB};
+use hast_testkit::{bins, expect_ok, run, timeout_s, LoopMount, NbdFuse, Node, TempDir, MIB};
 use rand::{Rng, RngCore, SeedableRng};
 
 /// Random files (relative path -> contents) of sizes from 0 to a few MiB.
@@ -94,4 +94,51 @@ fn ext4_through_nbdfuse_survives_hastd_restart() {
     );
     let st = fuse.unmount().expect("nbdfuse was running");
     assert!(st.success(), "nbdfuse exited with {st}");
+}
+
+/// `losetup -j IMAGE`: the loop devices backed by IMAGE, one line each.
+fn loop_devices_of(image: &std::path::Path) -> String {
+    let out = run(Command::new("losetup").arg("-j").arg(image), timeout_s(30));
+    expect_ok(&out, "losetup -j")
+}
+
+/// LoopMount::unmount returns only once no loop device is backed by the image,
+/// even when something else still has the device open after umount (here for
+/// 1.5 s). Otherwise the FUSE file under it stays open and `fusermount3 -u`
+/// fails with EBUSY: tests/switchover.rs then saw nbdfuse killed after 30 s.
+#[test]
+fn loop_unmount_waits_until_the_image_is_let_go() {
+    if !require_ext4(&[]) {
+        return;
+    }
+    let dir = TempDir::new("loopgo");
+    let image = dir.join("img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(32 * MIB))
+        .expect("create image");
+    mkfs_ext4(&image, "loopgo");
+    let mut fs = LoopMount::mount(&image, &dir.join("fs"));
+    let listed = loop_devices_of(&image);
+    let dev = listed
+        .split(':')
+        .next()
+        .filter(|d| d.starts_with("/dev/loop"))
+        .unwrap_or_else(|| panic!("no loop device in `losetup -j`: {listed:?}"))
+        .to_string();
+    let holder = std::fs::File::open(&dev).unwrap_or_else(|e| panic!("open {dev}: {e}"));
+    let hold = std::time::Duration::from_millis(1500);
+    let t0 = std::time::Instant::now();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        drop(holder);
+    });
+    fs.unmount();
+    let waited = t0.elapsed();
+    let left = loop_devices_of(&image);
+    releaser.join().expect("releaser");
+    assert_eq!(left.trim(), "", "still backed right after unmount");
+    assert!(
+        waited >= hold,
+        "unmount returned after {waited:?}, the device was held {hold:?}"
+    );
 }
