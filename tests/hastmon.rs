@@ -709,13 +709,14 @@ fn failover_time() {
             split = split.max(m.split_brain);
         }
         let mut takeover: Vec<f64> = run.takeovers.iter().map(Duration::as_secs_f64).collect();
-        if let Some((med, p99, max)) = stats(&mut takeover) {
+        let exports = stats(&mut takeover);
+        if let Some((med, p99, max)) = exports {
             println!(
                 "{kind:?}: fault -> the other node exports as primary, {} trials: median {med:.2} s, p99 {p99:.2} s, max {max:.2} s",
                 takeover.len()
             );
         }
-        rows.push((kind, trials, stats(&mut resume), lost, split));
+        rows.push((kind, trials, stats(&mut resume), exports, lost, split));
     }
     let what = |k: Fault| {
         if k.takeover() == Some(true) {
