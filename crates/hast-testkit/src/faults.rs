@@ -170,8 +170,11 @@ fn pids_root() -> Result<PathBuf, String> {
     if !controllers.split_whitespace().any(|c| c == "pids") {
         return Err(format!("cgroup v2 without pids: {controllers:?}"));
     }
-    std::fs::write(v2.join("cgroup.subtree_control"), b"+pids")
-        .map_err(|e| format!("enabling pids in /sys/fs/cgroup/cgroup.subtree_control: {e}"))?;
+    let enabled = std::fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
+    if !enabled.split_whitespace().any(|c| c == "pids") {
+        std::fs::write(v2.join("cgroup.subtree_control"), b"+pids")
+            .map_err(|e| format!("enabling pids in /sys/fs/cgroup/cgroup.subtree_control: {e}"))?;
+    }
     Ok(v2)
 }
 
