@@ -8,6 +8,16 @@
 //! epoch with two primaries (from hastd's own role/epoch log lines), and the
 //! two data areas byte-identical.
 //!
+//! Besides kills, pauses and partitions of hosts, the faults hit one part
+//! of a host: the primary's hastd alone stopped (its hastmon runs on), the
+//! primary's disk hung (the cluster's components are then files behind
+//! nbdkit + nbdfuse, `HaOptions::fuse_disks`), fork failing for the
+//! primary's hastmon (a full pids cgroup: root is exempt from
+//! RLIMIT_NPROC), and the witness killed while it is granting a takeover.
+//! The cut replication link is also timed from the client's history: its
+//! writes resume within 5 s, and the watchdog's log shows the secondary
+//! outdated before the first write acknowledged without it.
+//!
 //! `random_fault_schedules` draws faults from the same set with a seed:
 //! `HAST_HA_SEED` replays one, `HAST_HA_FAULTS` sets how many (default 6).
 //! `HAST_HA_ONLY=<part of a fault name>` narrows the scenario test.
