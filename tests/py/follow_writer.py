@@ -5,7 +5,7 @@ primary across failovers, and record every operation in a history file.
     follow_writer.py --uri URI [--uri URI ...] --history FILE
                      [--first-lba 0] [--blocks 4096] [--seq-base 0] [--seed 0]
                      [--inflight 16] [--fua-one-in 8] [--flush-every 128]
-                     [--flush-interval 0.5] [--request-timeout 5]
+                     [--flush-interval 0.5] [--request-timeout 5] [--probe-after 1]
                      [--connect-timeout 2] [--reconnect-timeout 60]
                      [--duration 120] [--stop-file PATH] [--ack-is-durable]
 
@@ -15,7 +15,11 @@ or after --connect-timeout without an answer (a partitioned node drops the SYN);
 the first to accept is used. On a lost connection, an error reply, or a request
 unanswered for --request-timeout seconds (a frozen or partitioned primary), the
 connection is dropped and the writer looks for a primary again; it gives up after
---reconnect-timeout seconds without one.
+--reconnect-timeout seconds without one. Meanwhile, once a request has waited
+--probe-after seconds, the other URIs are probed (without blocking the writes in
+flight): only a primary exports, so one that accepts means the node this writer
+uses was replaced (frozen, cut off, stuck in its disk), and the writer moves to it
+at once, abandoning what is in flight — as a connector following the primary would.
 
 History (appended, line-buffered so every line is in the kernel before the
 request it announces is sent; fsync'd in batches), t = time.time():
@@ -27,7 +31,8 @@ request it announces is sent; fsync'd in batches), t = time.time():
     durable <t> <uri> <lba> <seq>             an acknowledged write became durable:
                                               a FLUSH sent after its ack completed
     fail <t> <uri> <lba> <seq> <errno-name>   error reply, ENOTCONN (connection
-                                              lost) or ETIMEDOUT (abandoned)
+                                              lost), ETIMEDOUT (abandoned) or
+                                              EMOVED (abandoned: a primary elsewhere)
 A failed write's outcome is unknown: its LBA may hold the old or the new version.
 At most one write per LBA is in flight, and an LBA with a failed write is never
 written again in this run (a write abandoned on a live server may still be
@@ -113,39 +118,56 @@ class Connector:
 
     def connect(self, give_up_at, should_stop):
         """Returns (uri, handle) or (None, None) at give_up_at / should_stop()."""
-        attempts = {u: [None, 0.0, 0.0] for u in self.uris}   # handle, started, next try
+        attempts = self.new_attempts()
         try:
             while mono() < give_up_at and not should_stop():
-                t = mono()
-                for u, a in attempts.items():
-                    h = a[0]
-                    if h is None:
-                        if t >= a[2]:
-                            h = nbd.NBD()
-                            try:
-                                h.aio_connect_uri(u)
-                                a[0], a[1] = h, t
-                            except nbd.Error as e:
-                                self.last_error[u] = str(e)
-                                a[2] = t + RETRY_S
-                        continue
-                    if h.aio_is_ready():
-                        a[0] = None
-                        return u, h
-                    if h.aio_is_dead() or h.aio_is_closed():
-                        self.last_error.setdefault(u, "connection failed")
-                        a[0], a[2] = None, t + RETRY_S
-                    elif t - a[1] > self.connect_timeout:
-                        self.last_error[u] = "no answer within %.1f s" % self.connect_timeout
-                        a[0], a[2] = None, t
-                self._wait(attempts)
+                won = self.step(attempts)
+                if won is not None:
+                    return won
+                self._wait(attempts, POLL_MS)
             return None, None
         finally:
             # Losers are dropped: closing a libnbd handle closes its socket.
             for a in attempts.values():
                 a[0] = None
 
-    def _wait(self, attempts):
+    def new_attempts(self):
+        return {u: [None, 0.0, 0.0] for u in self.uris}   # handle, started, next try
+
+    def step(self, attempts):
+        """Advances every attempt once; (uri, handle) of one that is ready."""
+        t = mono()
+        for u, a in attempts.items():
+            h = a[0]
+            if h is None:
+                if t >= a[2]:
+                    h = nbd.NBD()
+                    try:
+                        h.aio_connect_uri(u)
+                        a[0], a[1] = h, t
+                    except nbd.Error as e:
+                        self.last_error[u] = str(e)
+                        a[2] = t + RETRY_S
+                continue
+            if h.aio_is_ready():
+                a[0] = None
+                return u, h
+            if h.aio_is_dead() or h.aio_is_closed():
+                self.last_error.setdefault(u, "connection failed")
+                a[0], a[2] = None, t + RETRY_S
+            elif t - a[1] > self.connect_timeout:
+                self.last_error[u] = "no answer within %.1f s" % self.connect_timeout
+                a[0], a[2] = None, t
+        return None
+
+    def probe(self, attempts):
+        """One non-blocking round of attempts: (uri, handle) of one ready."""
+        won = self.step(attempts)
+        if won is None:
+            self._wait(attempts, 0)
+        return won
+
+    def _wait(self, attempts, wait_ms):
         poller = select.poll()
         fds = {}
         for u, a in attempts.items():
@@ -168,9 +190,9 @@ class Connector:
                 poller.register(fd, ev)
                 fds[fd] = (u, a)
         if not fds:
-            time.sleep(POLL_MS / 1000.0)
+            time.sleep(wait_ms / 1000.0)
             return
-        for fd, rev in poller.poll(POLL_MS):
+        for fd, rev in poller.poll(wait_ms):
             u, a = fds[fd]
             h = a[0]
             try:
@@ -205,6 +227,7 @@ class Writer:
         self.last_ack_mono = None
         self.last_ack_wall = None
         self.outage = None          # the open outage record, until its first ack
+        self.handover = None        # (uri, handle) a probe found while stalled
 
     # -- stopping -----------------------------------------------------------
 
@@ -267,6 +290,8 @@ class Writer:
         stop_by = 0.0      # with stopping: the bound on draining
         stopping = False
         final_flush_sent = False
+        others = Connector([u for u in a.uri if u != uri], a.connect_timeout)
+        probes = None      # attempts on the other URIs while a request is stalled
 
         def send_flush():
             nonlocal since_flush, last_flush
@@ -367,6 +392,18 @@ class Writer:
                 if oldest is not None and mono() - oldest > a.request_timeout:
                     failure = failure or "ETIMEDOUT"
                     break
+                if (oldest is not None and not stopping and others.uris
+                        and mono() - oldest > a.probe_after):
+                    probes = probes if probes is not None else others.new_attempts()
+                    won = others.probe(probes)
+                    if won is not None:
+                        self.handover = won
+                        failure = failure or "EMOVED"
+                        break
+                elif probes is not None:
+                    for p in probes.values():
+                        p[0] = None
+                    probes = None
                 if failure is not None and (not (inflight or flushes) or h.aio_is_dead()
                                             or h.aio_is_closed()):
                     break
@@ -392,7 +429,10 @@ class Writer:
     def run(self):
         while not self.should_stop():
             give_up = mono() + self.a.reconnect_timeout
-            uri, h = self.connector.connect(give_up, self.should_stop)
+            if self.handover is not None:
+                (uri, h), self.handover = self.handover, None
+            else:
+                uri, h = self.connector.connect(give_up, self.should_stop)
             if h is None:
                 if not self.should_stop():
                     self.s["end"] = ("gave up: no URI accepted within %.0f s: %s"
@@ -454,6 +494,7 @@ def main():
     p.add_argument("--flush-every", type=int, default=128)
     p.add_argument("--flush-interval", type=float, default=0.5)
     p.add_argument("--request-timeout", type=float, default=5.0)
+    p.add_argument("--probe-after", type=float, default=1.0)
     p.add_argument("--connect-timeout", type=float, default=2.0)
     p.add_argument("--reconnect-timeout", type=float, default=60.0)
     p.add_argument("--duration", type=float, default=120.0)
