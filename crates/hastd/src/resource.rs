@@ -28,7 +28,7 @@ use hast_repl::{Hello, HelloStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::datapath::{DataPath, Side};
+use crate::datapath::{DataPath, PeerState, Side};
 use crate::nbdfront::Registry;
 use crate::replication::stream::{ConnRead, ConnWrite};
 use crate::replication::tls::TlsInfo;
@@ -390,7 +390,9 @@ impl ResourceTask {
             if let Some((task, old)) = session.take() {
                 task.abort();
                 let _ = task.await;
-                dp.set_peer_state(&format!("disconnected: primary of epoch {old} superseded"));
+                dp.set_peer_state(PeerState::Disconnected(Some(format!(
+                    "primary of epoch {old} superseded"
+                ))));
                 tracing::warn!(resource = %self.config.name, epoch, "dropped the primary of epoch {old}: superseded");
             }
         }
@@ -737,17 +739,17 @@ impl ResourceTask {
         let inconsistent = header.flags & hast_meta::FLAG_INCONSISTENT != 0;
         let complete = match dp.side {
             Side::Primary => dp.peer_connected() && !syncing && needsync == 0,
-            Side::Secondary => peer_state == "connected" && !inconsistent,
+            Side::Secondary => peer_state.is_connected() && !inconsistent,
         };
         st.status = if c.remote.is_none() || complete {
             "complete".into()
-        } else if peer_state.starts_with("split-brain") {
+        } else if peer_state.is_split_brain() {
             "split-brain".into()
         } else {
             "degraded".into()
         };
         if c.remote.is_some() {
-            st.peer = Some(peer_state);
+            st.peer = Some(peer_state.to_string());
         }
         if syncing {
             let total = dp.sync.total_bytes.load(Relaxed);

@@ -24,6 +24,7 @@ mod fence;
 mod gate;
 mod lease;
 pub mod local;
+mod peer;
 mod rangelock;
 
 use std::io;
@@ -41,6 +42,7 @@ pub use fence::Fence;
 use gate::Gate;
 pub use lease::{lease_deadline, Lease};
 use local::LocalData;
+pub use peer::PeerState;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
 
@@ -175,7 +177,7 @@ pub struct DataPath {
     /// Resync runs secondary → primary: reads of needsync extents go to the peer.
     pub sync_from_peer: AtomicBool,
     pub sync: SyncCounters,
-    peer_state: Mutex<String>,
+    peer_state: Mutex<PeerState>,
     /// What the live link's TLS negotiated (`tls::TlsInfo` as text), `None`
     /// over plain TCP or while disconnected.
     peer_tls: Mutex<Option<String>>,
@@ -237,11 +239,7 @@ impl DataPath {
             sync_from_peer: AtomicBool::new(false),
             sync: SyncCounters::default(),
             peer_tls: Mutex::new(None),
-            peer_state: Mutex::new(if peer_configured {
-                "connecting".into()
-            } else {
-                "none".into()
-            }),
+            peer_state: Mutex::new(PeerState::initial(peer_configured)),
             degraded_recorded: AtomicBool::new(false),
             writes_since_barrier: AtomicU64::new(0),
             counters: Counters::default(),
@@ -315,8 +313,8 @@ impl DataPath {
         }
     }
 
-    pub fn set_peer_state(&self, s: &str) {
-        *self.peer_state.lock().unwrap_or_else(|p| p.into_inner()) = s.to_string();
+    pub fn set_peer_state(&self, s: PeerState) {
+        *self.peer_state.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
     pub fn set_peer_tls(&self, tls: Option<String>) {
@@ -330,7 +328,7 @@ impl DataPath {
             .clone()
     }
 
-    pub fn peer_state(&self) -> String {
+    pub fn peer_state(&self) -> PeerState {
         self.peer_state
             .lock()
             .unwrap_or_else(|p| p.into_inner())

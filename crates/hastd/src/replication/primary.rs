@@ -18,7 +18,7 @@ use super::resync::{self, Direction};
 use super::stream::{self, ConnRead};
 use super::tls::{self, SharedIdentity, TlsInfo};
 use super::wire::{read_frame, write_all};
-use crate::datapath::DataPath;
+use crate::datapath::{DataPath, PeerState};
 
 /// Waits between connection attempts: first, then doubling up to the max.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -50,7 +50,7 @@ pub async fn run(
             Ok((link, tasks, decision, peer, tls_info)) => {
                 backoff = BACKOFF_FIRST;
                 last_error.clear();
-                dp.set_peer_state("connected");
+                dp.set_peer_state(PeerState::Connected);
                 match &tls_info {
                     Some(t) => {
                         tracing::info!(resource = %cfg.name, peer = %link.peer, ?decision, tls = %t, "connected to secondary")
@@ -88,17 +88,18 @@ pub async fn run(
                 runner.abort();
                 dp.sync_from_peer.store(false, Relaxed);
                 dp.set_peer_tls(None);
-                dp.set_peer_state("disconnected");
+                dp.set_peer_state(PeerState::Disconnected(None));
                 if !dp.is_withdrawn() {
                     tracing::warn!(resource = %cfg.name, "secondary disconnected: {}", link.reason());
                 }
             }
             Err(e) => {
-                if e != last_error {
-                    tracing::warn!(resource = %cfg.name, "cannot connect to secondary: {e}");
-                    last_error = e.clone();
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::warn!(resource = %cfg.name, "cannot connect to secondary: {text}");
+                    last_error = text;
                 }
-                dp.set_peer_state(&e);
+                dp.set_peer_state(e);
             }
         }
         tokio::select! {
@@ -211,7 +212,7 @@ async fn connect(
     node: &str,
     secret: Option<&hast_conf::Secret>,
     link_tls: &LinkTls,
-) -> Result<Connected, String> {
+) -> Result<Connected, PeerState> {
     let remote = cfg
         .remote
         .as_ref()
@@ -254,27 +255,32 @@ async fn connect(
         .await
         .map_err(|e| format!("{peer}: {e}"))?;
     if frame.header.kind != Kind::HelloReply {
-        return Err(format!(
+        return Err(PeerState::Failed(format!(
             "{peer}: expected a hello reply, got {:?}",
             frame.header.kind
-        ));
+        )));
     }
     let reply = HelloReply::decode(&frame.payload).map_err(|e| format!("{peer}: {e}"))?;
     let theirs = reply.hello.clone();
     let decision = match hast_repl::verify_reply(&hello, &reply) {
         Ok(d) => d,
         Err(HelloStatus::SplitBrain) if reply.message.starts_with("split-brain") => {
-            return Err(reply.message.clone())
+            return Err(PeerState::SplitBrain(reply.message.clone()))
         }
-        Err(HelloStatus::SplitBrain) => return Err(format!("split-brain: {}", reply.message)),
+        Err(HelloStatus::SplitBrain) => {
+            return Err(PeerState::SplitBrain(format!(
+                "split-brain: {}",
+                reply.message
+            )))
+        }
         // The secondary's message already names the refusal ("stale epoch 3 < 5: ...").
         Err(status) if reply.message.starts_with(&status.to_string()) => {
-            return Err(reply.message.clone())
+            return Err(PeerState::Refused(reply.message.clone()))
         }
         Err(status) if !reply.message.is_empty() => {
-            return Err(format!("{status}: {}", reply.message))
+            return Err(PeerState::Refused(format!("{status}: {}", reply.message)))
         }
-        Err(status) => return Err(format!("{peer}: {status}")),
+        Err(status) => return Err(PeerState::Refused(format!("{peer}: {status}"))),
     };
     let theirs =
         theirs.ok_or_else(|| format!("{peer}: hello reply without the secondary's state"))?;
@@ -285,10 +291,10 @@ async fn connect(
             .await
             .map_err(|e| format!("{peer}: {e}"))?;
         if f.header.kind != Kind::Map {
-            return Err(format!(
+            return Err(PeerState::Failed(format!(
                 "{peer}: expected the activemap, got {:?}",
                 f.header.kind
-            ));
+            )));
         }
         let last = f.header.has(hast_repl::flags::LAST);
         if let Some(map) = assembler

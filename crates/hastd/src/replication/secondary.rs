@@ -26,7 +26,7 @@ use super::heartbeat;
 use super::primary::{hello_of, link_timing};
 use super::stream::ConnWrite;
 use super::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
-use crate::datapath::{Change, DataPath, DpError};
+use crate::datapath::{Change, DataPath, DpError, PeerState};
 
 /// Replies queued for the writer.
 const REPLY_QUEUE_DEPTH: usize = 1024;
@@ -106,9 +106,9 @@ where
     if let Some((status, message)) = refusal {
         tracing::error!(resource = %cfg.name, %peer, "{message}");
         dp.set_peer_state(match status {
-            HelloStatus::SplitBrain => "split-brain",
-            HelloStatus::StaleEpoch => "refused: stale epoch",
-            _ => "refused",
+            HelloStatus::SplitBrain => PeerState::SplitBrain("split-brain".into()),
+            HelloStatus::StaleEpoch => PeerState::Refused("refused: stale epoch".into()),
+            _ => PeerState::Refused("refused".into()),
         });
         refuse(&mut wr, status, &message).await;
         return message;
@@ -160,7 +160,7 @@ where
     if let Err(e) = write_all(&mut wr, &out, HANDSHAKE_TIMEOUT).await {
         return e.to_string();
     }
-    dp.set_peer_state("connected");
+    dp.set_peer_state(PeerState::Connected);
     match &tls {
         Some(t) => {
             tracing::info!(resource = %cfg.name, %peer, ?decision, tls = %t, "primary connected")
@@ -213,7 +213,7 @@ where
     .await;
     tx.close();
     session.dp.set_peer_tls(None);
-    session.dp.set_peer_state("disconnected");
+    session.dp.set_peer_state(PeerState::Disconnected(None));
     why
 }
 
