@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::datapath::{DataPath, DpError};
+use crate::datapath::{Change, DataPath, DpError};
 use crate::nbdtls::NbdTls;
 
 /// NBD connections served at once per listener; more are refused.
@@ -207,7 +207,7 @@ impl Export for NbdExport {
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), Errno> {
         self.ack(
             self.dp
-                .zero(offset, u64::from(len), true, false, fua, true)
+                .zero(offset, Change::trim(u64::from(len)), fua)
                 .await,
         )
     }
@@ -222,7 +222,11 @@ impl Export for NbdExport {
     ) -> Result<(), Errno> {
         self.ack(
             self.dp
-                .zero(offset, u64::from(len), may_trim, fast_only, fua, false)
+                .zero(
+                    offset,
+                    Change::write_zeroes(u64::from(len), may_trim, fast_only),
+                    fua,
+                )
                 .await,
         )
     }

@@ -149,6 +149,30 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// NBD TRIM: the range may be deallocated, and reads as zeroes on both
+    /// copies (so they stay identical).
+    pub fn trim(len: u64) -> Change {
+        Change::Zero {
+            len,
+            punch: true,
+            fast_only: false,
+            trim: true,
+        }
+    }
+
+    /// NBD WRITE_ZEROES with its flags: `may_punch` (no NO_HOLE),
+    /// `fast_only` (FAST_ZERO).
+    pub fn write_zeroes(len: u64, may_punch: bool, fast_only: bool) -> Change {
+        Change::Zero {
+            len,
+            punch: may_punch,
+            fast_only,
+            trim: false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Default)]
 struct FlushState {
     gen: u64,
@@ -473,24 +497,16 @@ impl DataPath {
         self.modify(offset, fua, Change::Write(data), None).await
     }
 
-    /// TRIM (`trim`) or WRITE_ZEROES: both leave the range reading as zeroes
-    /// so that the two copies stay identical.
+    /// TRIM or WRITE_ZEROES (`Change::trim`, `Change::write_zeroes`): both
+    /// leave the range reading as zeroes so that the two copies stay
+    /// identical.
     pub async fn zero(
         self: &Arc<Self>,
         offset: u64,
-        len: u64,
-        may_punch: bool,
-        fast_only: bool,
+        how: Change,
         fua: bool,
-        trim: bool,
     ) -> Result<(), DpError> {
-        let change = Change::Zero {
-            len,
-            punch: may_punch,
-            fast_only,
-            trim,
-        };
-        self.modify(offset, fua, change, None).await
+        self.modify(offset, fua, how, None).await
     }
 
     /// Every modification: ordered, recorded in the activemap first, applied
