@@ -7,13 +7,13 @@
 //! range lock, activemap, lease, peer fencing, local component),
 //! [`nbdfront`] (binds the NBD server of `hast-nbd` to the data paths),
 //! [`control`] (the control socket), [`epoch`] (the fencing-token rules of
-//! role changes), [`command`] (bounded runs of operator commands).
+//! role changes), [`hook`] (bounded runs of the operator's shell hooks).
 
-mod command;
 mod control;
 mod daemon;
 mod datapath;
 mod epoch;
+mod hook;
 mod nbdfront;
 mod nbdtls;
 mod replication;

@@ -930,7 +930,7 @@ impl DataPath {
                 tracing::warn!(resource = %self.name, seq = g, epoch, "peer lost: fencing it before writing alone (fence_peer)");
             }
             let run = tokio::select! {
-                r = crate::command::run(&command, &env, FENCE_TIMEOUT, FENCE_OUTPUT_MAX) => r,
+                r = crate::hook::run(&command, &env, FENCE_TIMEOUT, FENCE_OUTPUT_MAX) => r,
                 // Dropping the run kills the command's process group.
                 _ = self.gate.closed() => break,
             };
