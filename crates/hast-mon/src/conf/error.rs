@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use hast_conf::syntax::{ExitStatus, FileError, SyntaxError, EX_CONFIG};
 
-use super::parser::Level;
+use super::level::Level;
 
 pub type ConfigError = FileError<ErrorKind>;
 

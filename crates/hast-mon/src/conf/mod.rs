@@ -26,6 +26,7 @@
 //! them and their takeover priority.
 
 mod error;
+mod level;
 mod parser;
 mod resolve;
 mod value;
@@ -39,7 +40,7 @@ use std::time::Duration;
 pub use crate::auth::Key;
 pub use error::{ConfigError, ErrorKind};
 pub use hast_conf::Addr;
-pub use parser::Level;
+pub use level::Level;
 
 /// Default port of `listen` and `remote` addresses: hastmon's own (hastd has 8457, its FreeBSD default, and the
 /// two run side by side on a data node).

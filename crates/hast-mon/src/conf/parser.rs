@@ -9,7 +9,6 @@
 //! next keyword. `remote` is the one option with several values (hastmon's
 //! `remote addr1 addr2`); they run to the end of the statement.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,33 +18,9 @@ use hast_conf::syntax::{check_unset, set, At, Reader, SyntaxError};
 use hast_conf::Addr;
 
 use super::error::{ConfigError, ErrorKind};
+use super::level::Level;
 use super::value::{duration, number, remote_addr, tcp_addr, unix_addr};
 use super::{Key, NODE_SECTIONS_MAX, REMOTES_MAX, RESOURCES_MAX, RESOURCE_NODES_MAX};
-
-/// The kind of section a statement is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Global,
-    /// `on NODE { }` at the top level: options of one host.
-    Node,
-    Resource,
-    /// `on NODE { }` inside a resource.
-    ResourceNode,
-    /// `key { }`
-    Key,
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Level::Global => "global section",
-            Level::Node => "node section",
-            Level::Resource => "resource section",
-            Level::ResourceNode => "resource-node section",
-            Level::Key => "key section",
-        })
-    }
-}
 
 /// Options of the daemon on one host (global and top-level `on` sections).
 #[derive(Debug, Default)]
