@@ -3,7 +3,7 @@
 //! status from `exit_code()`) over hast.conf's `ErrorKind`, so the daemon and
 //! the CLI can print it as is.
 
-use crate::parser::Level;
+use crate::level::Level;
 use crate::syntax::{ExitStatus, FileError, SyntaxError, EX_CONFIG};
 
 /// A configuration error: the file, the line (when one is to blame) and what
@@ -75,7 +75,7 @@ pub enum ErrorKind {
     NbdTlsFile {
         option: &'static str,
         path: std::path::PathBuf,
-        error: crate::nbd_tls::PemFileError,
+        error: PemFileError,
     },
     /// `nbd_tls*` options that do not fit together.
     #[error("{0}")]
@@ -106,4 +106,31 @@ pub enum ErrorKind {
         path: String,
         max: usize,
     },
+}
+
+/// Why a PEM file could not be used. `Io` is exit 66, the rest 78.
+#[derive(Debug, thiserror::Error)]
+pub enum PemFileError {
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("not a regular file")]
+    NotAFile,
+    /// Larger than the limit it carries (`nbd_tls::PEM_FILE_SIZE_MAX`).
+    #[error("larger than {0} bytes")]
+    TooLarge(u64),
+    /// A private key anyone on the host can read is no longer private.
+    #[error("readable or writable by others (mode {0:03o}); chmod o-rwx it")]
+    Exposed(u32),
+    /// Set by hastd: the PEM does not hold what it should.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl PemFileError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PemFileError::Io(_) => crate::syntax::EX_NOINPUT,
+            _ => crate::syntax::EX_CONFIG,
+        }
+    }
 }

@@ -14,6 +14,7 @@
 
 mod addr;
 mod error;
+mod level;
 /// Public so hastmon.conf (crate `hast-mon`) shares this tokenizer.
 pub mod lexer;
 pub mod nbd_tls;
@@ -29,8 +30,8 @@ use std::path::{Path, PathBuf};
 
 pub use addr::{Addr, AddrError, NBD_PORT, REPLICATION_PORT, UNIX_PATH_MAX};
 pub use error::{ConfigError, ErrorKind};
+pub use level::Level;
 pub use nbd_tls::{NbdTls, NbdTlsMode, NbdTlsPem};
-pub use parser::Level;
 pub use secret::{Secret, SecretError};
 pub use tls::Fingerprint;
 pub use value::{parse_size, Checksum, Compression, OnIoError, ParseKeywordError, Replication};
@@ -182,7 +183,7 @@ pub fn nbd_tls_error(
     line: u32,
     option: &'static str,
     path: &Path,
-    error: nbd_tls::PemFileError,
+    error: error::PemFileError,
 ) -> ConfigError {
     ConfigError::at(
         file,

@@ -1,6 +1,6 @@
 //! NBD over TLS options (`nbd_tls`, `nbd_tls_cert`, `nbd_tls_key`,
-//! `nbd_tls_client_fingerprint`): their values, how they combine, and
-//! reading the PEM files. Parsing stays pure; the files are read only by
+//! `nbd_tls_client_fingerprint`): their values and reading the PEM files
+//! (how a node's options combine is `resolve.rs`'s). Parsing stays pure; the files are read only by
 //! [`crate::Config::load_nbd_tls`], which hastd calls at start and reload
 //! (so hastctl never reads a private key). What the PEM holds is checked by
 //! hastd when it builds its TLS configuration.
@@ -10,8 +10,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::ErrorKind;
-use crate::parser::NodeOpts;
+pub use crate::error::PemFileError;
 
 /// `nbd_tls`: whether NBD clients must, may or cannot use TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,32 +106,6 @@ impl fmt::Debug for NbdTlsPem {
 /// Certificate chains and keys are a few KiB; anything this large is not one.
 pub const PEM_FILE_SIZE_MAX: u64 = 1 << 20;
 
-/// Why a PEM file could not be used. `Io` is exit 66, the rest 78.
-#[derive(Debug, thiserror::Error)]
-pub enum PemFileError {
-    #[error("{0}")]
-    Io(std::io::Error),
-    #[error("not a regular file")]
-    NotAFile,
-    #[error("larger than {PEM_FILE_SIZE_MAX} bytes")]
-    TooLarge,
-    /// A private key anyone on the host can read is no longer private.
-    #[error("readable or writable by others (mode {0:03o}); chmod o-rwx it")]
-    Exposed(u32),
-    /// Set by hastd: the PEM does not hold what it should.
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl PemFileError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            PemFileError::Io(_) => crate::syntax::EX_NOINPUT,
-            _ => crate::syntax::EX_CONFIG,
-        }
-    }
-}
-
 /// Reads one PEM file; `private`: refuse it when others may read it (its
 /// group may: `ssl-cert`-style groups are common).
 pub fn read_pem(path: &Path, private: bool) -> Result<Vec<u8>, PemFileError> {
@@ -151,69 +124,9 @@ pub fn read_pem(path: &Path, private: bool) -> Result<Vec<u8>, PemFileError> {
         .read_to_end(&mut bytes)
         .map_err(PemFileError::Io)?;
     if bytes.len() as u64 > PEM_FILE_SIZE_MAX {
-        return Err(PemFileError::TooLarge);
+        return Err(PemFileError::TooLarge(PEM_FILE_SIZE_MAX));
     }
     Ok(bytes)
-}
-
-/// This node's `nbd_tls*` options (its `on` section over the global ones):
-/// a certificate and key go together; `nbd_tls` defaults to `required`
-/// with them (as qemu-nbd does with `--tls-creds`) and to `off` without;
-/// `optional`, `required` and a client fingerprint need the pair.
-pub(crate) fn resolve(
-    section: Option<&NodeOpts>,
-    g: &NodeOpts,
-) -> Result<Option<NbdTls>, (u32, ErrorKind)> {
-    let mode = section
-        .and_then(|s| s.nbd_tls.as_ref())
-        .or(g.nbd_tls.as_ref());
-    let cert = section
-        .and_then(|s| s.nbd_tls_cert.as_ref())
-        .or(g.nbd_tls_cert.as_ref());
-    let key = section
-        .and_then(|s| s.nbd_tls_key.as_ref())
-        .or(g.nbd_tls_key.as_ref());
-    let fp = section
-        .and_then(|s| s.nbd_tls_client_fingerprint.as_ref())
-        .or(g.nbd_tls_client_fingerprint.as_ref());
-    let pair = match (cert, key) {
-        (Some(c), Some(k)) => Some((c, k)),
-        (Some(c), None) => {
-            return Err((c.line, ErrorKind::NbdTls("nbd_tls_cert needs nbd_tls_key")))
-        }
-        (None, Some(k)) => {
-            return Err((k.line, ErrorKind::NbdTls("nbd_tls_key needs nbd_tls_cert")))
-        }
-        (None, None) => None,
-    };
-    let Some((cert, key)) = pair else {
-        if let Some(m) = mode.filter(|m| m.value != NbdTlsMode::Off) {
-            return Err((
-                m.line,
-                ErrorKind::NbdTls(
-                    "nbd_tls optional or required needs nbd_tls_cert and nbd_tls_key",
-                ),
-            ));
-        }
-        if let Some(f) = fp.filter(|f| f.value.is_some()) {
-            return Err((
-                f.line,
-                ErrorKind::NbdTls("nbd_tls_client_fingerprint needs nbd_tls_cert and nbd_tls_key"),
-            ));
-        }
-        return Ok(None);
-    };
-    let mode = mode.map_or(NbdTlsMode::Required, |m| m.value);
-    if mode == NbdTlsMode::Off {
-        return Ok(None);
-    }
-    Ok(Some(NbdTls {
-        mode,
-        cert: (cert.value.clone(), cert.line),
-        key: (key.value.clone(), key.line),
-        client_fingerprint: fp.and_then(|f| f.value),
-        pem: None,
-    }))
 }
 
 #[cfg(test)]

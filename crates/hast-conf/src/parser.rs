@@ -6,39 +6,17 @@
 //! grammar hast.conf shares with hastmon.conf; this module owns hast.conf's
 //! keywords and where each is allowed.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::addr::{Addr, NBD_PORT, REPLICATION_PORT};
 use crate::error::{ConfigError, ErrorKind};
+use crate::level::Level;
 use crate::nbd_tls::{parse_fingerprint, NbdTlsMode};
 use crate::syntax::value::{abs_path, bad, check_resource_name, whole_number, NumberError};
 use crate::syntax::{set, At, Reader, SyntaxError};
 use crate::tls::Fingerprint;
 use crate::value::{parse_size, Checksum, Compression, OnIoError, Replication};
 use crate::{DEPTH_MAX, LISTEN_MAX, NODE_SECTIONS_MAX, RESOURCES_MAX};
-
-/// The kind of section a statement is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Global,
-    /// `on NODE { }` at the top level.
-    Node,
-    Resource,
-    /// `on NODE { }` inside a resource.
-    ResourceNode,
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Level::Global => "global section",
-            Level::Node => "node section",
-            Level::Resource => "resource section",
-            Level::ResourceNode => "resource-node section",
-        })
-    }
-}
 
 /// Options of the daemon as a whole (global and top-level node sections).
 #[derive(Debug, Default)]

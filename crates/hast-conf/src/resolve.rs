@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::addr::{Addr, UNIX_PATH_MAX};
 use crate::error::{ConfigError, ErrorKind};
-use crate::parser::{RawConfig, RawResource};
+use crate::nbd_tls::{NbdTls, NbdTlsMode};
+use crate::parser::{NodeOpts, RawConfig, RawResource};
 use crate::syntax::value::{first_label, pick};
 use crate::syntax::{At, SyntaxError};
 use crate::{defaults, Config, Resource};
@@ -63,7 +64,7 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
     let nbd_max_buffer = node_level!(nbd_max_buffer).unwrap_or(defaults::NBD_MAX_BUFFER);
     let nbd_idle_timeout_secs =
         node_level!(nbd_idle_timeout).unwrap_or(defaults::NBD_IDLE_TIMEOUT_SECS);
-    let nbd_tls = crate::nbd_tls::resolve(section, g).map_err(err)?;
+    let nbd_tls = nbd_tls(section, g).map_err(err)?;
     // A node section's listen list replaces the global one rather than
     // adding to it: the global addresses are usually wildcard binds.
     let listen = match section.map(|s| &s.listen).filter(|l| !l.is_empty()) {
@@ -287,6 +288,63 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
         tls_peer_fingerprints: get!(tls_peer_fingerprint).unwrap_or_default(),
         line: res.line,
     })
+}
+
+/// This node's `nbd_tls*` options (its `on` section over the global ones):
+/// a certificate and key go together; `nbd_tls` defaults to `required`
+/// with them (as qemu-nbd does with `--tls-creds`) and to `off` without;
+/// `optional`, `required` and a client fingerprint need the pair.
+fn nbd_tls(section: Option<&NodeOpts>, g: &NodeOpts) -> Result<Option<NbdTls>, (u32, ErrorKind)> {
+    let mode = section
+        .and_then(|s| s.nbd_tls.as_ref())
+        .or(g.nbd_tls.as_ref());
+    let cert = section
+        .and_then(|s| s.nbd_tls_cert.as_ref())
+        .or(g.nbd_tls_cert.as_ref());
+    let key = section
+        .and_then(|s| s.nbd_tls_key.as_ref())
+        .or(g.nbd_tls_key.as_ref());
+    let fp = section
+        .and_then(|s| s.nbd_tls_client_fingerprint.as_ref())
+        .or(g.nbd_tls_client_fingerprint.as_ref());
+    let pair = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (Some(c), None) => {
+            return Err((c.line, ErrorKind::NbdTls("nbd_tls_cert needs nbd_tls_key")))
+        }
+        (None, Some(k)) => {
+            return Err((k.line, ErrorKind::NbdTls("nbd_tls_key needs nbd_tls_cert")))
+        }
+        (None, None) => None,
+    };
+    let Some((cert, key)) = pair else {
+        if let Some(m) = mode.filter(|m| m.value != NbdTlsMode::Off) {
+            return Err((
+                m.line,
+                ErrorKind::NbdTls(
+                    "nbd_tls optional or required needs nbd_tls_cert and nbd_tls_key",
+                ),
+            ));
+        }
+        if let Some(f) = fp.filter(|f| f.value.is_some()) {
+            return Err((
+                f.line,
+                ErrorKind::NbdTls("nbd_tls_client_fingerprint needs nbd_tls_cert and nbd_tls_key"),
+            ));
+        }
+        return Ok(None);
+    };
+    let mode = mode.map_or(NbdTlsMode::Required, |m| m.value);
+    if mode == NbdTlsMode::Off {
+        return Ok(None);
+    }
+    Ok(Some(NbdTls {
+        mode,
+        cert: (cert.value.clone(), cert.line),
+        key: (key.value.clone(), key.line),
+        client_fingerprint: fp.and_then(|f| f.value),
+        pem: None,
+    }))
 }
 
 #[cfg(test)]
