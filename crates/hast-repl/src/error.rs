@@ -4,7 +4,7 @@
 //! after a bad frame the stream position can no longer be trusted.
 
 use crate::checksum::ChecksumKind;
-use crate::frame::Kind;
+use crate::kind::Kind;
 
 /// Everything that can go wrong while decoding replication traffic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

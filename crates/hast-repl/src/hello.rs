@@ -20,7 +20,7 @@
 
 use std::fmt;
 
-use crate::decide::Decision;
+use crate::decision::Decision;
 use crate::error::ReplError;
 
 /// Version of the hello exchange and of everything after it on the connection.

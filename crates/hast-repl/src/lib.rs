@@ -16,9 +16,11 @@
 pub mod auth;
 pub mod checksum;
 pub mod decide;
+mod decision;
 mod error;
 pub mod frame;
 pub mod hello;
+mod kind;
 pub mod map;
 
 pub use checksum::{ChecksumKind, Digest, DIGEST_MAX};
