@@ -6,6 +6,14 @@
 //!   `ping_timeout` (3 s, `timeout` left at 20 s) the primary declares the
 //!   peer dead, fences it and acknowledges writes again within 5 s of the cut
 //!   (the longest gap between two acknowledgements is printed);
+//! - **no false positive under load**: the secondary's disk is slow (its
+//!   component behind nbdkit + nbdfuse, nbdkit stopped 1.7 s of every 2 s for
+//!   8 s, so its writes take up to ~1.7 s and its replies come late) under a
+//!   steady fullsync writer with `ping_timeout 1` and `timeout 20`: the primary
+//!   stays `complete` with peer `connected` (status polled about every 100 ms),
+//!   the link is never re-established, writes keep being acknowledged, and
+//!   the copies are identical (longest gap between acknowledgements, polls
+//!   and the slowest write are printed);
 //! - **lease**: a primary with a lease whose `fence_peer` hangs (sleeps) and
 //!   whose peer is silenced: writes issued after the cut fail with ESHUTDOWN as
 //!   the NBD client sees it within the lease plus a small margin, and `hastctl
@@ -177,6 +185,136 @@ fn blackholed_link_under_fullsync_writes_recovers_within_5s() {
     });
     say(&format!("B after {:?}: {}", cut.elapsed(), st.brief()));
     pair.proxy().heal();
+    pair.wait_complete(timeout_s(60));
+    pair.assert_identical(timeout_s(30));
+}
+
+/// The secondary's disk stalls for longer than `ping_timeout` again and
+/// again while its daemon and the link are alive: its keepalives (sent by
+/// its writer task, never behind the disk) keep the primary from declaring
+/// it dead; only `timeout` bounds a peer that completes no write.
+#[test]
+fn slow_secondary_disk_is_not_a_dead_peer() {
+    if !require_python_nbd() {
+        return;
+    }
+    /// How long the disk is slow, and each cycle: stalled, then running.
+    const SLOW: Duration = Duration::from_secs(8);
+    const STALL: Duration = Duration::from_millis(1700);
+    const RUN: Duration = Duration::from_millis(300);
+    let mut pair = Pair::builder(bins!())
+        .tag("hb-slow")
+        .file_size(64 << 20)
+        .timeout(20)
+        .option("ping_timeout 1")
+        .fuse_disk(Side::B)
+        .start();
+    pair.setup(Side::A, timeout_s(120));
+    let dir = pair.node(Side::A).dir().to_path_buf();
+    let writer = Writer::start(&pair.uri(Side::A), &dir, "slow", 8, 8);
+    let got = wait_for(timeout_s(30), || (writer.acks().len() > 200).then_some(()));
+    assert!(got.is_some(), "writer never got going");
+
+    let t_slow = wall();
+    let slow = Instant::now();
+    let mut polls = 0u32;
+    let mut bad: Vec<String> = Vec::new();
+    while slow.elapsed() < SLOW {
+        let in_cycle = slow.elapsed().as_nanos() % (STALL + RUN).as_nanos();
+        let stall = in_cycle < STALL.as_nanos();
+        let disk = pair.disk_mut(Side::B);
+        if stall && !disk.is_hung() {
+            disk.hang();
+        } else if !stall && disk.is_hung() {
+            disk.heal();
+        }
+        let st = pair.status(Side::A);
+        polls += 1;
+        if st.status != "complete" || st.peer.as_deref() != Some("connected") {
+            bad.push(format!(
+                "{:.2} s: {}",
+                slow.elapsed().as_secs_f64(),
+                st.brief()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pair.disk_mut(Side::B).heal();
+    let t_healed = wall();
+    // Let the writer show that it goes on at full speed.
+    std::thread::sleep(Duration::from_secs(2));
+    let events = writer.events();
+    writer.stop();
+
+    let acks: Vec<f64> = events
+        .iter()
+        .filter(|(k, _, _)| k == "ok")
+        .map(|(_, t, _)| *t)
+        .collect();
+    let gap = longest_gap(&acks, t_slow);
+    let during = acks
+        .iter()
+        .filter(|&&t| t > t_slow && t <= t_healed)
+        .count();
+    let after = acks.iter().filter(|&&t| t > t_healed).count();
+    // Write latency: invoke to ok of the same (lba, seq), for writes
+    // acknowledged during the slow period.
+    let mut sent = std::collections::HashMap::new();
+    let mut worst: f64 = 0.0;
+    for (kind, t, rest) in &events {
+        let key = (rest.get(1).cloned(), rest.get(2).cloned());
+        match kind.as_str() {
+            "invoke" => {
+                sent.insert(key, *t);
+            }
+            "ok" if *t > t_slow && *t <= t_healed => {
+                if let Some(t0) = sent.get(&key) {
+                    worst = worst.max(t - t0);
+                }
+            }
+            _ => {}
+        }
+    }
+    let fails: Vec<_> = events
+        .iter()
+        .filter(|(k, _, _)| k == "fail" || k == "disconnect")
+        .collect();
+    say(&format!(
+        "slow disk for {SLOW:?} (stalled {STALL:?} of every {:?}), ping_timeout 1 s: \
+         {polls} status polls of A, {} not complete/connected; {during} writes acknowledged \
+         while slow (slowest {worst:.2} s), {after} in the 2 s after; longest gap between \
+         acknowledgements {gap:.2} s",
+        STALL + RUN,
+        bad.len()
+    ));
+    assert!(fails.is_empty(), "writes failed: {fails:?}");
+    assert!(
+        bad.is_empty(),
+        "the primary left complete/connected while the secondary's disk was slow:\n{}\n{}",
+        bad.join("\n"),
+        pair.describe()
+    );
+    // The slowness was real: replies came later than ping_timeout.
+    assert!(
+        gap > 1.2 && worst > 1.2,
+        "the disk was not slow enough to test anything: gap {gap:.2} s, slowest write {worst:.2} s"
+    );
+    assert!(
+        during > 3,
+        "writes were not acknowledged while slow: {during}"
+    );
+    assert!(after > 10, "writes did not resume: {after}");
+    let log_a = pair.node(Side::A).log();
+    let log_b = pair.node(Side::B).log();
+    assert_eq!(
+        log_a.matches("connected to secondary").count(),
+        1,
+        "the link was re-established:\n{log_a}"
+    );
+    assert!(
+        !log_a.contains("secondary disconnected") && !log_b.contains("primary disconnected"),
+        "the link was dropped:\n--- A\n{log_a}\n--- B\n{log_b}"
+    );
     pair.wait_complete(timeout_s(60));
     pair.assert_identical(timeout_s(30));
 }

@@ -16,6 +16,15 @@
 //! With [`PairBuilder::tls`] each node gets a self-signed certificate made
 //! with openssl, both `listen` and `remote` addresses become `tls://`, and
 //! each node's resource pins the other's fingerprint as openssl prints it.
+//!
+//! With [`PairBuilder::fuse_disk`] one side's component is its image file
+//! served by nbdkit and mounted with nbdfuse ([`FuseDisk`]): that side's
+//! `local` is the mount, so the test can stall its disk ([`Pair::disk_mut`],
+//! [`FuseDisk::hang`] / [`FuseDisk::heal`]) while its daemon and link stay
+//! alive. The image itself is still what [`Pair::image`] names (no cache in
+//! between, so comparisons read what hastd wrote). On drop, also while
+//! unwinding, the disk is healed, that side's daemon killed (by PID) and the
+//! disk released before the nodes' directories are removed.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -27,6 +36,7 @@ use crate::net::free_port;
 use std::process::Command;
 
 use crate::env::timeout_s;
+use crate::faults::FuseDisk;
 use crate::node::{Bins, Layout, Node, ResourceSpec};
 use crate::proc::{describe, run, tail, wait_for, Proc};
 use crate::proxy::Proxy;
@@ -167,9 +177,17 @@ pub struct PairBuilder {
     options: Vec<String>,
     secret: bool,
     tls: bool,
+    fuse_disk: Option<Side>,
 }
 
 impl PairBuilder {
+    /// `side`'s component behind nbdkit + nbdfuse (a [`FuseDisk`] over its
+    /// image file), so that its disk can be stalled with [`Pair::disk_mut`].
+    pub fn fuse_disk(mut self, side: Side) -> Self {
+        self.fuse_disk = Some(side);
+        self
+    }
+
     /// The link over TLS: a certificate per node, `tls://` addresses, each
     /// node pinning the other's fingerprint (see [`tls_config`]).
     pub fn tls(mut self) -> Self {
@@ -277,6 +295,15 @@ impl PairBuilder {
             Some(c) => tls_config(&text, a.layout(), b.layout(), a_remote, c),
             None => text,
         };
+        let disk = self.fuse_disk.map(|side| {
+            let n = match side {
+                Side::A => &a,
+                Side::B => &b,
+            };
+            let disk = FuseDisk::new(&n.layout().local(RES), &n.layout().dir);
+            (side, disk)
+        });
+        let text = fuse_config(&text, &a, &b, disk.as_ref());
         for n in [&a, &b] {
             std::fs::write(&n.layout().config_path, &text).expect("write pair config");
         }
@@ -310,6 +337,7 @@ impl PairBuilder {
             options: self.options,
             secret,
             certs,
+            disk,
         }
     }
 
@@ -429,6 +457,21 @@ pub fn tls_config(
     out
 }
 
+/// `text` with the `local` of the side that has a [`FuseDisk`] pointing at
+/// its mount.
+fn fuse_config(text: &str, a: &Node, b: &Node, disk: Option<&(Side, FuseDisk)>) -> String {
+    let Some((side, disk)) = disk else {
+        return text.to_string();
+    };
+    let n = match side {
+        Side::A => a,
+        Side::B => b,
+    };
+    let local = format!("local {}\n", n.layout().local(RES).display());
+    assert!(text.contains(&local), "no {local:?} in the pair config");
+    text.replace(&local, &format!("local {}\n", disk.path().display()))
+}
+
 /// The config both nodes share.
 pub fn pair_config(
     a: &Layout,
@@ -498,6 +541,9 @@ pub struct Pair {
     secret: Option<PathBuf>,
     /// A's and B's certificates when the link is TLS.
     certs: Option<[NodeCert; 2]>,
+    /// The side whose component is behind nbdkit + nbdfuse (released first
+    /// on drop, see the module's doc).
+    disk: Option<(Side, FuseDisk)>,
 }
 
 impl Pair {
@@ -514,6 +560,16 @@ impl Pair {
             options: Vec::new(),
             secret: true,
             tls: false,
+            fuse_disk: None,
+        }
+    }
+
+    /// The [`FuseDisk`] under `side`'s component; panics unless the pair was
+    /// built with [`PairBuilder::fuse_disk`] for that side.
+    pub fn disk_mut(&mut self, side: Side) -> &mut FuseDisk {
+        match self.disk.as_mut() {
+            Some((s, d)) if *s == side => d,
+            _ => panic!("{side}'s component is not a FuseDisk"),
         }
     }
 
@@ -591,6 +647,7 @@ impl Pair {
                 c,
             );
         }
+        self.config_text = fuse_config(&self.config_text, &self.a, &self.b, self.disk.as_ref());
         for side in [Side::A, Side::B] {
             let path = self.node(side).layout().config_path.clone();
             std::fs::write(&path, &self.config_text).expect("rewrite pair config");
@@ -817,6 +874,20 @@ impl Pair {
     /// do), to show that a copy did not change.
     pub fn data_digest(&self, side: Side) -> u64 {
         digest_area(&self.image(side), self.data_area(side))
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // The mount is in the node's directory: unmounted (its daemon, which
+        // holds it open, killed first) before the node removes that directory.
+        if let Some((side, mut disk)) = self.disk.take() {
+            disk.heal();
+            if self.node_mut(side).daemon_running() {
+                self.node_mut(side).kill9();
+            }
+            disk.release();
+        }
     }
 }
 

@@ -220,6 +220,9 @@ pub struct DataPath {
     /// Inline writes are paused until this many ms after `opened` (see
     /// [`INLINE_SLOW`]).
     inline_paused_until: AtomicU64,
+    /// The component's writes can be page-cache copies at all (not on FUSE,
+    /// see [`page_cache_writes`]); if not, no write is inline.
+    inline_ok: bool,
 }
 
 impl DataPath {
@@ -243,6 +246,10 @@ impl DataPath {
             &ondisk,
             peer_configured,
         )?;
+        let inline_ok = page_cache_writes(store.file());
+        if !inline_ok {
+            tracing::info!(resource = %name, "component on FUSE: every write goes to the blocking pool");
+        }
         let dp = Arc::new(DataPath {
             name: name.to_string(),
             side,
@@ -277,6 +284,7 @@ impl DataPath {
             ),
             opened: Instant::now(),
             inline_paused_until: AtomicU64::new(0),
+            inline_ok,
         });
         tokio::spawn(dp.clone().metadata_writer());
         if side == Side::Primary {
@@ -698,7 +706,9 @@ impl DataPath {
     /// REPLY alone, no RECEIVED before it.
     pub fn applies_in_memory(&self, offset: u64, len: usize, fua: bool) -> bool {
         let now = self.opened.elapsed().as_millis() as u64;
-        inline_write(offset, len, fua) && now >= self.inline_paused_until.load(Relaxed)
+        self.inline_ok
+            && inline_write(offset, len, fua)
+            && now >= self.inline_paused_until.load(Relaxed)
     }
 
     fn pause_inline(&self) {
@@ -1207,6 +1217,26 @@ enum Op {
     Write,
     Trim,
     Zero,
+}
+
+/// Whether a buffered write to `file` can be a mere page-cache copy. Not on
+/// FUSE (without writeback caching, which nbdfuse and most servers leave
+/// off): there every pwrite is a synchronous round trip to the userspace
+/// server, so an inline write would hold a runtime thread for as long as
+/// that server takes — with a slow or stalled server, long enough to starve
+/// the tasks that send keepalives (seen: a secondary on nbdfuse whose nbdkit
+/// stalled 1.7 s was declared dead by a primary with `ping_timeout 1`).
+fn page_cache_writes(file: &std::fs::File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    // SAFETY: statfs is plain integers, for which all zeroes is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a statfs buffer of the right type.
+    let r = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    // f_type is i64 on x86_64 glibc, narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let f_type = i64::from(st.f_type);
+    r != 0 || f_type != FUSE_SUPER_MAGIC
 }
 
 /// A write the runtime thread may copy into the page cache itself (see
