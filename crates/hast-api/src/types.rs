@@ -200,6 +200,11 @@ pub struct ResourceStatus {
     /// when connected over a `tls://` address; `None` otherwise.
     #[serde(default)]
     pub tls: Option<String>,
+    /// Milliseconds the local component has completed nothing while I/O
+    /// was pending (a hung disk); `None` when no I/O is pending or the
+    /// component is not open.
+    #[serde(default)]
+    pub local_stall_ms: Option<u64>,
 }
 
 /// Where a primary stands with `fence_peer`. Each time it loses its peer

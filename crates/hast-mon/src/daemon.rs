@@ -680,12 +680,18 @@ impl Actor {
                 }
                 Action::Exec(Exec::Status) => {
                     let deadline = Duration::from_millis(self.policy.params().check_deadline);
+                    // A primary's disk that completes nothing for as long as
+                    // a check may take is not vouched for; a takeover still
+                    // needs the lease to run out after that (≈ 2 s more),
+                    // so a disk has ~2.5 s to make progress again.
+                    let stall_limit = deadline;
                     match self.storage.clone() {
                         Some(hastd) => {
                             let role = self.policy.role();
                             let tx = self.tx.clone();
                             tokio::spawn(async move {
-                                let (outcome, storage) = match hastd.check(role, deadline).await {
+                                let checked = hastd.check(role, deadline, stall_limit).await;
+                                let (outcome, storage) = match checked {
                                     Ok(c) => (
                                         exec::Outcome {
                                             ok: c.ok,

@@ -45,13 +45,22 @@ pub struct Checked {
 }
 
 impl Hastd {
-    /// hastd's status of the resource, judged for hastmon's `role`.
-    pub async fn check(&self, role: Role, deadline: Duration) -> Result<Checked, String> {
+    /// hastd's status of the resource, judged for hastmon's `role`; a
+    /// primary whose local component completed nothing for `stall_limit`
+    /// fails (see [`verdict`]).
+    pub async fn check(
+        &self,
+        role: Role,
+        deadline: Duration,
+        stall_limit: Duration,
+    ) -> Result<Checked, String> {
         let req = Request::Status {
             names: vec![self.resource.clone()],
         };
         match self.call(req, deadline).await? {
-            Response::Status(mut all) if all.len() == 1 => Ok(verdict(role, &all.remove(0))),
+            Response::Status(mut all) if all.len() == 1 => {
+                Ok(verdict(role, &all.remove(0), stall_limit))
+            }
             Response::Error(e) => Err(api_error(&e)),
             other => Err(format!("unexpected answer from hastd: {other:?}")),
         }
@@ -125,10 +134,13 @@ fn api_error(e: &ApiError) -> String {
 }
 
 /// The rules of the shipped script's `status`, on hastd's status: a primary
-/// passes while hastd is primary (and reports `in-sync` once its peer
-/// caught up); any other role passes while hastd holds a consistent
-/// secondary copy, ready to take over.
-pub fn verdict(role: Role, st: &ResourceStatus) -> Checked {
+/// passes while hastd is primary and its local component has not been
+/// stalled (pending I/O, nothing completed) for `stall_limit` — hastd stays
+/// responsive while its disk hangs, so its role alone would vouch for a
+/// primary that serves nothing — and reports `in-sync` once its peer caught
+/// up; any other role passes while hastd holds a consistent secondary copy,
+/// ready to take over.
+pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checked {
     let storage_role = match st.role {
         RoleArg::Init => Role::Init,
         RoleArg::Primary => Role::Primary,
@@ -144,6 +156,15 @@ pub fn verdict(role: Role, st: &ResourceStatus) -> Checked {
     if role == Role::Primary {
         if st.role != RoleArg::Primary {
             return fail(format!("hastd holds {} as {}", st.name, st.role));
+        }
+        if let Some(ms) = st
+            .local_stall_ms
+            .filter(|&ms| u128::from(ms) >= stall_limit.as_millis())
+        {
+            return fail(format!(
+                "{}: the local component has completed nothing for {ms} ms",
+                st.name
+            ));
         }
         let line = if st.status == "complete" {
             format!("in-sync {epoch} {}", st.fence.map_or(0, |f| f.generation))
@@ -231,12 +252,27 @@ mod tests {
             (Role::Init, Primary, "complete", false, false, ""),
         ];
         for (mine, theirs, st, inconsistent, ok, line) in cases {
-            let c = verdict(mine, &status(theirs, st, inconsistent));
+            let c = verdict(
+                mine,
+                &status(theirs, st, inconsistent),
+                Duration::from_secs(1),
+            );
             let case = format!("{mine:?} over hastd {theirs:?} {st} inconsistent={inconsistent}");
             assert_eq!((c.ok, c.line.as_str()), (ok, line), "{case}");
             assert_eq!(c.storage.1, 7, "{case}");
             assert_eq!(c.error.is_some(), !ok, "{case}");
         }
+        // A primary whose disk completes nothing for the limit is not vouched for.
+        let limit = Duration::from_secs(1);
+        let mut st = status(Primary, "complete", false);
+        for (stall, ok) in [(None, true), (Some(999), true), (Some(1000), false)] {
+            st.local_stall_ms = stall;
+            assert_eq!(verdict(Role::Primary, &st, limit).ok, ok, "{stall:?}");
+        }
+        // A secondary's slow disk is not the primary's business here.
+        let mut st = status(Secondary, "-", false);
+        st.local_stall_ms = Some(5000);
+        assert!(verdict(Role::Secondary, &st, limit).ok);
     }
 
     #[tokio::test]
@@ -259,7 +295,11 @@ mod tests {
         };
         let begun = Instant::now();
         let e = hastd
-            .check(Role::Primary, Duration::from_millis(200))
+            .check(
+                Role::Primary,
+                Duration::from_millis(200),
+                Duration::from_secs(1),
+            )
             .await
             .unwrap_err();
         assert!(e.contains("did not answer within 200 ms"), "{e}");
@@ -278,7 +318,11 @@ mod tests {
             resource: "r0".into(),
         };
         let e = gone
-            .check(Role::Primary, Duration::from_millis(200))
+            .check(
+                Role::Primary,
+                Duration::from_millis(200),
+                Duration::from_secs(1),
+            )
             .await
             .unwrap_err();
         assert!(e.contains("missing.sock"), "{e}");

@@ -707,6 +707,7 @@ impl ResourceTask {
                 .is_some()
                 .then(|| crate::replication::auth::mode(c.secret.as_ref()).to_string()),
             tls: None,
+            local_stall_ms: None,
         };
         let Some(dp) = self.state.dp() else {
             let local = c.local.clone();
@@ -733,6 +734,10 @@ impl ResourceTask {
             }
         }
         st.tls = dp.peer_tls();
+        st.local_stall_ms = dp
+            .progress
+            .stalled()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let peer_state = dp.peer_state();
         let syncing = dp.sync.active.load(Relaxed);
         let needsync = dp.map_lock().needsync_count();

@@ -25,6 +25,7 @@ mod gate;
 mod lease;
 pub mod local;
 mod peer;
+mod progress;
 mod rangelock;
 
 use std::io;
@@ -43,6 +44,7 @@ use gate::Gate;
 pub use lease::{lease_deadline, Lease};
 use local::LocalData;
 pub use peer::PeerState;
+pub use progress::Progress;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
 
@@ -217,6 +219,8 @@ pub struct DataPath {
     fence_env: (String, String),
     /// Time base of `inline_paused_until`.
     opened: Instant,
+    /// Whether the local component completes what it is given.
+    pub progress: Progress,
     /// Inline writes are paused until this many ms after `opened` (see
     /// [`INLINE_SLOW`]).
     inline_paused_until: AtomicU64,
@@ -283,6 +287,7 @@ impl DataPath {
                     .map_or_else(String::new, ToString::to_string),
             ),
             opened: Instant::now(),
+            progress: Progress::new(),
             inline_paused_until: AtomicU64::new(0),
             inline_ok,
         });
@@ -415,6 +420,7 @@ impl DataPath {
     ) -> io::Result<T> {
         let store = self.store.clone();
         let data_offset = self.data_offset;
+        let _pending = self.progress.begin();
         tokio::task::spawn_blocking(move || {
             f(LocalData {
                 file: store.file(),
@@ -680,7 +686,9 @@ impl DataPath {
         let res = match change {
             Change::Write(data) if self.applies_in_memory(offset, data.len(), fua) => {
                 let started = Instant::now();
+                let pending = self.progress.begin();
                 let res = self.local().write(offset, &data);
+                drop(pending);
                 if started.elapsed() > INLINE_SLOW {
                     self.pause_inline();
                 }
@@ -1115,6 +1123,7 @@ impl DataPath {
         next.generation = current.generation + 1;
         let store = self.store.clone();
         let written = next.clone();
+        let _pending = self.progress.begin();
         tokio::task::spawn_blocking(move || store.write_header(&written))
             .await
             .map_err(|e| io::Error::other(e.to_string()))?
@@ -1185,6 +1194,7 @@ impl DataPath {
         // allows one outstanding job at a time); the worker gets a copy of the
         // few changed pages.
         let pages = job.pages.clone();
+        let pending = self.progress.begin();
         let res = tokio::task::spawn_blocking(move || {
             if sync {
                 store.write_map_pages(&header, &pages)
@@ -1195,6 +1205,7 @@ impl DataPath {
         })
         .await
         .unwrap_or_else(|e| Err(format!("I/O worker failed: {e}")));
+        drop(pending);
         match res {
             Ok(()) => {
                 self.map().flush_done(gen);
