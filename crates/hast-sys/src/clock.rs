@@ -41,8 +41,11 @@ mod tests {
         assert!(b >= a && a > 0);
         assert_eq!(mono_ns_to_instant(a), None, "the past");
         assert_eq!(mono_ns_to_instant(0), None);
+        // The target is read before `start`, so the conversion (which errs
+        // early) can never land past 500 ms after `start`.
+        let target = mono_now_ns() + 500_000_000;
         let start = Instant::now();
-        let at = mono_ns_to_instant(mono_now_ns() + 500_000_000).expect("future");
+        let at = mono_ns_to_instant(target).expect("future");
         let d = at.duration_since(start);
         assert!(
             d <= Duration::from_millis(500) && d > Duration::from_millis(490),
