@@ -692,22 +692,8 @@ impl Actor {
                             tokio::spawn(async move {
                                 let checked = hastd.check(role, deadline, stall_limit).await;
                                 let (outcome, storage) = match checked {
-                                    Ok(c) => (
-                                        exec::Outcome {
-                                            ok: c.ok,
-                                            line: c.line,
-                                            error: c.error,
-                                        },
-                                        Some(c.storage),
-                                    ),
-                                    Err(e) => (
-                                        exec::Outcome {
-                                            ok: false,
-                                            line: String::new(),
-                                            error: Some(e),
-                                        },
-                                        None,
-                                    ),
+                                    Ok(c) => (c.outcome, Some(c.storage)),
+                                    Err(e) => (exec::Outcome::failed(e), None),
                                 };
                                 let _ = tx
                                     .send(Input::ExecDone {
@@ -1016,16 +1002,8 @@ async fn lease_worker(
         let bound = r.deadline.min(left).max(Duration::from_millis(1));
         let outcome = match &storage {
             Some(hastd) => match hastd.renew(r.until, bound).await {
-                Ok(()) => exec::Outcome {
-                    ok: true,
-                    line: String::new(),
-                    error: None,
-                },
-                Err(e) => exec::Outcome {
-                    ok: false,
-                    line: String::new(),
-                    error: Some(format!("lease renewal failed: {e}")),
-                },
+                Ok(()) => exec::Outcome::success(),
+                Err(e) => exec::Outcome::failed(format!("lease renewal failed: {e}")),
             },
             None => {
                 let left_ms = ms(left).max(1);

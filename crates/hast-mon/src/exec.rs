@@ -34,6 +34,26 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+impl Outcome {
+    /// Success with nothing to report.
+    pub fn success() -> Outcome {
+        Outcome {
+            ok: true,
+            line: String::new(),
+            error: None,
+        }
+    }
+
+    /// Failure, for this reason.
+    pub fn failed(why: String) -> Outcome {
+        Outcome {
+            ok: false,
+            line: String::new(),
+            error: Some(why),
+        }
+    }
+}
+
 pub async fn run(script: &Path, args: &[String], env: &Env, timeout: Duration) -> Outcome {
     let mut cmd = Command::new(script);
     cmd.args(args)

@@ -21,6 +21,7 @@ use hast_api::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::exec::Outcome;
 use crate::msg::Role;
 
 /// One resource of the local hastd.
@@ -33,15 +34,12 @@ pub struct Hastd {
 /// What a status check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
-    /// The check passes for hastmon's `role` (see [`verdict`]).
-    pub ok: bool,
+    /// As the script's `status` would end: passes for hastmon's `role` (see
+    /// [`verdict`]), with `in-sync <epoch> <generation>` as its line when a
+    /// primary's peer caught up, or why it failed.
+    pub outcome: Outcome,
     /// hastd's role and epoch.
     pub storage: (Role, u64),
-    /// `in-sync <epoch> <generation>` when a primary's peer caught up (the
-    /// script's status line), else empty.
-    pub line: String,
-    /// Why the check failed, for the log.
-    pub error: Option<String>,
 }
 
 impl Hastd {
@@ -148,10 +146,8 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
     };
     let epoch = st.epoch.unwrap_or(0);
     let fail = |why: String| Checked {
-        ok: false,
+        outcome: Outcome::failed(why),
         storage: (storage_role, epoch),
-        line: String::new(),
-        error: Some(why),
     };
     if role == Role::Primary {
         if st.role != RoleArg::Primary {
@@ -172,10 +168,11 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
             String::new()
         };
         return Checked {
-            ok: true,
+            outcome: Outcome {
+                line,
+                ..Outcome::success()
+            },
             storage: (storage_role, epoch),
-            line,
-            error: None,
         };
     }
     if st.role != RoleArg::Secondary {
@@ -188,10 +185,8 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
         ));
     }
     Checked {
-        ok: true,
+        outcome: Outcome::success(),
         storage: (storage_role, epoch),
-        line: String::new(),
-        error: None,
     }
 }
 
@@ -258,21 +253,29 @@ mod tests {
                 Duration::from_secs(1),
             );
             let case = format!("{mine:?} over hastd {theirs:?} {st} inconsistent={inconsistent}");
-            assert_eq!((c.ok, c.line.as_str()), (ok, line), "{case}");
+            assert_eq!(
+                (c.outcome.ok, c.outcome.line.as_str()),
+                (ok, line),
+                "{case}"
+            );
             assert_eq!(c.storage.1, 7, "{case}");
-            assert_eq!(c.error.is_some(), !ok, "{case}");
+            assert_eq!(c.outcome.error.is_some(), !ok, "{case}");
         }
         // A primary whose disk completes nothing for the limit is not vouched for.
         let limit = Duration::from_secs(1);
         let mut st = status(Primary, "complete", false);
         for (stall, ok) in [(None, true), (Some(999), true), (Some(1000), false)] {
             st.local_stall_ms = stall;
-            assert_eq!(verdict(Role::Primary, &st, limit).ok, ok, "{stall:?}");
+            assert_eq!(
+                verdict(Role::Primary, &st, limit).outcome.ok,
+                ok,
+                "{stall:?}"
+            );
         }
         // A secondary's slow disk is not the primary's business here.
         let mut st = status(Secondary, "-", false);
         st.local_stall_ms = Some(5000);
-        assert!(verdict(Role::Secondary, &st, limit).ok);
+        assert!(verdict(Role::Secondary, &st, limit).outcome.ok);
     }
 
     #[tokio::test]
