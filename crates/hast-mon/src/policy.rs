@@ -794,7 +794,9 @@ impl Policy {
         }
         // Above every epoch seen: ours, the asker's, and every node's
         // storage (a pair switched by hand holds epochs we never granted).
-        let epoch = self.known_epoch().max(epoch_seen) + 1;
+        let Some(epoch) = self.known_epoch().max(epoch_seen).checked_add(1) else {
+            return self.refuse("no epoch left above the one seen");
+        };
         self.witness.epoch = epoch;
         self.witness.primary = Some(from.to_owned());
         self.promises.insert(from.to_owned(), now + self.p.lease);
@@ -958,7 +960,11 @@ impl Policy {
                         // An operator's request refused for a while only
                         // (the watchdog honours a lease): ask again then,
                         // as long as `hastmonctl role primary` waits.
-                        Some(ms) if self.manual_takeover && now + ms < self.manual_until => {
+                        // (A lying watchdog's huge value must not overflow.)
+                        Some(ms)
+                            if self.manual_takeover
+                                && now.saturating_add(*ms) < self.manual_until =>
+                        {
                             self.takeover_retry_at = now + ms;
                         }
                         // Otherwise an operator's request is answered: it

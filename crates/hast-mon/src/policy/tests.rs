@@ -443,6 +443,36 @@ fn an_operators_takeover_waits_out_a_young_watchdog() {
 }
 
 #[test]
+fn lying_numbers_never_overflow() {
+    // An asker claiming the last epoch is refused, not granted a wrapped one.
+    let mut w = watchdog(3, Some("a"), 2);
+    let (reply, _) = w.on_request(
+        "b",
+        &RequestBody::Takeover {
+            epoch_seen: u64::MAX,
+            manual: true,
+        },
+        5000,
+    );
+    assert!(matches!(reply, ReplyBody::Refused { .. }), "{reply:?}");
+    assert_eq!(w.witness().epoch, 3);
+    // A watchdog answering "retry in u64::MAX ms" ends the operator's request.
+    let mut a = Policy::new("a", params(), 2, WitnessState::default(), 0);
+    a.set_role(Role::Primary, 100);
+    let req = RequestBody::Takeover {
+        epoch_seen: 0,
+        manual: true,
+    };
+    let lie = ReplyBody::Refused {
+        reason: "later".into(),
+        epoch: 0,
+        retry_ms: Some(u64::MAX),
+    };
+    a.on_reply(1, &req, Some(&lie), 100, 110);
+    assert!(!a.takeover_pending());
+}
+
+#[test]
 fn epoch_is_above_everything_seen() {
     let mut w = watchdog(3, Some("a"), 2);
     let (reply, _) = w.on_request(
