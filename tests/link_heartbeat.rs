@@ -388,9 +388,9 @@ fn held_writes_fail_at_lease_end(ping: u32) {
         }
         let (lba, seq) = (rest[1].as_str(), rest[2].as_str());
         match outcomes.get(&(lba, seq)).copied() {
-            Some((k, tf, _)) if k == "ok" && tf <= t_cut => {}
-            Some((k, _, _)) if k == "ok" && *t <= t_cut => {}
-            Some((k, tf, r)) if k == "fail" => {
+            Some(("ok", tf, _)) if tf <= t_cut => {}
+            Some(("ok", _, _)) if *t <= t_cut => {}
+            Some(("fail", tf, r)) => {
                 assert_eq!(
                     r.get(3).map(String::as_str),
                     Some("ESHUTDOWN"),
