@@ -869,7 +869,7 @@ fn unlock_component(file: &std::fs::File) {
 }
 
 async fn secondary_hello(dp: &DataPath, node: &str) -> hast_repl::Hello {
-    crate::replication::primary::hello_of(&dp.header().await, node, hast_repl::PeerRole::Secondary)
+    hast_core::handshake::hello_of(&dp.header().await, node, hast_repl::PeerRole::Secondary)
 }
 
 /// Used by the replication listener before handing a connection over: the

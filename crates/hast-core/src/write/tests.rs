@@ -38,11 +38,14 @@ fn done(in_sync: bool, reply: Result<(), Failure>) -> Action {
     }
 }
 
+/// One path: its name, the parameters, FUA, the events fed, the actions expected.
+type Row = (&'static str, Params, bool, Vec<Event>, Vec<Action>);
+
 #[test]
 fn table() {
     let send = |fua, want_received| A::Send { fua, want_received };
     #[rustfmt::skip]
-    let rows: Vec<(&str, Params, bool, Vec<Event>, Vec<Action>)> = vec![
+    let rows: Vec<Row> = vec![
         ("no peer configured: local only, in sync",
          params(FULL, false, false), false,
          vec![E::Marked(true), E::Applied(OK)],

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hast_conf::Addr;
+use hast_core::handshake::{hello_of, SyncDone};
 use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler, PeerRole};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -121,40 +122,17 @@ pub fn link_timing(cfg: &hast_conf::Resource) -> (Duration, Duration) {
 /// Records the counters of a completed sync on both copies.
 async fn finish_sync(dp: &DataPath, link: &Link, peer: &Hello) -> Result<(), String> {
     let own = dp.header().await;
-    let ((p_local, p_remote), (s_local, s_remote)) =
-        hast_repl::counters_after_sync(&hello_of(&own, "", PeerRole::Primary), peer);
+    let done = SyncDone::of(&own, peer);
+    let (s_local, s_remote) = done.secondary;
     link.sync_done(s_local, s_remote)
         .await
         .map_err(|e| format!("sync done not acknowledged: {e}"))?;
-    dp.update_header(|h| {
-        h.localcnt = p_local;
-        h.remotecnt = p_remote;
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    dp.update_header(|h| done.apply_primary(h))
+        .await
+        .map_err(|e| e.to_string())?;
     dp.sync_from_peer.store(false, Relaxed);
-    tracing::info!(resource = %dp.name, localcnt = p_local, remotecnt = p_remote, "resync complete, copies in sync");
+    tracing::info!(resource = %dp.name, localcnt = done.primary.0, remotecnt = done.primary.1, "resync complete, copies in sync");
     Ok(())
-}
-
-pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
-    Hello {
-        version: hast_repl::PROTOCOL_VERSION,
-        resource: h.name.clone(),
-        node: if node.is_empty() {
-            "-".into()
-        } else {
-            node.to_string()
-        },
-        role,
-        resuid: h.resuid,
-        localcnt: h.localcnt,
-        remotecnt: h.remotecnt,
-        datasize: h.datasize,
-        extentsize: h.extentsize,
-        epoch: h.epoch,
-        inconsistent: h.flags & hast_meta::FLAG_INCONSISTENT != 0,
-    }
 }
 
 type Connected = (

@@ -23,10 +23,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use super::heartbeat;
-use super::primary::{hello_of, link_timing};
+use super::primary::link_timing;
 use super::stream::ConnWrite;
 use super::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 use crate::datapath::{Change, DataPath, DpError, PeerState};
+use hast_core::handshake::hello_of;
 
 /// Replies queued for the writer.
 const REPLY_QUEUE_DEPTH: usize = 1024;
