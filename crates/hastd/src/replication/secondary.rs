@@ -14,11 +14,11 @@
 //! any frame while it waits to read. A KEEPALIVE of an older primary
 //! (`seq` 0) is still echoed, which is all such a primary listens for.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind, PeerRole};
+use hast_core::secondary::{self as rules, Adopt, Order};
+use hast_repl::{flags, Data, Hello, HelloReply, HelloStatus, Kind, PeerRole};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -67,7 +67,7 @@ where
 {
     let own_header = dp.header().await;
     let own = hello_of(&own_header, &node, PeerRole::Secondary);
-    let decision = hast_repl::accept(&hello, &own);
+    let decision = rules::accept(&hello, &own);
     let refusal = match decision {
         Ok(_) => None,
         Err(HelloStatus::SplitBrain) => Some((
@@ -119,7 +119,7 @@ where
     };
     // Fencing: from now on this copy refuses every primary of an older
     // epoch, even after a restart, so the epoch is durable before the Ok.
-    if hello.epoch > own.epoch {
+    if rules::must_adopt_epoch(&hello, &own) {
         match dp
             .update_header(|h| h.epoch = h.epoch.max(hello.epoch))
             .await
@@ -141,10 +141,7 @@ where
     // sends nothing before the extents to copy are durable in its activemap,
     // so this copy never claims the resource's identity while no durable
     // record of what it lacks exists anywhere.
-    let adopt = Adopt {
-        resuid: (decision.is_full() && own.resuid != hello.resuid).then_some(hello.resuid),
-        inconsistent: decision.direction() == Some(Direction::PrimaryToSecondary),
-    };
+    let adopt = Adopt::of(decision, &hello, &own);
     let reply = HelloReply {
         status: HelloStatus::Ok,
         message: String::new(),
@@ -172,7 +169,7 @@ where
     let (ping, timeout) = link_timing(&cfg);
     let session = Arc::new(Session {
         dp,
-        inflight: Mutex::new(BTreeSet::new()),
+        inflight: Mutex::new(Order::default()),
         drained: Notify::new(),
     });
     let tx = Arc::new(Tx::new(wr, REPLY_QUEUE_DEPTH));
@@ -232,16 +229,10 @@ impl Drop for Teardown {
     }
 }
 
-/// Header changes the handshake decided, applied on the first frame.
-struct Adopt {
-    resuid: Option<u64>,
-    inconsistent: bool,
-}
-
 struct Session {
     dp: Arc<DataPath>,
     /// Sequence numbers of requests being applied.
-    inflight: Mutex<BTreeSet<u64>>,
+    inflight: Mutex<Order>,
     drained: Notify,
 }
 
@@ -266,12 +257,12 @@ fn reply_frame(seq: u64, errno: u32) -> Out {
 }
 
 impl Session {
-    fn inflight(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, Order> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn done(&self, seq: u64) {
-        self.inflight().remove(&seq);
+        self.inflight().done(seq);
         self.drained.notify_waiters();
     }
 
@@ -293,7 +284,7 @@ impl Session {
             let n = self.drained.notified();
             tokio::pin!(n);
             n.as_mut().enable();
-            if self.inflight().range(..seq).next().is_none() {
+            if !self.inflight().earlier_pending(seq) {
                 return;
             }
             n.await;
@@ -334,17 +325,7 @@ impl Session {
                 }
             }
             if let Some(a) = adopt.take() {
-                let r = self
-                    .dp
-                    .update_header(|h| {
-                        if let Some(id) = a.resuid {
-                            h.resuid = id;
-                        }
-                        if a.inconsistent {
-                            h.flags |= hast_meta::FLAG_INCONSISTENT;
-                        }
-                    })
-                    .await;
+                let r = self.dp.update_header(|h| a.apply(h)).await;
                 if let Err(e) = r {
                     return format!("cannot record the sync in the metadata: {e}");
                 }
@@ -384,7 +365,7 @@ impl Session {
                 }
                 // Place in line now, in stream order.
                 let ticket = self.dp.ranges().register(h.offset, u64::from(h.length));
-                self.inflight().insert(h.seq);
+                self.inflight().begin(h.seq);
                 // memsync: the primary asks for an early RECEIVED per write;
                 // a write copied into the page cache at once needs none, its
                 // REPLY follows straight away (one frame and one wake-up of
@@ -396,7 +377,7 @@ impl Session {
                     }
                     Change::Zero { .. } => false,
                 };
-                if h.has(flags::RECEIVED) && !in_memory {
+                if rules::early_received(h.has(flags::RECEIVED), in_memory) {
                     let mut out = Vec::new();
                     hast_repl::encode_control_frame(Kind::Received, 0, h.seq, 0, 0, &mut out);
                     // This request is in `inflight`; any other is company.
@@ -419,7 +400,7 @@ impl Session {
                 });
             }
             Kind::Flush => {
-                self.inflight().insert(h.seq);
+                self.inflight().begin(h.seq);
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     self.earlier_done(h.seq).await;
@@ -471,11 +452,7 @@ impl Session {
                 self.earlier_done(h.seq).await;
                 self.dp.barrier().await.map_err(|e| e.to_string())?;
                 self.dp
-                    .update_header(|hd| {
-                        hd.localcnt = localcnt;
-                        hd.remotecnt = remotecnt;
-                        hd.flags &= !hast_meta::FLAG_INCONSISTENT;
-                    })
+                    .update_header(|hd| rules::sync_done(hd, localcnt, remotecnt))
                     .await
                     .map_err(|e| e.to_string())?;
                 // Whatever this copy had dirty from its own time as primary was
