@@ -13,6 +13,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
+use hast_core::edge::{Disk, Zeroing};
+
 /// Largest chunk of zeroes written when fallocate cannot zero a range.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
@@ -68,13 +70,13 @@ impl LocalData<'_> {
         self.file.sync_data()
     }
 
-    /// Makes `[offset, offset+len)` read as zeroes. With `may_punch` the
+    /// Makes `[offset, offset+len)` read as zeroes. With `how.punch` the
     /// range may be deallocated (TRIM, WRITE_ZEROES without NO_HOLE);
     /// otherwise it stays allocated. Returns `Unsupported` when
-    /// `fast_only` and the only way left is writing zeroes.
-    pub fn zero(&self, offset: u64, len: u64, may_punch: bool, fast_only: bool) -> io::Result<()> {
+    /// `how.fast_only` and the only way left is writing zeroes.
+    pub fn zero(&self, offset: u64, len: u64, how: Zeroing) -> io::Result<()> {
         let start = self.data_offset + offset;
-        if may_punch
+        if how.punch
             && fallocate(
                 self.file,
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
@@ -95,7 +97,7 @@ impl LocalData<'_> {
             Err(e) if !is_unsupported(&e) => return Err(e),
             Err(_) => {}
         }
-        if fast_only {
+        if how.fast_only {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
         let zeroes = vec![0u8; ZERO_CHUNK_BYTES.min(len as usize)];
@@ -162,6 +164,26 @@ impl LocalData<'_> {
             }
         }
         Ok(runs)
+    }
+}
+
+/// The core's view of a copy: the same calls, run where the caller runs them
+/// (the blocking pool, or the runtime thread for a page-cache write).
+impl Disk for LocalData<'_> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        LocalData::read(self, offset, buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        LocalData::write(self, offset, data)
+    }
+
+    fn zero(&self, offset: u64, len: u64, how: Zeroing) -> io::Result<()> {
+        LocalData::zero(self, offset, len, how)
+    }
+
+    fn datasync(&self) -> io::Result<()> {
+        LocalData::datasync(self)
     }
 }
 
@@ -234,11 +256,15 @@ mod tests {
         assert!(buf.iter().all(|&b| b == 7));
         let runs = d.allocation(0, 4 << 20, false).unwrap();
         assert_eq!(runs.iter().map(|r| r.0).sum::<u64>(), 4 << 20);
-        d.zero(1 << 20, 65536, true, true).unwrap();
+        let punch = Zeroing {
+            punch: true,
+            fast_only: true,
+        };
+        d.zero(1 << 20, 65536, punch).unwrap();
         d.read(1 << 20, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
         d.write(0, &[1u8; 4096]).unwrap();
-        d.zero(0, 4096, false, false).unwrap();
+        d.zero(0, 4096, Zeroing::default()).unwrap();
         d.read(0, &mut buf[..4096]).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0));
         let one = d.allocation(0, 4 << 20, true).unwrap();

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hast_conf::Replication;
+use hast_core::edge::{self, Zeroing};
 use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
 
@@ -734,7 +735,7 @@ impl DataPath {
                     punch,
                     fast_only,
                     ..
-                } => d.zero(offset, len, punch, fast_only)?,
+                } => d.zero(offset, len, Zeroing { punch, fast_only })?,
             }
             if fua {
                 d.datasync()?;
@@ -1031,16 +1032,11 @@ impl DataPath {
         .await
     }
 
+    /// A resynced chunk: zeroes are punched, keeping the copy as sparse as
+    /// its source (`edge::apply_resynced`).
     pub async fn write_unlocked(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
-        let all_zero = data.iter().all(|&b| b == 0);
-        let len = data.len() as u64;
-        if all_zero {
-            // Keep the copy as sparse as its source.
-            self.blocking(move |d| d.zero(offset, len, true, false))
-                .await
-        } else {
-            self.blocking(move |d| d.write(offset, &data)).await
-        }
+        self.blocking(move |d| edge::apply_resynced(&d, offset, &data))
+            .await
     }
 
     pub async fn allocation_unlocked(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
