@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hast_conf::Replication;
+use hast_core::barrier::{self, PeerCopy};
 use hast_core::edge::{self, Zeroing};
 use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
@@ -1004,17 +1005,19 @@ impl DataPath {
         };
         let remote = async {
             match &link {
-                Some(l) => l.flush().await.is_ok(),
-                None => !(self.side == Side::Primary && self.peer_configured),
+                Some(l) if l.flush().await.is_ok() => PeerCopy::Flushed,
+                Some(_) => PeerCopy::Behind,
+                None if self.side == Side::Primary && self.peer_configured => PeerCopy::Behind,
+                None => PeerCopy::NotOurs,
             }
         };
-        let (local, remote_ok) = tokio::join!(self.blocking(|d| d.datasync()), remote);
+        let (local, peer) = tokio::join!(self.blocking(|d| d.datasync()), remote);
         local?;
         // Without the peer's flush nothing is cleared: the extents stay dirty
         // and the next connection copies them. No counter changes here: every
         // write the peer missed was already recorded degraded by itself, and a
         // clean demotion must not look like a degraded period.
-        if remote_ok {
+        if barrier::may_clear(peer) {
             self.map().barrier_done(ticket);
             // Cleared bits go out lazily; nothing waits for them.
             self.meta_kick.notify_one();
