@@ -244,8 +244,13 @@ impl WriteOp {
             }
             (S::Sending, E::Sent(false)) => {
                 // The link died as the change was being sent: it goes to
-                // this copy alone, so the fence comes first.
+                // this copy alone, so the fence comes first (a link without
+                // a configured peer has no fence nor degraded period).
                 self.remote = false;
+                if !self.params.peer_configured {
+                    self.stage = S::Applying;
+                    return Action::ApplyLocal;
+                }
                 self.stage = S::HoldAfterSend;
                 Action::Hold { reroute: false }
             }
