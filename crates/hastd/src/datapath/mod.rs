@@ -37,6 +37,7 @@ use bytes::Bytes;
 use hast_conf::Replication;
 use hast_core::barrier::{self, PeerCopy};
 use hast_core::edge::{self, Zeroing};
+use hast_core::write::{Action, Event, Failure, Params, WriteOp};
 use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
 
@@ -549,18 +550,6 @@ impl DataPath {
             Some(t) => t.acquire().await,
             None => self.ranges.lock(offset, len).await,
         };
-        let mut link = match self.side {
-            Side::Primary => self.link(),
-            Side::Secondary => None,
-        };
-        if link.is_none() && self.side == Side::Primary && self.peer_configured {
-            // Not issued anywhere yet: a link that comes back while the
-            // fence is pending takes it.
-            link = self.hold_degraded(true).await?;
-            if link.is_none() {
-                self.record_degraded().await?;
-            }
-        }
         if self.side == Side::Secondary {
             // The secondary keeps no activemap of what the primary sends: the
             // primary marked those extents dirty before sending and clears
@@ -575,113 +564,159 @@ impl DataPath {
             drop(pass);
             return res;
         }
-        self.mark_dirty(offset, len).await?;
-        let mode = self.replication();
-        let op = op_of(&change);
-        let remote = match &change {
-            Change::Write(d) => {
-                self.send(&link, offset, Payload::Data(d), 0, fua, mode)
-                    .await
-            }
-            Change::Zero { punch, .. } => {
-                let flags = if *punch { hast_repl::flags::PUNCH } else { 0 };
-                // Zero requests are bounded by the NBD payload limit (u32).
-                let n = u32::try_from(len).unwrap_or(u32::MAX);
-                self.send(&link, offset, Payload::Zero(n), flags, fua, mode)
-                    .await
-            }
+        // The primary: hast-core's `WriteOp` decides the order (fence,
+        // activemap, send, apply, acknowledge per the mode, degrade on a
+        // failure); this only performs its actions.
+        let link = self.link();
+        let params = Params {
+            mode: self.replication(),
+            peer_configured: self.peer_configured,
+            link_up: link.is_some(),
         };
-        if remote.is_none() && link.is_some() && self.peer_configured {
-            // The link died as the change was being sent: it goes to this
-            // copy alone, so the fence comes first, as for any degraded write.
-            let held = match self.hold_degraded(false).await {
-                Ok(_) => self.record_degraded().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = held {
-                self.map().write_done(offset, len, false);
-                return Err(e);
-            }
-        }
-        let res = self.apply_local(offset, fua, change).await;
-        self.count(op, len, &res);
-        let Some(mut remote) = remote else {
-            // No peer now (or the send failed): only this copy has it, and
-            // the degraded period was recorded above. (Only the primary gets
-            // here: the secondary returned above.)
-            let in_sync = !self.peer_configured;
-            self.map().write_done(offset, len, in_sync && res.is_ok());
-            self.writes_since_barrier.fetch_add(1, Relaxed);
-            return res;
+        let (mut op, first) = WriteOp::start(params, fua);
+        let mut d = Driving {
+            offset,
+            len,
+            fua,
+            op: op_of(&change),
+            change: Some(change),
+            link,
+            remote: None,
+            remote_err: None,
+            err: None,
+            applied: false,
         };
-        match mode {
-            Replication::Fullsync => {
-                let r = remote.done().await;
-                self.finish_remote(offset, len, &res, r.map(|_| ()), &link)
-                    .await?;
-                res
-            }
-            Replication::Memsync | Replication::Async => {
-                if mode == Replication::Memsync && remote.received().await.is_err() {
-                    self.finish_remote(offset, len, &res, Err(RemoteError::Down), &link)
-                        .await?;
-                    return res;
-                }
-                // Already applied there (a write the secondary copies into
-                // its page cache at once answers with the REPLY alone).
-                let remote = match remote.try_done() {
-                    Ok(r) => {
-                        self.finish_remote(offset, len, &res, r.map(|_| ()), &link)
-                            .await?;
-                        return res;
-                    }
-                    Err(remote) => remote,
-                };
+        match self.drive(&mut op, first, &mut d).await {
+            Action::Reply(r) => {
                 // The client is answered now; the peer's completion is
                 // recorded when it comes, still holding the range so that
                 // overlapping writes stay ordered on both copies.
+                let reply = d.answer(r);
+                let mut act = op.step(Event::Answered);
                 let dp = self.clone();
-                let ok = res.is_ok();
                 tokio::spawn(async move {
-                    let r = remote.done().await;
-                    let local: Result<(), DpError> = if ok {
-                        Ok(())
-                    } else {
-                        Err(DpError::Io(io::Error::other("local write failed")))
-                    };
-                    let _ = dp
-                        .finish_remote(offset, len, &local, r.map(|_| ()), &link)
-                        .await;
+                    loop {
+                        match dp.drive(&mut op, act, &mut d).await {
+                            Action::Complete { marked, .. } => {
+                                dp.complete(&mut d, marked);
+                                break;
+                            }
+                            // Answered once already: the machine ends it.
+                            _ => act = op.step(Event::Answered),
+                        }
+                    }
                     drop(range);
                     drop(pass);
                 });
-                res
+                reply
             }
+            Action::Complete { marked, reply } => {
+                self.complete(&mut d, marked);
+                reply.map_or(Ok(()), |r| d.answer(r))
+            }
+            // `drive` returns only the two above.
+            _ => Err(DpError::Shutdown),
         }
     }
 
-    /// Sends the change to the peer when a link is up; `None` if there is no
-    /// link or it just died (the caller then treats the write as degraded).
-    async fn send(
-        &self,
-        link: &Option<Arc<Link>>,
-        offset: u64,
-        payload: Payload<'_>,
-        flags: u8,
-        fua: bool,
-        mode: Replication,
-    ) -> Option<InFlight> {
-        let link = link.as_ref()?;
-        let mut flags = flags;
-        if fua && mode != Replication::Async {
-            flags |= hast_repl::flags::FUA;
+    /// Performs the machine's actions until it answers the client
+    /// ([`Action::Reply`]) or ends ([`Action::Complete`]), which it returns.
+    async fn drive(self: &Arc<Self>, op: &mut WriteOp, mut act: Action, d: &mut Driving) -> Action {
+        loop {
+            let ev = match act {
+                Action::Reply(_) | Action::Complete { .. } => return act,
+                Action::Hold { reroute } => match self.hold_degraded(reroute).await {
+                    Ok(Some(l)) => {
+                        d.link = Some(l);
+                        Event::Rerouted
+                    }
+                    Ok(None) => Event::Fenced,
+                    Err(_) => Event::Shutdown,
+                },
+                Action::RecordDegraded => match self.record_degraded().await {
+                    Ok(()) => Event::Recorded(true),
+                    Err(e) => {
+                        d.err = Some(e);
+                        Event::Recorded(false)
+                    }
+                },
+                Action::MarkDirty { wait } => match self.mark_dirty(d.offset, d.len, wait).await {
+                    Ok(()) => Event::Marked(true),
+                    Err(e) => {
+                        d.err = Some(e);
+                        Event::Marked(false)
+                    }
+                },
+                Action::Send { fua, want_received } => {
+                    d.remote = match (&d.link, &d.change) {
+                        (Some(l), Some(c)) => send(l, d.offset, c, fua, want_received).await,
+                        _ => None,
+                    };
+                    Event::Sent(d.remote.is_some())
+                }
+                Action::ApplyLocal => {
+                    let res = match d.change.take() {
+                        Some(c) => self.apply_local(d.offset, d.fua, c).await,
+                        None => Err(DpError::Io(io::Error::other("write applied twice"))),
+                    };
+                    self.count(d.op, d.len, &res);
+                    d.applied = true;
+                    match res {
+                        Ok(()) => Event::Applied(Ok(())),
+                        Err(e) => {
+                            d.err = Some(e);
+                            Event::Applied(Err(Failure::Io))
+                        }
+                    }
+                }
+                Action::AwaitReceived => {
+                    let r = match d.remote.as_mut() {
+                        Some(remote) => remote.received().await,
+                        None => Err(RemoteError::Down),
+                    };
+                    Event::Received(d.remote_ok(r))
+                }
+                // Already applied there (a write the secondary copies into
+                // its page cache at once answers with the REPLY alone)?
+                Action::PollReply => match d.remote.take().map(InFlight::try_done) {
+                    Some(Err(remote)) => {
+                        d.remote = Some(remote);
+                        Event::Polled(None)
+                    }
+                    Some(Ok(r)) => Event::Polled(Some(d.remote_ok(r.map(|_| ())))),
+                    None => Event::Polled(Some(d.remote_ok(Err(RemoteError::Down)))),
+                },
+                Action::AwaitReply => {
+                    let r = match d.remote.take() {
+                        Some(remote) => remote.done().await.map(|_| ()),
+                        None => Err(RemoteError::Down),
+                    };
+                    Event::Replied(d.remote_ok(r))
+                }
+                Action::FailLink => {
+                    // An error from the secondary's disk leaves its copy
+                    // behind: drop the link so the next connection resyncs.
+                    if let Some(l) = &d.link {
+                        let e = d.remote_err.take().unwrap_or(RemoteError::Down);
+                        l.fail(&format!("replication failed: {e}"));
+                    }
+                    Event::LinkFailed
+                }
+            };
+            act = op.step(ev);
         }
-        let memsync = mode == Replication::Memsync;
-        let r = match payload {
-            Payload::Data(d) => link.write(offset, d, flags, memsync).await,
-            Payload::Zero(len) => link.zero(offset, len, flags, memsync).await,
-        };
-        r.ok()
+    }
+
+    /// The machine's [`Action::Complete`]: the activemap learns whether both
+    /// copies have the range (if it was marked), and an applied write counts
+    /// toward the next idle barrier.
+    fn complete(&self, d: &mut Driving, marked: Option<bool>) {
+        if let Some(in_sync) = marked {
+            self.map().write_done(d.offset, d.len, in_sync);
+        }
+        if d.applied {
+            self.writes_since_barrier.fetch_add(1, Relaxed);
+        }
     }
 
     async fn apply_local(&self, offset: u64, fua: bool, change: Change) -> Result<(), DpError> {
@@ -746,37 +781,6 @@ impl DataPath {
         .await
     }
 
-    /// Records the outcome of a replicated change. A change that did not
-    /// reach the peer makes this copy the newer one: the fence (when set)
-    /// succeeds and the counters say so durably before the client can be
-    /// told the write succeeded; a demotion while the fence is pending fails
-    /// it unacknowledged, its extents left needsync.
-    async fn finish_remote(
-        self: &Arc<Self>,
-        offset: u64,
-        len: u64,
-        local: &Result<(), DpError>,
-        remote: Result<(), RemoteError>,
-        link: &Option<Arc<Link>>,
-    ) -> Result<(), DpError> {
-        let in_sync = remote.is_ok() && local.is_ok();
-        let mut res = Ok(());
-        if let Err(e) = remote {
-            if let Some(l) = link {
-                // An error from the secondary's disk leaves its copy behind:
-                // drop the link so the next connection resyncs.
-                l.fail(&format!("replication failed: {e}"));
-            }
-            res = match self.hold_degraded(false).await {
-                Ok(_) => self.record_degraded().await,
-                Err(e) => Err(e),
-            };
-        }
-        self.map().write_done(offset, len, in_sync);
-        self.writes_since_barrier.fetch_add(1, Relaxed);
-        res
-    }
-
     fn count(&self, op: Op, len: u64, res: &Result<(), DpError>) {
         let c = &self.counters;
         match (res, op) {
@@ -800,10 +804,12 @@ impl DataPath {
         }
     }
 
-    /// Marks the extents of the range dirty and waits until that is durable.
+    /// Marks the extents of the range dirty and, with `wait`, waits until
+    /// that is durable (`wait` is false only under a planted mutation).
     /// A sequential writer's next extent is marked ahead (`dirty_ahead`),
-    /// flushed without anyone waiting for it.
-    async fn mark_dirty(&self, offset: u64, len: u64) -> Result<(), DpError> {
+    /// flushed without anyone waiting for it. On failure the range is still
+    /// in flight in the activemap: the caller's `write_done` releases it.
+    async fn mark_dirty(&self, offset: u64, len: u64, wait: bool) -> Result<(), DpError> {
         let (need, ahead, failures) = {
             let failures = self.flushed.borrow().failures;
             let mut map = self.map();
@@ -816,11 +822,11 @@ impl DataPath {
             }
             return Ok(());
         };
-        if let Err(e) = self.wait_flushed(gen, failures).await {
-            self.map().write_done(offset, len, false);
-            return Err(e);
+        if !wait {
+            self.meta_kick.notify_one();
+            return Ok(());
         }
-        Ok(())
+        self.wait_flushed(gen, failures).await
     }
 
     /// First write of a degraded period: the peer will miss it, so the
@@ -1273,9 +1279,71 @@ fn op_of(change: &Change) -> Op {
     }
 }
 
-enum Payload<'a> {
-    Data(&'a Bytes),
-    Zero(u32),
+/// What the driver of one modification on the primary keeps between the
+/// machine's actions.
+struct Driving {
+    offset: u64,
+    len: u64,
+    /// The client's FUA, for this copy's write.
+    fua: bool,
+    op: Op,
+    /// Until it is applied to this copy.
+    change: Option<Change>,
+    link: Option<Arc<Link>>,
+    /// The change on its way to the peer.
+    remote: Option<InFlight>,
+    /// Why the peer failed it, for the log of the dropped link.
+    remote_err: Option<RemoteError>,
+    /// The error behind the machine's latest `Failure::Io` (the local
+    /// write's, the activemap's or the counter's), returned as it was.
+    err: Option<DpError>,
+    /// It was applied to this copy: it counts toward the next idle barrier.
+    applied: bool,
+}
+
+impl Driving {
+    fn remote_ok(&mut self, r: Result<(), RemoteError>) -> bool {
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.remote_err = Some(e);
+                false
+            }
+        }
+    }
+
+    /// The client's answer for the machine's verdict.
+    fn answer(&mut self, r: Result<(), Failure>) -> Result<(), DpError> {
+        r.map_err(|f| match f {
+            Failure::Shutdown => DpError::Shutdown,
+            Failure::Io => self
+                .err
+                .take()
+                .unwrap_or_else(|| DpError::Io(io::Error::other("write failed"))),
+        })
+    }
+}
+
+/// Sends the change to the peer; `None` if the link just died (the machine
+/// then treats the write as degraded).
+async fn send(
+    link: &Link,
+    offset: u64,
+    change: &Change,
+    fua: bool,
+    want_received: bool,
+) -> Option<InFlight> {
+    let fua = if fua { hast_repl::flags::FUA } else { 0 };
+    let r = match change {
+        Change::Write(d) => link.write(offset, d, fua, want_received).await,
+        Change::Zero { len, punch, .. } => {
+            let punch = if *punch { hast_repl::flags::PUNCH } else { 0 };
+            // Zero requests are bounded by the NBD payload limit (u32).
+            let n = u32::try_from(*len).unwrap_or(u32::MAX);
+            link.zero(offset, n, punch | fua, want_received).await
+        }
+    };
+    r.ok()
 }
 
 #[cfg(test)]
