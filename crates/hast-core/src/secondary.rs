@@ -144,7 +144,10 @@ mod tests {
             accept(&hello(PeerRole::Primary, 4), &own),
             Err(HelloStatus::StaleEpoch)
         );
-        assert_eq!(accept(&hello(PeerRole::Primary, 5), &own), Ok(Decision::Merge));
+        assert_eq!(
+            accept(&hello(PeerRole::Primary, 5), &own),
+            Ok(Decision::Merge)
+        );
         assert!(!must_adopt_epoch(&hello(PeerRole::Primary, 5), &own));
         assert!(must_adopt_epoch(&hello(PeerRole::Primary, 6), &own));
     }
