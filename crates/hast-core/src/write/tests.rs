@@ -28,6 +28,9 @@ fn run(p: Params, fua: bool, events: &[Event]) -> Vec<Action> {
     out
 }
 
+/// (name, params, fua, events fed, actions expected)
+type Row = (&'static str, Params, bool, Vec<Event>, Vec<Action>);
+
 const OK: Result<(), Failure> = Ok(());
 const MARK: Action = A::MarkDirty { wait: true };
 
@@ -37,9 +40,6 @@ fn done(in_sync: bool, reply: Result<(), Failure>) -> Action {
         reply: Some(reply),
     }
 }
-
-/// One path: its name, the parameters, FUA, the events fed, the actions expected.
-type Row = (&'static str, Params, bool, Vec<Event>, Vec<Action>);
 
 #[test]
 fn table() {
