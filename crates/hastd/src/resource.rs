@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::datapath::{DataPath, PeerState, Side};
+use crate::link::stream::{ConnRead, ConnWrite};
 use crate::nbdfront::Registry;
-use crate::replication::stream::{ConnRead, ConnWrite};
 use crate::replication::tls::TlsInfo;
 use crate::replication::{primary, secondary};
 

@@ -38,7 +38,7 @@ use hast_conf::Replication;
 use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
 
-use crate::replication::link::{InFlight, Link, RemoteError};
+use crate::link::{InFlight, Link, RemoteError};
 pub use fence::Fence;
 use gate::Gate;
 pub use lease::{lease_deadline, Lease};

@@ -13,12 +13,12 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use super::auth;
-use super::link::Link;
 use super::resync::{self, Direction};
-use super::stream::{self, ConnRead};
 use super::tls::{self, SharedIdentity, TlsInfo};
-use super::wire::{read_frame, write_all};
 use crate::datapath::{DataPath, PeerState};
+use crate::link::stream::{self, ConnRead};
+use crate::link::wire::{read_frame, write_all};
+use crate::link::Link;
 
 /// Waits between connection attempts: first, then doubling up to the max.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -159,7 +159,7 @@ pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
 
 type Connected = (
     Arc<Link>,
-    super::link::LinkTasks<tokio::io::BufReader<ConnRead>>,
+    crate::link::LinkTasks<tokio::io::BufReader<ConnRead>>,
     Decision,
     Hello,
     Option<TlsInfo>,

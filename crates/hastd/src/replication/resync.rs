@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hast_repl::flags;
 
 use crate::datapath::DataPath;
-use crate::replication::link::Link;
+use crate::link::Link;
 
 /// Extents copied concurrently.
 const RESYNC_INFLIGHT: usize = 4;

@@ -22,11 +22,11 @@ use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind, Pe
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::heartbeat;
 use super::primary::{hello_of, link_timing};
-use super::stream::ConnWrite;
-use super::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 use crate::datapath::{Change, DataPath, DpError, PeerState};
+use crate::link::heartbeat;
+use crate::link::stream::ConnWrite;
+use crate::link::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 
 /// Replies queued for the writer.
 const REPLY_QUEUE_DEPTH: usize = 1024;
