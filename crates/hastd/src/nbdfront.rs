@@ -141,7 +141,7 @@ impl Exports for Registry {
 
 impl NbdExport {
     fn new(dp: Arc<DataPath>) -> NbdExport {
-        dp.counters.connections.fetch_add(1, Relaxed);
+        dp.connection_opened();
         NbdExport { dp }
     }
 
@@ -158,7 +158,7 @@ impl NbdExport {
 
 impl Drop for NbdExport {
     fn drop(&mut self) {
-        self.dp.counters.connections.fetch_sub(1, Relaxed);
+        self.dp.connection_closed();
     }
 }
 
@@ -177,7 +177,7 @@ fn errno(e: DpError) -> Errno {
 
 impl Export for NbdExport {
     fn info(&self) -> ExportInfo {
-        let mut info = ExportInfo::new(self.dp.datasize);
+        let mut info = ExportInfo::new(self.dp.datasize());
         // One shared descriptor and a resource-wide flush: a FLUSH on any
         // connection covers writes completed on all of them.
         info.can_multi_conn = true;
@@ -188,7 +188,7 @@ impl Export for NbdExport {
         info.min_block = 1;
         info.preferred_block = 4096;
         info.max_block = NBD_PAYLOAD_MAX;
-        info.description = Some(format!("hast resource {}", self.dp.name));
+        info.description = Some(format!("hast resource {}", self.dp.name()));
         info
     }
 

@@ -16,13 +16,10 @@
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hast_api::{
-    ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, RoleArg, Stats, SyncProgress,
-};
+use hast_api::{ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, RoleArg, Stats};
 use hast_meta::{MetaError, Role, Store};
 use hast_repl::{Hello, HelloStatus};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -194,7 +191,7 @@ impl ResourceTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             let lease = match &self.state {
-                State::Primary { dp, .. } => dp.lease.deadline(),
+                State::Primary { dp, .. } => dp.lease().deadline(),
                 _ => None,
             };
             let cmd = tokio::select! {
@@ -282,7 +279,7 @@ impl ResourceTask {
         // Converted first, then `now`: the conversion errs early, never late.
         let limit = not_after.map(hast_sys::mono_ns_to_instant);
         let now = Instant::now();
-        if dp.lease.expired_at(now) {
+        if dp.lease().expired_at(now) {
             return Err(api_err(
                 ErrorKind::NoPerm,
                 format!(
@@ -302,7 +299,7 @@ impl ResourceTask {
                 ),
             ));
         };
-        dp.lease.set(deadline);
+        dp.lease().set(deadline);
         let granted =
             u64::try_from(deadline.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
         tracing::debug!(resource = %self.config.name, ms, granted, "lease renewed");
@@ -313,7 +310,7 @@ impl ResourceTask {
     /// init), so that the next primary can connect and resync this copy.
     async fn lease_expired(&mut self) {
         let overdue_ms = match &self.state {
-            State::Primary { dp, .. } => dp.lease.deadline().map_or(0, |d| {
+            State::Primary { dp, .. } => dp.lease().deadline().map_or(0, |d| {
                 Instant::now().saturating_duration_since(d).as_millis()
             }),
             _ => return,
@@ -724,25 +721,24 @@ impl ResourceTask {
         };
         let header = dp.header().await;
         st.epoch = Some(header.epoch);
-        if dp.side == Side::Primary {
+        if dp.side() == Side::Primary {
             st.lease_ms = dp
-                .lease
+                .lease()
                 .remaining_at(Instant::now())
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             if c.remote.is_some() {
-                st.fence = Some(dp.fence.status());
+                st.fence = Some(dp.fence_status());
             }
         }
         st.tls = dp.peer_tls();
         st.local_stall_ms = dp
-            .progress
-            .stalled()
+            .local_stall()
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let peer_state = dp.peer_state();
-        let syncing = dp.sync.active.load(Relaxed);
+        let syncing = dp.syncing();
         let needsync = dp.map_lock().needsync_count();
         let inconsistent = header.flags & hast_meta::FLAG_INCONSISTENT != 0;
-        let complete = match dp.side {
+        let complete = match dp.side() {
             Side::Primary => dp.peer_connected() && !syncing && needsync == 0,
             Side::Secondary => peer_state.is_connected() && !inconsistent,
         };
@@ -757,45 +753,12 @@ impl ResourceTask {
             st.peer = Some(peer_state.to_string());
         }
         if syncing {
-            let total = dp.sync.total_bytes.load(Relaxed);
-            let done = dp.sync.done_bytes.load(Relaxed).min(total);
-            let secs = dp
-                .sync
-                .started
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map_or(0.0, |t| t.elapsed().as_secs_f64());
-            let rate = if secs > 0.0 {
-                (done as f64 / secs) as u64
-            } else {
-                0
-            };
-            st.sync = Some(SyncProgress {
-                done_bytes: done,
-                total_bytes: total,
-                rate_bytes_per_sec: rate,
-                eta_secs: (rate > 0).then(|| (total - done) / rate),
-            });
+            st.sync = Some(dp.sync_progress());
         }
-        let k = &dp.counters;
-        st.stats = Stats {
-            reads: k.reads.load(Relaxed),
-            writes: k.writes.load(Relaxed),
-            deletes: k.deletes.load(Relaxed),
-            zeroes: k.zeroes.load(Relaxed),
-            flushes: k.flushes.load(Relaxed),
-            bytes_read: k.bytes_read.load(Relaxed),
-            bytes_written: k.bytes_written.load(Relaxed),
-            activemap_updates: k.activemap_updates.load(Relaxed),
-            read_errors: k.read_errors.load(Relaxed),
-            write_errors: k.write_errors.load(Relaxed),
-            delete_errors: k.delete_errors.load(Relaxed),
-            flush_errors: k.flush_errors.load(Relaxed),
-            resynced_bytes: k.resynced_bytes.load(Relaxed),
-        };
+        st.stats = dp.stats();
         st.queues = Queues {
             inflight: dp.inflight(),
-            connections: k.connections.load(Relaxed),
+            connections: dp.connections(),
         };
         st.dirty_bytes = dp.dirty_bytes();
         if let State::Primary { socket, .. } = &self.state {

@@ -43,7 +43,7 @@ mod stats;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hast_conf::Replication;
@@ -62,7 +62,7 @@ pub use progress::Progress;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
 use stats::op_of;
-pub use stats::{Counters, SyncCounters};
+use stats::{Counters, SyncCounters};
 
 /// Why a request failed, independent of the transport that carried it.
 #[derive(Debug, thiserror::Error)]
@@ -126,10 +126,10 @@ impl Change {
 }
 
 pub struct DataPath {
-    pub name: String,
-    pub side: Side,
+    name: String,
+    side: Side,
     store: Arc<Store>,
-    pub datasize: u64,
+    datasize: u64,
     data_offset: u64,
     header: tokio::sync::Mutex<Header>,
     map: Mutex<ActiveMap>,
@@ -145,8 +145,8 @@ pub struct DataPath {
     replication: AtomicU8,
     resync_rate: AtomicU64,
     /// Resync runs secondary → primary: reads of needsync extents go to the peer.
-    pub sync_from_peer: AtomicBool,
-    pub sync: SyncCounters,
+    sync_from_peer: AtomicBool,
+    sync: SyncCounters,
     peer_state: Mutex<PeerState>,
     /// What the live link's TLS negotiated (`tls::TlsInfo` as text), `None`
     /// over plain TCP or while disconnected.
@@ -154,17 +154,17 @@ pub struct DataPath {
     /// `localcnt` was bumped for the current degraded period.
     degraded_recorded: AtomicBool,
     writes_since_barrier: AtomicU64,
-    pub counters: Counters,
+    counters: Counters,
     /// The primary's lease; never set on a secondary.
-    pub lease: Lease,
+    lease: Lease,
     /// Degradation generations and `fence_peer` (primary with a peer only).
-    pub fence: Fence,
+    fence: Fence,
     /// This node's name and the peer's address, for the fence command.
     fence_env: (String, String),
     /// Time base of `inline_paused_until`.
     opened: Instant,
     /// Whether the local component completes what it is given.
-    pub progress: Progress,
+    progress: Progress,
     /// Inline writes are paused until this many ms after `opened` (see
     /// [`INLINE_SLOW`]).
     inline_paused_until: AtomicU64,
@@ -246,6 +246,43 @@ impl DataPath {
         // A poisoned lock means a panic in pure activemap code: carrying on
         // with its state is still better than refusing every write.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The resource's name, for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Which end of the replication this data path serves.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Size of the data the component holds, in bytes.
+    pub fn datasize(&self) -> u64 {
+        self.datasize
+    }
+
+    /// The primary's lease (never set on a secondary).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The `fence_peer` state `status` shows.
+    pub fn fence_status(&self) -> hast_api::FenceStatus {
+        self.fence.status()
+    }
+
+    /// How long nothing has completed on the local component while
+    /// something is pending there; `None` when idle (`progress.rs`).
+    pub fn local_stall(&self) -> Option<Duration> {
+        self.progress.stalled()
+    }
+
+    /// Resync runs secondary → primary (`on`): reads of needsync extents go
+    /// to the peer, whose copy of them is newer.
+    pub fn set_sync_from_peer(&self, on: bool) {
+        self.sync_from_peer.store(on, Relaxed);
     }
 
     /// Options that apply live on SIGHUP.

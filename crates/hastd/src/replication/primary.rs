@@ -3,7 +3,6 @@
 //! data path, runs the resync, and reconnects with backoff whenever the link
 //! dies, for as long as the resource is primary.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,7 +85,7 @@ pub async fn run(
                 link.dead().await;
                 dp.set_link(None);
                 runner.abort();
-                dp.sync_from_peer.store(false, Relaxed);
+                dp.set_sync_from_peer(false);
                 dp.set_peer_tls(None);
                 dp.set_peer_state(PeerState::Disconnected(None));
                 if !dp.is_withdrawn() {
@@ -132,8 +131,8 @@ async fn finish_sync(dp: &DataPath, link: &Link, peer: &Hello) -> Result<(), Str
     })
     .await
     .map_err(|e| e.to_string())?;
-    dp.sync_from_peer.store(false, Relaxed);
-    tracing::info!(resource = %dp.name, localcnt = p_local, remotecnt = p_remote, "resync complete, copies in sync");
+    dp.set_sync_from_peer(false);
+    tracing::info!(resource = %dp.name(), localcnt = p_local, remotecnt = p_remote, "resync complete, copies in sync");
     Ok(())
 }
 
@@ -314,7 +313,7 @@ async fn connect(
         }
     }
     if decision.direction() == Some(hast_repl::Direction::SecondaryToPrimary) {
-        dp.sync_from_peer.store(true, Relaxed);
+        dp.set_sync_from_peer(true);
     }
     dp.persist_map().await.map_err(|e| e.to_string())?;
     let compression = match cfg.compression {

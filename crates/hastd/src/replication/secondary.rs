@@ -378,7 +378,7 @@ impl Session {
                         trim: h.has(flags::PUNCH),
                     }
                 };
-                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize {
+                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize() {
                     return Err(format!("replicated write beyond the end at {}", h.offset));
                 }
                 // Place in line now, in stream order.
@@ -429,7 +429,7 @@ impl Session {
                 });
             }
             Kind::Read => {
-                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize {
+                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize() {
                     return Err(format!("read beyond the end at {}", h.offset));
                 }
                 let tx = tx.clone();
@@ -486,7 +486,7 @@ impl Session {
                         map.synced(e);
                     }
                 }
-                tracing::info!(resource = %self.dp.name, localcnt, remotecnt, "resync complete, copies in sync");
+                tracing::info!(resource = %self.dp.name(), localcnt, remotecnt, "resync complete, copies in sync");
                 tx.send(reply_frame(h.seq, 0))
                     .await
                     .map_err(|_| "reply queue closed".to_string())?;
