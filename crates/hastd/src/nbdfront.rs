@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::datapath::{Change, DataPath, DpError};
+use crate::datapath::{Change, DataPath, DpError, Runs, Zero};
 use crate::nbdtls::NbdTls;
 
 /// NBD connections served at once per listener; more are refused.
@@ -224,7 +224,13 @@ impl Export for NbdExport {
             self.dp
                 .zero(
                     offset,
-                    Change::write_zeroes(u64::from(len), may_trim, fast_only),
+                    Change::write_zeroes(
+                        u64::from(len),
+                        Zero {
+                            punch: may_trim,
+                            fast_only,
+                        },
+                    ),
                     fua,
                 )
                 .await,
@@ -243,7 +249,11 @@ impl Export for NbdExport {
     ) -> Result<Vec<BlockExtent>, Errno> {
         let runs = self
             .dp
-            .allocation(offset, u64::from(len), req_one)
+            .allocation(
+                offset,
+                u64::from(len),
+                if req_one { Runs::First } else { Runs::All },
+            )
             .await
             .map_err(errno)?;
         Ok(runs

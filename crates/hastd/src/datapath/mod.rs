@@ -56,6 +56,7 @@ use gate::Gate;
 use inline::{page_cache_writes, INLINE_SLOW};
 pub use lease::{lease_deadline, Lease};
 use local::LocalData;
+pub use local::{Runs, Zero};
 use meta::FlushState;
 pub use peer::PeerState;
 pub use progress::Progress;
@@ -113,13 +114,13 @@ impl Change {
         }
     }
 
-    /// NBD WRITE_ZEROES with its flags: `may_punch` (no NO_HOLE),
-    /// `fast_only` (FAST_ZERO).
-    pub fn write_zeroes(len: u64, may_punch: bool, fast_only: bool) -> Change {
+    /// NBD WRITE_ZEROES with its flags: `punch` (no NO_HOLE), `fast_only`
+    /// (FAST_ZERO).
+    pub fn write_zeroes(len: u64, how: Zero) -> Change {
         Change::Zero {
             len,
-            punch: may_punch,
-            fast_only,
+            punch: how.punch,
+            fast_only: how.fast_only,
             trim: false,
         }
     }
@@ -663,7 +664,7 @@ impl DataPath {
                     punch,
                     fast_only,
                     ..
-                } => d.zero(offset, len, punch, fast_only)?,
+                } => d.zero(offset, len, Zero { punch, fast_only })?,
             }
             if fua {
                 d.datasync()?;
@@ -832,15 +833,18 @@ impl DataPath {
         let len = data.len() as u64;
         if all_zero {
             // Keep the copy as sparse as its source.
-            self.blocking(move |d| d.zero(offset, len, true, false))
-                .await
+            let how = Zero {
+                punch: true,
+                fast_only: false,
+            };
+            self.blocking(move |d| d.zero(offset, len, how)).await
         } else {
             self.blocking(move |d| d.write(offset, &data)).await
         }
     }
 
     pub async fn allocation_unlocked(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
-        self.blocking(move |d| d.allocation(offset, len, false))
+        self.blocking(move |d| d.allocation(offset, len, Runs::All))
             .await
     }
 
@@ -854,11 +858,11 @@ impl DataPath {
         &self,
         offset: u64,
         len: u64,
-        one: bool,
+        runs: Runs,
     ) -> Result<Vec<(u64, bool)>, DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
         Ok(self
-            .blocking(move |d| d.allocation(offset, len, one))
+            .blocking(move |d| d.allocation(offset, len, runs))
             .await?)
     }
 
