@@ -832,7 +832,7 @@ fn unlock_component(file: &std::fs::File) {
 }
 
 async fn secondary_hello(dp: &DataPath, node: &str) -> hast_repl::Hello {
-    crate::replication::primary::hello_of(&dp.header().await, node, hast_repl::PeerRole::Secondary)
+    crate::replication::primary::hello_of(&dp.header().await, node, Role::Secondary)
 }
 
 /// Used by the replication listener before handing a connection over: the

@@ -79,7 +79,10 @@ pub enum DpError {
     Unsupported,
 }
 
-/// Which end of the replication this data path serves.
+/// Which end of the replication this data path serves. Not `hast_meta::Role`:
+/// a data path exists only while the component is open, as primary or
+/// secondary, so `Init` is no value of it and no match on it needs an arm for
+/// it; `resource.rs` maps the role to the side when it opens one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// Serves clients; replicates to the peer when one is connected.

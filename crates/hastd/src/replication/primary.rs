@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hast_conf::Addr;
-use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler, PeerRole};
+use hast_meta::Role;
+use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
@@ -121,7 +122,7 @@ pub fn link_timing(cfg: &hast_conf::Resource) -> (Duration, Duration) {
 async fn finish_sync(dp: &DataPath, link: &Link, peer: &Hello) -> Result<(), String> {
     let own = dp.header().await;
     let ((p_local, p_remote), (s_local, s_remote)) =
-        hast_repl::counters_after_sync(&hello_of(&own, "", PeerRole::Primary), peer);
+        hast_repl::counters_after_sync(&hello_of(&own, "", Role::Primary), peer);
     link.sync_done(s_local, s_remote)
         .await
         .map_err(|e| format!("sync done not acknowledged: {e}"))?;
@@ -136,7 +137,7 @@ async fn finish_sync(dp: &DataPath, link: &Link, peer: &Hello) -> Result<(), Str
     Ok(())
 }
 
-pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
+pub fn hello_of(h: &hast_meta::Header, node: &str, role: Role) -> Hello {
     Hello {
         version: hast_repl::PROTOCOL_VERSION,
         resource: h.name.clone(),
@@ -231,7 +232,7 @@ async fn connect(
         (rd, wr, None)
     };
     let own = dp.header().await;
-    let hello = hello_of(&own, node, PeerRole::Primary);
+    let hello = hello_of(&own, node, Role::Primary);
     // Nothing about this copy goes out before the secondary proved it holds
     // the secret: a fake secondary must not learn the hello, nor be able to
     // acknowledge a single write.

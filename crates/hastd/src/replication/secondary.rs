@@ -18,7 +18,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind, PeerRole};
+use hast_meta::Role;
+use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -65,7 +66,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let own_header = dp.header().await;
-    let own = hello_of(&own_header, &node, PeerRole::Secondary);
+    let own = hello_of(&own_header, &node, Role::Secondary);
     let decision = hast_repl::accept(&hello, &own);
     let refusal = match decision {
         Ok(_) => None,
