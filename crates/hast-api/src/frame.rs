@@ -49,13 +49,13 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Envelope, Request, RoleArg};
+    use crate::{Envelope, Request, Role};
 
     #[test]
     fn round_trip() {
         let reqs = [
             Request::Role {
-                role: RoleArg::Primary,
+                role: Role::Primary,
                 names: vec!["shared".into()],
                 epoch: Some(7),
             },
@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(
             req.body,
             Request::Role {
-                role: RoleArg::Primary,
+                role: Role::Primary,
                 names: vec!["r0".into()],
                 epoch: None
             }

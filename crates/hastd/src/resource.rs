@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hast_api::{ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, RoleArg, Stats};
+use hast_api::{ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, Stats};
 use hast_meta::{MetaError, Role, Store};
 use hast_repl::{Hello, HelloStatus};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -46,11 +46,11 @@ pub struct PeerConn {
 
 /// The answer to a role request: the role and the epoch held after it
 /// (`None` only for an init component whose metadata cannot be read).
-pub type RoleReply = Result<(RoleArg, Option<u64>), ApiError>;
+pub type RoleReply = Result<(Role, Option<u64>), ApiError>;
 
 pub enum Command {
     /// A role, and the epoch `hastctl role -E` gave.
-    Role(RoleArg, Option<u64>, oneshot::Sender<RoleReply>),
+    Role(Role, Option<u64>, oneshot::Sender<RoleReply>),
     /// A lease of this many milliseconds for a primary (`hastctl lease -t`),
     /// ending no later than the CLOCK_MONOTONIC instant (ns) given.
     Lease(u64, Option<u64>, oneshot::Sender<Result<u64, ApiError>>),
@@ -121,11 +121,11 @@ enum State {
 }
 
 impl State {
-    fn role(&self) -> RoleArg {
+    fn role(&self) -> Role {
         match self {
-            State::Init => RoleArg::Init,
-            State::Primary { .. } => RoleArg::Primary,
-            State::Secondary { .. } => RoleArg::Secondary,
+            State::Init => Role::Init,
+            State::Primary { .. } => Role::Primary,
+            State::Secondary { .. } => Role::Secondary,
         }
     }
 
@@ -234,7 +234,7 @@ impl ResourceTask {
                 Command::Peer(conn) => self.peer(*conn).await,
                 Command::Stop(reply) => {
                     let was = self.state.role();
-                    match self.set_role(RoleArg::Init, None).await {
+                    match self.set_role(Role::Init, None).await {
                         Ok((role, epoch)) if was != role => self.log_role(role, epoch),
                         Ok(_) => {}
                         Err(e) => {
@@ -247,11 +247,11 @@ impl ResourceTask {
             }
         }
         // The daemon dropped us without a Stop: still leave the disk clean.
-        let _ = self.set_role(RoleArg::Init, None).await;
+        let _ = self.set_role(Role::Init, None).await;
     }
 
     /// The line a checker of "one primary per epoch" parses; keep its shape.
-    fn log_role(&self, role: RoleArg, epoch: Option<u64>) {
+    fn log_role(&self, role: Role, epoch: Option<u64>) {
         match epoch {
             Some(epoch) => {
                 tracing::info!(resource = %self.config.name, role = %role, epoch, "role changed")
@@ -316,7 +316,7 @@ impl ResourceTask {
             _ => return,
         };
         tracing::warn!(resource = %self.config.name, overdue_ms, "lease expired: demoting to secondary");
-        match self.set_role(RoleArg::Secondary, None).await {
+        match self.set_role(Role::Secondary, None).await {
             Ok((role, epoch)) => self.log_role(role, epoch),
             Err(e) => tracing::error!(
                 resource = %self.config.name,
@@ -328,7 +328,7 @@ impl ResourceTask {
 
     /// Changes the role and the epoch by the rules of `crate::epoch`. A
     /// refused epoch changes nothing, not even the current role.
-    async fn set_role(&mut self, role: RoleArg, requested: Option<u64>) -> RoleReply {
+    async fn set_role(&mut self, role: Role, requested: Option<u64>) -> RoleReply {
         let now = self.state.role();
         if let Some(dp) = self.state.dp() {
             let current = dp.header().await.epoch;
@@ -350,29 +350,24 @@ impl ResourceTask {
                 };
                 return Ok((role, epoch));
             }
-        } else if role == RoleArg::Init {
+        } else if role == Role::Init {
             let epoch = self.closed_epoch(requested).await?;
             return Ok((role, epoch));
         }
-        let next = match role {
-            RoleArg::Init => Role::Init,
-            RoleArg::Primary => Role::Primary,
-            RoleArg::Secondary => Role::Secondary,
-        };
         // Every change passes through a closed component, so the old role's
         // I/O has drained and its metadata is written before the new one starts.
         let closed = self
-            .close(next, requested.filter(|_| role == RoleArg::Init))
+            .close(role, requested.filter(|_| role == Role::Init))
             .await?;
         let epoch = match role {
-            RoleArg::Init => closed.map(|h| h.epoch),
-            RoleArg::Secondary => {
+            Role::Init => closed.map(|h| h.epoch),
+            Role::Secondary => {
                 let dp = self.open(Role::Secondary, now, requested).await?;
                 let epoch = dp.header().await.epoch;
                 self.state = State::Secondary { dp, session: None };
                 Some(epoch)
             }
-            RoleArg::Primary => Some(self.promote(now, requested).await?),
+            Role::Primary => Some(self.promote(now, requested).await?),
         };
         Ok((self.state.role(), epoch))
     }
@@ -497,17 +492,12 @@ impl ResourceTask {
     async fn open(
         &mut self,
         role: Role,
-        was: RoleArg,
+        was: Role,
         requested: Option<u64>,
     ) -> Result<Arc<DataPath>, ApiError> {
         let local = self.config.local.clone();
         let name = self.config.name.clone();
         let kept = self.kept.take();
-        let target = match role {
-            Role::Init => RoleArg::Init,
-            Role::Primary => RoleArg::Primary,
-            Role::Secondary => RoleArg::Secondary,
-        };
         let (store, header) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let store = match kept {
                 Some(store) => store,
@@ -526,7 +516,7 @@ impl ResourceTask {
             // Checked against what is on disk now: a secondary session may
             // have adopted a higher epoch since the caller looked.
             header.epoch =
-                crate::epoch::after_role_request(was, target, header.epoch, requested)
+                crate::epoch::after_role_request(was, role, header.epoch, requested)
                     .map_err(stale)?;
             if role == Role::Primary {
                 if header.flags & hast_meta::FLAG_INCONSISTENT != 0 {
@@ -570,7 +560,7 @@ impl ResourceTask {
 
     /// Opens the component as primary and offers the export; returns the
     /// epoch it holds (made durable before the export appears).
-    async fn promote(&mut self, was: RoleArg, requested: Option<u64>) -> Result<u64, ApiError> {
+    async fn promote(&mut self, was: Role, requested: Option<u64>) -> Result<u64, ApiError> {
         let dp = self.open(Role::Primary, was, requested).await?;
         let epoch = dp.header().await.epoch;
         let socket = match &self.env.nbd_socket_dir {
@@ -625,7 +615,7 @@ impl ResourceTask {
         } = conn;
         let State::Secondary { dp, session } = &mut self.state else {
             let (status, why) = match self.state.role() {
-                RoleArg::Primary => (
+                Role::Primary => (
                     HelloStatus::BothPrimary,
                     "this node is primary too: refusing (two primaries would diverge)",
                 ),
