@@ -1,0 +1,1 @@
+//! The simulator (see sim/README in the module docs below).

@@ -1,0 +1,331 @@
+//! The primary's rules for one modification (WRITE, TRIM, WRITE_ZEROES), as
+//! a state machine with no I/O: the driver performs each [`Action`] and
+//! feeds back what came of it as an [`Event`], until [`Action::Complete`].
+//!
+//! The order it enforces, and why:
+//!
+//! 1. **Fence before writing alone.** A configured peer that is not
+//!    connected is about to miss this write: with `fence_peer` the write is
+//!    held until the peer is fenced ([`Action::Hold`]; a link that comes
+//!    back meanwhile takes the write instead), and the first such write of a
+//!    degraded period bumps `localcnt` durably ([`Action::RecordDegraded`])
+//!    before anything is acknowledged, so the next handshake knows this copy
+//!    is newer.
+//! 2. **Activemap before data.** The extent's bit must be durable before the
+//!    data write is issued anywhere ([`Action::MarkDirty`]): a crash between
+//!    the two must leave the extent dirty, or the copies could differ where
+//!    no map says so.
+//! 3. **Send, then apply.** The change goes to the peer first (it is already
+//!    on its way while the local write runs), then to this copy.
+//! 4. **Acknowledge per the mode.** fullsync waits for the secondary's REPLY
+//!    (applied there); memsync for its RECEIVED (in its memory), async for
+//!    nothing. A REPLY that is already in when the mode's wait ends is
+//!    recorded at once; otherwise the client is answered first
+//!    ([`Action::Reply`]) and the REPLY recorded when it comes.
+//! 5. **A peer failure makes the write degraded.** The link is dropped (the
+//!    next connection resyncs), the write goes through step 1's fence and
+//!    counter rule before it may be acknowledged, and its extents stay dirty.
+//! 6. **Clear only what both copies have.** [`Action::Complete`] tells the
+//!    activemap whether the write is on both copies (`in_sync`); only then
+//!    may a later barrier clear its bits.
+
+use hast_conf::Replication;
+
+use crate::mutation::{planted, Mutation};
+
+/// What the resource looks like when the modification arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// The replication mode in force for this write.
+    pub mode: Replication,
+    /// A peer is configured (`remote` is not `none`).
+    pub peer_configured: bool,
+    /// A live link to the peer exists right now.
+    pub link_up: bool,
+}
+
+/// Why a modification failed, as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The resource is being demoted or hastd is stopping.
+    Shutdown,
+    /// This copy (its data or metadata) failed the request.
+    Io,
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Wait until the peer is fenced (`fence_peer`) or, with `reroute`, a
+    /// link comes back. Answer with [`Event::Fenced`], [`Event::Rerouted`]
+    /// (only with `reroute`) or [`Event::Shutdown`].
+    Hold { reroute: bool },
+    /// Make `localcnt` one higher than the peer has seen, durably, once per
+    /// degraded period. Answer with [`Event::Recorded`].
+    RecordDegraded,
+    /// Set the range's activemap bits; with `wait`, wait until they are
+    /// durable. Answer with [`Event::Marked`].
+    MarkDirty { wait: bool },
+    /// Send the change to the peer; `fua` and `want_received` are the
+    /// frame's flags. Answer with [`Event::Sent`].
+    Send { fua: bool, want_received: bool },
+    /// Apply the change to this copy. Answer with [`Event::Applied`].
+    ApplyLocal,
+    /// Wait for the secondary's RECEIVED. Answer with [`Event::Received`].
+    AwaitReceived,
+    /// Look whether the REPLY is already in, without waiting. Answer with
+    /// [`Event::Polled`].
+    PollReply,
+    /// Wait for the secondary's REPLY. Answer with [`Event::Replied`].
+    AwaitReply,
+    /// Drop the link: the peer failed a write and its copy is behind.
+    /// Answer with [`Event::LinkFailed`].
+    FailLink,
+    /// Answer the client now; the write is still being recorded. Answer
+    /// with [`Event::Answered`].
+    Reply(Result<(), Failure>),
+    /// The end: if the range was marked, tell the activemap it is done and
+    /// whether both copies have it (`marked: Some(in_sync)`); answer the
+    /// client with `reply` unless it was answered already (`None`).
+    Complete {
+        marked: Option<bool>,
+        reply: Option<Result<(), Failure>>,
+    },
+}
+
+/// What came of the last action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Fenced,
+    Rerouted,
+    Shutdown,
+    Recorded(bool),
+    Marked(bool),
+    Sent(bool),
+    Applied(Result<(), Failure>),
+    Received(bool),
+    Polled(Option<bool>),
+    Replied(bool),
+    LinkFailed,
+    Answered,
+}
+
+/// Where the modification stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Degraded before it started: fence, then record, then mark.
+    HoldBefore,
+    RecordBefore,
+    Marking,
+    Sending,
+    /// The send failed: fence and record before applying alone.
+    HoldAfterSend,
+    RecordAfterSend,
+    Applying,
+    WaitReceived,
+    Polling,
+    Answering,
+    WaitReply,
+    /// The peer failed it after it was applied: drop the link, fence, record.
+    Failing,
+    HoldAfterRemote,
+    RecordAfterRemote,
+    Done,
+}
+
+/// One modification on the primary.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOp {
+    params: Params,
+    fua: bool,
+    stage: Stage,
+    /// It was (or is being) sent to the peer.
+    remote: bool,
+    /// This copy's outcome, once applied.
+    local: Option<Result<(), Failure>>,
+    /// The client was answered already.
+    answered: bool,
+    /// [`Action::MarkDirty`] was issued: the activemap counts it in flight.
+    marked: bool,
+}
+
+impl WriteOp {
+    /// A modification with FUA or not; returns the machine and its first
+    /// action.
+    pub fn start(params: Params, fua: bool) -> (WriteOp, Action) {
+        let mut op = WriteOp {
+            params,
+            fua,
+            stage: Stage::Marking,
+            remote: params.link_up,
+            local: None,
+            answered: false,
+            marked: false,
+        };
+        let first = if !params.link_up && params.peer_configured {
+            op.stage = Stage::HoldBefore;
+            Action::Hold { reroute: true }
+        } else {
+            op.mark()
+        };
+        (op, first)
+    }
+
+    fn mark(&mut self) -> Action {
+        self.stage = Stage::Marking;
+        self.marked = true;
+        Action::MarkDirty {
+            wait: !planted(Mutation::SkipMapFlush),
+        }
+    }
+
+    fn send_or_apply(&mut self) -> Action {
+        if self.remote {
+            self.stage = Stage::Sending;
+            let mode = self.params.mode;
+            Action::Send {
+                fua: self.fua && mode != Replication::Async,
+                want_received: mode == Replication::Memsync,
+            }
+        } else {
+            self.stage = Stage::Applying;
+            Action::ApplyLocal
+        }
+    }
+
+    fn local(&self) -> Result<(), Failure> {
+        self.local.unwrap_or(Err(Failure::Io))
+    }
+
+    /// Ends it; the activemap learns whether both copies have it.
+    fn complete(&mut self, in_sync: bool, reply: Result<(), Failure>) -> Action {
+        self.stage = Stage::Done;
+        Action::Complete {
+            marked: self.marked.then_some(in_sync),
+            reply: (!self.answered).then_some(reply),
+        }
+    }
+
+    /// Ends it unacknowledged: nothing may claim it is on both copies.
+    fn abort(&mut self, why: Failure) -> Action {
+        self.complete(false, Err(why))
+    }
+
+    /// The remote outcome is known: in sync, or degraded.
+    fn remote_done(&mut self, ok: bool) -> Action {
+        if ok {
+            let local = self.local();
+            return self.complete(local.is_ok(), local);
+        }
+        self.stage = Stage::Failing;
+        Action::FailLink
+    }
+
+    /// Feeds the outcome of the last action; returns the next one.
+    /// An event the current stage does not expect is a driver bug; the
+    /// write then ends failed and unacknowledged rather than guessing.
+    pub fn step(&mut self, ev: Event) -> Action {
+        use Event as E;
+        use Stage as S;
+        match (self.stage, ev) {
+            (S::HoldBefore, E::Rerouted) => {
+                self.remote = true;
+                self.mark()
+            }
+            (S::HoldBefore, E::Fenced) => {
+                self.stage = S::RecordBefore;
+                Action::RecordDegraded
+            }
+            (S::RecordBefore, E::Recorded(true)) => self.mark(),
+            (S::Marking, E::Marked(true)) => self.send_or_apply(),
+            (S::Sending, E::Sent(true)) => {
+                self.stage = S::Applying;
+                Action::ApplyLocal
+            }
+            (S::Sending, E::Sent(false)) => {
+                // The link died as the change was being sent: it goes to
+                // this copy alone, so the fence comes first.
+                self.remote = false;
+                self.stage = S::HoldAfterSend;
+                Action::Hold { reroute: false }
+            }
+            (S::HoldAfterSend, E::Fenced) => {
+                self.stage = S::RecordAfterSend;
+                Action::RecordDegraded
+            }
+            (S::RecordAfterSend, E::Recorded(true)) => {
+                self.stage = S::Applying;
+                Action::ApplyLocal
+            }
+            (S::Applying, E::Applied(r)) => {
+                self.local = Some(r);
+                if !self.remote {
+                    // Only this copy has it; in sync only without a peer.
+                    let in_sync = !self.params.peer_configured && r.is_ok();
+                    return self.complete(in_sync, r);
+                }
+                match self.params.mode {
+                    Replication::Fullsync if !planted(Mutation::AckBeforeReply) => {
+                        self.stage = S::WaitReply;
+                        Action::AwaitReply
+                    }
+                    Replication::Memsync => {
+                        self.stage = S::WaitReceived;
+                        Action::AwaitReceived
+                    }
+                    _ => {
+                        self.stage = S::Polling;
+                        Action::PollReply
+                    }
+                }
+            }
+            (S::WaitReceived, E::Received(true)) => {
+                self.stage = S::Polling;
+                Action::PollReply
+            }
+            (S::WaitReceived, E::Received(false)) => self.remote_done(false),
+            (S::Polling, E::Polled(Some(ok))) => self.remote_done(ok),
+            (S::Polling, E::Polled(None)) => {
+                // Answer now; the REPLY is recorded when it comes.
+                self.stage = S::Answering;
+                Action::Reply(self.local())
+            }
+            (S::Answering, E::Answered) => {
+                self.answered = true;
+                self.stage = S::WaitReply;
+                Action::AwaitReply
+            }
+            (S::WaitReply, E::Replied(ok)) => self.remote_done(ok),
+            (S::Failing, E::LinkFailed) => {
+                self.stage = S::HoldAfterRemote;
+                Action::Hold { reroute: false }
+            }
+            (S::HoldAfterRemote, E::Fenced) => {
+                self.stage = S::RecordAfterRemote;
+                Action::RecordDegraded
+            }
+            (S::RecordAfterRemote, E::Recorded(true)) => {
+                let local = self.local();
+                self.complete(false, local)
+            }
+            (S::Marking | S::RecordBefore, E::Recorded(false) | E::Marked(false)) => {
+                self.abort(Failure::Io)
+            }
+            (S::RecordAfterSend | S::RecordAfterRemote, E::Recorded(false)) => {
+                self.abort(Failure::Io)
+            }
+            (S::HoldBefore | S::HoldAfterSend | S::HoldAfterRemote, E::Shutdown) => {
+                self.abort(Failure::Shutdown)
+            }
+            _ => self.abort(Failure::Shutdown),
+        }
+    }
+
+    /// Whether [`Action::Complete`] was returned.
+    pub fn is_done(&self) -> bool {
+        self.stage == Stage::Done
+    }
+}
+
+#[cfg(test)]
+mod tests;
