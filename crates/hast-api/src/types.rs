@@ -125,14 +125,50 @@ pub struct LeaseOutcome {
     pub result: Result<u64, ApiError>,
 }
 
+/// Whether a resource's copies agree, as FreeBSD's `hastctl status` prints
+/// it; the JSON carries the same strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Both copies are in sync (or no peer is configured).
+    #[serde(rename = "complete")]
+    Complete,
+    /// The peer is absent or behind.
+    #[serde(rename = "degraded")]
+    Degraded,
+    /// The last handshake found both copies written alone.
+    #[serde(rename = "split-brain")]
+    SplitBrain,
+    /// The component is not open (role init).
+    #[serde(rename = "-")]
+    Inactive,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Complete => "complete",
+            Status::Degraded => "degraded",
+            Status::SplitBrain => "split-brain",
+            Status::Inactive => "-",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A snapshot of one resource, as `status` and `list` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResourceStatus {
     pub name: String,
     pub provider_name: String,
     pub role: Role,
-    /// `complete`, `degraded` or `-` (not active), as FreeBSD prints it.
-    pub status: String,
+    /// `complete`, `degraded`, `split-brain` or `-` (not active), as
+    /// FreeBSD prints it.
+    pub status: Status,
     pub local: String,
     /// Remote address, or `none`.
     pub remote: String,

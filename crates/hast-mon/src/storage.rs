@@ -164,7 +164,7 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
                 st.name
             ));
         }
-        let line = if st.status == "complete" {
+        let line = if st.status == hast_api::Status::Complete {
             format!("in-sync {epoch} {}", st.fence.map_or(0, |f| f.generation))
         } else {
             String::new()

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hast_api::{ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, Stats};
+use hast_api::{ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, Stats, Status};
 use hast_meta::{MetaError, Role, Store};
 use hast_repl::{Hello, HelloStatus};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -668,7 +668,7 @@ impl ResourceTask {
             name: c.name.clone(),
             provider_name: c.provider_name.clone(),
             role: self.state.role(),
-            status: "-".into(),
+            status: Status::Inactive,
             local: c.local.display().to_string(),
             remote: c
                 .remote
@@ -733,11 +733,11 @@ impl ResourceTask {
             Side::Secondary => peer_state.is_connected() && !inconsistent,
         };
         st.status = if c.remote.is_none() || complete {
-            "complete".into()
+            Status::Complete
         } else if peer_state.is_split_brain() {
-            "split-brain".into()
+            Status::SplitBrain
         } else {
-            "degraded".into()
+            Status::Degraded
         };
         if c.remote.is_some() {
             st.peer = Some(peer_state.to_string());
