@@ -26,6 +26,10 @@
 //! when requests are pending and none completed for `timeout` (a secondary
 //! that answers keepalives but whose disk or daemon hangs).
 
+pub mod heartbeat;
+pub mod stream;
+pub mod wire;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -35,10 +39,6 @@ use bytes::Bytes;
 use hast_repl::{ChecksumKind, Compression, Data, Kind};
 use tokio::io::AsyncRead;
 use tokio::sync::{oneshot, Notify};
-
-pub mod heartbeat;
-pub mod stream;
-pub mod wire;
 
 use stream::ConnWrite;
 use wire::{keepalive_frame, read_frame, Out, Tx};
