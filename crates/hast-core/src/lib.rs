@@ -9,6 +9,7 @@
 //!   to answer RECEIVED and REPLY, FLUSH after everything before it.
 //! - [`handshake`]: the HELLO a header makes, the counters a finished resync
 //!   stores.
+//! - [`resync`]: when a resync may declare the copies in sync.
 //! - [`barrier`]: what a flush of the copies allows the activemap to clear.
 //! - [`edge`]: the traits at the edges (local disk, clock) that hastd
 //!   implements over real files and the simulator over simulated ones.
@@ -21,6 +22,7 @@ pub mod barrier;
 pub mod edge;
 pub mod handshake;
 pub mod mutation;
+pub mod resync;
 pub mod secondary;
 pub mod sim;
 pub mod write;

@@ -327,5 +327,46 @@ impl WriteOp {
     }
 }
 
+/// Degraded periods, for [`Action::RecordDegraded`]: `localcnt` is bumped
+/// once per period in which this copy writes without its peer. A period
+/// begins each time a link is installed. A write belongs to the period it
+/// started in: one that started while no link was up and records after a
+/// new link came does not count for the new period, or a later loss of that
+/// link would let this copy write alone with counters that do not say so —
+/// and the next handshake would take a split-brain for a plain resync.
+/// (Found by the simulator, seed 38: the old single flag was set by such a
+/// late write during the in-sync period, so after the next cut nothing was
+/// recorded.) The driver reads `current` before it looks for the link, and
+/// calls `linked` after installing one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DegradedPeriods {
+    current: u64,
+    /// The period whose bump is durable; `None` before any.
+    recorded: Option<u64>,
+}
+
+impl DegradedPeriods {
+    /// The period a write starting now belongs to.
+    pub fn current(&self) -> u64 {
+        self.current
+    }
+
+    /// A link was installed: the next write without the peer begins a new
+    /// degraded period.
+    pub fn linked(&mut self) {
+        self.current += 1;
+    }
+
+    /// Whether a write of `period` must still bump `localcnt`.
+    pub fn needs_record(&self, period: u64) -> bool {
+        self.recorded.is_none_or(|r| r < period)
+    }
+
+    /// The bump for `period` is durable.
+    pub fn recorded(&mut self, period: u64) {
+        self.recorded = Some(self.recorded.map_or(period, |r| r.max(period)));
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,9 @@ fn run(p: Params, fua: bool, events: &[Event]) -> Vec<Action> {
     out
 }
 
+/// (name, params, fua, events fed, actions expected)
+type Row = (&'static str, Params, bool, Vec<Event>, Vec<Action>);
+
 const OK: Result<(), Failure> = Ok(());
 const MARK: Action = A::MarkDirty { wait: true };
 
@@ -42,8 +45,7 @@ fn done(in_sync: bool, reply: Result<(), Failure>) -> Action {
 fn table() {
     let send = |fua, want_received| A::Send { fua, want_received };
     #[rustfmt::skip]
-    #[allow(clippy::type_complexity)] // one table row: name, setup, link up, events, actions
-    let rows: Vec<(&str, Params, bool, Vec<Event>, Vec<Action>)> = vec![
+    let rows: Vec<Row> = vec![
         ("no peer configured: local only, in sync",
          params(FULL, false, false), false,
          vec![E::Marked(true), E::Applied(OK)],
