@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use hast_conf::Replication;
 use hast_meta::{ActiveMap, Header, Role};
-use hast_repl::{Decision, Direction, Hello, HelloStatus, PeerRole};
+use hast_repl::{Decision, Direction, Hello, HelloStatus};
 
 use super::disk::{SimDisk, SECTOR};
 use super::rng::Rng;
@@ -1556,8 +1556,8 @@ impl World {
     /// The hellos, the secondary's verdict, the primary's map merge, and
     /// the link with its resync.
     fn handshake(&mut self, p: usize, s: usize) {
-        let ph = hello_of(&self.nodes[p].live().header, "p", PeerRole::Primary);
-        let sh = hello_of(&self.nodes[s].live().header, "s", PeerRole::Secondary);
+        let ph = hello_of(&self.nodes[p].live().header, "p", Role::Primary);
+        let sh = hello_of(&self.nodes[s].live().header, "s", Role::Secondary);
         let both_alone = self.nodes[p].wrote_alone && self.nodes[s].wrote_alone;
         let verdict = secondary::accept(&ph, &sh);
         self.note(format!(

@@ -16,6 +16,25 @@ use std::os::unix::io::AsRawFd;
 /// Largest chunk of zeroes written when fallocate cannot zero a range.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
+/// How [`LocalData::zero`] may make a range read as zeroes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zero {
+    /// The range may be deallocated (TRIM, WRITE_ZEROES without NO_HOLE);
+    /// otherwise it stays allocated.
+    pub punch: bool,
+    /// Fail with `Unsupported` rather than write zeroes slowly (FAST_ZERO).
+    pub fast_only: bool,
+}
+
+/// Which allocation runs [`LocalData::allocation`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// Every run of the range.
+    All,
+    /// Only the first (NBD's REQ_ONE).
+    First,
+}
+
 /// The data area of a local component: data byte `x` lives at file offset
 /// `data_offset + x`.
 pub struct LocalData<'a> {
@@ -68,13 +87,13 @@ impl LocalData<'_> {
         self.file.sync_data()
     }
 
-    /// Makes `[offset, offset+len)` read as zeroes. With `may_punch` the
-    /// range may be deallocated (TRIM, WRITE_ZEROES without NO_HOLE);
-    /// otherwise it stays allocated. Returns `Unsupported` when
+    /// Makes `[offset, offset+len)` read as zeroes, as `how` allows: with
+    /// `punch` the range may be deallocated (TRIM, WRITE_ZEROES without
+    /// NO_HOLE); otherwise it stays allocated. Returns `Unsupported` when
     /// `fast_only` and the only way left is writing zeroes.
-    pub fn zero(&self, offset: u64, len: u64, may_punch: bool, fast_only: bool) -> io::Result<()> {
+    pub fn zero(&self, offset: u64, len: u64, how: Zero) -> io::Result<()> {
         let start = self.data_offset + offset;
-        if may_punch
+        if how.punch
             && fallocate(
                 self.file,
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
@@ -95,7 +114,7 @@ impl LocalData<'_> {
             Err(e) if !is_unsupported(&e) => return Err(e),
             Err(_) => {}
         }
-        if fast_only {
+        if how.fast_only {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
         let zeroes = vec![0u8; ZERO_CHUNK_BYTES.min(len as usize)];
@@ -128,8 +147,13 @@ impl LocalData<'_> {
     /// Allocation map of `[offset, offset+len)` as (length, is_hole) runs,
     /// from SEEK_DATA/SEEK_HOLE. Where the file system cannot tell (block
     /// devices, old file systems) everything is reported as data, which is
-    /// always correct.
-    pub fn allocation(&self, offset: u64, len: u64, one: bool) -> io::Result<Vec<(u64, bool)>> {
+    /// always correct. `Runs::First` stops after the first run.
+    pub fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+        runs_wanted: Runs,
+    ) -> io::Result<Vec<(u64, bool)>> {
         let fd = self.file.as_raw_fd();
         let end = offset + len;
         let mut pos = offset;
@@ -157,7 +181,7 @@ impl LocalData<'_> {
                 runs.push((stop - pos, false));
                 pos = stop;
             }
-            if one {
+            if runs_wanted == Runs::First {
                 break;
             }
         }
@@ -232,16 +256,32 @@ mod tests {
         let mut buf = vec![0u8; 65536];
         d.read(1 << 20, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 7));
-        let runs = d.allocation(0, 4 << 20, false).unwrap();
+        let runs = d.allocation(0, 4 << 20, Runs::All).unwrap();
         assert_eq!(runs.iter().map(|r| r.0).sum::<u64>(), 4 << 20);
-        d.zero(1 << 20, 65536, true, true).unwrap();
+        d.zero(
+            1 << 20,
+            65536,
+            Zero {
+                punch: true,
+                fast_only: true,
+            },
+        )
+        .unwrap();
         d.read(1 << 20, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
         d.write(0, &[1u8; 4096]).unwrap();
-        d.zero(0, 4096, false, false).unwrap();
+        d.zero(
+            0,
+            4096,
+            Zero {
+                punch: false,
+                fast_only: false,
+            },
+        )
+        .unwrap();
         d.read(0, &mut buf[..4096]).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0));
-        let one = d.allocation(0, 4 << 20, true).unwrap();
+        let one = d.allocation(0, 4 << 20, Runs::First).unwrap();
         assert_eq!(one.len(), 1);
     }
 

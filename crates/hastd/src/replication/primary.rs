@@ -3,22 +3,22 @@
 //! data path, runs the resync, and reconnects with backoff whenever the link
 //! dies, for as long as the resource is primary.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hast_conf::Addr;
-use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler, PeerRole};
+use hast_meta::Role;
+use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use super::auth;
-use super::link::Link;
 use super::resync::{self, Direction};
-use super::stream::{self, ConnRead};
 use super::tls::{self, SharedIdentity, TlsInfo};
-use super::wire::{read_frame, write_all};
 use crate::datapath::{DataPath, PeerState};
+use crate::link::stream::{self, ConnRead};
+use crate::link::wire::{read_frame, write_all};
+use crate::link::Link;
 
 /// Waits between connection attempts: first, then doubling up to the max.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -86,7 +86,7 @@ pub async fn run(
                 link.dead().await;
                 dp.set_link(None);
                 runner.abort();
-                dp.sync_from_peer.store(false, Relaxed);
+                dp.set_sync_from_peer(false);
                 dp.set_peer_tls(None);
                 dp.set_peer_state(PeerState::Disconnected(None));
                 if !dp.is_withdrawn() {
@@ -122,7 +122,7 @@ pub fn link_timing(cfg: &hast_conf::Resource) -> (Duration, Duration) {
 async fn finish_sync(dp: &DataPath, link: &Link, peer: &Hello) -> Result<(), String> {
     let own = dp.header().await;
     let ((p_local, p_remote), (s_local, s_remote)) =
-        hast_repl::counters_after_sync(&hello_of(&own, "", PeerRole::Primary), peer);
+        hast_repl::counters_after_sync(&hello_of(&own, "", Role::Primary), peer);
     link.sync_done(s_local, s_remote)
         .await
         .map_err(|e| format!("sync done not acknowledged: {e}"))?;
@@ -132,12 +132,12 @@ async fn finish_sync(dp: &DataPath, link: &Link, peer: &Hello) -> Result<(), Str
     })
     .await
     .map_err(|e| e.to_string())?;
-    dp.sync_from_peer.store(false, Relaxed);
-    tracing::info!(resource = %dp.name, localcnt = p_local, remotecnt = p_remote, "resync complete, copies in sync");
+    dp.set_sync_from_peer(false);
+    tracing::info!(resource = %dp.name(), localcnt = p_local, remotecnt = p_remote, "resync complete, copies in sync");
     Ok(())
 }
 
-pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
+pub fn hello_of(h: &hast_meta::Header, node: &str, role: Role) -> Hello {
     Hello {
         version: hast_repl::PROTOCOL_VERSION,
         resource: h.name.clone(),
@@ -159,7 +159,7 @@ pub fn hello_of(h: &hast_meta::Header, node: &str, role: PeerRole) -> Hello {
 
 type Connected = (
     Arc<Link>,
-    super::link::LinkTasks<tokio::io::BufReader<ConnRead>>,
+    crate::link::LinkTasks<tokio::io::BufReader<ConnRead>>,
     Decision,
     Hello,
     Option<TlsInfo>,
@@ -232,7 +232,7 @@ async fn connect(
         (rd, wr, None)
     };
     let own = dp.header().await;
-    let hello = hello_of(&own, node, PeerRole::Primary);
+    let hello = hello_of(&own, node, Role::Primary);
     // Nothing about this copy goes out before the secondary proved it holds
     // the secret: a fake secondary must not learn the hello, nor be able to
     // acknowledge a single write.
@@ -314,7 +314,7 @@ async fn connect(
         }
     }
     if decision.direction() == Some(hast_repl::Direction::SecondaryToPrimary) {
-        dp.sync_from_peer.store(true, Relaxed);
+        dp.set_sync_from_peer(true);
     }
     dp.persist_map().await.map_err(|e| e.to_string())?;
     let compression = match cfg.compression {

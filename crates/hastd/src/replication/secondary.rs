@@ -18,15 +18,16 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind, PeerRole};
+use hast_meta::Role;
+use hast_repl::{flags, Data, Direction, Hello, HelloReply, HelloStatus, Kind};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::heartbeat;
 use super::primary::{hello_of, link_timing};
-use super::stream::ConnWrite;
-use super::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 use crate::datapath::{Change, DataPath, DpError, PeerState};
+use crate::link::heartbeat;
+use crate::link::stream::ConnWrite;
+use crate::link::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 
 /// Replies queued for the writer.
 const REPLY_QUEUE_DEPTH: usize = 1024;
@@ -65,7 +66,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let own_header = dp.header().await;
-    let own = hello_of(&own_header, &node, PeerRole::Secondary);
+    let own = hello_of(&own_header, &node, Role::Secondary);
     let decision = hast_repl::accept(&hello, &own);
     let refusal = match decision {
         Ok(_) => None,
@@ -378,7 +379,7 @@ impl Session {
                         trim: h.has(flags::PUNCH),
                     }
                 };
-                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize {
+                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize() {
                     return Err(format!("replicated write beyond the end at {}", h.offset));
                 }
                 // Place in line now, in stream order.
@@ -429,7 +430,7 @@ impl Session {
                 });
             }
             Kind::Read => {
-                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize {
+                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize() {
                     return Err(format!("read beyond the end at {}", h.offset));
                 }
                 let tx = tx.clone();
@@ -486,7 +487,7 @@ impl Session {
                         map.synced(e);
                     }
                 }
-                tracing::info!(resource = %self.dp.name, localcnt, remotecnt, "resync complete, copies in sync");
+                tracing::info!(resource = %self.dp.name(), localcnt, remotecnt, "resync complete, copies in sync");
                 tx.send(reply_frame(h.seq, 0))
                     .await
                     .map_err(|_| "reply queue closed".to_string())?;
