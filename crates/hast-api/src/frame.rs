@@ -49,13 +49,13 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Envelope, Request, RoleArg};
+    use crate::{Envelope, Request, Role};
 
     #[test]
     fn round_trip() {
         let reqs = [
             Request::Role {
-                role: RoleArg::Primary,
+                role: Role::Primary,
                 names: vec!["shared".into()],
                 epoch: Some(7),
             },
@@ -80,6 +80,36 @@ mod tests {
         }
     }
 
+    /// The typed role and status travel as the strings they always were.
+    #[test]
+    fn role_and_status_strings() {
+        use crate::Status;
+        let cases = [
+            (serde_json::to_string(&Role::Init), "\"init\""),
+            (serde_json::to_string(&Role::Primary), "\"primary\""),
+            (serde_json::to_string(&Role::Secondary), "\"secondary\""),
+            (serde_json::to_string(&Status::Complete), "\"complete\""),
+            (serde_json::to_string(&Status::Degraded), "\"degraded\""),
+            (
+                serde_json::to_string(&Status::SplitBrain),
+                "\"split-brain\"",
+            ),
+            (serde_json::to_string(&Status::Inactive), "\"-\""),
+        ];
+        for (json, want) in cases {
+            assert_eq!(json.unwrap(), want);
+        }
+        for st in [
+            Status::Complete,
+            Status::Degraded,
+            Status::SplitBrain,
+            Status::Inactive,
+        ] {
+            let json = format!("\"{st}\"");
+            assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), st);
+        }
+    }
+
     /// A role request from a hastctl that predates `-E` still decodes.
     #[test]
     fn role_without_epoch_decodes() {
@@ -88,7 +118,7 @@ mod tests {
         assert_eq!(
             req.body,
             Request::Role {
-                role: RoleArg::Primary,
+                role: Role::Primary,
                 names: vec!["r0".into()],
                 epoch: None
             }

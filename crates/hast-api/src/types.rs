@@ -18,30 +18,9 @@ impl<T> Envelope<T> {
     }
 }
 
-/// A role as named on the command line and in status output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RoleArg {
-    Init,
-    Primary,
-    Secondary,
-}
-
-impl RoleArg {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoleArg::Init => "init",
-            RoleArg::Primary => "primary",
-            RoleArg::Secondary => "secondary",
-        }
-    }
-}
-
-impl std::fmt::Display for RoleArg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A role as named on the command line and in status output: the node's
+/// role, `hast_meta::Role` (serde: "init", "primary", "secondary").
+pub use hast_meta::Role;
 
 /// What `hastctl` asks. An empty `names` means every configured resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +28,7 @@ pub enum Request {
     /// `hastctl role [-E epoch]`: `epoch` is the fencing token the caller
     /// (hastmon) assigns; absent, a promotion raises the stored one by 1.
     Role {
-        role: RoleArg,
+        role: Role,
         names: Vec<String>,
         #[serde(default)]
         epoch: Option<u64>,
@@ -132,7 +111,7 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleOutcome {
     pub name: String,
-    pub result: Result<RoleArg, ApiError>,
+    pub result: Result<Role, ApiError>,
     /// The resource's epoch after the request, when known.
     #[serde(default)]
     pub epoch: Option<u64>,
@@ -146,14 +125,50 @@ pub struct LeaseOutcome {
     pub result: Result<u64, ApiError>,
 }
 
+/// Whether a resource's copies agree, as FreeBSD's `hastctl status` prints
+/// it; the JSON carries the same strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Both copies are in sync (or no peer is configured).
+    #[serde(rename = "complete")]
+    Complete,
+    /// The peer is absent or behind.
+    #[serde(rename = "degraded")]
+    Degraded,
+    /// The last handshake found both copies written alone.
+    #[serde(rename = "split-brain")]
+    SplitBrain,
+    /// The component is not open (role init).
+    #[serde(rename = "-")]
+    Inactive,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Complete => "complete",
+            Status::Degraded => "degraded",
+            Status::SplitBrain => "split-brain",
+            Status::Inactive => "-",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A snapshot of one resource, as `status` and `list` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResourceStatus {
     pub name: String,
     pub provider_name: String,
-    pub role: RoleArg,
-    /// `complete`, `degraded` or `-` (not active), as FreeBSD prints it.
-    pub status: String,
+    pub role: Role,
+    /// `complete`, `degraded`, `split-brain` or `-` (not active), as
+    /// FreeBSD prints it.
+    pub status: Status,
     pub local: String,
     /// Remote address, or `none`.
     pub remote: String,

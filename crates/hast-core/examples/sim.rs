@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! cargo run --release -p hast-core --example sim -- --seeds 100000 [--steps 2000] [--first 1]
-//! HAST_SIM_SEED=1234 cargo run -p hast-core --example sim
+//! HAST_SIM_SEED=1234 [HAST_SIM_FAULTS=crash,cut] [HAST_SIM_STEPS=900] cargo run -p hast-core --example sim
 //! ```
 //! Exits 1 at the first failing seed, printing its replay.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use hast_core::sim::{run, Config};
+use hast_core::sim::{run, shrink, Config};
 
 fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
     match args.iter().position(|a| a == name) {
@@ -45,23 +45,20 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let replay = std::env::var("HAST_SIM_SEED").ok();
-    let list: Vec<u64> = match replay.as_deref().map(str::parse::<u64>) {
-        Some(Ok(s)) => vec![s],
-        Some(Err(e)) => {
-            eprintln!("sim: HAST_SIM_SEED: {e}");
+    let configs: Vec<Config> = match Config::from_env(steps) {
+        Err(e) => {
+            eprintln!("sim: {e}");
             return ExitCode::from(64);
         }
-        None => (first..first.saturating_add(seeds)).collect(),
+        Ok(Some(cfg)) => vec![cfg],
+        Ok(None) => (first..first.saturating_add(seeds))
+            .map(|s| Config::new(s, steps))
+            .collect(),
     };
     let started = Instant::now();
     let mut total = hast_core::sim::Report::default();
-    for seed in list {
-        match run(Config {
-            seed,
-            steps,
-            verbose: replay.is_some(),
-        }) {
+    for cfg in configs {
+        match run(cfg) {
             Ok(r) => {
                 total.node_steps += r.node_steps;
                 total.acked_writes += r.acked_writes;
@@ -73,6 +70,7 @@ fn main() -> ExitCode {
                 total.steps += 1;
             }
             Err(f) => {
+                let f = if cfg.verbose { f } else { shrink(cfg, f) };
                 eprint!("{f}");
                 return ExitCode::FAILURE;
             }

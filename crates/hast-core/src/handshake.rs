@@ -3,12 +3,12 @@
 //! The decision itself is `hast_repl::decide` (pure, table-tested there);
 //! the secondary's verdict is [`crate::secondary::accept`].
 
-use hast_meta::{Header, FLAG_INCONSISTENT};
-use hast_repl::{Hello, PeerRole, PROTOCOL_VERSION};
+use hast_meta::{Header, Role, FLAG_INCONSISTENT};
+use hast_repl::{Hello, PROTOCOL_VERSION};
 
 /// The HELLO a node sends (primary) or answers with (secondary), from its
 /// current header.
-pub fn hello_of(h: &Header, node: &str, role: PeerRole) -> Hello {
+pub fn hello_of(h: &Header, node: &str, role: Role) -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
         resource: h.name.clone(),
@@ -39,7 +39,7 @@ pub struct SyncDone {
 
 impl SyncDone {
     pub fn of(primary: &Header, secondary: &Hello) -> SyncDone {
-        let own = hello_of(primary, "", PeerRole::Primary);
+        let own = hello_of(primary, "", Role::Primary);
         let (p, s) = hast_repl::counters_after_sync(&own, secondary);
         SyncDone {
             secondary: s,

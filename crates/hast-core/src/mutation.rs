@@ -17,14 +17,27 @@ pub enum Mutation {
     SkipMapFlush,
     /// The secondary accepts a primary of an older epoch.
     AcceptOlderEpoch,
+    /// The degraded period's record counts for the period current when it
+    /// is written, not the write's own, and writes of an older period go
+    /// alone (hastd's one flag before seed 38).
+    RecordForCurrentPeriod,
+    /// A write that began before a handshake goes alone after it (hastd
+    /// before seed 3273).
+    GoAloneAcrossHandshake,
+    /// SYNC_DONE goes while writes that began before the link are still in
+    /// flight (hastd before seed 481).
+    SyncDoneBeforeOlderWrites,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 4] = [
+    pub const ALL: [Mutation; 7] = [
         Mutation::AckBeforeReply,
         Mutation::ClearWithoutPeerFlush,
         Mutation::SkipMapFlush,
         Mutation::AcceptOlderEpoch,
+        Mutation::RecordForCurrentPeriod,
+        Mutation::GoAloneAcrossHandshake,
+        Mutation::SyncDoneBeforeOlderWrites,
     ];
 }
 

@@ -119,9 +119,10 @@ impl Order {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hast_repl::{PeerRole, PROTOCOL_VERSION};
+    use hast_meta::Role;
+    use hast_repl::PROTOCOL_VERSION;
 
-    fn hello(role: PeerRole, epoch: u64) -> Hello {
+    fn hello(role: Role, epoch: u64) -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
             resource: "r0".into(),
@@ -139,17 +140,14 @@ mod tests {
 
     #[test]
     fn epoch_fencing() {
-        let own = hello(PeerRole::Secondary, 5);
+        let own = hello(Role::Secondary, 5);
         assert_eq!(
-            accept(&hello(PeerRole::Primary, 4), &own),
+            accept(&hello(Role::Primary, 4), &own),
             Err(HelloStatus::StaleEpoch)
         );
-        assert_eq!(
-            accept(&hello(PeerRole::Primary, 5), &own),
-            Ok(Decision::Merge)
-        );
-        assert!(!must_adopt_epoch(&hello(PeerRole::Primary, 5), &own));
-        assert!(must_adopt_epoch(&hello(PeerRole::Primary, 6), &own));
+        assert_eq!(accept(&hello(Role::Primary, 5), &own), Ok(Decision::Merge));
+        assert!(!must_adopt_epoch(&hello(Role::Primary, 5), &own));
+        assert!(must_adopt_epoch(&hello(Role::Primary, 6), &own));
     }
 
     #[test]

@@ -61,7 +61,9 @@ pub enum Action {
     /// (only with `reroute`) or [`Event::Shutdown`].
     Hold { reroute: bool },
     /// Make `localcnt` one higher than the peer has seen, durably, once per
-    /// degraded period. Answer with [`Event::Recorded`].
+    /// degraded period ([`DegradedPeriods`]). Answer with
+    /// [`Event::Recorded`], or [`Event::Superseded`] when the write may not
+    /// go alone any more (a handshake began since it started).
     RecordDegraded,
     /// Set the range's activemap bits; with `wait`, wait until they are
     /// durable. Answer with [`Event::Marked`].
@@ -100,6 +102,8 @@ pub enum Event {
     Rerouted,
     Shutdown,
     Recorded(bool),
+    /// A handshake began since the write started: it may not go alone.
+    Superseded,
     Marked(bool),
     Sent(bool),
     Applied(Result<(), Failure>),
@@ -254,6 +258,25 @@ impl WriteOp {
                 self.stage = S::HoldAfterSend;
                 Action::Hold { reroute: false }
             }
+            (S::RecordBefore, E::Superseded) => {
+                // Wait for the handshake's outcome; take the link if it came.
+                self.stage = S::HoldBefore;
+                Action::Hold { reroute: true }
+            }
+            (S::RecordAfterSend, E::Superseded) => {
+                self.stage = S::HoldAfterSend;
+                Action::Hold { reroute: true }
+            }
+            (S::HoldAfterSend, E::Rerouted) => {
+                self.remote = true;
+                self.send_or_apply()
+            }
+            (S::RecordAfterRemote, E::Superseded) => {
+                // Applied here alone, and the counters the new handshake
+                // read do not say so: its resync may overwrite it. Not
+                // acknowledged.
+                self.abort(Failure::Io)
+            }
             (S::HoldAfterSend, E::Fenced) => {
                 self.stage = S::RecordAfterSend;
                 Action::RecordDegraded
@@ -291,12 +314,13 @@ impl WriteOp {
             (S::WaitReceived, E::Received(false)) => self.remote_done(false),
             (S::Polling, E::Polled(Some(ok))) => self.remote_done(ok),
             (S::Polling, E::Polled(None)) => {
-                // Answer now; the REPLY is recorded when it comes.
+                // Answer now; the REPLY is recorded when it comes. Counted
+                // as answered from here, whatever the driver feeds next.
                 self.stage = S::Answering;
+                self.answered = true;
                 Action::Reply(self.local())
             }
             (S::Answering, E::Answered) => {
-                self.answered = true;
                 self.stage = S::WaitReply;
                 Action::AwaitReply
             }
@@ -332,22 +356,35 @@ impl WriteOp {
     }
 }
 
-/// Degraded periods, for [`Action::RecordDegraded`]: `localcnt` is bumped
-/// once per period in which this copy writes without its peer. A period
-/// begins each time a link is installed. A write belongs to the period it
-/// started in: one that started while no link was up and records after a
-/// new link came does not count for the new period, or a later loss of that
-/// link would let this copy write alone with counters that do not say so —
-/// and the next handshake would take a split-brain for a plain resync.
-/// (Found by the simulator, seed 38: the old single flag was set by such a
-/// late write during the in-sync period, so after the next cut nothing was
-/// recorded.) The driver reads `current` before it looks for the link, and
-/// calls `linked` after installing one.
+/// Degraded periods, for [`Action::RecordDegraded`]: when a write may go to
+/// this copy alone, and whether it must bump `localcnt` first.
+///
+/// `localcnt` is bumped once per period in which this copy writes without
+/// its peer, before the first such write is applied. A period begins with
+/// each handshake (the hello reads the counters), and a write belongs to the
+/// period it began in. Two rules, each found by the simulator:
+///
+/// - **A write of an older period records nothing for the current one**
+///   (seed 38). With one flag reset when a link came, a write that began
+///   alone and recorded just after a new link set the flag for the in-sync
+///   period; after the next cut this copy wrote alone without a bump, and a
+///   split-brain was later taken for a plain resync.
+/// - **No write goes alone across a handshake** (seed 3273). A write that
+///   began without the link but had not recorded when the hello was built
+///   bumped `localcnt` after it; the handshake had decided from the older
+///   counters that the peer was newer, and the resync copied the peer's
+///   extent over the write, acknowledged meanwhile. Now a write may go alone
+///   only in the period it began in and while no handshake is under way
+///   ([`DegradedPeriods::may_go_alone`], checked together with the record,
+///   under the lock the hello is read under); otherwise it waits for the
+///   handshake's outcome and takes the link if one came
+///   ([`Event::Superseded`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DegradedPeriods {
     current: u64,
     /// The period whose bump is durable; `None` before any.
     recorded: Option<u64>,
+    handshaking: bool,
 }
 
 impl DegradedPeriods {
@@ -356,10 +393,27 @@ impl DegradedPeriods {
         self.current
     }
 
-    /// A link was installed: the next write without the peer begins a new
-    /// degraded period.
-    pub fn linked(&mut self) {
+    /// A handshake begins, before the hello is built from the header.
+    pub fn begin_handshake(&mut self) {
         self.current += 1;
+        self.handshaking = true;
+    }
+
+    /// The handshake ended: a link was installed, or the attempt failed.
+    pub fn end_handshake(&mut self) {
+        self.handshaking = false;
+    }
+
+    pub fn handshaking(&self) -> bool {
+        self.handshaking
+    }
+
+    /// Whether a write of `period` may go to this copy alone now.
+    pub fn may_go_alone(&self, period: u64) -> bool {
+        !self.handshaking
+            && (period == self.current
+                || planted(Mutation::GoAloneAcrossHandshake)
+                || planted(Mutation::RecordForCurrentPeriod))
     }
 
     /// Whether a write of `period` must still bump `localcnt`.
@@ -369,6 +423,11 @@ impl DegradedPeriods {
 
     /// The bump for `period` is durable.
     pub fn recorded(&mut self, period: u64) {
+        let period = if planted(Mutation::RecordForCurrentPeriod) {
+            self.current
+        } else {
+            period
+        };
         self.recorded = Some(self.recorded.map_or(period, |r| r.max(period)));
     }
 }

@@ -36,8 +36,12 @@ const SUFFIX_LEN: usize = 77;
 const CRC_LEN: usize = 4;
 const SLOT_LEN: usize = SLOT_SIZE as usize;
 
-/// The role a node had when the header was last written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A node's role for a resource: the one type for it in hast. The header
+/// records the role a node had when it was last written (`prevrole`), the
+/// HELLO announces it (`hast-repl`), the control API carries it (`hast-api`,
+/// serde: "init", "primary", "secondary"); each encodes it its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Init,
     Primary,
@@ -45,6 +49,14 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Init => "init",
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Role::Init => 0,
@@ -65,11 +77,7 @@ impl Role {
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Init => "init",
-            Role::Primary => "primary",
-            Role::Secondary => "secondary",
-        })
+        f.write_str(self.as_str())
     }
 }
 

@@ -21,7 +21,10 @@ pub enum RunState {
     Failing,
 }
 
-/// hastmon's role for one resource on one node.
+/// hastmon's role for one resource on one node. Not `hast_meta::Role`:
+/// hastmon's own protocol has a fourth role (`Watchdog`, a node that only
+/// watches) and encodes it with serde in its messages, so it stays its own
+/// type; hastd's roles are the three of the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

@@ -14,9 +14,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// hastd's role (`hast_meta::Role`) as its status reports it, beside
+// hastmon's own `Role` (which has `Watchdog` too).
 use hast_api::{
     decode_body, decode_len, encode, ApiError, Envelope, Request, ResourceStatus, Response,
-    RoleArg, HEADER_LEN,
+    Role as HastdRole, HEADER_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -140,9 +142,9 @@ fn api_error(e: &ApiError) -> String {
 /// ready to take over.
 pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checked {
     let storage_role = match st.role {
-        RoleArg::Init => Role::Init,
-        RoleArg::Primary => Role::Primary,
-        RoleArg::Secondary => Role::Secondary,
+        HastdRole::Init => Role::Init,
+        HastdRole::Primary => Role::Primary,
+        HastdRole::Secondary => Role::Secondary,
     };
     let epoch = st.epoch.unwrap_or(0);
     let fail = |why: String| Checked {
@@ -150,7 +152,7 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
         storage: (storage_role, epoch),
     };
     if role == Role::Primary {
-        if st.role != RoleArg::Primary {
+        if st.role != HastdRole::Primary {
             return fail(format!("hastd holds {} as {}", st.name, st.role));
         }
         if let Some(ms) = st
@@ -162,7 +164,7 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
                 st.name
             ));
         }
-        let line = if st.status == "complete" {
+        let line = if st.status == hast_api::Status::Complete {
             format!("in-sync {epoch} {}", st.fence.map_or(0, |f| f.generation))
         } else {
             String::new()
@@ -175,7 +177,7 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
             storage: (storage_role, epoch),
         };
     }
-    if st.role != RoleArg::Secondary {
+    if st.role != HastdRole::Secondary {
         return fail(format!("hastd holds {} as {}", st.name, st.role));
     }
     if st.meta.as_ref().is_some_and(|m| m.inconsistent) {
@@ -195,7 +197,7 @@ mod tests {
     use super::*;
     use hast_api::{FenceStatus, MetaStatus};
 
-    fn status(role: RoleArg, status: &str, inconsistent: bool) -> ResourceStatus {
+    fn status(role: HastdRole, status: &str, inconsistent: bool) -> ResourceStatus {
         let json = serde_json::json!({
             "name": "r0", "provider_name": "hast/r0", "role": role, "status": status,
             "local": "/dev/x", "remote": "tcp://b", "replication": "fullsync",
@@ -227,7 +229,7 @@ mod tests {
 
     #[test]
     fn verdict_table() {
-        use RoleArg::{Init, Primary, Secondary};
+        use HastdRole::{Init, Primary, Secondary};
         // (hastmon's role, hastd's role, status, inconsistent, ok, line)
         let cases = [
             (

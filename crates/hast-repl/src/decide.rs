@@ -43,7 +43,9 @@
 //! secondary never as a source.
 
 pub use crate::decision::{Decision, Direction};
-use crate::hello::{Hello, HelloReply, HelloStatus, PeerRole, PROTOCOL_VERSION};
+use hast_meta::Role;
+
+use crate::hello::{Hello, HelloReply, HelloStatus, PROTOCOL_VERSION};
 
 // Here rather than in `decision.rs`: the status is the hello's vocabulary.
 impl Decision {
@@ -99,11 +101,11 @@ pub fn accept(primary: &Hello, secondary: &Hello) -> Result<Decision, HelloStatu
         return Err(HelloStatus::UnknownResource);
     }
     match secondary.role {
-        PeerRole::Secondary => {}
-        PeerRole::Primary => return Err(HelloStatus::BothPrimary),
-        PeerRole::Init => return Err(HelloStatus::NotSecondary),
+        Role::Secondary => {}
+        Role::Primary => return Err(HelloStatus::BothPrimary),
+        Role::Init => return Err(HelloStatus::NotSecondary),
     }
-    if primary.role != PeerRole::Primary {
+    if primary.role != Role::Primary {
         return Err(HelloStatus::PeerRefused);
     }
     // Fencing: a primary from an older epoch has been superseded.
@@ -165,7 +167,7 @@ mod tests {
     const UID: u64 = 0xfeed;
     const GIB: u64 = 1 << 30;
 
-    fn node(role: PeerRole, resuid: u64, local: u64, remote: u64) -> Hello {
+    fn node(role: Role, resuid: u64, local: u64, remote: u64) -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
             resource: "shared".into(),
@@ -224,15 +226,15 @@ mod tests {
     fn decision_table() {
         assert!(ROWS.len() >= 20);
         for &(name, puid, pl, pr, suid, sl, sr, want) in ROWS {
-            let p = node(PeerRole::Primary, puid, pl, pr);
-            let s = node(PeerRole::Secondary, suid, sl, sr);
+            let p = node(Role::Primary, puid, pl, pr);
+            let s = node(Role::Secondary, suid, sl, sr);
             assert_eq!(decide(&p, &s), want, "{name}");
         }
     }
 
     #[test]
     fn size_mismatch_rows() {
-        let p = node(PeerRole::Primary, UID, 3, 3);
+        let p = node(Role::Primary, UID, 3, 3);
         #[rustfmt::skip]
         let cases: [(&str, u64, u64, u32, Decision); 5] = [
             ("datasize", UID, GIB * 2, 2 << 20, SizeMismatch),
@@ -246,7 +248,7 @@ mod tests {
             let s = Hello {
                 datasize,
                 extentsize,
-                ..node(PeerRole::Secondary, suid, 3, 3)
+                ..node(Role::Secondary, suid, 3, 3)
             };
             assert_eq!(decide(&p, &s), want, "{name}");
         }
@@ -258,8 +260,8 @@ mod tests {
             if d.direction().is_none() {
                 continue;
             }
-            let p = node(PeerRole::Primary, puid, pl, pr);
-            let s = node(PeerRole::Secondary, suid, sl, sr);
+            let p = node(Role::Primary, puid, pl, pr);
+            let s = node(Role::Secondary, suid, sl, sr);
             let ((pl2, pr2), (sl2, sr2)) = counters_after_sync(&p, &s);
             assert_eq!((pl2, sr2), (pl, pl), "{name}: primary's changes seen");
             assert_eq!((sl2, pr2), (sl, sl), "{name}: secondary's changes seen");
@@ -304,8 +306,8 @@ mod tests {
 
     #[test]
     fn accept_table() {
-        let p = node(PeerRole::Primary, UID, 4, 3);
-        let s = node(PeerRole::Secondary, UID, 3, 3);
+        let p = node(Role::Primary, UID, 4, 3);
+        let s = node(Role::Secondary, UID, 3, 3);
         let inc = |h: &Hello| Hello {
             inconsistent: true,
             ..h.clone()
@@ -315,28 +317,28 @@ mod tests {
             ("ok", p.clone(), s.clone(), Ok(SyncToSecondary)),
             ("version", Hello { version: PROTOCOL_VERSION + 1, ..p.clone() }, s.clone(), Err(HelloStatus::VersionMismatch)),
             ("resource", Hello { resource: "other".into(), ..p.clone() }, s.clone(), Err(HelloStatus::UnknownResource)),
-            ("both primary", p.clone(), Hello { role: PeerRole::Primary, ..s.clone() }, Err(HelloStatus::BothPrimary)),
-            ("secondary in init", p.clone(), Hello { role: PeerRole::Init, ..s.clone() }, Err(HelloStatus::NotSecondary)),
-            ("peer not primary", Hello { role: PeerRole::Secondary, ..p.clone() }, s.clone(), Err(HelloStatus::PeerRefused)),
+            ("both primary", p.clone(), Hello { role: Role::Primary, ..s.clone() }, Err(HelloStatus::BothPrimary)),
+            ("secondary in init", p.clone(), Hello { role: Role::Init, ..s.clone() }, Err(HelloStatus::NotSecondary)),
+            ("peer not primary", Hello { role: Role::Secondary, ..p.clone() }, s.clone(), Err(HelloStatus::PeerRefused)),
             ("stale epoch", p.clone(), Hello { epoch: 2, ..s.clone() }, Err(HelloStatus::StaleEpoch)),
             ("newer epoch", Hello { epoch: 5, ..p.clone() }, s.clone(), Ok(SyncToSecondary)),
-            ("split-brain", node(PeerRole::Primary, UID, 4, 2), s.clone(), Err(HelloStatus::SplitBrain)),
-            ("resuid", node(PeerRole::Primary, UID + 1, 4, 3), s.clone(), Err(HelloStatus::ResuidMismatch)),
+            ("split-brain", node(Role::Primary, UID, 4, 2), s.clone(), Err(HelloStatus::SplitBrain)),
+            ("resuid", node(Role::Primary, UID + 1, 4, 3), s.clone(), Err(HelloStatus::ResuidMismatch)),
             ("size", p.clone(), Hello { datasize: 4096, ..s.clone() }, Err(HelloStatus::SizeMismatch)),
             // An inconsistent secondary resumes as the target.
             ("inconsistent secondary resumes sync", p.clone(), inc(&s), Ok(SyncToSecondary)),
-            ("inconsistent secondary, equal counters: merge", node(PeerRole::Primary, UID, 3, 3), inc(&s), Ok(Merge)),
-            ("inconsistent fresh secondary", p.clone(), inc(&node(PeerRole::Secondary, 0, 0, 0)), Ok(FullSync)),
+            ("inconsistent secondary, equal counters: merge", node(Role::Primary, UID, 3, 3), inc(&s), Ok(Merge)),
+            ("inconsistent fresh secondary", p.clone(), inc(&node(Role::Secondary, 0, 0, 0)), Ok(FullSync)),
             // ... but is never a source.
-            ("inconsistent secondary as source", node(PeerRole::Primary, UID, 3, 2), inc(&s), Err(HelloStatus::PeerRefused)),
-            ("inconsistent secondary, anomaly source", node(PeerRole::Primary, UID, 2, 2), inc(&s), Err(HelloStatus::PeerRefused)),
+            ("inconsistent secondary as source", node(Role::Primary, UID, 3, 2), inc(&s), Err(HelloStatus::PeerRefused)),
+            ("inconsistent secondary, anomaly source", node(Role::Primary, UID, 2, 2), inc(&s), Err(HelloStatus::PeerRefused)),
             // An inconsistent primary only as the target.
-            ("inconsistent primary as target", inc(&node(PeerRole::Primary, UID, 3, 2)), s.clone(), Ok(SyncFromSecondary)),
-            ("inconsistent primary, anomaly target", inc(&node(PeerRole::Primary, UID, 2, 2)), s.clone(), Ok(FullSyncAnomalyFromSecondary)),
-            ("inconsistent primary, merge", inc(&node(PeerRole::Primary, UID, 3, 3)), s.clone(), Err(HelloStatus::PeerRefused)),
+            ("inconsistent primary as target", inc(&node(Role::Primary, UID, 3, 2)), s.clone(), Ok(SyncFromSecondary)),
+            ("inconsistent primary, anomaly target", inc(&node(Role::Primary, UID, 2, 2)), s.clone(), Ok(FullSyncAnomalyFromSecondary)),
+            ("inconsistent primary, merge", inc(&node(Role::Primary, UID, 3, 3)), s.clone(), Err(HelloStatus::PeerRefused)),
             ("inconsistent primary, to secondary", inc(&p), s.clone(), Err(HelloStatus::PeerRefused)),
-            ("inconsistent primary, fresh secondary", inc(&p), node(PeerRole::Secondary, 0, 0, 0), Err(HelloStatus::PeerRefused)),
-            ("both inconsistent", inc(&node(PeerRole::Primary, UID, 3, 2)), inc(&s), Err(HelloStatus::PeerRefused)),
+            ("inconsistent primary, fresh secondary", inc(&p), node(Role::Secondary, 0, 0, 0), Err(HelloStatus::PeerRefused)),
+            ("both inconsistent", inc(&node(Role::Primary, UID, 3, 2)), inc(&s), Err(HelloStatus::PeerRefused)),
         ];
         for (name, p, s, want) in cases {
             assert_eq!(accept(&p, &s), want, "{name}");
@@ -345,15 +347,15 @@ mod tests {
 
     #[test]
     fn verify_reply_table() {
-        let p = node(PeerRole::Primary, UID, 4, 3);
-        let s = node(PeerRole::Secondary, UID, 3, 3);
+        let p = node(Role::Primary, UID, 4, 3);
+        let s = node(Role::Secondary, UID, 3, 3);
         let reply = |status, hello: Option<&Hello>, decision| HelloReply {
             status,
             message: String::new(),
             hello: hello.cloned(),
             decision,
         };
-        let split = node(PeerRole::Secondary, UID, 5, 3);
+        let split = node(Role::Secondary, UID, 5, 3);
         #[rustfmt::skip]
         let cases: Vec<(&str, HelloReply, Result<Decision, HelloStatus>)> = vec![
             ("agree", reply(HelloStatus::Ok, Some(&s), Some(SyncToSecondary)), Ok(SyncToSecondary)),
@@ -377,8 +379,8 @@ mod tests {
         #[test]
         fn invariants(pl in 0u64..6, pr in 0u64..6, sl in 0u64..6, sr in 0u64..6, fresh in any::<bool>(),
                       pinc in any::<bool>(), sinc in any::<bool>()) {
-            let p = Hello { inconsistent: pinc, ..node(PeerRole::Primary, UID, pl, pr) };
-            let s = Hello { inconsistent: sinc, ..node(PeerRole::Secondary, if fresh { 0 } else { UID }, sl, sr) };
+            let p = Hello { inconsistent: pinc, ..node(Role::Primary, UID, pl, pr) };
+            let s = Hello { inconsistent: sinc, ..node(Role::Secondary, if fresh { 0 } else { UID }, sl, sr) };
             let d = decide(&p, &s);
             if !fresh {
                 prop_assert_eq!(d == SplitBrain, sl > pr && pl > sr);

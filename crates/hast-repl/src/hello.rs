@@ -20,6 +20,8 @@
 
 use std::fmt;
 
+use hast_meta::Role;
+
 use crate::decision::Decision;
 use crate::error::ReplError;
 
@@ -35,40 +37,23 @@ pub const MESSAGE_MAX: usize = 1024;
 
 const INCONSISTENT: u8 = 0x01;
 
-/// The role a node announces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PeerRole {
-    Init,
-    Primary,
-    Secondary,
-}
-
-impl PeerRole {
-    fn code(self) -> u8 {
-        match self {
-            PeerRole::Init => 0,
-            PeerRole::Primary => 1,
-            PeerRole::Secondary => 2,
-        }
-    }
-
-    fn from_code(code: u8) -> Option<PeerRole> {
-        match code {
-            0 => Some(PeerRole::Init),
-            1 => Some(PeerRole::Primary),
-            2 => Some(PeerRole::Secondary),
-            _ => None,
-        }
+/// The role byte of a HELLO. The role is the header's (`hast_meta::Role`,
+/// one type for the concept); its encoding here is this protocol's own and
+/// stays here, even where the values happen to match the header's.
+fn role_code(role: Role) -> u8 {
+    match role {
+        Role::Init => 0,
+        Role::Primary => 1,
+        Role::Secondary => 2,
     }
 }
 
-impl fmt::Display for PeerRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PeerRole::Init => "init",
-            PeerRole::Primary => "primary",
-            PeerRole::Secondary => "secondary",
-        })
+fn role_of(code: u8) -> Option<Role> {
+    match code {
+        0 => Some(Role::Init),
+        1 => Some(Role::Primary),
+        2 => Some(Role::Secondary),
+        _ => None,
     }
 }
 
@@ -80,7 +65,7 @@ pub struct Hello {
     pub resource: String,
     /// 1..=255 bytes.
     pub node: String,
-    pub role: PeerRole,
+    pub role: Role,
     pub resuid: u64,
     pub localcnt: u64,
     pub remotecnt: u64,
@@ -109,7 +94,7 @@ impl Hello {
 
     fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.version.to_le_bytes());
-        out.push(self.role.code());
+        out.push(role_code(self.role));
         out.push(if self.inconsistent { INCONSISTENT } else { 0 });
         for v in [self.resuid, self.localcnt, self.remotecnt, self.datasize] {
             out.extend_from_slice(&v.to_le_bytes());
@@ -133,7 +118,7 @@ impl Hello {
     fn read(r: &mut Reader<'_>) -> Result<Hello, ReplError> {
         let version = r.u32()?;
         let role_code = r.u8()?;
-        let role = PeerRole::from_code(role_code).ok_or(r.bad_code("role", role_code))?;
+        let role = role_of(role_code).ok_or(r.bad_code("role", role_code))?;
         let fl = r.u8()?;
         if fl & !INCONSISTENT != 0 {
             return Err(r.bad_code("flags", fl));
@@ -423,7 +408,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             resource: "shared".into(),
             node: "hasta.example.net".into(),
-            role: PeerRole::Primary,
+            role: Role::Primary,
             resuid: 0x1234_5678_9abc_def0,
             localcnt: 3,
             remotecnt: 2,
@@ -443,7 +428,7 @@ mod tests {
         let long = Hello {
             resource: "r".repeat(RESOURCE_MAX),
             node: "n".repeat(NODE_MAX),
-            role: PeerRole::Secondary,
+            role: Role::Secondary,
             inconsistent: false,
             ..h
         };
@@ -503,7 +488,7 @@ mod tests {
                 status: HelloStatus::Ok,
                 message: String::new(),
                 hello: Some(Hello {
-                    role: PeerRole::Secondary,
+                    role: Role::Secondary,
                     ..sample()
                 }),
                 decision: Some(Decision::SyncToSecondary),
@@ -602,7 +587,7 @@ mod tests {
         ) {
             prop_assume!(node.len() <= NODE_MAX);
             let h = Hello {
-                version, resource, node, role: PeerRole::from_code(role).unwrap(),
+                version, resource, node, role: role_of(role).unwrap(),
                 resuid: nums[0], localcnt: nums[1], remotecnt: nums[2], datasize: nums[3],
                 extentsize, epoch: nums[4], inconsistent,
             };

@@ -32,5 +32,5 @@ pub use frame::{
     Data, FrameHeader, Kind, DATA_MAX, GOODBYE_MAX, HEADER_LEN, HELLO_MAX, LZ4_PREFIX_LEN, MAGIC,
     MAP_CHUNK_MAX, MAP_MAX, PAYLOAD_MAX, SYNC_DONE_LEN, VERSION,
 };
-pub use hello::{Hello, HelloReply, HelloStatus, PeerRole, PROTOCOL_VERSION};
+pub use hello::{Hello, HelloReply, HelloStatus, PROTOCOL_VERSION};
 pub use map::{map_chunks, MapAssembler};

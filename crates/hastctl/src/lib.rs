@@ -11,7 +11,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use hast_api::{Request, Response, RoleArg};
+use hast_api::{Request, Response, Role};
 
 /// sysexits(3) codes.
 mod exit {
@@ -88,7 +88,7 @@ enum Cmd {
         #[arg(short = 'E', long = "epoch", value_name = "epoch")]
         epoch: Option<u64>,
         #[arg(value_parser = parse_role)]
-        role: RoleArg,
+        role: Role,
         #[arg(required = true, value_name = "all | name")]
         names: Vec<String>,
     },
@@ -133,11 +133,11 @@ enum Cmd {
     },
 }
 
-fn parse_role(s: &str) -> Result<RoleArg, String> {
+fn parse_role(s: &str) -> Result<Role, String> {
     match s {
-        "init" => Ok(RoleArg::Init),
-        "primary" => Ok(RoleArg::Primary),
-        "secondary" => Ok(RoleArg::Secondary),
+        "init" => Ok(Role::Init),
+        "primary" => Ok(Role::Primary),
+        "secondary" => Ok(Role::Secondary),
         _ => Err(format!("invalid role \"{s}\" (init, primary or secondary)")),
     }
 }
@@ -328,7 +328,7 @@ fn call(common: &Common, cfg: &hast_conf::Config, req: Request) -> Res<Response>
     }
 }
 
-fn set_role(common: &Common, role: RoleArg, epoch: Option<u64>, names: &[String]) -> Res {
+fn set_role(common: &Common, role: Role, epoch: Option<u64>, names: &[String]) -> Res {
     let cfg = load(common)?;
     // Check names locally first so a typo changes nothing anywhere.
     select(&cfg, names)?;

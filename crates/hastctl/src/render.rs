@@ -105,7 +105,7 @@ pub fn list(list: &[ResourceStatus]) -> String {
         if let Some(e) = r.epoch {
             let _ = writeln!(s, "  epoch: {e}");
         }
-        if r.role == hast_api::RoleArg::Primary {
+        if r.role == hast_api::Role::Primary {
             match r.lease_ms {
                 Some(ms) => {
                     let _ = writeln!(s, "  lease: {ms} ms left");

@@ -16,7 +16,7 @@
 //!
 //! An epoch never goes down: every row yields at least `current`.
 
-use hast_api::RoleArg;
+use hast_api::Role;
 
 /// A promotion asked for an epoch older than the one this copy has seen:
 /// some other node was made primary in a later epoch.
@@ -30,37 +30,37 @@ pub struct StaleEpoch {
 /// The epoch the resource holds after a request to go to `target` while in
 /// `now`, with `current` stored and `requested` given by `-E`.
 pub fn after_role_request(
-    now: RoleArg,
-    target: RoleArg,
+    now: Role,
+    target: Role,
     current: u64,
     requested: Option<u64>,
 ) -> Result<u64, StaleEpoch> {
     match (target, requested) {
-        (RoleArg::Primary, Some(e)) if e < current => Err(StaleEpoch {
+        (Role::Primary, Some(e)) if e < current => Err(StaleEpoch {
             requested: e,
             current,
         }),
-        (RoleArg::Primary, Some(e)) => Ok(e),
-        (RoleArg::Primary, None) if now == RoleArg::Primary => Ok(current),
+        (Role::Primary, Some(e)) => Ok(e),
+        (Role::Primary, None) if now == Role::Primary => Ok(current),
         // A promotion by hand starts a new epoch, so that a node that was
         // primary before refuses nothing from this one and this one refuses
         // the old primary. Saturates rather than wrapping back to 0.
-        (RoleArg::Primary, None) => Ok(current.saturating_add(1)),
-        (RoleArg::Secondary | RoleArg::Init, Some(e)) => Ok(e.max(current)),
-        (RoleArg::Secondary | RoleArg::Init, None) => Ok(current),
+        (Role::Primary, None) => Ok(current.saturating_add(1)),
+        (Role::Secondary | Role::Init, Some(e)) => Ok(e.max(current)),
+        (Role::Secondary | Role::Init, None) => Ok(current),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use RoleArg::{Init, Primary, Secondary};
+    use Role::{Init, Primary, Secondary};
 
     /// (name, role now, target, stored epoch, `-E`, expected)
     type Row = (
         &'static str,
-        RoleArg,
-        RoleArg,
+        Role,
+        Role,
         u64,
         Option<u64>,
         Result<u64, StaleEpoch>,

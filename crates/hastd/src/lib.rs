@@ -14,6 +14,7 @@ mod daemon;
 mod datapath;
 mod epoch;
 mod hook;
+mod link;
 mod nbdfront;
 mod nbdtls;
 mod replication;

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::datapath::{Change, DataPath, DpError};
+use crate::datapath::{Change, DataPath, DpError, Runs, Zeroing};
 use crate::nbdtls::NbdTls;
 
 /// NBD connections served at once per listener; more are refused.
@@ -141,7 +141,7 @@ impl Exports for Registry {
 
 impl NbdExport {
     fn new(dp: Arc<DataPath>) -> NbdExport {
-        dp.counters.connections.fetch_add(1, Relaxed);
+        dp.connection_opened();
         NbdExport { dp }
     }
 
@@ -158,7 +158,7 @@ impl NbdExport {
 
 impl Drop for NbdExport {
     fn drop(&mut self) {
-        self.dp.counters.connections.fetch_sub(1, Relaxed);
+        self.dp.connection_closed();
     }
 }
 
@@ -177,7 +177,7 @@ fn errno(e: DpError) -> Errno {
 
 impl Export for NbdExport {
     fn info(&self) -> ExportInfo {
-        let mut info = ExportInfo::new(self.dp.datasize);
+        let mut info = ExportInfo::new(self.dp.datasize());
         // One shared descriptor and a resource-wide flush: a FLUSH on any
         // connection covers writes completed on all of them.
         info.can_multi_conn = true;
@@ -188,7 +188,7 @@ impl Export for NbdExport {
         info.min_block = 1;
         info.preferred_block = 4096;
         info.max_block = NBD_PAYLOAD_MAX;
-        info.description = Some(format!("hast resource {}", self.dp.name));
+        info.description = Some(format!("hast resource {}", self.dp.name()));
         info
     }
 
@@ -224,7 +224,13 @@ impl Export for NbdExport {
             self.dp
                 .zero(
                     offset,
-                    Change::write_zeroes(u64::from(len), may_trim, fast_only),
+                    Change::write_zeroes(
+                        u64::from(len),
+                        Zeroing {
+                            punch: may_trim,
+                            fast_only,
+                        },
+                    ),
                     fua,
                 )
                 .await,
@@ -243,7 +249,11 @@ impl Export for NbdExport {
     ) -> Result<Vec<BlockExtent>, Errno> {
         let runs = self
             .dp
-            .allocation(offset, u64::from(len), req_one)
+            .allocation(
+                offset,
+                u64::from(len),
+                if req_one { Runs::First } else { Runs::All },
+            )
             .await
             .map_err(errno)?;
         Ok(runs

@@ -16,21 +16,18 @@
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hast_api::{
-    ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, RoleArg, Stats, SyncProgress,
-};
+use hast_api::{ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, Stats, Status};
 use hast_meta::{MetaError, Role, Store};
 use hast_repl::{Hello, HelloStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::datapath::{DataPath, PeerState, Side};
+use crate::link::stream::{ConnRead, ConnWrite};
 use crate::nbdfront::Registry;
-use crate::replication::stream::{ConnRead, ConnWrite};
 use crate::replication::tls::TlsInfo;
 use crate::replication::{primary, secondary};
 
@@ -49,11 +46,11 @@ pub struct PeerConn {
 
 /// The answer to a role request: the role and the epoch held after it
 /// (`None` only for an init component whose metadata cannot be read).
-pub type RoleReply = Result<(RoleArg, Option<u64>), ApiError>;
+pub type RoleReply = Result<(Role, Option<u64>), ApiError>;
 
 pub enum Command {
     /// A role, and the epoch `hastctl role -E` gave.
-    Role(RoleArg, Option<u64>, oneshot::Sender<RoleReply>),
+    Role(Role, Option<u64>, oneshot::Sender<RoleReply>),
     /// A lease of this many milliseconds for a primary (`hastctl lease -t`),
     /// ending no later than the CLOCK_MONOTONIC instant (ns) given.
     Lease(u64, Option<u64>, oneshot::Sender<Result<u64, ApiError>>),
@@ -124,11 +121,11 @@ enum State {
 }
 
 impl State {
-    fn role(&self) -> RoleArg {
+    fn role(&self) -> Role {
         match self {
-            State::Init => RoleArg::Init,
-            State::Primary { .. } => RoleArg::Primary,
-            State::Secondary { .. } => RoleArg::Secondary,
+            State::Init => Role::Init,
+            State::Primary { .. } => Role::Primary,
+            State::Secondary { .. } => Role::Secondary,
         }
     }
 
@@ -194,7 +191,7 @@ impl ResourceTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             let lease = match &self.state {
-                State::Primary { dp, .. } => dp.lease.deadline(),
+                State::Primary { dp, .. } => dp.lease().deadline(),
                 _ => None,
             };
             let cmd = tokio::select! {
@@ -237,7 +234,7 @@ impl ResourceTask {
                 Command::Peer(conn) => self.peer(*conn).await,
                 Command::Stop(reply) => {
                     let was = self.state.role();
-                    match self.set_role(RoleArg::Init, None).await {
+                    match self.set_role(Role::Init, None).await {
                         Ok((role, epoch)) if was != role => self.log_role(role, epoch),
                         Ok(_) => {}
                         Err(e) => {
@@ -250,11 +247,11 @@ impl ResourceTask {
             }
         }
         // The daemon dropped us without a Stop: still leave the disk clean.
-        let _ = self.set_role(RoleArg::Init, None).await;
+        let _ = self.set_role(Role::Init, None).await;
     }
 
     /// The line a checker of "one primary per epoch" parses; keep its shape.
-    fn log_role(&self, role: RoleArg, epoch: Option<u64>) {
+    fn log_role(&self, role: Role, epoch: Option<u64>) {
         match epoch {
             Some(epoch) => {
                 tracing::info!(resource = %self.config.name, role = %role, epoch, "role changed")
@@ -282,7 +279,7 @@ impl ResourceTask {
         // Converted first, then `now`: the conversion errs early, never late.
         let limit = not_after.map(hast_sys::mono_ns_to_instant);
         let now = Instant::now();
-        if dp.lease.expired_at(now) {
+        if dp.lease().expired_at(now) {
             return Err(api_err(
                 ErrorKind::NoPerm,
                 format!(
@@ -302,7 +299,7 @@ impl ResourceTask {
                 ),
             ));
         };
-        dp.lease.set(deadline);
+        dp.lease().set(deadline);
         let granted =
             u64::try_from(deadline.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
         tracing::debug!(resource = %self.config.name, ms, granted, "lease renewed");
@@ -313,13 +310,13 @@ impl ResourceTask {
     /// init), so that the next primary can connect and resync this copy.
     async fn lease_expired(&mut self) {
         let overdue_ms = match &self.state {
-            State::Primary { dp, .. } => dp.lease.deadline().map_or(0, |d| {
+            State::Primary { dp, .. } => dp.lease().deadline().map_or(0, |d| {
                 Instant::now().saturating_duration_since(d).as_millis()
             }),
             _ => return,
         };
         tracing::warn!(resource = %self.config.name, overdue_ms, "lease expired: demoting to secondary");
-        match self.set_role(RoleArg::Secondary, None).await {
+        match self.set_role(Role::Secondary, None).await {
             Ok((role, epoch)) => self.log_role(role, epoch),
             Err(e) => tracing::error!(
                 resource = %self.config.name,
@@ -331,7 +328,7 @@ impl ResourceTask {
 
     /// Changes the role and the epoch by the rules of `crate::epoch`. A
     /// refused epoch changes nothing, not even the current role.
-    async fn set_role(&mut self, role: RoleArg, requested: Option<u64>) -> RoleReply {
+    async fn set_role(&mut self, role: Role, requested: Option<u64>) -> RoleReply {
         let now = self.state.role();
         if let Some(dp) = self.state.dp() {
             let current = dp.header().await.epoch;
@@ -353,29 +350,24 @@ impl ResourceTask {
                 };
                 return Ok((role, epoch));
             }
-        } else if role == RoleArg::Init {
+        } else if role == Role::Init {
             let epoch = self.closed_epoch(requested).await?;
             return Ok((role, epoch));
         }
-        let next = match role {
-            RoleArg::Init => Role::Init,
-            RoleArg::Primary => Role::Primary,
-            RoleArg::Secondary => Role::Secondary,
-        };
         // Every change passes through a closed component, so the old role's
         // I/O has drained and its metadata is written before the new one starts.
         let closed = self
-            .close(next, requested.filter(|_| role == RoleArg::Init))
+            .close(role, requested.filter(|_| role == Role::Init))
             .await?;
         let epoch = match role {
-            RoleArg::Init => closed.map(|h| h.epoch),
-            RoleArg::Secondary => {
+            Role::Init => closed.map(|h| h.epoch),
+            Role::Secondary => {
                 let dp = self.open(Role::Secondary, now, requested).await?;
                 let epoch = dp.header().await.epoch;
                 self.state = State::Secondary { dp, session: None };
                 Some(epoch)
             }
-            RoleArg::Primary => Some(self.promote(now, requested).await?),
+            Role::Primary => Some(self.promote(now, requested).await?),
         };
         Ok((self.state.role(), epoch))
     }
@@ -500,17 +492,12 @@ impl ResourceTask {
     async fn open(
         &mut self,
         role: Role,
-        was: RoleArg,
+        was: Role,
         requested: Option<u64>,
     ) -> Result<Arc<DataPath>, ApiError> {
         let local = self.config.local.clone();
         let name = self.config.name.clone();
         let kept = self.kept.take();
-        let target = match role {
-            Role::Init => RoleArg::Init,
-            Role::Primary => RoleArg::Primary,
-            Role::Secondary => RoleArg::Secondary,
-        };
         let (store, header) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let store = match kept {
                 Some(store) => store,
@@ -529,7 +516,7 @@ impl ResourceTask {
             // Checked against what is on disk now: a secondary session may
             // have adopted a higher epoch since the caller looked.
             header.epoch =
-                crate::epoch::after_role_request(was, target, header.epoch, requested)
+                crate::epoch::after_role_request(was, role, header.epoch, requested)
                     .map_err(stale)?;
             if role == Role::Primary {
                 if header.flags & hast_meta::FLAG_INCONSISTENT != 0 {
@@ -573,7 +560,7 @@ impl ResourceTask {
 
     /// Opens the component as primary and offers the export; returns the
     /// epoch it holds (made durable before the export appears).
-    async fn promote(&mut self, was: RoleArg, requested: Option<u64>) -> Result<u64, ApiError> {
+    async fn promote(&mut self, was: Role, requested: Option<u64>) -> Result<u64, ApiError> {
         let dp = self.open(Role::Primary, was, requested).await?;
         let epoch = dp.header().await.epoch;
         let socket = match &self.env.nbd_socket_dir {
@@ -628,7 +615,7 @@ impl ResourceTask {
         } = conn;
         let State::Secondary { dp, session } = &mut self.state else {
             let (status, why) = match self.state.role() {
-                RoleArg::Primary => (
+                Role::Primary => (
                     HelloStatus::BothPrimary,
                     "this node is primary too: refusing (two primaries would diverge)",
                 ),
@@ -681,7 +668,7 @@ impl ResourceTask {
             name: c.name.clone(),
             provider_name: c.provider_name.clone(),
             role: self.state.role(),
-            status: "-".into(),
+            status: Status::Inactive,
             local: c.local.display().to_string(),
             remote: c
                 .remote
@@ -724,78 +711,44 @@ impl ResourceTask {
         };
         let header = dp.header().await;
         st.epoch = Some(header.epoch);
-        if dp.side == Side::Primary {
+        if dp.side() == Side::Primary {
             st.lease_ms = dp
-                .lease
+                .lease()
                 .remaining_at(Instant::now())
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             if c.remote.is_some() {
-                st.fence = Some(dp.fence.status());
+                st.fence = Some(dp.fence_status());
             }
         }
         st.tls = dp.peer_tls();
         st.local_stall_ms = dp
-            .progress
-            .stalled()
+            .local_stall()
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let peer_state = dp.peer_state();
-        let syncing = dp.sync.active.load(Relaxed);
+        let syncing = dp.syncing();
         let needsync = dp.map_lock().needsync_count();
         let inconsistent = header.flags & hast_meta::FLAG_INCONSISTENT != 0;
-        let complete = match dp.side {
+        let complete = match dp.side() {
             Side::Primary => dp.peer_connected() && !syncing && needsync == 0,
             Side::Secondary => peer_state.is_connected() && !inconsistent,
         };
         st.status = if c.remote.is_none() || complete {
-            "complete".into()
+            Status::Complete
         } else if peer_state.is_split_brain() {
-            "split-brain".into()
+            Status::SplitBrain
         } else {
-            "degraded".into()
+            Status::Degraded
         };
         if c.remote.is_some() {
             st.peer = Some(peer_state.to_string());
         }
         if syncing {
-            let total = dp.sync.total_bytes.load(Relaxed);
-            let done = dp.sync.done_bytes.load(Relaxed).min(total);
-            let secs = dp
-                .sync
-                .started
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map_or(0.0, |t| t.elapsed().as_secs_f64());
-            let rate = if secs > 0.0 {
-                (done as f64 / secs) as u64
-            } else {
-                0
-            };
-            st.sync = Some(SyncProgress {
-                done_bytes: done,
-                total_bytes: total,
-                rate_bytes_per_sec: rate,
-                eta_secs: (rate > 0).then(|| (total - done) / rate),
-            });
+            st.sync = Some(dp.sync_progress());
         }
-        let k = &dp.counters;
-        st.stats = Stats {
-            reads: k.reads.load(Relaxed),
-            writes: k.writes.load(Relaxed),
-            deletes: k.deletes.load(Relaxed),
-            zeroes: k.zeroes.load(Relaxed),
-            flushes: k.flushes.load(Relaxed),
-            bytes_read: k.bytes_read.load(Relaxed),
-            bytes_written: k.bytes_written.load(Relaxed),
-            activemap_updates: k.activemap_updates.load(Relaxed),
-            read_errors: k.read_errors.load(Relaxed),
-            write_errors: k.write_errors.load(Relaxed),
-            delete_errors: k.delete_errors.load(Relaxed),
-            flush_errors: k.flush_errors.load(Relaxed),
-            resynced_bytes: k.resynced_bytes.load(Relaxed),
-        };
+        st.stats = dp.stats();
         st.queues = Queues {
             inflight: dp.inflight(),
-            connections: k.connections.load(Relaxed),
+            connections: dp.connections(),
         };
         st.dirty_bytes = dp.dirty_bytes();
         if let State::Primary { socket, .. } = &self.state {
@@ -869,7 +822,7 @@ fn unlock_component(file: &std::fs::File) {
 }
 
 async fn secondary_hello(dp: &DataPath, node: &str) -> hast_repl::Hello {
-    hast_core::handshake::hello_of(&dp.header().await, node, hast_repl::PeerRole::Secondary)
+    hast_core::handshake::hello_of(&dp.header().await, node, Role::Secondary)
 }
 
 /// Used by the replication listener before handing a connection over: the

@@ -41,4 +41,4 @@ pub mod disk;
 pub mod rng;
 mod world;
 
-pub use world::{run, Config, Failure, Report};
+pub use world::{run, shrink, Config, Failure, Faults, Report};

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use hast_conf::Replication;
 use hast_meta::{ActiveMap, Header, Role};
-use hast_repl::{Decision, Direction, Hello, HelloStatus, PeerRole};
+use hast_repl::{Decision, Direction, Hello, HelloStatus};
 
 use super::disk::{SimDisk, SECTOR};
 use super::rng::Rng;
@@ -34,6 +34,106 @@ pub struct Config {
     pub steps: u64,
     /// Print every event to stderr as it happens (a replay's full story).
     pub verbose: bool,
+    /// The kinds of fault the run may inject.
+    pub faults: Faults,
+}
+
+impl Config {
+    /// The replay `HAST_SIM_SEED` asks for (with `HAST_SIM_FAULTS` and
+    /// `HAST_SIM_STEPS` when set), verbose; `None` without it.
+    pub fn from_env(steps: u64) -> Result<Option<Config>, String> {
+        let var = |name: &str| std::env::var(name).ok();
+        let Some(seed) = var("HAST_SIM_SEED") else {
+            return Ok(None);
+        };
+        let seed = seed
+            .parse()
+            .map_err(|e| format!("HAST_SIM_SEED={seed}: {e}"))?;
+        let steps = match var("HAST_SIM_STEPS") {
+            Some(s) => s.parse().map_err(|e| format!("HAST_SIM_STEPS={s}: {e}"))?,
+            None => steps,
+        };
+        let faults = match var("HAST_SIM_FAULTS") {
+            Some(f) => Faults::parse(&f).map_err(|e| format!("HAST_SIM_FAULTS: {e}"))?,
+            None => Faults::ALL,
+        };
+        Ok(Some(Config {
+            seed,
+            steps,
+            verbose: true,
+            faults,
+        }))
+    }
+
+    /// Every fault, not verbose.
+    pub fn new(seed: u64, steps: u64) -> Config {
+        Config {
+            seed,
+            steps,
+            verbose: false,
+            faults: Faults::ALL,
+        }
+    }
+}
+
+/// Kinds of fault, as a set; a replay names the ones it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Faults(u8);
+
+impl Faults {
+    pub const CRASH: Faults = Faults(1);
+    pub const CUT: Faults = Faults(2);
+    pub const SWITCHOVER: Faults = Faults(4);
+    pub const OPERATOR: Faults = Faults(8);
+    pub const ALL: Faults = Faults(15);
+    const NAMES: [(Faults, &'static str); 4] = [
+        (Faults::CRASH, "crash"),
+        (Faults::CUT, "cut"),
+        (Faults::SWITCHOVER, "switchover"),
+        (Faults::OPERATOR, "operator"),
+    ];
+
+    pub fn has(self, f: Faults) -> bool {
+        self.0 & f.0 != 0
+    }
+
+    pub fn without(self, f: Faults) -> Faults {
+        Faults(self.0 & !f.0)
+    }
+
+    /// `crash,cut,…` (as `HAST_SIM_FAULTS` takes it); `none` for none.
+    pub fn parse(s: &str) -> Result<Faults, String> {
+        let mut out = Faults(0);
+        for word in s
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty() && *w != "none")
+        {
+            let (f, _) = Faults::NAMES
+                .iter()
+                .find(|(_, n)| *n == word)
+                .ok_or(format!(
+                    "unknown fault {word:?} (crash, cut, switchover, operator)"
+                ))?;
+            out = Faults(out.0 | f.0);
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = Faults::NAMES
+            .iter()
+            .filter(|(k, _)| self.has(*k))
+            .map(|(_, n)| *n)
+            .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(","))
+        }
+    }
 }
 
 /// What a run did.
@@ -57,6 +157,7 @@ pub struct Report {
 pub struct Failure {
     pub seed: u64,
     pub step: u64,
+    pub faults: Faults,
     pub what: String,
     pub trace: Vec<String>,
 }
@@ -68,7 +169,11 @@ impl std::fmt::Display for Failure {
             "seed {} failed at step {}: {}",
             self.seed, self.step, self.what
         )?;
-        writeln!(f, "last events (replay: HAST_SIM_SEED={}):", self.seed)?;
+        writeln!(
+            f,
+            "replay: HAST_SIM_SEED={} HAST_SIM_FAULTS={} HAST_SIM_STEPS={}; its last events:",
+            self.seed, self.faults, self.step
+        )?;
         for t in &self.trace {
             writeln!(f, "  {t}")?;
         }
@@ -80,29 +185,44 @@ impl std::fmt::Display for Failure {
 pub fn run(cfg: Config) -> Result<Report, Failure> {
     let mut w = World::new(cfg.seed);
     w.verbose = cfg.verbose;
+    w.faults = cfg.faults;
     for _ in 0..cfg.steps {
         if w.ended {
             break;
         }
         w.step();
         if let Err(what) = w.check() {
-            return Err(Failure {
-                seed: cfg.seed,
-                step: w.report.steps,
-                what,
-                trace: w.trace.iter().cloned().collect(),
-            });
+            return Err(w.failure(cfg, what));
         }
         if let Some(what) = w.violation.take() {
-            return Err(Failure {
-                seed: cfg.seed,
-                step: w.report.steps,
-                what,
-                trace: w.trace.iter().cloned().collect(),
-            });
+            return Err(w.failure(cfg, what));
         }
     }
     Ok(w.report)
+}
+
+/// The smallest replay of a failure this finds: fault kinds the failure
+/// does not need are left out one at a time (a run without a kind draws
+/// other choices, so what remains is a different run of the same seed that
+/// still fails), and the run stops at the failing step.
+pub fn shrink(cfg: Config, failure: Failure) -> Failure {
+    let mut best = failure;
+    let mut faults = cfg.faults;
+    for (kind, _) in Faults::NAMES {
+        if !faults.has(kind) {
+            continue;
+        }
+        let trial = Config {
+            faults: faults.without(kind),
+            verbose: false,
+            ..cfg
+        };
+        if let Err(f) = run(trial) {
+            faults = trial.faults;
+            best = f;
+        }
+    }
+    best
 }
 
 /// A frame on the link.
@@ -123,6 +243,7 @@ enum Frame {
     SyncDone {
         seq: u64,
         counters: (u64, u64),
+        direction: Direction,
     },
     Received {
         seq: u64,
@@ -193,6 +314,9 @@ struct Node {
     wrote_alone: bool,
     /// Bumped at every crash: what it applied before is not trusted after.
     incarnation: u64,
+    /// Bumped whenever the floors are replaced (a crash, a resync into
+    /// this copy): a flush's snapshot of older floors no longer applies.
+    floor_gen: u64,
 }
 
 #[derive(Debug)]
@@ -226,9 +350,10 @@ struct FlushTask {
     node: usize,
     ticket: u64,
     stage: FlushStage,
-    /// Floors when it started: what its success makes durable.
-    floor: Vec<u64>,
-    peer_floor: Option<Vec<u64>>,
+    /// Floors when it started: what its success makes durable (with the
+    /// floors' generation they were taken from).
+    floor: (u64, Vec<u64>),
+    peer_floor: Option<(u64, Vec<u64>)>,
 }
 
 struct World {
@@ -249,6 +374,8 @@ struct World {
     /// The node most recently made primary: the manager's choice after a
     /// restart when no node is primary.
     last_primary: usize,
+    /// A primary a secondary refused as stale, for the operator to demote.
+    stale: Option<usize>,
     /// The secondary of the last connection was in sync when it ended.
     in_sync: bool,
     report: Report,
@@ -256,6 +383,9 @@ struct World {
     violation: Option<String>,
     ended: bool,
     verbose: bool,
+    faults: Faults,
+    flapping: bool,
+    slow_disk: bool,
 }
 
 fn new_header(resuid: u64) -> Header {
@@ -291,6 +421,7 @@ impl Node {
             epoch_seen: 0,
             wrote_alone: false,
             incarnation: 0,
+            floor_gen: 0,
         }
     }
 
@@ -365,6 +496,13 @@ impl World {
             1 => Replication::Memsync,
             _ => Replication::Async,
         };
+        // One run in four has a flapping link: cut often, redialled at
+        // once, so handshakes land while writes are in flight.
+        let flapping = rng.one_in(4);
+        // And one in four a slow local disk: a write's degraded record and
+        // its local write take long, so they straddle handshakes and
+        // resyncs (FoundationDB's "buggify" in spirit).
+        let slow_disk = rng.one_in(4);
         let mut a = Node::new(0x5eed);
         let mut b = Node::new(0);
         a.start(Role::Primary).expect("fresh metadata");
@@ -383,6 +521,7 @@ impl World {
             applied: [HashMap::new(), HashMap::new()],
             received: [HashMap::new(), HashMap::new()],
             last_primary: 0,
+            stale: None,
             in_sync: false,
             report: Report {
                 mode: Some(mode),
@@ -392,9 +531,24 @@ impl World {
             violation: None,
             ended: false,
             verbose: false,
+            faults: Faults::ALL,
+            flapping,
+            slow_disk,
         };
-        w.note(format!("seed {seed}: mode {mode}"));
+        w.note(format!(
+            "seed {seed}: mode {mode}, flapping link: {flapping}, slow disk: {slow_disk}"
+        ));
         w
+    }
+
+    fn failure(&self, cfg: Config, what: String) -> Failure {
+        Failure {
+            seed: cfg.seed,
+            step: self.report.steps,
+            faults: cfg.faults,
+            what,
+            trace: self.trace.iter().cloned().collect(),
+        }
     }
 
     fn note(&mut self, s: String) {
@@ -429,6 +583,17 @@ impl World {
         self.report.steps += 1;
         self.report.node_steps += self.nodes.iter().filter(|n| n.is_up()).count() as u64;
         let r = self.rng.below(100);
+        if self.flapping && self.faults.has(Faults::CUT) && r < 4 {
+            if self.conn.is_some() {
+                if self.rng.one_in(16) {
+                    self.note("link cut".into());
+                    self.drop_conn();
+                }
+            } else {
+                self.connect();
+            }
+            return;
+        }
         match r {
             0..=14 => self.client(),
             15..=39 => self.advance_write(),
@@ -507,7 +672,7 @@ impl World {
 
     fn start_flush(&mut self, node: usize) {
         let ticket = self.nodes[node].live().map.barrier_start();
-        let floor = self.nodes[node].floor.clone();
+        let floor = (self.nodes[node].floor_gen, self.nodes[node].floor.clone());
         self.note(format!("client flush on {node}"));
         self.flushes.push(FlushTask {
             node,
@@ -537,6 +702,13 @@ impl World {
         if waits {
             return;
         }
+        let slow = matches!(
+            self.writes[i].act,
+            Action::RecordDegraded | Action::ApplyLocal
+        );
+        if slow && self.slow_disk && !self.rng.one_in(24) {
+            return;
+        }
         let Some(ev) = self.perform(i) else { return };
         let t = &mut self.writes[i];
         t.act = t.op.step(ev);
@@ -556,13 +728,33 @@ impl World {
         };
         let (offset, bytes) = (first as u64 * SECTOR, len as u64 * SECTOR);
         match act {
-            Action::Hold { reroute: _ } => {
-                // No fence_peer configured: the fence allows at once.
+            Action::Hold { reroute } => {
+                // No fence_peer configured: the fence allows at once. A
+                // write that may reroute begins again in the current period
+                // and takes a link that came meanwhile; one held after its
+                // link failed keeps the period it began in.
+                let link = self
+                    .conn
+                    .as_ref()
+                    .filter(|c| c.primary == node)
+                    .map(|c| c.id);
+                let t = &mut self.writes[i];
+                if reroute {
+                    t.period = self.nodes[node].live.as_ref()?.degraded.current();
+                    if link.is_some() && t.conn != link {
+                        t.conn = link;
+                        t.seq = None;
+                        return Some(Event::Rerouted);
+                    }
+                }
                 Some(Event::Fenced)
             }
             Action::RecordDegraded => {
                 let period = self.writes[i].period;
                 let n = &mut self.nodes[node];
+                if !n.live().degraded.may_go_alone(period) {
+                    return Some(Event::Superseded);
+                }
                 if n.live().degraded.needs_record(period) {
                     n.write_header(|h| h.localcnt += 1);
                     n.live().degraded.recorded(period);
@@ -756,7 +948,8 @@ impl World {
                         c.to_sec.push_back(Frame::Flush { seq });
                         let id = c.id;
                         self.waiters.insert((id, seq), Waiter::default());
-                        self.flushes[i].peer_floor = Some(self.nodes[1 - node].floor.clone());
+                        let peer = &self.nodes[1 - node];
+                        self.flushes[i].peer_floor = Some((peer.floor_gen, peer.floor.clone()));
                         self.flushes[i].stage = FlushStage::Remote { conn: id, seq };
                     }
                     None => self.finish_flush(i, PeerCopy::Behind),
@@ -784,9 +977,15 @@ impl World {
         }
         self.report.flushes += 1;
         self.note(format!("flush on {node} done, peer {peer:?}"));
-        raise(&mut self.nodes[node].dfloor, &t.floor);
-        if let (PeerCopy::Flushed, Some(pf)) = (peer, t.peer_floor) {
-            raise(&mut self.nodes[1 - node].dfloor, &pf);
+        let n = &mut self.nodes[node];
+        if n.floor_gen == t.floor.0 {
+            raise(&mut n.dfloor, &t.floor.1);
+        }
+        if let (PeerCopy::Flushed, Some((gen, pf))) = (peer, t.peer_floor) {
+            let p = &mut self.nodes[1 - node];
+            if p.floor_gen == gen {
+                raise(&mut p.dfloor, &pf);
+            }
         }
     }
 
@@ -949,12 +1148,30 @@ impl World {
                 let _ = self.nodes[n].disk.datasync();
                 seq
             }
-            Frame::SyncDone { seq, counters } => {
+            Frame::SyncDone {
+                seq,
+                counters,
+                direction,
+            } => {
                 use crate::edge::Disk;
                 let node = &mut self.nodes[n];
                 let _ = node.disk.datasync();
                 node.write_header(|h| secondary::sync_done(h, counters.0, counters.1));
-                // This copy has now seen everything of the primary's.
+                // The copies mirror each other, both durable (the final
+                // barrier came first): the target's floors are the source's,
+                // and neither has anything the other has not seen.
+                let (src, dst) = match direction {
+                    Direction::PrimaryToSecondary => (1 - n, n),
+                    Direction::SecondaryToPrimary => (n, 1 - n),
+                };
+                let (f, d) = (
+                    self.nodes[src].floor.clone(),
+                    self.nodes[src].dfloor.clone(),
+                );
+                let target = &mut self.nodes[dst];
+                target.floor = f;
+                target.dfloor = d;
+                target.floor_gen += 1;
                 self.nodes[0].wrote_alone = false;
                 self.nodes[1].wrote_alone = false;
                 let node = &mut self.nodes[n];
@@ -1076,9 +1293,11 @@ impl World {
                 let c = self.conn.as_mut().expect("alive");
                 let seq = c.next_seq;
                 c.next_seq += 1;
+                let direction = c.direction;
                 c.to_sec.push_back(Frame::SyncDone {
                     seq,
                     counters: sd.secondary,
+                    direction,
                 });
                 c.resync = Resync::Announcing(seq);
                 self.note(format!("resync: SYNC_DONE {:?} sent", sd.secondary));
@@ -1088,20 +1307,6 @@ impl World {
                 c.resync = Resync::Finished;
                 let sd = SyncDone::of(&self.nodes[p].live().header, &peer_hello);
                 self.nodes[p].write_header(|h| sd.apply_primary(h));
-                // The target now mirrors the source, and both are durable.
-                let (src, dst) = match c_direction(&self.conn) {
-                    Direction::PrimaryToSecondary => (p, 1 - p),
-                    Direction::SecondaryToPrimary => (1 - p, p),
-                };
-                let (f, d) = (
-                    self.nodes[src].floor.clone(),
-                    self.nodes[src].dfloor.clone(),
-                );
-                self.nodes[dst].floor = f;
-                self.nodes[dst].dfloor = d.clone();
-                self.nodes[src].dfloor = d;
-                self.nodes[0].wrote_alone = false;
-                self.nodes[1].wrote_alone = false;
                 self.report.resyncs += 1;
                 self.note(format!("resync done on link {conn}: copies in sync"));
             }
@@ -1112,20 +1317,24 @@ impl World {
     // ---- the cluster manager and the operator --------------------------
 
     fn manager(&mut self) {
+        let f = self.faults;
         match self.rng.below(12) {
-            0 => self.crash(),
+            0 if f.has(Faults::CRASH) => self.crash(),
             1 | 2 => self.restart(),
-            3 => {
+            3 if f.has(Faults::CUT) => {
                 if self.conn.is_some() && self.rng.one_in(8) {
                     self.note("link cut".into());
                     self.drop_conn();
                 }
             }
             4..=7 => self.connect(),
-            8 => self.switchover(),
-            9 => self.operator_promote(),
+            8 if f.has(Faults::SWITCHOVER) => self.switchover(),
+            9 if f.has(Faults::OPERATOR) => self.operator_promote(),
             10 => self.operator_demote(),
-            _ => self.elect(),
+            _ => {
+                self.demote_stale();
+                self.elect();
+            }
         }
     }
 
@@ -1146,10 +1355,12 @@ impl World {
             self.drop_conn();
         }
         let node = &mut self.nodes[n];
+        let floor_before = node.floor.clone();
         node.disk.crash(&mut self.rng);
         let node = &mut self.nodes[n];
         node.live = None;
         node.floor = node.dfloor.clone();
+        node.floor_gen += 1;
         self.writes.retain(|t| t.node != n);
         self.flushes.retain(|t| t.node != n);
         node.incarnation += 1;
@@ -1160,6 +1371,11 @@ impl World {
         if was_primary && synced_link && self.nodes[other].role() == Some(Role::Secondary) {
             self.promote(other, "failover");
             self.report.failovers += 1;
+            // An in-sync secondary holds every write the old primary
+            // acknowledged, except in async mode.
+            if self.mode != Replication::Async {
+                raise(&mut self.nodes[other].floor, &floor_before);
+            }
         }
     }
 
@@ -1272,6 +1488,31 @@ impl World {
         }
     }
 
+    /// The operator demotes a primary a secondary refused as stale, once
+    /// nothing is in flight on it.
+    fn demote_stale(&mut self) {
+        let Some(n) = self.stale else { return };
+        if self.nodes[n].role() != Some(Role::Primary) {
+            self.stale = None;
+            return;
+        }
+        if self.writes.iter().any(|t| t.node == n) || self.flushes.iter().any(|t| t.node == n) {
+            return;
+        }
+        self.stale = None;
+        self.demote(n);
+        self.note(format!("operator: stale primary {n} demoted"));
+    }
+
+    fn demote(&mut self, n: usize) {
+        self.nodes[n].flush_map();
+        self.nodes[n].write_header(|h| h.prevrole = Role::Secondary);
+        self.nodes[n].live().role = Role::Secondary;
+        if self.last_primary == n {
+            self.last_primary = 1 - n;
+        }
+    }
+
     /// An operator demotes one of two primaries.
     fn operator_demote(&mut self) {
         let prim = self.primaries();
@@ -1282,12 +1523,7 @@ impl World {
         if self.writes.iter().any(|t| t.node == n) || self.flushes.iter().any(|t| t.node == n) {
             return;
         }
-        self.nodes[n].flush_map();
-        self.nodes[n].write_header(|h| h.prevrole = Role::Secondary);
-        self.nodes[n].live().role = Role::Secondary;
-        if self.last_primary == n {
-            self.last_primary = 1 - n;
-        }
+        self.demote(n);
         self.note(format!("operator: node {n} demoted"));
     }
 
@@ -1308,8 +1544,20 @@ impl World {
         if !self.nodes[s].live().queue.is_empty() {
             return;
         }
-        let ph = hello_of(&self.nodes[p].live().header, "p", PeerRole::Primary);
-        let sh = hello_of(&self.nodes[s].live().header, "s", PeerRole::Secondary);
+        // A new degraded period; in the simulation the whole handshake is
+        // one step, so writes never see it under way.
+        self.nodes[p].live().degraded.begin_handshake();
+        self.handshake(p, s);
+        if let Some(l) = self.nodes[p].live.as_mut() {
+            l.degraded.end_handshake();
+        }
+    }
+
+    /// The hellos, the secondary's verdict, the primary's map merge, and
+    /// the link with its resync.
+    fn handshake(&mut self, p: usize, s: usize) {
+        let ph = hello_of(&self.nodes[p].live().header, "p", Role::Primary);
+        let sh = hello_of(&self.nodes[s].live().header, "s", Role::Secondary);
         let both_alone = self.nodes[p].wrote_alone && self.nodes[s].wrote_alone;
         let verdict = secondary::accept(&ph, &sh);
         self.note(format!(
@@ -1332,10 +1580,10 @@ impl World {
             }
             Err(HelloStatus::StaleEpoch) => {
                 self.report.stale_refusals += 1;
-                // The stale primary stays refused; the operator demotes it.
-                self.nodes[p].live().role = Role::Secondary;
-                self.note(format!("stale primary {p} refused; operator demotes it"));
-                self.elect();
+                // The stale primary stays refused; the operator demotes it
+                // (once its data path drained, as a demotion does).
+                self.stale = Some(p);
+                self.note(format!("stale primary {p} refused"));
                 return;
             }
             Err(other) => {
@@ -1372,7 +1620,6 @@ impl World {
         }
         // Nothing is sent before the extents to copy are durable.
         self.nodes[p].flush_map();
-        self.nodes[p].live().degraded.linked();
         let id = self.next_conn;
         self.next_conn += 1;
         let direction = decision
@@ -1442,11 +1689,6 @@ impl World {
         }
         Ok(())
     }
-}
-
-fn c_direction(c: &Option<Conn>) -> Direction {
-    c.as_ref()
-        .map_or(Direction::PrimaryToSecondary, |c| c.direction)
 }
 
 /// A copy that may serve: it holds the resource (a resync gave it the

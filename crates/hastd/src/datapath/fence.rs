@@ -1,7 +1,8 @@
-//! Peer fencing before degraded writes (`fence_peer`), the state half: the
-//! degradation generations of one primary session and which of them were
-//! fenced. The data path (`mod.rs`) holds writes on it; the fencer task runs
-//! the command (`crate::command`).
+//! Peer fencing before degraded writes (`fence_peer`): the degradation
+//! generations of one primary session and which of them were fenced
+//! (`Fence`), and the fencer task that runs the command for them
+//! (`DataPath::fencer`, through `crate::hook`). The data path (`mod.rs`)
+//! holds writes on them (`hold_degraded`); the process never runs there.
 //!
 //! A *generation* is one period during which the primary writes without its
 //! peer. It starts at the first write that finds no link after promotion or
@@ -18,8 +19,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use super::DataPath;
 
 /// Bit 0 of `period`: a link was installed since the generation last moved.
 const LINKED: u64 = 1;
@@ -154,6 +158,94 @@ impl Fence {
             fenced,
             pending: fenced < generation && self.running.load(SeqCst),
         }
+    }
+}
+
+/// Bound on one run of the `fence_peer` command; it is killed after this.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wait between failed runs of the `fence_peer` command.
+const FENCE_RETRY: Duration = Duration::from_secs(1);
+
+/// Output of one `fence_peer` run kept for the log, per stream.
+const FENCE_OUTPUT_MAX: usize = 4096;
+
+/// Output lines of one `fence_peer` run written to the log.
+const FENCE_LOG_LINES: usize = 20;
+
+/// A command that keeps failing is logged on its first failure and then
+/// once per this many attempts.
+const FENCE_LOG_EVERY: u64 = 30;
+
+impl DataPath {
+    pub(super) fn start_fencer(self: &Arc<Self>) {
+        if self.fence.start_running() {
+            tokio::spawn(self.clone().fencer());
+        }
+    }
+
+    /// Runs `fence_peer` for the current generation until it succeeds,
+    /// retrying every [`FENCE_RETRY`], for as long as this is primary and
+    /// degraded (no link, or writes still held from before the link came
+    /// back). Never in the data path: held writes only wait for its result.
+    async fn fencer(self: Arc<Self>) {
+        let (node, peer) = self.fence_env.clone();
+        let mut attempts: u64 = 0;
+        let mut last_gen = 0;
+        let mut last_output: Vec<String> = Vec::new();
+        loop {
+            let g = self.fence.generation();
+            if self.gate.is_closed() || self.fence.fenced() >= g {
+                break;
+            }
+            if self.link().is_some() && self.fence.waiting() == 0 {
+                // Back on the replicated path and nobody waits for this one.
+                break;
+            }
+            let Some(command) = self.fence.command() else {
+                break;
+            };
+            if g != last_gen {
+                (last_gen, attempts) = (g, 0);
+            }
+            attempts += 1;
+            let epoch = self.header().await.epoch;
+            let env = [
+                ("HAST_RESOURCE", self.name.clone()),
+                ("HAST_NODE", node.clone()),
+                ("HAST_PEER", peer.clone()),
+                ("HAST_EPOCH", epoch.to_string()),
+                ("HAST_FENCE_SEQ", g.to_string()),
+            ];
+            if attempts == 1 {
+                tracing::warn!(resource = %self.name, seq = g, epoch, "peer lost: fencing it before writing alone (fence_peer)");
+            }
+            let run = tokio::select! {
+                r = crate::hook::run(&command, &env, FENCE_TIMEOUT, FENCE_OUTPUT_MAX) => r,
+                // Dropping the run kills the command's process group.
+                _ = self.gate.closed() => break,
+            };
+            let output = run.lines(FENCE_LOG_LINES);
+            if output != last_output {
+                for line in &output {
+                    tracing::info!(resource = %self.name, seq = g, "fence_peer: {line}");
+                }
+                last_output = output;
+            }
+            if run.success() {
+                self.fence.succeeded(g);
+                tracing::info!(resource = %self.name, seq = g, epoch, attempts, "fence_peer succeeded: writing without the peer");
+                continue;
+            }
+            if attempts == 1 || attempts.is_multiple_of(FENCE_LOG_EVERY) {
+                tracing::warn!(resource = %self.name, seq = g, epoch, attempts, "fence_peer failed ({}); writes held, retrying every {}s", run.ended, FENCE_RETRY.as_secs());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FENCE_RETRY) => {}
+                _ = self.gate.closed() => break,
+            }
+        }
+        self.fence.stop_running();
     }
 }
 

@@ -18,6 +18,15 @@ use hast_core::edge::{Disk, Zeroing};
 /// Largest chunk of zeroes written when fallocate cannot zero a range.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
+/// Which allocation runs [`LocalData::allocation`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// Every run of the range.
+    All,
+    /// Only the first (NBD's REQ_ONE).
+    First,
+}
+
 /// The data area of a local component: data byte `x` lives at file offset
 /// `data_offset + x`.
 pub struct LocalData<'a> {
@@ -130,8 +139,13 @@ impl LocalData<'_> {
     /// Allocation map of `[offset, offset+len)` as (length, is_hole) runs,
     /// from SEEK_DATA/SEEK_HOLE. Where the file system cannot tell (block
     /// devices, old file systems) everything is reported as data, which is
-    /// always correct.
-    pub fn allocation(&self, offset: u64, len: u64, one: bool) -> io::Result<Vec<(u64, bool)>> {
+    /// always correct. `Runs::First` stops after the first run.
+    pub fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+        runs_wanted: Runs,
+    ) -> io::Result<Vec<(u64, bool)>> {
         let fd = self.file.as_raw_fd();
         let end = offset + len;
         let mut pos = offset;
@@ -159,7 +173,7 @@ impl LocalData<'_> {
                 runs.push((stop - pos, false));
                 pos = stop;
             }
-            if one {
+            if runs_wanted == Runs::First {
                 break;
             }
         }
@@ -254,7 +268,7 @@ mod tests {
         let mut buf = vec![0u8; 65536];
         d.read(1 << 20, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 7));
-        let runs = d.allocation(0, 4 << 20, false).unwrap();
+        let runs = d.allocation(0, 4 << 20, Runs::All).unwrap();
         assert_eq!(runs.iter().map(|r| r.0).sum::<u64>(), 4 << 20);
         let punch = Zeroing {
             punch: true,
@@ -267,7 +281,7 @@ mod tests {
         d.zero(0, 4096, Zeroing::default()).unwrap();
         d.read(0, &mut buf[..4096]).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0));
-        let one = d.allocation(0, 4 << 20, true).unwrap();
+        let one = d.allocation(0, 4 << 20, Runs::First).unwrap();
         assert_eq!(one.len(), 1);
     }
 

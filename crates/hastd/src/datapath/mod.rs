@@ -19,14 +19,26 @@
 //! - once the primary's lease passed, no modification or flush is
 //!   acknowledged with success (`lease.rs`);
 //! - overlapping writes are applied in arrival order.
+//!
+//! This file is the request path (`read`, `modify`, `flush`/`barrier`,
+//! `close`) and the state it shares; the rest lives with what owns it:
+//! `meta.rs` the metadata writer (activemap group commit, header updates),
+//! `fence.rs` the `fence_peer` generations and the fencer task, `stats.rs`
+//! the counters, `inline.rs` which I/O the runtime thread does in the page
+//! cache itself, `local.rs` positional I/O on the component, `gate.rs`,
+//! `rangelock.rs` and `lease.rs` admission, ordering and the lease,
+//! `peer.rs` and `progress.rs` what `status` shows of the peer and the disk.
 
 mod fence;
 mod gate;
+mod inline;
 mod lease;
 pub mod local;
+mod meta;
 mod peer;
 mod progress;
 mod rangelock;
+mod stats;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -36,56 +48,26 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hast_conf::Replication;
 use hast_core::barrier::{self, PeerCopy};
-use hast_core::edge::{self, Zeroing};
+use hast_core::edge;
 use hast_core::write::{Action, Event, Failure, Params, WriteOp};
 use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
 
-use crate::replication::link::{InFlight, Link, RemoteError};
+use crate::link::{InFlight, Link, RemoteError};
 pub use fence::Fence;
 use gate::Gate;
+pub use hast_core::edge::Zeroing;
+use inline::{page_cache_writes, INLINE_SLOW};
 pub use lease::{lease_deadline, Lease};
 use local::LocalData;
+pub use local::Runs;
+use meta::FlushState;
 pub use peer::PeerState;
 pub use progress::Progress;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
-
-/// Writes up to this size that cover whole pages and ask for no FUA are
-/// copied into the page cache on the runtime thread itself: a buffered pwrite
-/// of whole pages reads nothing from the device, and is cheaper than the
-/// trip to the blocking pool and back (measured: 4 KiB QD1 write latency of a
-/// fullsync pair 106 -> 78 us). It can still sleep in the kernel (dirty-page
-/// throttling, reclaim), which stalls every task of the runtime as long: so
-/// one that takes longer than [`INLINE_SLOW`] sends small writes to the
-/// blocking pool for [`INLINE_PAUSE`]. Larger writes, partial pages, zeroing
-/// and syncs always go to the blocking pool.
-const INLINE_WRITE_MAX: usize = 64 << 10;
-/// An inline write this slow slept in the kernel: dirty-page throttling
-/// pauses last 10-200 ms. Shorter delays are mostly the thread losing its
-/// core to another process, which the blocking pool would not avoid.
-const INLINE_SLOW: Duration = Duration::from_millis(20);
-/// How long small writes then stay on the blocking pool.
-const INLINE_PAUSE: Duration = Duration::from_secs(1);
-/// Reads up to this size are first tried from the page cache on the worker
-/// (`read_cached`, which never waits for the device).
-const INLINE_READ_MAX: usize = 256 << 10;
-/// The page size the inline-write rule counts whole pages in.
-const PAGE: u64 = 4096;
-
-/// How often idle clean-up of the activemap runs when writes happened.
-const IDLE_BARRIER_INTERVAL: Duration = Duration::from_secs(10);
-/// Bound on one run of the `fence_peer` command; it is killed after this.
-const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Wait between failed runs of the `fence_peer` command.
-const FENCE_RETRY: Duration = Duration::from_secs(1);
-/// Output of one `fence_peer` run kept for the log, per stream.
-const FENCE_OUTPUT_MAX: usize = 4096;
-/// Output lines of one `fence_peer` run written to the log.
-const FENCE_LOG_LINES: usize = 20;
-/// A command that keeps failing is logged on its first failure and then
-/// once per this many attempts.
-const FENCE_LOG_EVERY: u64 = 30;
+use stats::{op_of, Op};
+use stats::{Counters, SyncCounters};
 
 /// Why a request failed, independent of the transport that carried it.
 #[derive(Debug, thiserror::Error)]
@@ -101,43 +83,16 @@ pub enum DpError {
     Unsupported,
 }
 
-/// Counters published in `hastctl list`; relaxed atomics, never a lock.
-#[derive(Default)]
-pub struct Counters {
-    pub reads: AtomicU64,
-    pub writes: AtomicU64,
-    pub deletes: AtomicU64,
-    pub zeroes: AtomicU64,
-    pub flushes: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub activemap_updates: AtomicU64,
-    pub read_errors: AtomicU64,
-    pub write_errors: AtomicU64,
-    pub delete_errors: AtomicU64,
-    pub flush_errors: AtomicU64,
-    pub connections: AtomicU64,
-    pub resynced_bytes: AtomicU64,
-}
-
-/// Which end of the replication this data path serves.
+/// Which end of the replication this data path serves. Not `hast_meta::Role`:
+/// a data path exists only while the component is open, as primary or
+/// secondary, so `Init` is no value of it and no match on it needs an arm for
+/// it; `resource.rs` maps the role to the side when it opens one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// Serves clients; replicates to the peer when one is connected.
     Primary,
     /// Applies what the primary replicates; serves no clients.
     Secondary,
-}
-
-/// Resync progress, published for `hastctl status`.
-#[derive(Default)]
-pub struct SyncCounters {
-    pub active: AtomicBool,
-    pub total_bytes: AtomicU64,
-    pub done_bytes: AtomicU64,
-    /// Data bytes actually transferred (holes excluded), for `resync_rate`.
-    pub copied_bytes: AtomicU64,
-    pub started: Mutex<Option<Instant>>,
 }
 
 /// What a modification does to the range.
@@ -166,29 +121,23 @@ impl Change {
         }
     }
 
-    /// NBD WRITE_ZEROES with its flags: `may_punch` (no NO_HOLE),
-    /// `fast_only` (FAST_ZERO).
-    pub fn write_zeroes(len: u64, may_punch: bool, fast_only: bool) -> Change {
+    /// NBD WRITE_ZEROES with its flags: `punch` (no NO_HOLE), `fast_only`
+    /// (FAST_ZERO).
+    pub fn write_zeroes(len: u64, how: Zeroing) -> Change {
         Change::Zero {
             len,
-            punch: may_punch,
-            fast_only,
+            punch: how.punch,
+            fast_only: how.fast_only,
             trim: false,
         }
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct FlushState {
-    gen: u64,
-    failures: u64,
-}
-
 pub struct DataPath {
-    pub name: String,
-    pub side: Side,
+    name: String,
+    side: Side,
     store: Arc<Store>,
-    pub datasize: u64,
+    datasize: u64,
     data_offset: u64,
     header: tokio::sync::Mutex<Header>,
     map: Mutex<ActiveMap>,
@@ -204,8 +153,8 @@ pub struct DataPath {
     replication: AtomicU8,
     resync_rate: AtomicU64,
     /// Resync runs secondary → primary: reads of needsync extents go to the peer.
-    pub sync_from_peer: AtomicBool,
-    pub sync: SyncCounters,
+    sync_from_peer: AtomicBool,
+    sync: SyncCounters,
     peer_state: Mutex<PeerState>,
     /// What the live link's TLS negotiated (`tls::TlsInfo` as text), `None`
     /// over plain TCP or while disconnected.
@@ -213,17 +162,17 @@ pub struct DataPath {
     /// `localcnt` was bumped for the current degraded period.
     degraded_recorded: AtomicBool,
     writes_since_barrier: AtomicU64,
-    pub counters: Counters,
+    counters: Counters,
     /// The primary's lease; never set on a secondary.
-    pub lease: Lease,
+    lease: Lease,
     /// Degradation generations and `fence_peer` (primary with a peer only).
-    pub fence: Fence,
+    fence: Fence,
     /// This node's name and the peer's address, for the fence command.
     fence_env: (String, String),
     /// Time base of `inline_paused_until`.
     opened: Instant,
     /// Whether the local component completes what it is given.
-    pub progress: Progress,
+    progress: Progress,
     /// Inline writes are paused until this many ms after `opened` (see
     /// [`INLINE_SLOW`]).
     inline_paused_until: AtomicU64,
@@ -305,6 +254,43 @@ impl DataPath {
         // A poisoned lock means a panic in pure activemap code: carrying on
         // with its state is still better than refusing every write.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The resource's name, for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Which end of the replication this data path serves.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Size of the data the component holds, in bytes.
+    pub fn datasize(&self) -> u64 {
+        self.datasize
+    }
+
+    /// The primary's lease (never set on a secondary).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The `fence_peer` state `status` shows.
+    pub fn fence_status(&self) -> hast_api::FenceStatus {
+        self.fence.status()
+    }
+
+    /// How long nothing has completed on the local component while
+    /// something is pending there; `None` when idle (`progress.rs`).
+    pub fn local_stall(&self) -> Option<Duration> {
+        self.progress.stalled()
+    }
+
+    /// Resync runs secondary → primary (`on`): reads of needsync extents go
+    /// to the peer, whose copy of them is newer.
+    pub fn set_sync_from_peer(&self, on: bool) {
+        self.sync_from_peer.store(on, Relaxed);
     }
 
     /// Options that apply live on SIGHUP.
@@ -391,31 +377,6 @@ impl DataPath {
         &self.ranges
     }
 
-    /// Waits until every activemap bit set so far is durable.
-    pub async fn persist_map(&self) -> Result<(), DpError> {
-        let (need, failures) = {
-            let failures = self.flushed.borrow().failures;
-            (self.map().pending_gen(), failures)
-        };
-        let Some(gen) = need else { return Ok(()) };
-        self.wait_flushed(gen, failures).await
-    }
-
-    async fn wait_flushed(&self, gen: u64, failures: u64) -> Result<(), DpError> {
-        self.meta_kick.notify_one();
-        let mut rx = self.flushed.subscribe();
-        let state = rx
-            .wait_for(|s| s.gen >= gen || s.failures != failures)
-            .await
-            .map(|s| *s)
-            .unwrap_or_default();
-        if state.gen >= gen {
-            Ok(())
-        } else {
-            Err(DpError::Io(io::Error::other("activemap update failed")))
-        }
-    }
-
     /// Runs blocking local I/O on tokio's blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -474,15 +435,6 @@ impl DataPath {
                 Err(e.into())
             }
         }
-    }
-
-    /// Fills `buf` from the page cache without leaving the worker, if all of
-    /// it is cached; `Ok(false)` sends the caller to the blocking pool.
-    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
-        if buf.len() > INLINE_READ_MAX {
-            return Ok(false);
-        }
-        self.local().read_cached(offset, buf)
     }
 
     fn local(&self) -> LocalData<'_> {
@@ -744,24 +696,6 @@ impl DataPath {
         }
     }
 
-    /// This write would be copied into the page cache at once, on the
-    /// runtime thread: small, whole pages, no FUA ([`inline_write`]), and
-    /// small writes not paused after a slow one. Such a write is in memory as
-    /// soon as it is applied, so a memsync secondary answers it with its
-    /// REPLY alone, no RECEIVED before it.
-    pub fn applies_in_memory(&self, offset: u64, len: usize, fua: bool) -> bool {
-        let now = self.opened.elapsed().as_millis() as u64;
-        self.inline_ok
-            && inline_write(offset, len, fua)
-            && now >= self.inline_paused_until.load(Relaxed)
-    }
-
-    fn pause_inline(&self) {
-        let until = (self.opened.elapsed() + INLINE_PAUSE).as_millis() as u64;
-        self.inline_paused_until.store(until, Relaxed);
-        tracing::debug!(resource = %self.name, "slow page-cache write: small writes use the blocking pool for {INLINE_PAUSE:?}");
-    }
-
     async fn apply_blocking(&self, offset: u64, fua: bool, change: Change) -> io::Result<()> {
         self.blocking(move |d| {
             match change {
@@ -779,71 +713,6 @@ impl DataPath {
             Ok(())
         })
         .await
-    }
-
-    fn count(&self, op: Op, len: u64, res: &Result<(), DpError>) {
-        let c = &self.counters;
-        match (res, op) {
-            (Ok(()), Op::Write) => {
-                c.writes.fetch_add(1, Relaxed);
-                c.bytes_written.fetch_add(len, Relaxed);
-            }
-            (Ok(()), Op::Trim) => {
-                c.deletes.fetch_add(1, Relaxed);
-            }
-            (Ok(()), Op::Zero) => {
-                c.zeroes.fetch_add(1, Relaxed);
-            }
-            (Err(DpError::Unsupported), _) => {}
-            (Err(_), Op::Write | Op::Zero) => {
-                c.write_errors.fetch_add(1, Relaxed);
-            }
-            (Err(_), Op::Trim) => {
-                c.delete_errors.fetch_add(1, Relaxed);
-            }
-        }
-    }
-
-    /// Marks the extents of the range dirty and, with `wait`, waits until
-    /// that is durable (`wait` is false only under a planted mutation).
-    /// A sequential writer's next extent is marked ahead (`dirty_ahead`),
-    /// flushed without anyone waiting for it. On failure the range is still
-    /// in flight in the activemap: the caller's `write_done` releases it.
-    async fn mark_dirty(&self, offset: u64, len: u64, wait: bool) -> Result<(), DpError> {
-        let (need, ahead, failures) = {
-            let failures = self.flushed.borrow().failures;
-            let mut map = self.map();
-            let need = map.write_start(offset, len);
-            (need, map.dirty_ahead(offset, len), failures)
-        };
-        let Some(gen) = need else {
-            if ahead.is_some() {
-                self.meta_kick.notify_one();
-            }
-            return Ok(());
-        };
-        if !wait {
-            self.meta_kick.notify_one();
-            return Ok(());
-        }
-        self.wait_flushed(gen, failures).await
-    }
-
-    /// First write of a degraded period: the peer will miss it, so the
-    /// counters must say this copy is newer before anything is acknowledged.
-    async fn record_degraded(&self) -> Result<(), DpError> {
-        if self.degraded_recorded.load(Relaxed) {
-            return Ok(());
-        }
-        let mut h = self.header.lock().await;
-        if self.degraded_recorded.load(Relaxed) {
-            return Ok(());
-        }
-        self.write_header_locked(&mut h, |n| n.localcnt += 1)
-            .await?;
-        self.degraded_recorded.store(true, Relaxed);
-        tracing::warn!(resource = %self.name, localcnt = h.localcnt, "peer absent: writing degraded");
-        Ok(())
     }
 
     /// The reply path's last check before a modification or flush is
@@ -913,76 +782,6 @@ impl DataPath {
         }
     }
 
-    fn start_fencer(self: &Arc<Self>) {
-        if self.fence.start_running() {
-            tokio::spawn(self.clone().fencer());
-        }
-    }
-
-    /// Runs `fence_peer` for the current generation until it succeeds,
-    /// retrying every [`FENCE_RETRY`], for as long as this is primary and
-    /// degraded (no link, or writes still held from before the link came
-    /// back). Never in the data path: held writes only wait for its result.
-    async fn fencer(self: Arc<Self>) {
-        let (node, peer) = self.fence_env.clone();
-        let mut attempts: u64 = 0;
-        let mut last_gen = 0;
-        let mut last_output: Vec<String> = Vec::new();
-        loop {
-            let g = self.fence.generation();
-            if self.gate.is_closed() || self.fence.fenced() >= g {
-                break;
-            }
-            if self.link().is_some() && self.fence.waiting() == 0 {
-                // Back on the replicated path and nobody waits for this one.
-                break;
-            }
-            let Some(command) = self.fence.command() else {
-                break;
-            };
-            if g != last_gen {
-                (last_gen, attempts) = (g, 0);
-            }
-            attempts += 1;
-            let epoch = self.header().await.epoch;
-            let env = [
-                ("HAST_RESOURCE", self.name.clone()),
-                ("HAST_NODE", node.clone()),
-                ("HAST_PEER", peer.clone()),
-                ("HAST_EPOCH", epoch.to_string()),
-                ("HAST_FENCE_SEQ", g.to_string()),
-            ];
-            if attempts == 1 {
-                tracing::warn!(resource = %self.name, seq = g, epoch, "peer lost: fencing it before writing alone (fence_peer)");
-            }
-            let run = tokio::select! {
-                r = crate::hook::run(&command, &env, FENCE_TIMEOUT, FENCE_OUTPUT_MAX) => r,
-                // Dropping the run kills the command's process group.
-                _ = self.gate.closed() => break,
-            };
-            let output = run.lines(FENCE_LOG_LINES);
-            if output != last_output {
-                for line in &output {
-                    tracing::info!(resource = %self.name, seq = g, "fence_peer: {line}");
-                }
-                last_output = output;
-            }
-            if run.success() {
-                self.fence.succeeded(g);
-                tracing::info!(resource = %self.name, seq = g, epoch, attempts, "fence_peer succeeded: writing without the peer");
-                continue;
-            }
-            if attempts == 1 || attempts.is_multiple_of(FENCE_LOG_EVERY) {
-                tracing::warn!(resource = %self.name, seq = g, epoch, attempts, "fence_peer failed ({}); writes held, retrying every {}s", run.ended, FENCE_RETRY.as_secs());
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(FENCE_RETRY) => {}
-                _ = self.gate.closed() => break,
-            }
-        }
-        self.fence.stop_running();
-    }
-
     pub async fn flush(&self) -> Result<(), DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
         if self.lease.expired() {
@@ -1049,7 +848,7 @@ impl DataPath {
     }
 
     pub async fn allocation_unlocked(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
-        self.blocking(move |d| d.allocation(offset, len, false))
+        self.blocking(move |d| d.allocation(offset, len, Runs::All))
             .await
     }
 
@@ -1063,11 +862,11 @@ impl DataPath {
         &self,
         offset: u64,
         len: u64,
-        one: bool,
+        runs: Runs,
     ) -> Result<Vec<(u64, bool)>, DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
         Ok(self
-            .blocking(move |d| d.allocation(offset, len, one))
+            .blocking(move |d| d.allocation(offset, len, runs))
             .await?)
     }
 
@@ -1082,7 +881,7 @@ impl DataPath {
 
     /// Closes the data path: refuses new requests, waits for those in flight,
     /// makes data durable, writes the activemap out. Returns the header the
-    /// caller updates (role, counters) with [`DataPath::write_header`].
+    /// caller updates (role, counters) with [`DataPath::update_header`].
     pub async fn close(&self) -> Result<Header, DpError> {
         self.gate.close_and_drain().await;
         let barrier = self.barrier().await;
@@ -1090,55 +889,6 @@ impl DataPath {
         barrier?;
         map_res?;
         Ok(self.header.lock().await.clone())
-    }
-
-    async fn write_whole_map(&self) -> io::Result<()> {
-        let bytes = self.map().map_bytes().to_vec();
-        let header = self.header.lock().await.clone();
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let pages: Vec<(u64, Vec<u8>)> = bytes
-                .chunks(4096)
-                .enumerate()
-                .map(|(i, c)| (i as u64 * 4096, c.to_vec()))
-                .collect();
-            store.write_map_pages(&header, &pages)
-        })
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))?
-        .map_err(|e| io::Error::other(e.to_string()))
-    }
-
-    /// Writes a new header generation built from the current one by `f`.
-    pub async fn update_header(&self, f: impl FnOnce(&mut Header)) -> Result<Header, DpError> {
-        let mut h = self.header.lock().await;
-        self.write_header_locked(&mut h, f).await?;
-        Ok(h.clone())
-    }
-
-    /// Writes the next header generation (crash-atomic slot update) built
-    /// by `f`, and only then makes it the current one in memory.
-    async fn write_header_locked(
-        &self,
-        current: &mut Header,
-        f: impl FnOnce(&mut Header),
-    ) -> Result<(), DpError> {
-        let mut next = current.clone();
-        f(&mut next);
-        next.generation = current.generation + 1;
-        let store = self.store.clone();
-        let written = next.clone();
-        let _pending = self.progress.begin();
-        tokio::task::spawn_blocking(move || store.write_header(&written))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        *current = next;
-        Ok(())
-    }
-
-    pub async fn header(&self) -> Header {
-        self.header.lock().await.clone()
     }
 
     pub fn dirty_bytes(&self) -> u64 {
@@ -1149,118 +899,6 @@ impl DataPath {
     pub fn inflight(&self) -> u64 {
         self.gate.inflight()
     }
-
-    /// Owns every activemap write: batches the changes of all writers waiting
-    /// on it into one durable write (group commit), publishes the generation
-    /// made durable, and runs the idle barrier that lets clean extents be
-    /// cleared when clients never flush.
-    async fn metadata_writer(self: Arc<Self>) {
-        let mut idle = tokio::time::interval(IDLE_BARRIER_INTERVAL);
-        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = self.meta_kick.notified() => {}
-                _ = idle.tick() => {
-                    if self.writes_since_barrier.load(Relaxed) > 0 && !self.gate.is_closed() {
-                        if let Err(e) = self.barrier().await {
-                            tracing::warn!(resource = %self.name, "idle barrier failed: {e}");
-                        }
-                    }
-                }
-                _ = self.gate.closed() => {
-                    // close() writes the whole map itself; leave once drained.
-                    if self.gate.inflight() == 0 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            // One job at a time; writers that arrived during a job are
-            // covered by the next one, so keep going until nothing changed.
-            loop {
-                let job = self.map().begin_flush();
-                let Some(job) = job else { break };
-                if !self.write_map_job(job).await {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-impl DataPath {
-    /// Writes one activemap job; false if it failed (writers were told).
-    async fn write_map_job(&self, job: hast_meta::FlushJob) -> bool {
-        let header = self.header.lock().await.clone();
-        let store = self.store.clone();
-        let sync = self.metaflush.load(Relaxed);
-        let gen = job.gen;
-        // The job stays here so a failure can hand it back to the map (which
-        // allows one outstanding job at a time); the worker gets a copy of the
-        // few changed pages.
-        let pages = job.pages.clone();
-        let pending = self.progress.begin();
-        let res = tokio::task::spawn_blocking(move || {
-            if sync {
-                store.write_map_pages(&header, &pages)
-            } else {
-                store.write_map_pages_nosync(&header, &pages)
-            }
-            .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("I/O worker failed: {e}")));
-        drop(pending);
-        match res {
-            Ok(()) => {
-                self.map().flush_done(gen);
-                self.counters.activemap_updates.fetch_add(1, Relaxed);
-                self.flushed.send_modify(|s| s.gen = gen);
-                true
-            }
-            Err(e) => {
-                tracing::error!(resource = %self.name, "activemap write failed: {e}");
-                self.map().flush_failed(job);
-                self.flushed.send_modify(|s| s.failures += 1);
-                false
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Write,
-    Trim,
-    Zero,
-}
-
-/// Whether a buffered write to `file` can be a mere page-cache copy. Not on
-/// FUSE (without writeback caching, which nbdfuse and most servers leave
-/// off): there every pwrite is a synchronous round trip to the userspace
-/// server, so an inline write would hold a runtime thread for as long as
-/// that server takes — with a slow or stalled server, long enough to starve
-/// the tasks that send keepalives (seen: a secondary on nbdfuse whose nbdkit
-/// stalled 1.7 s was declared dead by a primary with `ping_timeout 1`).
-fn page_cache_writes(file: &std::fs::File) -> bool {
-    use std::os::unix::io::AsRawFd;
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    // SAFETY: statfs is plain integers, for which all zeroes is valid.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and a statfs buffer of the right type.
-    let r = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
-    // f_type is i64 on x86_64 glibc, narrower elsewhere.
-    #[allow(clippy::useless_conversion)]
-    let f_type = i64::from(st.f_type);
-    r != 0 || f_type != FUSE_SUPER_MAGIC
-}
-
-/// A write the runtime thread may copy into the page cache itself (see
-/// [`INLINE_WRITE_MAX`]): small, whole pages, no FUA.
-fn inline_write(offset: u64, len: usize, fua: bool) -> bool {
-    !fua && len <= INLINE_WRITE_MAX
-        && offset.is_multiple_of(PAGE)
-        && (len as u64).is_multiple_of(PAGE)
 }
 
 fn mode_code(m: Replication) -> u8 {
@@ -1268,14 +906,6 @@ fn mode_code(m: Replication) -> u8 {
         Replication::Fullsync => 0,
         Replication::Memsync => 1,
         Replication::Async => 2,
-    }
-}
-
-fn op_of(change: &Change) -> Op {
-    match change {
-        Change::Write(_) => Op::Write,
-        Change::Zero { trim: true, .. } => Op::Trim,
-        Change::Zero { .. } => Op::Zero,
     }
 }
 
@@ -1344,29 +974,4 @@ async fn send(
         }
     };
     r.ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Which writes the worker copies into the page cache itself.
-    #[test]
-    fn inline_write_rule() {
-        let cases: [(u64, usize, bool, bool); 9] = [
-            // offset, len, fua, inline
-            (0, 4096, false, true),
-            (8192, 65536, false, true),
-            (0, 4096, true, false), // FUA: a sync follows, blocking pool
-            (0, 65536 + 4096, false, false), // larger than INLINE_WRITE_MAX
-            (512, 4096, false, false), // partial first page: may read it
-            (4096, 512, false, false), // partial page
-            (4096, 6144, false, false), // partial last page
-            (1 << 40, 4096, false, true),
-            (0, 1 << 20, false, false),
-        ];
-        for (offset, len, fua, want) in cases {
-            assert_eq!(inline_write(offset, len, fua), want, "{offset} {len} {fua}");
-        }
-    }
 }

@@ -11,7 +11,7 @@ use hast_repl::Kind;
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::wire::{read_frame, write_all};
+use crate::link::wire::{read_frame, write_all};
 
 /// "auth: ..." in status: what protects a resource's replication link.
 pub fn mode(secret: Option<&hast_conf::Secret>) -> &'static str {

@@ -30,9 +30,9 @@ use tokio::task::JoinHandle;
 
 use super::auth;
 use super::secondary::refuse;
-use super::stream::{self, ConnRead, ConnWrite};
 use super::tls::{self, SharedIdentity, TlsInfo};
 use crate::control::Resources;
+use crate::link::stream::{self, ConnRead, ConnWrite};
 use crate::resource::{peer_allowed, Command, PeerConn, ResourceHandle};
 
 /// The whole handshake, from accept to the HELLO handed over.

@@ -1,16 +1,14 @@
-//! Replication between the two nodes of a resource: the primary's
-//! connector and link, the secondary's session, the resync engine, the
-//! listener, the thin framing shell over `hast-repl`'s pure codec, and the
-//! connection itself (`stream`: plain TCP or TLS, `tls`: pinned certificates).
-//! The protocol itself is described in `docs/replication.md`.
+//! Replication between the two nodes of a resource: setting connections
+//! up and running their sessions — the primary's connector, the secondary's
+//! session, the resync engine, the listener, the handshake's authentication
+//! (`auth`) and this node's certificates (`tls`). The connection itself
+//! (framing, sending, matching replies, liveness) is `crate::link`, which
+//! the data path uses too; imports run `replication → datapath, link` and
+//! never back. The protocol is described in `docs/replication.md`.
 
 pub mod auth;
-pub mod heartbeat;
-pub mod link;
 pub mod listener;
 pub mod primary;
 pub mod resync;
 pub mod secondary;
-pub mod stream;
 pub mod tls;
-pub mod wire;

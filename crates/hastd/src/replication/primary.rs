@@ -3,23 +3,23 @@
 //! data path, runs the resync, and reconnects with backoff whenever the link
 //! dies, for as long as the resource is primary.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hast_conf::Addr;
 use hast_core::handshake::{hello_of, SyncDone};
-use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler, PeerRole};
+use hast_meta::Role;
+use hast_repl::{Decision, Hello, HelloReply, HelloStatus, Kind, MapAssembler};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use super::auth;
-use super::link::Link;
 use super::resync::{self, Direction};
-use super::stream::{self, ConnRead};
 use super::tls::{self, SharedIdentity, TlsInfo};
-use super::wire::{read_frame, write_all};
 use crate::datapath::{DataPath, PeerState};
+use crate::link::stream::{self, ConnRead};
+use crate::link::wire::{read_frame, write_all};
+use crate::link::Link;
 
 /// Waits between connection attempts: first, then doubling up to the max.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -87,7 +87,7 @@ pub async fn run(
                 link.dead().await;
                 dp.set_link(None);
                 runner.abort();
-                dp.sync_from_peer.store(false, Relaxed);
+                dp.set_sync_from_peer(false);
                 dp.set_peer_tls(None);
                 dp.set_peer_state(PeerState::Disconnected(None));
                 if !dp.is_withdrawn() {
@@ -130,14 +130,14 @@ async fn finish_sync(dp: &DataPath, link: &Link, peer: &Hello) -> Result<(), Str
     dp.update_header(|h| done.apply_primary(h))
         .await
         .map_err(|e| e.to_string())?;
-    dp.sync_from_peer.store(false, Relaxed);
-    tracing::info!(resource = %dp.name, localcnt = done.primary.0, remotecnt = done.primary.1, "resync complete, copies in sync");
+    dp.set_sync_from_peer(false);
+    tracing::info!(resource = %dp.name(), localcnt = done.primary.0, remotecnt = done.primary.1, "resync complete, copies in sync");
     Ok(())
 }
 
 type Connected = (
     Arc<Link>,
-    super::link::LinkTasks<tokio::io::BufReader<ConnRead>>,
+    crate::link::LinkTasks<tokio::io::BufReader<ConnRead>>,
     Decision,
     Hello,
     Option<TlsInfo>,
@@ -210,7 +210,7 @@ async fn connect(
         (rd, wr, None)
     };
     let own = dp.header().await;
-    let hello = hello_of(&own, node, PeerRole::Primary);
+    let hello = hello_of(&own, node, Role::Primary);
     // Nothing about this copy goes out before the secondary proved it holds
     // the secret: a fake secondary must not learn the hello, nor be able to
     // acknowledge a single write.
@@ -292,7 +292,7 @@ async fn connect(
         }
     }
     if decision.direction() == Some(hast_repl::Direction::SecondaryToPrimary) {
-        dp.sync_from_peer.store(true, Relaxed);
+        dp.set_sync_from_peer(true);
     }
     dp.persist_map().await.map_err(|e| e.to_string())?;
     let compression = match cfg.compression {

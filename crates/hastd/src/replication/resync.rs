@@ -10,14 +10,13 @@
 //! final barrier, so an interruption at any point leaves the bits and
 //! counters that make the next connection resume.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hast_repl::flags;
 
 use crate::datapath::DataPath;
-use crate::replication::link::Link;
+use crate::link::Link;
 
 /// Extents copied concurrently.
 const RESYNC_INFLIGHT: usize = 4;
@@ -42,16 +41,12 @@ pub enum Direction {
 pub async fn run(dp: Arc<DataPath>, link: Arc<Link>, direction: Direction) -> Result<(), String> {
     let extentsize = u64::from(dp.map_lock().extentsize());
     let total = dp.map_lock().needsync_count() * extentsize;
-    dp.sync.done_bytes.store(0, Relaxed);
-    dp.sync.copied_bytes.store(0, Relaxed);
-    dp.sync.total_bytes.store(total.min(dp.datasize), Relaxed);
-    *dp.sync.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    dp.sync.active.store(true, Relaxed);
+    dp.sync_started(total.min(dp.datasize()));
     if total > 0 {
-        tracing::info!(resource = %dp.name, bytes = total, ?direction, "resync started");
+        tracing::info!(resource = %dp.name(), bytes = total, ?direction, "resync started");
     }
     let result = copy_all(&dp, &link, direction, extentsize).await;
-    dp.sync.active.store(false, Relaxed);
+    dp.sync_ended();
     result
 }
 
@@ -62,11 +57,7 @@ async fn copy_all(
     extentsize: u64,
 ) -> Result<(), String> {
     dp.persist_map().await.map_err(|e| e.to_string())?;
-    let mut pace = Pace::new(
-        Instant::now(),
-        dp.sync.copied_bytes.load(Relaxed),
-        dp.resync_rate(),
-    );
+    let mut pace = Pace::new(Instant::now(), dp.sync_copied_bytes(), dp.resync_rate());
     let mut checkpoint = Instant::now();
     let slots = Arc::new(tokio::sync::Semaphore::new(RESYNC_INFLIGHT));
     for _ in 0..PASSES_MAX {
@@ -102,11 +93,7 @@ async fn copy_all(
             // changed by SIGHUP applies within a slice, not after a wait
             // computed under the old one.
             loop {
-                let wait = pace.delay(
-                    Instant::now(),
-                    dp.sync.copied_bytes.load(Relaxed),
-                    dp.resync_rate(),
-                );
+                let wait = pace.delay(Instant::now(), dp.sync_copied_bytes(), dp.resync_rate());
                 if wait.is_zero() {
                     break;
                 }
@@ -175,7 +162,7 @@ async fn copy_extent(
     extentsize: u64,
 ) -> Result<(), String> {
     let start = extent * extentsize;
-    let len = extentsize.min(dp.datasize.saturating_sub(start));
+    let len = extentsize.min(dp.datasize().saturating_sub(start));
     let _range = dp.ranges().lock(start, len).await;
     // Checked again under the range: a concurrent pass may have copied it.
     if !dp.map_lock().is_needsync(extent) {
@@ -202,7 +189,7 @@ async fn copy_extent(
                             .read_unlocked(pos, n as usize)
                             .await
                             .map_err(|e| e.to_string())?;
-                        dp.sync.copied_bytes.fetch_add(n, Relaxed);
+                        dp.sync_copied(n);
                         link.write(pos, &data.into(), flags::SYNC, false).await
                     };
                     pending.push(f.map_err(|e| e.to_string())?);
@@ -224,7 +211,7 @@ async fn copy_extent(
                 if data.len() as u64 != n {
                     return Err(format!("peer returned {} of {n} bytes", data.len()));
                 }
-                dp.sync.copied_bytes.fetch_add(n, Relaxed);
+                dp.sync_copied(n);
                 dp.write_unlocked(pos, data)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -233,8 +220,7 @@ async fn copy_extent(
         }
     }
     dp.map_lock().synced(extent);
-    dp.sync.done_bytes.fetch_add(len, Relaxed);
-    dp.counters.resynced_bytes.fetch_add(len, Relaxed);
+    dp.sync_extent_done(len);
     Ok(())
 }
 

@@ -17,17 +17,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hast_core::handshake::hello_of;
 use hast_core::secondary::{self as rules, Adopt, Order};
-use hast_repl::{flags, Data, Hello, HelloReply, HelloStatus, Kind, PeerRole};
+use hast_meta::Role;
+use hast_repl::{flags, Data, Hello, HelloReply, HelloStatus, Kind};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::heartbeat;
 use super::primary::link_timing;
-use super::stream::ConnWrite;
-use super::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 use crate::datapath::{Change, DataPath, DpError, PeerState};
-use hast_core::handshake::hello_of;
+use crate::link::heartbeat;
+use crate::link::stream::ConnWrite;
+use crate::link::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 
 /// Replies queued for the writer.
 const REPLY_QUEUE_DEPTH: usize = 1024;
@@ -66,7 +67,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let own_header = dp.header().await;
-    let own = hello_of(&own_header, &node, PeerRole::Secondary);
+    let own = hello_of(&own_header, &node, Role::Secondary);
     let decision = rules::accept(&hello, &own);
     let refusal = match decision {
         Ok(_) => None,
@@ -360,7 +361,7 @@ impl Session {
                         trim: h.has(flags::PUNCH),
                     }
                 };
-                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize {
+                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize() {
                     return Err(format!("replicated write beyond the end at {}", h.offset));
                 }
                 // Place in line now, in stream order.
@@ -411,7 +412,7 @@ impl Session {
                 });
             }
             Kind::Read => {
-                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize {
+                if h.offset.saturating_add(u64::from(h.length)) > self.dp.datasize() {
                     return Err(format!("read beyond the end at {}", h.offset));
                 }
                 let tx = tx.clone();
@@ -464,7 +465,7 @@ impl Session {
                         map.synced(e);
                     }
                 }
-                tracing::info!(resource = %self.dp.name, localcnt, remotecnt, "resync complete, copies in sync");
+                tracing::info!(resource = %self.dp.name(), localcnt, remotecnt, "resync complete, copies in sync");
                 tx.send(reply_frame(h.seq, 0))
                     .await
                     .map_err(|_| "reply queue closed".to_string())?;

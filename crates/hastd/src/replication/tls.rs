@@ -438,7 +438,7 @@ pub(crate) mod tests {
             let t = connector.connect(name, s).await?;
             let t = tokio_rustls::TlsStream::Client(t);
             let i = stream_info(&t).unwrap();
-            let (mut rd, mut wr) = super::super::stream::split_tls(t);
+            let (mut rd, mut wr) = crate::link::stream::split_tls(t);
             assert!(wr.is_write_vectored(), "vectored writes reach rustls");
             let bufs = [std::io::IoSlice::new(b"x")];
             let n = wr.write_vectored(&bufs).await?;

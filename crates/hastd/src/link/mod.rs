@@ -1,4 +1,15 @@
-//! The primary's side of a live replication connection.
+//! The multiplexed replication connection: framing, sending, matching
+//! replies, liveness. Both ends use it: the data path sends through a
+//! [`Link`] and `replication/` sets connections up and serves the
+//! secondary's end; nothing here knows of either.
+//!
+//! - `wire.rs` reads and writes frames (the async shell around
+//!   `hast-repl`'s codec) and the shared sender `Tx`;
+//! - `stream.rs` a connection's two halves, plain TCP or TLS;
+//! - `heartbeat.rs` the keepalive and dead-peer timing rules (pure);
+//! - this file the primary's side of a live connection, [`Link`].
+//!
+//! ## The primary's side
 //!
 //! Requests (WRITE, ZERO, FLUSH, READ) are numbered, registered as pending,
 //! encoded and sent through the connection's shared sender (`wire::Tx`: the
@@ -15,6 +26,10 @@
 //! when requests are pending and none completed for `timeout` (a secondary
 //! that answers keepalives but whose disk or daemon hangs).
 
+pub mod heartbeat;
+pub mod stream;
+pub mod wire;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -25,9 +40,8 @@ use hast_repl::{ChecksumKind, Compression, Data, Kind};
 use tokio::io::AsyncRead;
 use tokio::sync::{oneshot, Notify};
 
-use super::heartbeat;
-use super::stream::ConnWrite;
-use super::wire::{keepalive_frame, read_frame, Out, Tx};
+use stream::ConnWrite;
+use wire::{keepalive_frame, read_frame, Out, Tx};
 
 /// Encoded frames queued for the writer task; beyond this, senders wait.
 const SEND_QUEUE_DEPTH: usize = 1024;
