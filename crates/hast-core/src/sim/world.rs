@@ -1151,7 +1151,12 @@ impl World {
             } => {
                 use crate::edge::Disk;
                 let node = &mut self.nodes[n];
-                node.disk.put(first, &values);
+                if id == 0 {
+                    // A resync chunk: the rule every resync target follows.
+                    resynced(&node.disk, first, &values);
+                } else {
+                    node.disk.put(first, &values);
+                }
                 if fua {
                     let _ = node.disk.datasync();
                 }
@@ -1284,7 +1289,7 @@ impl World {
                     return;
                 }
                 let values: Vec<u64> = (lo..hi).map(|x| self.nodes[s].disk.value(x)).collect();
-                self.nodes[p].disk.put(lo, &values);
+                resynced(&self.nodes[p].disk, lo, &values);
                 self.nodes[p].live().map.synced(e);
                 let _ = id;
             }
@@ -1732,4 +1737,14 @@ fn raise(floor: &mut [u64], to: &[u64]) {
     for (f, t) in floor.iter_mut().zip(to) {
         *f = (*f).max(*t);
     }
+}
+
+/// Writes a resynced chunk through the core's own rule for it, as bytes.
+fn resynced(disk: &SimDisk, first: usize, values: &[u64]) {
+    let mut bytes = Vec::with_capacity(values.len() * SECTOR as usize);
+    for &v in values {
+        super::disk::encode(v, &mut bytes);
+    }
+    // Simulated I/O is aligned and cannot fail.
+    let _ = crate::edge::apply_resynced(disk, first as u64 * SECTOR, &bytes);
 }
