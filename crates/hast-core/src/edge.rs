@@ -1,7 +1,15 @@
-//! The edges of the core: what it needs from a local disk and a clock.
-//! hastd implements them over a real file (`datapath::local::LocalData`)
-//! and the monotonic clock; the simulator over sectors in memory that a
-//! crash can lose or tear (`sim::disk`) and a clock it advances itself.
+//! The edge of the core that is shared code rather than an action: the
+//! local disk. hastd implements [`Disk`] over a real file
+//! (`datapath::local::LocalData`), the simulator over sectors in memory
+//! that a crash can lose or tear (`sim::disk::SimDisk`), and
+//! [`apply_resynced`] runs over either.
+//!
+//! The other edges are actions and events of the state machines, not
+//! traits: the peer link is `write::Action::Send`/`AwaitReply`/… answered
+//! by the driver (hastd's `link::Link`, the simulator's FIFO queues), and
+//! no rule here reads a clock — the timed rules (lease, heartbeat) are pure
+//! functions of instants passed in, in hastd's `datapath/lease.rs` and
+//! `link/heartbeat.rs` and in hastmon's policy.
 
 use std::io;
 
@@ -35,9 +43,4 @@ pub fn apply_resynced(disk: &impl Disk, offset: u64, data: &[u8]) -> io::Result<
     } else {
         disk.write(offset, data)
     }
-}
-
-/// Milliseconds on a clock that never goes back.
-pub trait Clock {
-    fn now_ms(&self) -> u64;
 }

@@ -11,8 +11,8 @@
 //!   stores.
 //! - [`resync`]: when a resync may declare the copies in sync.
 //! - [`barrier`]: what a flush of the copies allows the activemap to clear.
-//! - [`edge`]: the traits at the edges (local disk, clock) that hastd
-//!   implements over real files and the simulator over simulated ones.
+//! - [`edge`]: the local disk trait that hastd implements over real files and
+//!   the simulator over simulated ones.
 //! - [`sim`]: the simulator and its checks; `examples/sim.rs` runs it long.
 //! - [`mutation`]: planted bugs the simulator's tests prove it catches.
 //!

@@ -41,4 +41,4 @@ pub mod disk;
 pub mod rng;
 mod world;
 
-pub use world::{run, shrink, Config, Failure, Faults, Report};
+pub use world::{run, script, shrink, Config, Failure, Faults, Move, Report};

@@ -16,6 +16,9 @@ use crate::handshake::{hello_of, SyncDone};
 use crate::secondary::{self, Adopt, Order};
 use crate::write::{Action, DegradedPeriods, Event, Failure as WFail, Params, WriteOp};
 
+mod script;
+pub use script::{script, Move};
+
 const EXTENT: u32 = 4096;
 const EXTENTS: u64 = 16;
 const DATASIZE: u64 = EXTENT as u64 * EXTENTS;
@@ -317,6 +320,9 @@ struct Node {
     /// Bumped whenever the floors are replaced (a crash, a resync into
     /// this copy): a flush's snapshot of older floors no longer applies.
     floor_gen: u64,
+    /// What this copy acknowledged since the last handshake: a resync into
+    /// it must keep that, whatever the source had.
+    acked_since_link: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -422,6 +428,7 @@ impl Node {
             wrote_alone: false,
             incarnation: 0,
             floor_gen: 0,
+            acked_since_link: vec![0; SECTORS],
         }
     }
 
@@ -635,6 +642,10 @@ impl World {
         let len = 1 + self.rng.below(12) as usize;
         let first = self.rng.below((SECTORS - len + 1) as u64) as usize;
         let fua = self.rng.one_in(6);
+        self.start_write_at(node, first, len, fua);
+    }
+
+    fn start_write_at(&mut self, node: usize, first: usize, len: usize, fua: bool) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let conn = self
@@ -668,6 +679,7 @@ impl World {
             recorded: false,
             period,
         });
+        id
     }
 
     fn start_flush(&mut self, node: usize) {
@@ -690,6 +702,11 @@ impl World {
             return;
         }
         let i = self.rng.below(self.writes.len() as u64) as usize;
+        self.advance_write_at(i);
+    }
+
+    /// Moves write `i` by one action if it can.
+    fn advance_write_at(&mut self, i: usize) {
         // The range lock: overlapping writes run in arrival order, each
         // holding its range until it completes.
         let t = &self.writes[i];
@@ -910,6 +927,7 @@ impl World {
         for s in first..first + len {
             let n = &mut self.nodes[node];
             n.floor[s] = n.floor[s].max(id);
+            n.acked_since_link[s] = n.acked_since_link[s].max(id);
             if fua {
                 n.dfloor[s] = n.dfloor[s].max(id);
             }
@@ -1133,7 +1151,12 @@ impl World {
             } => {
                 use crate::edge::Disk;
                 let node = &mut self.nodes[n];
-                node.disk.put(first, &values);
+                if id == 0 {
+                    // A resync chunk: the rule every resync target follows.
+                    resynced(&node.disk, first, &values);
+                } else {
+                    node.disk.put(first, &values);
+                }
                 if fua {
                     let _ = node.disk.datasync();
                 }
@@ -1172,6 +1195,8 @@ impl World {
                 target.floor = f;
                 target.dfloor = d;
                 target.floor_gen += 1;
+                let since = target.acked_since_link.clone();
+                raise(&mut target.floor, &since);
                 self.nodes[0].wrote_alone = false;
                 self.nodes[1].wrote_alone = false;
                 let node = &mut self.nodes[n];
@@ -1264,7 +1289,7 @@ impl World {
                     return;
                 }
                 let values: Vec<u64> = (lo..hi).map(|x| self.nodes[s].disk.value(x)).collect();
-                self.nodes[p].disk.put(lo, &values);
+                resynced(&self.nodes[p].disk, lo, &values);
                 self.nodes[p].live().map.synced(e);
                 let _ = id;
             }
@@ -1343,6 +1368,11 @@ impl World {
             return;
         }
         let n = self.rng.below(2) as usize;
+        self.crash_node(n);
+    }
+
+    /// Node `n`'s host fails; the manager fails over if it may.
+    fn crash_node(&mut self, n: usize) {
         if !self.nodes[n].is_up() {
             return;
         }
@@ -1556,6 +1586,9 @@ impl World {
     /// The hellos, the secondary's verdict, the primary's map merge, and
     /// the link with its resync.
     fn handshake(&mut self, p: usize, s: usize) {
+        for n in [p, s] {
+            self.nodes[n].acked_since_link = vec![0; SECTORS];
+        }
         let ph = hello_of(&self.nodes[p].live().header, "p", Role::Primary);
         let sh = hello_of(&self.nodes[s].live().header, "s", Role::Secondary);
         let both_alone = self.nodes[p].wrote_alone && self.nodes[s].wrote_alone;
@@ -1618,6 +1651,8 @@ impl World {
             pm.merge_needsync(&s_map);
             pm.dirty_to_needsync();
         }
+        let resync: Vec<u64> = pm.needsync_extents().collect();
+        self.note(format!("extents to resync: {resync:?}"));
         // Nothing is sent before the extents to copy are durable.
         self.nodes[p].flush_map();
         let id = self.next_conn;
@@ -1702,4 +1737,14 @@ fn raise(floor: &mut [u64], to: &[u64]) {
     for (f, t) in floor.iter_mut().zip(to) {
         *f = (*f).max(*t);
     }
+}
+
+/// Writes a resynced chunk through the core's own rule for it, as bytes.
+fn resynced(disk: &SimDisk, first: usize, values: &[u64]) {
+    let mut bytes = Vec::with_capacity(values.len() * SECTOR as usize);
+    for &v in values {
+        super::disk::encode(v, &mut bytes);
+    }
+    // Simulated I/O is aligned and cannot fail.
+    let _ = crate::edge::apply_resynced(disk, first as u64 * SECTOR, &bytes);
 }
