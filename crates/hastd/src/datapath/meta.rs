@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use hast_meta::Header;
 
+use super::periods::Verdict;
 use super::{DataPath, DpError};
 
 /// How often idle clean-up of the activemap runs when writes happened.
@@ -84,21 +85,44 @@ impl DataPath {
         self.wait_flushed(gen, failures).await
     }
 
-    /// First write of a degraded period: the peer will miss it, so the
-    /// counters must say this copy is newer before anything is acknowledged.
-    pub(super) async fn record_degraded(&self) -> Result<(), DpError> {
-        if self.degraded_recorded.load(Relaxed) {
-            return Ok(());
+    /// A write of `period` is about to go to this copy alone: the first of
+    /// its degraded period bumps `localcnt` durably (the peer will miss it,
+    /// so the counters must say this copy is newer before anything is
+    /// acknowledged). `Ok(false)`: a handshake began since the write started
+    /// or is under way, and the write may not go alone
+    /// (`hast_core::write::DegradedPeriods`). The bump and a handshake's
+    /// reading of the counters both hold the header lock.
+    pub(super) async fn record_degraded(&self, period: u64) -> Result<bool, DpError> {
+        if self.periods.verdict(period) == Verdict::Recorded {
+            return Ok(true);
         }
         let mut h = self.header.lock().await;
-        if self.degraded_recorded.load(Relaxed) {
-            return Ok(());
+        match self.periods.verdict(period) {
+            Verdict::Superseded => return Ok(false),
+            Verdict::Recorded => return Ok(true),
+            Verdict::Record => {}
         }
         self.write_header_locked(&mut h, |n| n.localcnt += 1)
             .await?;
-        self.degraded_recorded.store(true, Relaxed);
+        self.periods.recorded(period);
         tracing::warn!(resource = %self.name, localcnt = h.localcnt, "peer absent: writing degraded");
-        Ok(())
+        Ok(true)
+    }
+
+    /// A handshake begins (primary): a new degraded period, and no write
+    /// goes alone until the guard drops (the link is installed, or the
+    /// attempt failed). Returns the header its HELLO is built from, read
+    /// under the same lock as a degraded write's bump.
+    pub async fn begin_handshake(self: &Arc<Self>) -> (Header, Handshake) {
+        let h = self.header.lock().await;
+        self.periods.begin_handshake();
+        (h.clone(), Handshake { dp: self.clone() })
+    }
+
+    /// Resolves when no write that began before the current handshake still
+    /// goes alone: the resync may send SYNC_DONE.
+    pub async fn older_writes_done(&self) {
+        self.periods.older_drained().await
     }
 
     /// Writes a new header generation built from the current one by `f`.
@@ -223,5 +247,16 @@ impl DataPath {
                 false
             }
         }
+    }
+}
+
+/// A handshake under way; it ends when this drops.
+pub struct Handshake {
+    dp: Arc<DataPath>,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.dp.periods.end_handshake();
     }
 }

@@ -36,6 +36,7 @@ mod lease;
 pub mod local;
 mod meta;
 mod peer;
+mod periods;
 mod progress;
 mod rangelock;
 mod stats;
@@ -62,7 +63,9 @@ pub use lease::{lease_deadline, Lease};
 use local::LocalData;
 pub use local::Runs;
 use meta::FlushState;
+pub use meta::Handshake;
 pub use peer::PeerState;
+use periods::{Alone, Periods};
 pub use progress::Progress;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
@@ -159,8 +162,8 @@ pub struct DataPath {
     /// What the live link's TLS negotiated (`tls::TlsInfo` as text), `None`
     /// over plain TCP or while disconnected.
     peer_tls: Mutex<Option<String>>,
-    /// `localcnt` was bumped for the current degraded period.
-    degraded_recorded: AtomicBool,
+    /// Degraded periods: which write may go alone, which bumps `localcnt`.
+    periods: Arc<Periods>,
     writes_since_barrier: AtomicU64,
     counters: Counters,
     /// The primary's lease; never set on a secondary.
@@ -227,7 +230,7 @@ impl DataPath {
             sync: SyncCounters::default(),
             peer_tls: Mutex::new(None),
             peer_state: Mutex::new(PeerState::initial(peer_configured)),
-            degraded_recorded: AtomicBool::new(false),
+            periods: Arc::default(),
             writes_since_barrier: AtomicU64::new(0),
             counters: Counters::default(),
             lease: Lease::default(),
@@ -325,13 +328,10 @@ impl DataPath {
             .cloned()
     }
 
-    /// Installs (or removes) the replication link. A new link starts a new
-    /// in-sync period: the next disconnection counts as a new degraded one.
+    /// Installs (or removes) the replication link. (The handshake before
+    /// it began a new degraded period: see [`DataPath::begin_handshake`].)
     pub fn set_link(&self, link: Option<Arc<Link>>) {
         let installed = link.is_some();
-        if installed {
-            self.degraded_recorded.store(false, Relaxed);
-        }
         *self.link.write().unwrap_or_else(|p| p.into_inner()) = link;
         if installed {
             // After the store: a held write woken by this finds the link.
@@ -519,6 +519,9 @@ impl DataPath {
         // The primary: hast-core's `WriteOp` decides the order (fence,
         // activemap, send, apply, acknowledge per the mode, degrade on a
         // failure); this only performs its actions.
+        // The period first, then the link: a write that finds no link
+        // belongs to a period no later handshake has seen.
+        let period = self.periods.current();
         let link = self.link();
         let params = Params {
             mode: self.replication(),
@@ -537,6 +540,8 @@ impl DataPath {
             remote_err: None,
             err: None,
             applied: false,
+            period,
+            alone: None,
         };
         match self.drive(&mut op, first, &mut d).await {
             Action::Reply(r) => {
@@ -580,13 +585,26 @@ impl DataPath {
                 Action::Hold { reroute } => match self.hold_degraded(reroute).await {
                     Ok(Some(l)) => {
                         d.link = Some(l);
+                        d.period = self.periods.current();
                         Event::Rerouted
                     }
-                    Ok(None) => Event::Fenced,
+                    Ok(None) => {
+                        // A write that may reroute begins again in the
+                        // current period; one held after its link failed
+                        // keeps its own.
+                        if reroute {
+                            d.period = self.periods.current();
+                        }
+                        Event::Fenced
+                    }
                     Err(_) => Event::Shutdown,
                 },
-                Action::RecordDegraded => match self.record_degraded().await {
-                    Ok(()) => Event::Recorded(true),
+                Action::RecordDegraded => match self.record_degraded(d.period).await {
+                    Ok(true) => {
+                        d.alone = Some(self.periods.going_alone(d.period));
+                        Event::Recorded(true)
+                    }
+                    Ok(false) => Event::Superseded,
                     Err(e) => {
                         d.err = Some(e);
                         Event::Recorded(false)
@@ -732,6 +750,17 @@ impl DataPath {
     /// (returned). A demotion ends the wait with `Shutdown`. Without
     /// `fence_peer`, or once fenced, returns at once (one atomic check).
     async fn hold_degraded(self: &Arc<Self>, reroute: bool) -> Result<Option<Arc<Link>>, DpError> {
+        if reroute {
+            // A handshake under way decides whether there is a link to
+            // take (hast_core::write::DegradedPeriods): wait for it.
+            tokio::select! {
+                _ = self.periods.handshake_over() => {}
+                _ = self.gate.closed() => return Err(DpError::Shutdown),
+            }
+            if let Some(l) = self.link() {
+                return Ok(Some(l));
+            }
+        }
         let mut g = self.fence.degraded_generation();
         if self.fence.allows(g) {
             return Ok(None);
@@ -929,6 +958,10 @@ struct Driving {
     err: Option<DpError>,
     /// It was applied to this copy: it counts toward the next idle barrier.
     applied: bool,
+    /// The degraded period it (re)began in.
+    period: u64,
+    /// Counted while it goes to this copy alone.
+    alone: Option<Alone>,
 }
 
 impl Driving {

@@ -48,7 +48,7 @@ pub async fn run(
             identity: tls::current(&identity),
         };
         match connect(&dp, &cfg, &node, keys.as_ref(), &link_tls).await {
-            Ok((link, tasks, decision, peer, tls_info)) => {
+            Ok((link, tasks, decision, peer, tls_info, handshake)) => {
                 backoff = BACKOFF_FIRST;
                 last_error.clear();
                 dp.set_peer_state(PeerState::Connected);
@@ -64,6 +64,7 @@ pub async fn run(
                 let (ping, timeout) = link_timing(&cfg);
                 let runner = tokio::spawn(link.clone().run(tasks, ping, timeout));
                 dp.set_link(Some(link.clone()));
+                drop(handshake);
                 let direction =
                     if decision.direction() == Some(hast_repl::Direction::SecondaryToPrimary) {
                         Direction::FromPeer
@@ -141,6 +142,8 @@ type Connected = (
     Decision,
     Hello,
     Option<TlsInfo>,
+    // The handshake ends when this drops, once the link is installed.
+    crate::datapath::Handshake,
 );
 
 /// What a `tls://` remote needs for one connection attempt.
@@ -209,21 +212,26 @@ async fn connect(
         let (rd, wr) = stream::split_tcp(stream);
         (rd, wr, None)
     };
-    let own = dp.header().await;
-    let hello = hello_of(&own, node, Role::Primary);
+    let names = hello_of(&dp.header().await, node, Role::Primary);
     // Nothing about this copy goes out before the secondary proved it holds
     // the secret: a fake secondary must not learn the hello, nor be able to
     // acknowledge a single write.
     auth::initiate(
         &mut rd,
         &mut wr,
-        &hello.resource,
-        &hello.node,
+        &names.resource,
+        &names.node,
         secret,
         HANDSHAKE_TIMEOUT,
     )
     .await
     .map_err(|e| format!("{peer}: {e}"))?;
+    // From here until the link is installed (or this attempt fails) no
+    // write goes alone, and the counters the HELLO carries are read under
+    // the lock a degraded write's bump takes: the decision the secondary
+    // makes from them covers every write that will be on this copy alone.
+    let (own, handshake) = dp.begin_handshake().await;
+    let hello = hello_of(&own, node, Role::Primary);
     let mut out = Vec::new();
     hast_repl::encode_message_frame(Kind::Hello, 0, 0, 0, &hello.encode(), &mut out);
     write_all(&mut wr, &out, HANDSHAKE_TIMEOUT)
@@ -309,7 +317,7 @@ async fn connect(
     // Buffered: replies are 32-byte frames, many per segment at high depth.
     let rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let (link, tasks) = Link::new(peer, rd, wr, compression, checksum, 1);
-    Ok((link, tasks, decision, theirs, tls_info))
+    Ok((link, tasks, decision, theirs, tls_info, handshake))
 }
 
 /// The TLS handshake of a `tls://` remote, bounded like every handshake

@@ -106,6 +106,17 @@ async fn copy_all(
         if dp.map_lock().needsync_count() > 0 {
             continue;
         }
+        // A write that began before this link and goes alone marks its
+        // extent needsync when it ends: the copies are in sync only once
+        // none is left (hast_core::resync::may_finish).
+        tokio::select! {
+            _ = dp.older_writes_done() => {}
+            _ = link.dead() => return Err(format!("resync interrupted: {}", link.reason())),
+            _ = dp.withdrawn() => return Err("resync interrupted: resource closing".into()),
+        }
+        if dp.map_lock().needsync_count() > 0 {
+            continue;
+        }
         // Both copies durable before anyone is told they are in sync.
         dp.barrier().await.map_err(|e| e.to_string())?;
         if link.is_dead() {
