@@ -1,7 +1,7 @@
 //! Runs the replication simulator over many seeds, or replays one.
 //!
 //! ```text
-//! cargo run --release -p hast-core --example sim -- --seeds 100000 [--steps 2000] [--first 1]
+//! cargo run --release -p hast-core --example sim -- --seeds 100000 [--steps 3000] [--first 1]
 //! HAST_SIM_SEED=1234 [HAST_SIM_FAULTS=crash,cut] [HAST_SIM_STEPS=900] cargo run -p hast-core --example sim
 //! ```
 //! Exits 1 at the first failing seed, printing its replay.
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         }
         Ok((
             arg(&args, "--seeds", 1000)?,
-            arg(&args, "--steps", 2000)?,
+            arg(&args, "--steps", 3000)?,
             arg(&args, "--first", 1)?,
         ))
     })();
