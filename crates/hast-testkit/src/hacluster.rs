@@ -18,7 +18,8 @@
 //! so that its disk can hang ([`HaCluster::hang_disk`]); `hastd_only` starts
 //! hastd alone with the roles set by hand (`hastctl role`, `a` primary), and
 //! hastmon comes later, host by host ([`HaCluster::start_hastmon`]), as when a
-//! running pair is put under hastmon.
+//! running pair is put under hastmon. `discovery` adds a discovery listener
+//! to each data node for the connector on `c` ([`crate::hastcd`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ pub const CLIENT: &str = "c";
 const NBD_PORT: u16 = 10809;
 const REPL_PORT: u16 = 8458;
 const MON_PORT: u16 = 8457;
+/// Where the data nodes answer discovery (`HaOptions::discovery`).
+pub const DISCOVERY_PORT: u16 = 8459;
 const KEY: &str = "hast-test-cluster-shared-key-0123456789";
 const POLL: Duration = Duration::from_millis(100);
 
@@ -65,6 +68,9 @@ pub struct HaOptions {
     /// hastd only on `a` (primary, set by hand) and `b` (secondary); no
     /// hastmon anywhere until [`HaCluster::start_hastmon`].
     pub hastd_only: bool,
+    /// Each data node's hast.conf has `discovery_listen tcp://ADDR:8459`
+    /// (global section) for the connector hastcd.
+    pub discovery: bool,
 }
 
 pub struct HaCluster {
@@ -79,6 +85,7 @@ pub struct HaCluster {
     /// pids cgroups of hastmons whose forks fail, by host, with the
     /// refusals their probe caused.
     cages: BTreeMap<String, (PidsCage, u64)>,
+    opts: HaOptions,
 }
 
 /// The other data node.
@@ -117,6 +124,7 @@ impl HaCluster {
             area: BTreeMap::new(),
             disks: BTreeMap::new(),
             cages: BTreeMap::new(),
+            opts,
         };
         for n in ["a", "b", "w"] {
             std::fs::create_dir_all(c.host_dir(n)).expect("host dir");
@@ -209,6 +217,12 @@ impl HaCluster {
             "secret_file {}\n",
             self.host_dir(node).join("repl.key").display()
         ));
+        if self.opts.discovery {
+            s.push_str(&format!(
+                "discovery_listen tcp://{}:{DISCOVERY_PORT}\n",
+                self.net.addr(node)
+            ));
+        }
         for n in DATA {
             let d = self.host_dir(n);
             s.push_str(&format!(

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod env;
 pub mod faults;
 pub mod hacluster;
+pub mod hastcd;
 pub mod net;
 pub mod node;
 pub mod pair;

@@ -118,10 +118,28 @@ pub struct NbdFuse {
 impl NbdFuse {
     /// `nbdfuse MOUNTPOINT URI`, waiting (bounded) until `MOUNTPOINT/nbd` exists.
     pub fn mount(mountpoint: &Path, uri: &str, log: &Path) -> NbdFuse {
+        NbdFuse::mount_in(mountpoint, uri, log, None)
+    }
+
+    /// [`NbdFuse::mount`], with nbdfuse in the network namespace `netns` (a
+    /// `/run/netns/NAME` path) when given: `nsenter --net=` changes the
+    /// network namespace only, so the mount is made in the test's own mount
+    /// namespace (`ip netns exec` would make it in a private one), and
+    /// nsenter execs nbdfuse, so the PID is nbdfuse's.
+    pub fn mount_in(mountpoint: &Path, uri: &str, log: &Path, netns: Option<&Path>) -> NbdFuse {
         std::fs::create_dir_all(mountpoint).expect("mkdir mountpoint");
         let pidfile = mountpoint.with_extension("nbdfuse.pid");
         let _ = std::fs::remove_file(&pidfile);
-        let mut cmd = Command::new("nbdfuse");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg("nbdfuse");
+                c
+            }
+            None => Command::new("nbdfuse"),
+        };
         cmd.arg("-P").arg(&pidfile).arg(mountpoint).arg(uri);
         let what = describe(&cmd);
         let proc = Proc::spawn(&mut cmd, "nbdfuse", Some(log))
@@ -228,16 +246,21 @@ pub struct LoopMount {
 impl LoopMount {
     /// `mount -o loop IMAGE TARGET` (panics with mount's message on failure).
     pub fn mount(image: &Path, target: &Path) -> LoopMount {
+        LoopMount::mount_with(image, target, "loop")
+    }
+
+    /// `mount -o OPTIONS IMAGE TARGET`; OPTIONS must include `loop`.
+    pub fn mount_with(image: &Path, target: &Path, options: &str) -> LoopMount {
         std::fs::create_dir_all(target).expect("mkdir mount target");
         let out = run(
             Command::new(crate::env::which("mount").unwrap_or_else(|| "mount".into()))
                 .arg("-o")
-                .arg("loop")
+                .arg(options)
                 .arg(image)
                 .arg(target),
             timeout_s(60),
         );
-        expect_ok(&out, &format!("mount -o loop {}", image.display()));
+        expect_ok(&out, &format!("mount -o {options} {}", image.display()));
         LoopMount {
             image: image.to_path_buf(),
             target: target.to_path_buf(),

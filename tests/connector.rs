@@ -1,0 +1,649 @@
+//! The connector's promise (SPEC §8, issue 12): a filesystem on hastcd's
+//! endpoint does not notice a failover.
+//!
+//! In network namespaces (`hast_testkit::hacluster`): data hosts `a`, `b`
+//! (hastd with a discovery listener, hastmon), the witness `w`, and hastcd
+//! on the client host `c`. The client is in the test's own namespaces and
+//! reaches hastcd's Unix endpoint by its path: nbdfuse, a loop device and
+//! ext4 on the first 160 MiB of the export, and two writers at once:
+//! `tests/py/fsync_writer.py` creating files with known contents in ext4,
+//! fsyncing each and timing every operation, and `tests/py/follow_writer.py`
+//! writing versioned blocks through the same endpoint after the filesystem's
+//! end. Faults (`HAST_CONN_TRIALS`, default 10, cycling through the kinds):
+//! kill -9 of the primary host's hastd and hastmon, the primary isolated,
+//! the primary's daemons SIGSTOPped past their lease. After each: no writer
+//! saw an error or a lost connection, ext4 is still mounted read-write with
+//! `errors_count` 0, every fsynced file reads back with its checksum, and
+//! the pause is measured (the longest time without a completed file
+//! operation from the fault to the healing). At the end: `fsck.ext4 -n -f`
+//! clean, every file intact again through a fresh nbdfuse, the
+//! versioned-block checker (`tests/py/cluster_check.py`) through the
+//! connector finds nothing lost, the copies are identical, and the pauses'
+//! median / p99 / max are printed: p99 must stay within 5 s.
+//!
+//! `control_straight_to_the_primary` (ignored; `bench/connector.sh control`)
+//! runs the same workload and checks with nbdfuse connected straight to the
+//! primary's NBD address: a failover must break the promise there (I/O
+//! errors, a read-only ext4), and the test passes only if the checks say so
+//! — the proof that they can fail.
+//!
+//! The connector's other behaviours: `ctrl_loss_tmo` (no primary anywhere:
+//! held requests fail with EIO after the timeout, and I/O works again once a
+//! primary is back, hastcd not restarted); SIGHUP reloads keep a connected
+//! client; `exclude =` and manual `connection =` entries; `hastcctl` and the
+//! JSON shapes of `ls`/`status`; a bad hastcd.conf gives `FILE:LINE: ...`
+//! and exit 78.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use hast_testkit::cluster::NsProc;
+use hast_testkit::hacluster::{other, HaBins, HaCluster, HaOptions, CLIENT, DATA, RES};
+use hast_testkit::hastcd::{netns_path, ConnBins, Ext4Client, Hastcd, HastcdConf};
+use hast_testkit::tools::require_ext4;
+use hast_testkit::{
+    output_text, py_script, python_command, require_python_nbd, run, tail, timeout_s, wait_for,
+    Proc, PYTHON,
+};
+
+fn ha_bins() -> HaBins {
+    HaBins {
+        hastd: env!("CARGO_BIN_EXE_hastd").into(),
+        hastctl: env!("CARGO_BIN_EXE_hastctl").into(),
+        hastmon: env!("CARGO_BIN_EXE_hastmon").into(),
+        hastmonctl: env!("CARGO_BIN_EXE_hastmonctl").into(),
+    }
+}
+
+/// `option_env!`: the test compiles while the connector's binaries are
+/// still being written; a test that needs one fails loudly without it.
+fn conn_bins() -> ConnBins {
+    ConnBins {
+        hastcd: option_env!("CARGO_BIN_EXE_hastcd").map(PathBuf::from),
+        hastcctl: option_env!("CARGO_BIN_EXE_hastcctl").map(PathBuf::from),
+    }
+}
+
+const SIZE: u64 = 256 << 20;
+/// ext4 takes the start of the export; the versioned blocks follow it.
+const FS_SIZE: u64 = 160 << 20;
+const VB_FIRST_LBA: u64 = FS_SIZE / 4096;
+const VB_BLOCKS: u64 = 4096;
+/// The promise's bound on the pause at p99.
+const PAUSE_P99_MAX_S: f64 = 5.0;
+/// Violations of one kind shown per trial.
+const SHOWN: usize = 3;
+/// How long a trial waits for I/O to come back before calling it lost.
+const RESUME_BOUND_S: u64 = 30;
+
+/// One cluster at a time (two on two cores would measure the machine).
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cluster(opts: HaOptions) -> Option<(std::sync::MutexGuard<'static, ()>, HaCluster)> {
+    if !(require_python_nbd() && require_ext4(&["nsenter", "sha256sum"])) {
+        return None;
+    }
+    let guard = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    HaCluster::start_with(ha_bins(), SIZE, opts).map(|c| (guard, c))
+}
+
+fn wall() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// kill -9 of the primary host's hastd and hastmon.
+    KillPrimary,
+    /// The primary cut from every other host (the client's hastcd too).
+    IsolatePrimary,
+    /// SIGSTOP of the primary's hastd and hastmon until the other node has
+    /// taken over (past the lease: a takeover needs it expired).
+    PausePrimary,
+}
+
+const KINDS: [Fault; 3] = [
+    Fault::KillPrimary,
+    Fault::IsolatePrimary,
+    Fault::PausePrimary,
+];
+
+/// How the client reaches the storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// hastcd's Unix endpoint.
+    Connector,
+    /// The primary's own NBD address (from host `c`'s network namespace).
+    Direct,
+}
+
+/// The fsync writer's log: completions (t_start, t_end), live files
+/// (relpath -> sha256), errors.
+#[derive(Debug, Default)]
+struct FsLog {
+    done: Vec<(f64, f64)>,
+    live: BTreeMap<String, String>,
+    errors: Vec<String>,
+}
+
+fn read_fs_log(path: &Path) -> FsLog {
+    let mut l = FsLog::default();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+        match f.first() {
+            Some(&"ok") if f.len() >= 6 => {
+                if let (Some(a), Some(b)) = (t(1), t(2)) {
+                    l.done.push((a, b));
+                }
+                l.live.insert(f[3].to_owned(), f[5].to_owned());
+            }
+            Some(&"rm") if f.len() >= 4 => {
+                if let (Some(a), Some(b)) = (t(1), t(2)) {
+                    l.done.push((a, b));
+                }
+                l.live.remove(f[3]);
+            }
+            Some(&"error") => l.errors.push(line.to_owned()),
+            _ => {}
+        }
+    }
+    l
+}
+
+/// Lines of follow_writer's history that a client of the connector must
+/// never see: a failed write, a lost connection.
+fn follow_trouble(history: &Path) -> Vec<String> {
+    std::fs::read_to_string(history)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("fail ") || l.starts_with("disconnect "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The longest time without a completion that overlaps `[from, to]`.
+fn longest_gap(done: &[(f64, f64)], from: f64, to: f64) -> f64 {
+    let mut t: Vec<f64> = done.iter().map(|d| d.1).collect();
+    t.sort_by(f64::total_cmp);
+    let mut prev = t.iter().copied().rfind(|x| *x <= from).unwrap_or(from);
+    let mut best: f64 = 0.0;
+    for &x in t.iter().filter(|x| **x > from) {
+        best = best.max(x - prev);
+        prev = x;
+        if x > to {
+            return best;
+        }
+    }
+    best.max(to - prev)
+}
+
+/// Median, p99 and max (sorts `t`).
+fn stats(t: &mut [f64]) -> Option<(f64, f64, f64)> {
+    t.sort_by(f64::total_cmp);
+    let last = *t.last()?;
+    let pct = |q: f64| t[((t.len() as f64 - 1.0) * q).ceil() as usize];
+    Some((pct(0.5), pct(0.99), last))
+}
+
+/// The client host's workload: ext4 with the fsync writer, and the
+/// versioned-block writer, on one URI. Field order is drop order: writers
+/// first, then the filesystem and nbdfuse.
+struct Client {
+    fs_writer: Option<Proc>,
+    follow: Option<NsProc>,
+    ext4: Ext4Client,
+    dir: PathBuf,
+    fs_log: PathBuf,
+    history: PathBuf,
+    stop: PathBuf,
+}
+
+impl Client {
+    fn start(c: &HaCluster, via: Via, uri: &str) -> Client {
+        let dir = c.dir().join("client");
+        std::fs::create_dir_all(&dir).expect("client dir");
+        let netns = (via == Via::Direct).then(|| netns_path(c, CLIENT));
+        let ext4 = Ext4Client::mount(&dir, uri, netns.as_deref(), FS_SIZE, true);
+        let fs_log = dir.join("fs-writer.log");
+        let history = dir.join("follow-history.txt");
+        let stop = dir.join("stop");
+        let mut cl = Client {
+            fs_writer: None,
+            follow: None,
+            ext4,
+            dir,
+            fs_log,
+            history,
+            stop,
+        };
+        let mnt = cl.ext4.mountpoint().display().to_string();
+        let log = cl.fs_log.display().to_string();
+        let stop = cl.stop.display().to_string();
+        let mut cmd = python_command(
+            "fsync_writer.py",
+            &[
+                "--dir",
+                &mnt,
+                "--log",
+                &log,
+                "--stop-file",
+                &stop,
+                "--duration",
+                "900",
+                "--seed",
+                "12",
+            ],
+        );
+        cl.fs_writer = Some(
+            Proc::spawn(
+                &mut cmd,
+                "fsync_writer",
+                Some(&cl.dir.join("fs-writer.out")),
+            )
+            .expect("spawn fsync_writer"),
+        );
+        // Through the connector a lost connection or a failed write is a
+        // broken promise, so follow_writer must not give up on its own:
+        // its request timeout and reconnect bound are far beyond a failover.
+        let mut cmd = c.net.command(CLIENT, PYTHON);
+        cmd.arg(py_script("follow_writer.py"))
+            .args(["--uri", uri, "--history"])
+            .arg(&cl.history)
+            .arg("--stop-file")
+            .arg(&cl.stop)
+            .args(["--ack-is-durable", "--duration", "900", "--inflight", "4"])
+            .args(["--request-timeout", "120", "--reconnect-timeout"])
+            .arg(if via == Via::Direct { "5" } else { "120" })
+            .args(["--first-lba", &VB_FIRST_LBA.to_string()])
+            .args(["--blocks", &VB_BLOCKS.to_string(), "--seed", "7"]);
+        cl.follow = Some(
+            NsProc::spawn(&mut cmd, "follow_writer", &cl.dir.join("follow.out"))
+                .expect("spawn follow_writer"),
+        );
+        cl
+    }
+
+    fn fs(&self) -> FsLog {
+        read_fs_log(&self.fs_log)
+    }
+
+    /// Waits until the fsync writer completes `n` more operations ending
+    /// after `after` (bounded); false if it did not.
+    fn wait_done_after(&self, after: f64, n: usize, bound: Duration) -> bool {
+        wait_for(bound, || {
+            let k = self.fs().done.iter().filter(|d| d.1 > after).count();
+            if k < n {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (k >= n).then_some(())
+        })
+        .is_some()
+    }
+
+    /// `sha256sum -c` of every live file (an outside tool reads them);
+    /// the failures, or `Err` with its complaint.
+    fn verify_files(&self, root: &Path, tag: &str) -> Result<usize, String> {
+        let live = self.fs().live;
+        let manifest = self.dir.join(format!("manifest-{tag}.txt"));
+        let text: String = live
+            .iter()
+            .map(|(rel, sum)| format!("{sum}  {rel}\n"))
+            .collect();
+        std::fs::write(&manifest, text).expect("manifest");
+        let out = run(
+            Command::new("sha256sum")
+                .args(["--quiet", "--strict", "-c"])
+                .arg(&manifest)
+                .current_dir(root),
+            timeout_s(120),
+        );
+        if out.status.success() {
+            Ok(live.len())
+        } else {
+            let mut t = output_text(&out);
+            t.truncate(3000);
+            Err(format!("{} live files, sha256sum -c: {t}", live.len()))
+        }
+    }
+
+    /// Stops both writers (bounded); their summaries, and a complaint if one
+    /// failed.
+    fn stop_writers(&mut self) -> Vec<String> {
+        std::fs::write(&self.stop, b"").expect("stop file");
+        let mut bad = vec![];
+        if let Some(mut p) = self.fs_writer.take() {
+            match p.wait_timeout(timeout_s(60)) {
+                Some(st) if st.success() => {}
+                st => bad.push(format!(
+                    "fsync_writer ended {st:?}: {}",
+                    tail(&self.dir.join("fs-writer.out"), 5)
+                )),
+            }
+        }
+        if let Some(mut p) = self.follow.take() {
+            match p.wait_timeout(timeout_s(90)) {
+                Some(st) if st.success() => {
+                    println!("follow_writer: {}", p.tail(1).trim());
+                }
+                st => bad.push(format!("follow_writer ended {st:?}: {}", p.tail(5))),
+            }
+        }
+        bad
+    }
+
+    /// Whether the writers are still running (a dead one is a violation).
+    fn writers_running(&mut self) -> Vec<String> {
+        let mut dead = vec![];
+        if let Some(p) = self.fs_writer.as_mut() {
+            if !p.is_running() {
+                dead.push(format!(
+                    "fsync_writer exited: {}",
+                    tail(&self.dir.join("fs-writer.out"), 3)
+                ));
+            }
+        }
+        if let Some(p) = self.follow.as_mut() {
+            if !p.is_running() {
+                dead.push(format!("follow_writer exited: {}", p.tail(3)));
+            }
+        }
+        dead
+    }
+}
+
+/// What one trial saw.
+#[derive(Debug)]
+struct Trial {
+    label: String,
+    pause_s: f64,
+    violations: Vec<String>,
+}
+
+fn apply(c: &mut HaCluster, f: Fault, p: &str) {
+    match f {
+        Fault::KillPrimary => c.kill9(p),
+        Fault::IsolatePrimary => c.net.isolate(p),
+        Fault::PausePrimary => c.pause(p),
+    }
+}
+
+fn heal(c: &mut HaCluster, f: Fault, p: &str) {
+    match f {
+        Fault::KillPrimary => c.restart(p),
+        Fault::IsolatePrimary => c.net.heal_all(),
+        Fault::PausePrimary => c.resume(p),
+    }
+}
+
+/// One fault under the writers, healed; the checks of the promise.
+fn trial(
+    c: &mut HaCluster,
+    cl: &mut Client,
+    hastcd: Option<&Hastcd>,
+    fault: Fault,
+    label: &str,
+) -> Trial {
+    let p = c.wait_in_sync(timeout_s(120));
+    let s = other(p);
+    let mut v = vec![];
+    // Writes flowing before the fault.
+    if !cl.wait_done_after(wall(), 20, timeout_s(60)) {
+        v.push(format!("{label}: no I/O before the fault"));
+    }
+    let errors_before = cl.fs().errors.len();
+    let trouble_before = follow_trouble(&cl.history).len();
+    let wall0 = wall();
+    let t0 = Instant::now();
+    apply(c, fault, p);
+    let took = c.wait_takeover(p, t0, timeout_s(30));
+    let takeover = match took {
+        Some((_, d)) => format!("{:.2} s", d.as_secs_f64()),
+        None => {
+            v.push(format!("{label}: {s} did not take over within 30 s"));
+            "none".into()
+        }
+    };
+    // I/O back: operations completed after the new primary was seen
+    // exporting (for a frozen or cut-off primary nothing else can answer).
+    let resumed = cl.wait_done_after(wall(), 5, timeout_s(RESUME_BOUND_S));
+    if !resumed {
+        v.push(format!(
+            "{label}: the filesystem's I/O did not resume within {RESUME_BOUND_S} s"
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let wall_heal = wall();
+    heal(c, fault, p);
+    let fs = cl.fs();
+    let pause = longest_gap(&fs.done, wall0, wall_heal);
+    let longest_op = fs
+        .done
+        .iter()
+        .filter(|d| d.1 > wall0)
+        .map(|d| d.1 - d.0)
+        .fold(0.0, f64::max);
+    // The first few of each, and how many (an ext4 gone read-only fails
+    // every operation after the first error).
+    let errors = &fs.errors[errors_before..];
+    for e in errors.iter().take(SHOWN) {
+        v.push(format!("{label}: fsync_writer: {e}"));
+    }
+    if errors.len() > SHOWN {
+        v.push(format!(
+            "{label}: fsync_writer: {} errors in all",
+            errors.len()
+        ));
+    }
+    let trouble = &follow_trouble(&cl.history)[trouble_before..];
+    for t in trouble.iter().take(SHOWN) {
+        v.push(format!("{label}: follow_writer: {t}"));
+    }
+    if trouble.len() > SHOWN {
+        v.push(format!(
+            "{label}: follow_writer: {} failures or disconnections in all",
+            trouble.len()
+        ));
+    }
+    v.extend(cl.writers_running());
+    if !cl.ext4.is_rw() {
+        v.push(format!(
+            "{label}: ext4 is no longer mounted read-write: {:?}",
+            cl.ext4.mount_entry()
+        ));
+    }
+    match cl.ext4.errors_count() {
+        Some(0) => {}
+        n => v.push(format!("{label}: ext4 errors_count {n:?}")),
+    }
+    let tag: String = label
+        .chars()
+        .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '-' })
+        .collect();
+    let files = cl.verify_files(cl.ext4.mountpoint(), &tag);
+    match &files {
+        Ok(_) => {}
+        Err(e) => v.push(format!("{label}: fsynced files damaged: {e}")),
+    }
+    let hastcd_pause = hastcd
+        .and_then(|h| h.endpoint(RES))
+        .map(|e| format!("{} ms", e["last_pause_ms"]))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "{label}: {p} -> {s}, takeover {takeover}, I/O pause {pause:.2} s (longest file operation {longest_op:.2} s), hastcd last_pause {hastcd_pause}, {} files verified, {} violations",
+        files.unwrap_or(0),
+        v.len()
+    );
+    Trial {
+        label: label.to_owned(),
+        pause_s: pause,
+        violations: v,
+    }
+}
+
+/// The promise's run: `trials` faults cycling through `kinds` under the
+/// client on `via`; stops after the first trial with violations. Returns
+/// the trials and every violation (also those of the final checks).
+fn promise(via: Via, trials: usize, kinds: &[Fault]) -> Option<(Vec<Trial>, Vec<String>)> {
+    let conn = conn_bins();
+    let (_one, mut c) = cluster(HaOptions {
+        discovery: via == Via::Connector,
+        ..HaOptions::default()
+    })?;
+    let hastcd = match via {
+        Via::Connector => {
+            let h = Hastcd::start(&c, &conn, &HastcdConf::for_cluster(&c));
+            let size = h.wait_endpoint(RES, timeout_s(30));
+            assert!(
+                size.is_some(),
+                "hastcd's endpoint for {RES} never answered\n{}{}",
+                h.describe(),
+                c.describe()
+            );
+            Some(h)
+        }
+        Via::Direct => None,
+    };
+    let uri = match &hastcd {
+        Some(h) => h.uri(RES),
+        None => c.uri("a"),
+    };
+    println!("promise via {via:?}: client on {uri}");
+    let mut cl = Client::start(&c, via, &uri);
+    let mut done = vec![];
+    let mut all = vec![];
+    for i in 0..trials {
+        let f = kinds[i % kinds.len()];
+        let t = trial(
+            &mut c,
+            &mut cl,
+            hastcd.as_ref(),
+            f,
+            &format!("trial {i} {f:?}"),
+        );
+        let bad = !t.violations.is_empty();
+        all.extend(t.violations.iter().cloned());
+        done.push(t);
+        if bad {
+            break;
+        }
+    }
+    all.extend(cl.stop_writers());
+    if !all.is_empty() {
+        return Some((done, all));
+    }
+    // After the trials: fsck of the unmounted filesystem, then every file
+    // read again through a fresh nbdfuse (nothing cached).
+    cl.ext4.unmount_fs();
+    let out = hast_testkit::tools::fsck_ext4(&cl.ext4.image());
+    println!("fsck.ext4 -n -f: exit {}", out.status);
+    if !out.status.success() {
+        all.push(format!("fsck.ext4 -n -f:\n{}", output_text(&out)));
+    }
+    if let Some(st) = cl.ext4.unmount_all() {
+        if !st.success() {
+            all.push(format!("nbdfuse exited {st}"));
+        }
+    }
+    {
+        let again = Ext4Client::mount(&cl.dir.join("again"), &uri, None, FS_SIZE, false);
+        match cl.verify_files(again.mountpoint(), "final") {
+            Ok(n) => println!("{n} fsynced files intact after remounting"),
+            Err(e) => all.push(format!("after remounting: {e}")),
+        }
+    }
+    // The versioned blocks through the connector: nothing acknowledged lost.
+    c.wait_in_sync(timeout_s(120));
+    let mut cmd = c.net.command(CLIENT, PYTHON);
+    cmd.arg(py_script("cluster_check.py"))
+        .args(["--uri", &uri, "--history"])
+        .arg(&cl.history);
+    for d in DATA {
+        cmd.arg("--hastd-log")
+            .arg(format!("{d}={}", c.hastd_log(d).display()));
+    }
+    let out = run(&mut cmd, timeout_s(300));
+    let summary = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    println!("cluster_check through the connector: {summary}");
+    if !out.status.success() {
+        all.push(format!("cluster_check:\n{}", output_text(&out)));
+    }
+    let same = wait_for(timeout_s(30), || {
+        let r = c.copies_identical();
+        if r.is_err() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        r.ok()
+    });
+    if same.is_none() {
+        all.push(format!("copies differ: {:?}", c.copies_identical()));
+    }
+    if let Some(h) = &hastcd {
+        if let Some(e) = h.endpoint(RES) {
+            println!("hastcd: {e}");
+        }
+    }
+    Some((done, all))
+}
+
+#[test]
+fn the_promise_ext4_never_notices_a_failover() {
+    let trials: usize = env_parse("HAST_CONN_TRIALS").unwrap_or(10);
+    let started = Instant::now();
+    let Some((done, violations)) = promise(Via::Connector, trials, &KINDS) else {
+        return;
+    };
+    assert!(
+        violations.is_empty(),
+        "the promise is broken:\n{}",
+        violations.join("\n")
+    );
+    assert_eq!(done.len(), trials);
+    let mut pauses: Vec<f64> = done.iter().map(|t| t.pause_s).collect();
+    let (med, p99, max) = stats(&mut pauses).expect("trials");
+    println!("| fault | pause (s) |\n|---|---:|");
+    for t in &done {
+        println!("| {} | {:.2} |", t.label, t.pause_s);
+    }
+    println!(
+        "I/O pause over {trials} failovers: median {med:.2} s, p99 {p99:.2} s, max {max:.2} s ({:.0} s in all)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        p99 <= PAUSE_P99_MAX_S,
+        "p99 of the pause {p99:.2} s > {PAUSE_P99_MAX_S} s"
+    );
+}
+
+#[test]
+#[ignore = "control experiment, run by bench/connector.sh control: the promise must break without the connector"]
+fn control_straight_to_the_primary() {
+    let Some((done, violations)) = promise(Via::Direct, 1, &[Fault::KillPrimary]) else {
+        return;
+    };
+    println!(
+        "straight to the primary: {} trial(s), {} violations:",
+        done.len(),
+        violations.len()
+    );
+    for v in &violations {
+        println!("  {v}");
+    }
+    assert!(
+        !violations.is_empty(),
+        "a client connected straight to the primary saw nothing wrong across a failover: the checks cannot fail"
+    );
+}
