@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hast_testkit::cluster::NsProc;
 use hast_testkit::hacluster::{other, HaBins, HaCluster, HaOptions, CLIENT, DATA, RES};
-use hast_testkit::hastcd::{netns_path, ConnBins, Ext4Client, Hastcd, HastcdConf};
+use hast_testkit::hastcd::{hastcd_once, netns_path, ConnBins, Ext4Client, Hastcd, HastcdConf};
 use hast_testkit::tools::require_ext4;
 use hast_testkit::{
     output_text, py_script, python_command, require_python_nbd, run, tail, timeout_s, wait_for,
@@ -100,6 +100,8 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
+/// Named as tests/hastmon.rs names the same faults.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     /// kill -9 of the primary host's hastd and hastmon.
@@ -646,4 +648,547 @@ fn control_straight_to_the_primary() {
         !violations.is_empty(),
         "a client connected straight to the primary saw nothing wrong across a failover: the checks cannot fail"
     );
+}
+
+// ---- the connector's other behaviours ---------------------------------------
+
+/// `tests/py/endpoint_io.py` on a URI: a block written (FUA) and read back
+/// every 100 ms on one connection, each outcome logged.
+struct Probe {
+    proc: Option<Proc>,
+    log: PathBuf,
+    stop: PathBuf,
+    out: PathBuf,
+}
+
+/// One line of the probe's log: kind, start time, end time, the rest.
+#[derive(Debug, Clone)]
+struct ProbeLine {
+    kind: String,
+    t0: f64,
+    t1: f64,
+    rest: String,
+}
+
+impl Probe {
+    fn start(dir: &Path, uri: &str, name: &str) -> Probe {
+        let log = dir.join(format!("probe-{name}.log"));
+        let stop = dir.join(format!("probe-{name}.stop"));
+        let out = dir.join(format!("probe-{name}.out"));
+        let (l, s) = (log.display().to_string(), stop.display().to_string());
+        let mut cmd = python_command(
+            "endpoint_io.py",
+            &[
+                "--uri",
+                uri,
+                "--log",
+                &l,
+                "--stop-file",
+                &s,
+                "--duration",
+                "600",
+            ],
+        );
+        let proc = Proc::spawn(&mut cmd, &format!("probe-{name}"), Some(&out)).expect("probe");
+        Probe {
+            proc: Some(proc),
+            log,
+            stop,
+            out,
+        }
+    }
+
+    fn lines(&self) -> Vec<ProbeLine> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let kind = f.next()?.to_owned();
+                let t0: f64 = f.next()?.parse().ok()?;
+                let rest: Vec<&str> = f.collect();
+                let t1 = match kind.as_str() {
+                    "ok" | "err" => rest.first().and_then(|x| x.parse().ok()).unwrap_or(t0),
+                    _ => t0,
+                };
+                Some(ProbeLine {
+                    kind,
+                    t0,
+                    t1,
+                    rest: rest.join(" "),
+                })
+            })
+            .collect()
+    }
+
+    /// Lines of `kind` that started after `t`.
+    fn after(&self, kind: &str, t: f64) -> Vec<ProbeLine> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.kind == kind && l.t0 > t)
+            .collect()
+    }
+
+    /// Waits (bounded) for `n` successful rounds started after `t`.
+    fn wait_ok_after(&self, t: f64, n: usize, bound: Duration) -> bool {
+        wait_for(bound, || {
+            let k = self.after("ok", t).len();
+            if k < n {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (k >= n).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Stops it (bounded); its JSON summary.
+    fn stop(&mut self) -> serde_json::Value {
+        std::fs::write(&self.stop, b"").expect("probe stop");
+        if let Some(mut p) = self.proc.take() {
+            let st = p.wait_timeout(timeout_s(60));
+            assert!(
+                st.is_some_and(|s| s.success()),
+                "endpoint_io.py ended {st:?}: {}",
+                tail(&self.out, 10)
+            );
+        }
+        let last = tail(&self.out, 1);
+        serde_json::from_str(last.trim()).unwrap_or_default()
+    }
+}
+
+#[test]
+fn ctrl_loss_tmo_gives_eio_then_io_works_again() {
+    let conn = conn_bins();
+    let Some((_one, mut c)) = cluster(HaOptions {
+        discovery: true,
+        hastd_only: true,
+        ..HaOptions::default()
+    }) else {
+        return;
+    };
+    let tmo = 4.0;
+    let mut conf = HastcdConf::for_cluster(&c);
+    conf.ctrl_loss_tmo = tmo;
+    let h = Hastcd::start(&c, &conn, &conf);
+    let pid = h.pid();
+    assert!(
+        h.wait_endpoint(RES, timeout_s(30)).is_some(),
+        "no endpoint\n{}",
+        h.describe()
+    );
+    let mut probe = Probe::start(c.dir(), &h.uri(RES), "tmo");
+    assert!(
+        probe.wait_ok_after(0.0, 10, timeout_s(30)),
+        "no I/O through the endpoint: {}\n{}",
+        tail(&probe.log, 10),
+        h.describe()
+    );
+    // No hastd anywhere: no primary to find.
+    let t_stop = wall();
+    for n in DATA {
+        c.kill9_hastd(n);
+    }
+    let first = wait_for(Duration::from_secs_f64(tmo + 20.0), || {
+        let e = probe.after("err", t_stop);
+        if e.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        e.first().cloned()
+    });
+    let Some(first) = first else {
+        panic!(
+            "no error {} s after both hastd were killed (ctrl_loss_tmo {tmo}): {}\n{}",
+            tmo + 20.0,
+            tail(&probe.log, 10),
+            h.describe()
+        );
+    };
+    let waited = first.t1 - t_stop;
+    assert_eq!(
+        first.rest.split_whitespace().nth(1),
+        Some("EIO"),
+        "{first:?}"
+    );
+    assert!(
+        waited >= tmo - 0.5 && waited <= tmo + 5.0,
+        "the first EIO came {waited:.2} s after the loss, ctrl_loss_tmo is {tmo} s"
+    );
+    assert!(
+        probe.after("ok", t_stop + 0.5).is_empty(),
+        "I/O succeeded with no hastd running: {}",
+        tail(&probe.log, 20)
+    );
+    // Lost: new requests fail at once.
+    let fast = wait_for(timeout_s(10), || {
+        let e: Vec<ProbeLine> = probe.after("err", first.t1);
+        if e.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        e.first().cloned()
+    })
+    .expect("no second request failed");
+    let state = h.endpoint(RES).map(|e| e["state"].clone());
+    println!(
+        "no primary: first EIO after {waited:.2} s (ctrl_loss_tmo {tmo} s), the next request failed in {:.0} ms, state {state:?}",
+        (fast.t1 - fast.t0) * 1000.0
+    );
+    assert!(
+        fast.t1 - fast.t0 < 1.0,
+        "a request after ctrl_loss_tmo took {:.2} s to fail",
+        fast.t1 - fast.t0
+    );
+    assert_eq!(state, Some(serde_json::json!("lost")), "{}", h.describe());
+    // A primary again: I/O works without restarting hastcd.
+    for n in DATA {
+        c.start_hastd(n);
+    }
+    c.hastctl_ok("a", &["role", "primary", RES]);
+    c.hastctl_ok("b", &["role", "secondary", RES]);
+    let t_back = wall();
+    assert!(
+        probe.wait_ok_after(t_back, 5, timeout_s(30)),
+        "no I/O within 30 s of a primary being back: {}\n{}",
+        tail(&probe.log, 20),
+        h.describe()
+    );
+    let back = probe.after("ok", t_back)[0].t1 - t_back;
+    let mut h = h;
+    assert!(h.is_running() && h.pid() == pid, "hastcd restarted");
+    let summary = probe.stop();
+    println!(
+        "primary back: I/O again {back:.2} s later, same hastcd (pid {pid:?}); probe {summary}"
+    );
+    let st = h.endpoint(RES).expect("status");
+    assert_eq!(st["state"], "connected", "{st}");
+    assert!(st["failed"].as_u64().unwrap_or(0) >= 1, "{st}");
+}
+
+/// The keys of `hastcctl ls --json` entries.
+const LS_KEYS: [&str; 5] = ["resource", "uris", "state", "primary", "epoch"];
+/// The keys of `hastcctl status --json` entries (EndpointStatus).
+const STATUS_KEYS: [&str; 15] = [
+    "resource",
+    "uris",
+    "state",
+    "primary",
+    "nbd",
+    "epoch",
+    "epoch_seen",
+    "size",
+    "clients",
+    "failovers",
+    "pending",
+    "held",
+    "replayed",
+    "failed",
+    "last_pause_ms",
+];
+
+fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// `hastcctl ARGS` must succeed; its stdout.
+fn cctl_ok(h: &Hastcd, args: &[&str]) -> String {
+    let out = h
+        .hastcctl(args)
+        .unwrap_or_else(|| panic!("hastcctl {args:?} did not answer within 10 s"));
+    assert!(
+        out.status.success(),
+        "hastcctl {args:?}: {}\n{}",
+        output_text(&out),
+        h.describe()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cctl_json(h: &Hastcd, args: &[&str]) -> serde_json::Value {
+    let text = cctl_ok(h, args);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("hastcctl {args:?}: {e}: {text}"))
+}
+
+/// `hastcctl ls --json` and `status --json` against the contract, with `r0`
+/// connected to `a`.
+fn check_json_shapes(c: &HaCluster, h: &Hastcd) {
+    let ls = cctl_json(h, &["ls", "--json"]);
+    let arr = ls.as_array().expect("ls --json: an array");
+    assert_eq!(arr.len(), 1, "ls --json: {ls}");
+    let e = &arr[0];
+    let want: std::collections::BTreeSet<String> = LS_KEYS.iter().map(|k| k.to_string()).collect();
+    assert_eq!(keys(e), want, "ls --json keys: {e}");
+    assert_eq!(e["resource"], RES);
+    assert!(
+        e["uris"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u == &serde_json::json!(h.uri(RES)))),
+        "ls --json: no {} in uris: {e}",
+        h.uri(RES)
+    );
+    assert_eq!(e["state"], "connected", "{e}");
+    let primary = format!(
+        "{}:{}",
+        c.net.addr("a"),
+        hast_testkit::hacluster::DISCOVERY_PORT
+    );
+    assert_eq!(e["primary"], serde_json::json!(primary), "{e}");
+    assert!(e["epoch"].as_u64().is_some_and(|n| n > 0), "{e}");
+
+    let st = cctl_json(h, &["status", "--json"]);
+    let arr = st.as_array().expect("status --json: an array");
+    assert_eq!(arr.len(), 1, "status --json: {st}");
+    let e = &arr[0];
+    let want: std::collections::BTreeSet<String> =
+        STATUS_KEYS.iter().map(|k| k.to_string()).collect();
+    assert_eq!(keys(e), want, "status --json keys: {e}");
+    assert_eq!(e["resource"], RES);
+    assert_eq!(e["state"], "connected");
+    assert_eq!(e["primary"], serde_json::json!(primary), "{e}");
+    assert!(
+        e["nbd"]
+            .as_str()
+            .is_some_and(|n| n.contains(&c.net.addr("a").to_string())),
+        "status nbd: {e}"
+    );
+    let num = |k: &str| {
+        e[k].as_u64()
+            .unwrap_or_else(|| panic!("status --json: {k} is not a number: {e}"))
+    };
+    assert!(num("epoch") > 0 && num("epoch_seen") >= num("epoch"), "{e}");
+    assert!(num("size") > FS_SIZE, "{e}");
+    assert!(num("clients") >= 1, "a probe is connected: {e}");
+    for k in ["failovers", "pending", "held", "replayed", "failed"] {
+        num(k);
+    }
+    assert!(
+        e["last_pause_ms"].is_null() || e["last_pause_ms"].is_u64(),
+        "{e}"
+    );
+    // One resource's status, as JSON and as text; an unknown one fails.
+    let one = cctl_json(h, &["status", RES, "--json"]);
+    assert!(
+        one.as_array().is_some_and(|a| a.len() == 1) && one[0]["resource"] == RES,
+        "status {RES} --json: {one}"
+    );
+    let text = cctl_ok(h, &["status", RES]);
+    assert!(text.contains(RES), "status {RES}: {text}");
+    let out = h.hastcctl(&["status", "nosuch"]).expect("hastcctl answers");
+    assert!(
+        !out.status.success(),
+        "status nosuch: {}",
+        output_text(&out)
+    );
+    let text = cctl_ok(h, &["ls"]);
+    assert!(text.contains(RES), "ls: {text}");
+}
+
+#[test]
+fn reload_entries_and_hastcctl() {
+    let conn = conn_bins();
+    let Some((_one, c)) = cluster(HaOptions {
+        discovery: true,
+        hastd_only: true,
+        ..HaOptions::default()
+    }) else {
+        return;
+    };
+    let conf = HastcdConf::for_cluster(&c);
+    let mut h = Hastcd::start(&c, &conn, &conf);
+    assert!(
+        h.wait_endpoint(RES, timeout_s(30)).is_some(),
+        "no endpoint\n{}",
+        h.describe()
+    );
+    let mut probe = Probe::start(c.dir(), &h.uri(RES), "reload");
+    assert!(
+        probe.wait_ok_after(0.0, 10, timeout_s(30)),
+        "{}",
+        tail(&probe.log, 10)
+    );
+
+    // hastcctl against the running daemon.
+    check_json_shapes(&c, &h);
+    cctl_ok(&h, &["tron"]);
+    cctl_ok(&h, &["troff"]);
+    println!("hastcctl ls/status --json shapes as documented; tron, troff");
+
+    // SIGHUP with new timings, then with a broken file: the client's
+    // connection stays and its I/O goes on, hastcd keeps its PID.
+    let pid = h.pid();
+    let t0 = wall();
+    let mut changed = conf.clone();
+    changed.poll_interval = 1.0;
+    changed.request_timeout = 3.0;
+    changed.ctrl_loss_tmo = 30.0;
+    h.write_conf(&changed);
+    h.reload();
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(h.conf(), "[Global]\nctrl_loss_tmo = banana\n").expect("bad conf");
+    h.reload();
+    std::thread::sleep(Duration::from_secs(2));
+    h.write_conf(&changed);
+    h.reload();
+    assert!(
+        probe.wait_ok_after(wall(), 10, timeout_s(30)),
+        "{}",
+        tail(&probe.log, 10)
+    );
+    for kind in ["err", "lost", "connect", "mismatch"] {
+        let bad = probe.after(kind, t0);
+        assert!(
+            bad.is_empty(),
+            "across the reloads the client saw {kind}: {bad:?}\n{}",
+            h.describe()
+        );
+    }
+    assert!(h.is_running() && h.pid() == pid, "hastcd restarted");
+    let e = h.endpoint(RES).expect("status");
+    assert_eq!(e["state"], "connected", "{e}");
+    assert!(e["clients"].as_u64() >= Some(1), "{e}");
+    let log = std::fs::read_to_string(h.log()).unwrap_or_default();
+    println!(
+        "SIGHUP x3 (one with a bad file): same connection, {} rounds since, hastcd pid {pid:?}; log mentions the bad file: {}",
+        probe.after("ok", t0).len(),
+        log.contains("banana") || log.contains(":2:")
+    );
+
+    // disconnect drops the endpoint's clients; connect brings it back.
+    let t1 = wall();
+    cctl_ok(&h, &["disconnect", RES]);
+    let dropped = wait_for(timeout_s(10), || {
+        let l = probe.after("lost", t1).len() + probe.after("err", t1).len();
+        if l == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (l > 0).then_some(())
+    });
+    assert!(
+        dropped.is_some(),
+        "hastcctl disconnect {RES}: the client kept working: {}",
+        tail(&probe.log, 10)
+    );
+    let out = h.hastcctl(&["connect", RES]).expect("hastcctl answers");
+    let text = output_text(&out);
+    assert!(
+        out.status.success() || text.contains("already"),
+        "hastcctl connect {RES}: {text}"
+    );
+    assert!(
+        probe.wait_ok_after(wall(), 5, timeout_s(30)),
+        "no I/O after hastcctl connect: {}\n{}",
+        tail(&probe.log, 10),
+        h.describe()
+    );
+    println!("hastcctl disconnect/connect: the client was dropped, then served again");
+    probe.stop();
+
+    // exclude = resource=r0: found by discovery, not connected.
+    let mut ex = conf.clone();
+    ex.excludes = vec![RES.into()];
+    h.write_conf(&ex);
+    h.restart(&c);
+    std::thread::sleep(Duration::from_secs(3));
+    let ls = cctl_json(&h, &["ls", "--json"]);
+    assert_eq!(
+        ls,
+        serde_json::json!([]),
+        "exclude = resource={RES}: ls --json"
+    );
+    assert!(
+        !h.socket(RES).exists(),
+        "exclude = resource={RES}: {} exists",
+        h.socket(RES).display()
+    );
+    println!("exclude: {RES} found but not connected (6 polls)");
+
+    // A manual connection entry for a resource discovery cannot find (the
+    // only controller polled is the witness, which runs no hastd).
+    let mut manual = conf.clone();
+    manual.controllers = vec![format!(
+        "host={};port={}",
+        c.net.addr(WITNESS_HOST),
+        hast_testkit::hacluster::DISCOVERY_PORT
+    )];
+    manual.connections = vec![(
+        RES.into(),
+        DATA.iter()
+            .map(|n| {
+                format!(
+                    "{}:{}",
+                    c.net.addr(n),
+                    hast_testkit::hacluster::DISCOVERY_PORT
+                )
+            })
+            .collect(),
+    )];
+    h.write_conf(&manual);
+    h.restart(&c);
+    assert!(
+        h.wait_endpoint(RES, timeout_s(30)).is_some(),
+        "connection = resource={RES};controller=...: no endpoint\n{}",
+        h.describe()
+    );
+    let mut probe = Probe::start(c.dir(), &h.uri(RES), "manual");
+    assert!(
+        probe.wait_ok_after(0.0, 5, timeout_s(30)),
+        "{}",
+        tail(&probe.log, 10)
+    );
+    probe.stop();
+    let ls = cctl_json(&h, &["ls", "--json"]);
+    assert_eq!(ls[0]["resource"], RES, "{ls}");
+    println!("manual connection entry: {RES} served; ls {ls}");
+}
+
+const WITNESS_HOST: &str = hast_testkit::hacluster::WITNESS;
+
+/// hastcd.conf errors: exit 78 (EX_CONFIG) and one line on stderr naming
+/// the file and the line.
+#[test]
+fn bad_config_names_file_and_line() {
+    let conn = conn_bins();
+    let dir = hast_testkit::TempDir::new("hastcd-conf");
+    let cases: [(&str, &str, usize); 7] = [
+        (
+            "bad number",
+            "[Global]\nctrl_loss_tmo = 60\npoll_interval = soon\n",
+            3,
+        ),
+        ("unknown key", "[Global]\n# a comment\nfrobnicate = 1\n", 3),
+        ("no =", "[Global]\n; comment\n\nsocket_dir\n", 4),
+        (
+            "controller without host",
+            "[Global]\n[Controllers]\ncontroller = port=8459\n",
+            3,
+        ),
+        ("bad dbus", "[Global]\ndbus = maybe\n", 2),
+        (
+            "connection without resource",
+            "[Controllers]\nconnection = controller=10.0.0.1:8459\n",
+            2,
+        ),
+        ("bad socket_mode", "[Global]\nsocket_mode = rw\n", 2),
+    ];
+    for (i, (what, text, line)) in cases.iter().enumerate() {
+        let f = dir.join(format!("bad{i}.conf"));
+        std::fs::write(&f, text).expect("write conf");
+        let out = hastcd_once(&conn, &["-f", f.to_str().expect("utf-8 path")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        let want = format!("{}:{line}:", f.display());
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{what}: exit {:?}\n{}",
+            out.status,
+            output_text(&out)
+        );
+        assert!(
+            lines.len() == 1 && lines[0].contains(&want),
+            "{what}: want one line with {want:?}, got {lines:?}"
+        );
+        println!("{what}: {}", lines[0]);
+    }
 }
