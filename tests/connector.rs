@@ -205,6 +205,8 @@ struct Client {
     follow: Option<NsProc>,
     ext4: Ext4Client,
     dir: PathBuf,
+    /// Where nbdfuse runs (`Via::Direct`: host `c`'s network namespace).
+    netns: Option<PathBuf>,
     fs_log: PathBuf,
     history: PathBuf,
     stop: PathBuf,
@@ -224,6 +226,7 @@ impl Client {
             follow: None,
             ext4,
             dir,
+            netns,
             fs_log,
             history,
             stop,
@@ -296,6 +299,9 @@ impl Client {
     /// the failures, or `Err` with its complaint.
     fn verify_files(&self, root: &Path, tag: &str) -> Result<usize, String> {
         let live = self.fs().live;
+        if live.is_empty() {
+            return Ok(0);
+        }
         let manifest = self.dir.join(format!("manifest-{tag}.txt"));
         let text: String = live
             .iter()
@@ -540,6 +546,10 @@ fn promise(via: Via, trials: usize, kinds: &[Fault]) -> Option<(Vec<Trial>, Vec<
         }
     }
     all.extend(cl.stop_writers());
+    let files = cl.fs().live.len();
+    if trials > 0 && files == 0 {
+        all.push("the fsync writer made no file".into());
+    }
     if !all.is_empty() {
         return Some((done, all));
     }
@@ -557,7 +567,13 @@ fn promise(via: Via, trials: usize, kinds: &[Fault]) -> Option<(Vec<Trial>, Vec<
         }
     }
     {
-        let again = Ext4Client::mount(&cl.dir.join("again"), &uri, None, FS_SIZE, false);
+        let again = Ext4Client::mount(
+            &cl.dir.join("again"),
+            &uri,
+            cl.netns.as_deref(),
+            FS_SIZE,
+            false,
+        );
         match cl.verify_files(again.mountpoint(), "final") {
             Ok(n) => println!("{n} fsynced files intact after remounting"),
             Err(e) => all.push(format!("after remounting: {e}")),
