@@ -15,5 +15,7 @@
 //! (the local export that forwards and fails over), [`daemon`] (hastcd).
 
 pub mod book;
+pub mod endpoint;
 pub mod follow;
 pub mod status;
+pub mod upstream;
