@@ -249,7 +249,10 @@ fn discovery_listen() {
     let at = |text: &str, node: &str| conf(&format!("{text}{tail}"), node).discovery_listen;
     assert_eq!(at("", "a"), None);
     // The conventional port when none is named.
-    assert_eq!(at("discovery_listen 0.0.0.0\n", "a"), Some(tcp("0.0.0.0", 8459)));
+    assert_eq!(
+        at("discovery_listen 0.0.0.0\n", "a"),
+        Some(tcp("0.0.0.0", 8459))
+    );
     assert_eq!(hast_conf::DISCOVERY_PORT, 8459);
     assert_eq!(
         at("discovery_listen tcp://[::1]:9000\n", "a"),
