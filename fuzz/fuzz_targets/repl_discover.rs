@@ -15,7 +15,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
 
     // hastd's side: a REQUEST from anyone.
     if let Ok(req) = Request::decode(data) {
-        assert_eq!(req.encode().as_slice(), data, "REQUEST decoding must be canonical");
+        assert_eq!(
+            req.encode().as_slice(),
+            data,
+            "REQUEST decoding must be canonical"
+        );
         let locked = Offer {
             entry: Entry {
                 name: "locked".into(),
@@ -36,7 +40,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
 
     // The connector's side: a GREETING and an ANSWER from a fake server.
     if let Ok(gr) = Greeting::decode(data) {
-        assert_eq!(gr.encode().as_slice(), data, "GREETING decoding must be canonical");
+        assert_eq!(
+            gr.encode().as_slice(),
+            data,
+            "GREETING decoding must be canonical"
+        );
     }
     if let Some((prefix, rest)) = data.split_first_chunk::<{ discover::ANSWER_PREFIX_LEN }>() {
         let _ = discover::decode_answer_len(*prefix);
