@@ -9,7 +9,8 @@
 //!   answer holds not one byte about it, a wrong key is refused;
 //! - a reload that gives the open resource a secret hides it at once;
 //! - garbage, a byte-at-a-time sender, a silent client and 100 connections
-//!   at once are closed within the 5 s deadline, and hastd keeps answering.
+//!   at once are closed within the 5 s deadline, and hastd keeps answering;
+//! - `nbd_tls required` shows as `nbd_tls: true`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -364,4 +365,68 @@ fn abuse_is_bounded() {
     assert!(s.node.daemon_running(), "hastd died");
     let e = s.wait_entry("open", "primary", |e| e.role == Role::Primary);
     assert_eq!(e.size, s.node.datasize("open"));
+}
+
+/// `nbd_tls required` shows as `nbd_tls: true`; `optional` does not (a
+/// plaintext client is still served then).
+#[test]
+fn nbd_tls_required_is_reported() {
+    if !hast_testkit::require_tools(&["openssl"]) {
+        return;
+    }
+    for (mode, want) in [("required", true), ("optional", false)] {
+        let port = free_port();
+        let certs = hast_testkit::TempDir::new("disc-tls-certs");
+        let d = certs.path().to_path_buf();
+        hast_testkit::run_ok(
+            std::process::Command::new("openssl").current_dir(&d).args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ]),
+            timeout_s(60),
+        );
+        let tls = format!(
+            "nbd_tls {mode}\nnbd_tls_cert {}\nnbd_tls_key {}\ndiscovery_listen tcp://127.0.0.1:{port}\n",
+            d.join("cert.pem").display(),
+            d.join("key.pem").display()
+        );
+        let node = Node::builder(bins!())
+            .tag("disc-tls")
+            .resource(ResourceSpec::new("r0", 32 * MIB))
+            .config(move |l| {
+                let c = l.default_config();
+                // Daemon options go before the first resource section.
+                let at = c.find("\nresource ").map_or(c.len(), |a| a + 1);
+                format!("{}{}{}", &c[..at], tls, &c[at..])
+            })
+            .start();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let got = rt
+            .block_on(query("127.0.0.1", port, None, Q))
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        assert_eq!(got.len(), 1, "{mode}: {got:?}");
+        assert_eq!(got[0].nbd_tls, want, "{mode}");
+        assert_eq!(
+            got[0].nbd,
+            [format!("tcp://127.0.0.1:{}", node.layout().nbd_port)]
+        );
+    }
 }
