@@ -11,10 +11,11 @@
 //!
 //! Pure cores (no I/O): [`follow`] (which node to send to) and [`book`] (the
 //! requests not yet acknowledged, and what to replay). The drivers around
-//! them: [`upstream`] (one NBD client connection to a primary), [`endpoint`]
+//! them: [`discover`] (one discovery query to a storage node), [`upstream`] (one NBD client connection to a primary), [`endpoint`]
 //! (the local export that forwards and fails over), [`daemon`] (hastcd).
 
 pub mod book;
+pub mod discover;
 pub mod endpoint;
 pub mod follow;
 pub mod status;
