@@ -15,5 +15,7 @@
 //! (the local export that forwards and fails over), [`daemon`] (hastcd).
 
 pub mod book;
+pub mod cli;
+pub mod conf;
 pub mod follow;
 pub mod status;
