@@ -168,7 +168,7 @@ impl Raw {
     }
 
     fn line(&mut self, s: Section, key: &str, v: &str, line: u32) -> Result<(), ErrorKind> {
-        let key = Key::find(s, key).ok_or_else(|| ErrorKind::UnknownKey {
+        let key = Keyword::find(s, key).ok_or_else(|| ErrorKind::UnknownKey {
             key: key.to_string(),
             section: s.name(),
         })?;
@@ -180,18 +180,20 @@ impl Raw {
             self.once(k, line)?;
         }
         match key {
-            Key::CtrlLossTmo => {
+            Keyword::CtrlLossTmo => {
                 self.ctrl_loss_tmo = Some(if v == "-1" {
                     None
                 } else {
                     Some(seconds(k, v, 0, CTRL_LOSS_TMO_MAX_MS)?)
                 })
             }
-            Key::PollInterval => self.poll_interval = Some(seconds(k, v, 50, 3_600_000)?),
-            Key::ReconnectInterval => self.reconnect_interval = Some(seconds(k, v, 10, 60_000)?),
-            Key::RequestTimeout => self.request_timeout = Some(seconds(k, v, 100, 3_600_000)?),
-            Key::DiscoveryTimeout => self.discovery_timeout = Some(seconds(k, v, 50, 60_000)?),
-            Key::SocketDir => {
+            Keyword::PollInterval => self.poll_interval = Some(seconds(k, v, 50, 3_600_000)?),
+            Keyword::ReconnectInterval => {
+                self.reconnect_interval = Some(seconds(k, v, 10, 60_000)?)
+            }
+            Keyword::RequestTimeout => self.request_timeout = Some(seconds(k, v, 100, 3_600_000)?),
+            Keyword::DiscoveryTimeout => self.discovery_timeout = Some(seconds(k, v, 50, 60_000)?),
+            Keyword::SocketDir => {
                 self.socket_dir = Some(if v == "none" {
                     None
                 } else {
@@ -212,9 +214,9 @@ impl Raw {
                     Some(p)
                 })
             }
-            Key::SocketOwner => self.socket_owner = Some(account(k, v, line)?),
-            Key::SocketGroup => self.socket_group = Some(account(k, v, line)?),
-            Key::SocketMode => {
+            Keyword::SocketOwner => self.socket_owner = Some(account(k, v, line)?),
+            Keyword::SocketGroup => self.socket_group = Some(account(k, v, line)?),
+            Keyword::SocketMode => {
                 let digits = v.strip_prefix('0').filter(|d| !d.is_empty()).unwrap_or(v);
                 let mode = u32::from_str_radix(digits, 8)
                     .ok()
@@ -225,7 +227,7 @@ impl Raw {
                 }
                 self.socket_mode = Some(mode);
             }
-            Key::TcpListen => {
+            Keyword::TcpListen => {
                 self.tcp_listen = Some(if v == "none" || v == "off" {
                     None
                 } else {
@@ -249,10 +251,10 @@ impl Raw {
                     Some(a)
                 })
             }
-            Key::SecretFile => {
+            Keyword::SecretFile => {
                 self.secret_file = Some(if v == "none" { None } else { Some(path(k, v)?) })
             }
-            Key::ControlSocket => {
+            Keyword::ControlSocket => {
                 let p = path(k, v)?;
                 if v.len() > UNIX_PATH_MAX {
                     return Err(bad(
@@ -263,7 +265,7 @@ impl Raw {
                 }
                 self.control_socket = Some(p);
             }
-            Key::Dbus => {
+            Keyword::Dbus => {
                 self.dbus = Some(match v {
                     "system" => DbusBus::System,
                     "session" => DbusBus::Session,
@@ -271,14 +273,14 @@ impl Raw {
                     _ => return Err(bad(k, v, "expected system, session or none")),
                 })
             }
-            Key::NbdTls => {
+            Keyword::NbdTls => {
                 self.nbd_tls = Some(match v {
                     "on" => true,
                     "off" => false,
                     _ => return Err(bad(k, v, "expected on or off")),
                 })
             }
-            Key::NbdTlsPin => {
+            Keyword::NbdTlsPin => {
                 let list = hast_conf::tls::parse_list(v).map_err(|e| bad(k, v, e.to_string()))?;
                 for f in list {
                     if self.pins.contains(&f) {
@@ -291,9 +293,9 @@ impl Raw {
                 }
                 self.first_pin.get_or_insert(line);
             }
-            Key::NbdTlsCert => self.cert = Some(path(k, v)?),
-            Key::NbdTlsKey => self.key = Some(path(k, v)?),
-            Key::Controller => {
+            Keyword::NbdTlsCert => self.cert = Some(path(k, v)?),
+            Keyword::NbdTlsKey => self.key = Some(path(k, v)?),
+            Keyword::Controller => {
                 if self.controllers.len() >= CONTROLLERS_MAX {
                     return Err(ErrorKind::TooMany {
                         what: k,
@@ -306,7 +308,7 @@ impl Raw {
                 }
                 self.controllers.push(c);
             }
-            Key::Exclude => {
+            Keyword::Exclude => {
                 if self.excludes.len() >= EXCLUDES_MAX {
                     return Err(ErrorKind::TooMany {
                         what: k,
@@ -327,7 +329,7 @@ impl Raw {
                 }
                 self.excludes.push(r);
             }
-            Key::Connection => {
+            Keyword::Connection => {
                 if self.connections.len() >= CONNECTIONS_MAX {
                     return Err(ErrorKind::TooMany {
                         what: k,
@@ -464,7 +466,7 @@ impl Raw {
 
 /// The keys hastcd.conf knows.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Key {
+enum Keyword {
     CtrlLossTmo,
     PollInterval,
     ReconnectInterval,
@@ -487,50 +489,51 @@ enum Key {
     Connection,
 }
 
-impl Key {
-    const GLOBAL: &'static [Key] = &[
-        Key::CtrlLossTmo,
-        Key::PollInterval,
-        Key::ReconnectInterval,
-        Key::RequestTimeout,
-        Key::DiscoveryTimeout,
-        Key::SocketDir,
-        Key::SocketOwner,
-        Key::SocketGroup,
-        Key::SocketMode,
-        Key::TcpListen,
-        Key::SecretFile,
-        Key::ControlSocket,
-        Key::Dbus,
-        Key::NbdTls,
-        Key::NbdTlsPin,
-        Key::NbdTlsCert,
-        Key::NbdTlsKey,
+impl Keyword {
+    const GLOBAL: &'static [Keyword] = &[
+        Keyword::CtrlLossTmo,
+        Keyword::PollInterval,
+        Keyword::ReconnectInterval,
+        Keyword::RequestTimeout,
+        Keyword::DiscoveryTimeout,
+        Keyword::SocketDir,
+        Keyword::SocketOwner,
+        Keyword::SocketGroup,
+        Keyword::SocketMode,
+        Keyword::TcpListen,
+        Keyword::SecretFile,
+        Keyword::ControlSocket,
+        Keyword::Dbus,
+        Keyword::NbdTls,
+        Keyword::NbdTlsPin,
+        Keyword::NbdTlsCert,
+        Keyword::NbdTlsKey,
     ];
-    const CONTROLLERS: &'static [Key] = &[Key::Controller, Key::Exclude, Key::Connection];
+    const CONTROLLERS: &'static [Keyword] =
+        &[Keyword::Controller, Keyword::Exclude, Keyword::Connection];
 
     fn name(self) -> &'static str {
         match self {
-            Key::CtrlLossTmo => "ctrl_loss_tmo",
-            Key::PollInterval => "poll_interval",
-            Key::ReconnectInterval => "reconnect_interval",
-            Key::RequestTimeout => "request_timeout",
-            Key::DiscoveryTimeout => "discovery_timeout",
-            Key::SocketDir => "socket_dir",
-            Key::SocketOwner => "socket_owner",
-            Key::SocketGroup => "socket_group",
-            Key::SocketMode => "socket_mode",
-            Key::TcpListen => "tcp_listen",
-            Key::SecretFile => "secret_file",
-            Key::ControlSocket => "control_socket",
-            Key::Dbus => "dbus",
-            Key::NbdTls => "nbd_tls",
-            Key::NbdTlsPin => "nbd_tls_pin",
-            Key::NbdTlsCert => "nbd_tls_cert",
-            Key::NbdTlsKey => "nbd_tls_key",
-            Key::Controller => "controller",
-            Key::Exclude => "exclude",
-            Key::Connection => "connection",
+            Keyword::CtrlLossTmo => "ctrl_loss_tmo",
+            Keyword::PollInterval => "poll_interval",
+            Keyword::ReconnectInterval => "reconnect_interval",
+            Keyword::RequestTimeout => "request_timeout",
+            Keyword::DiscoveryTimeout => "discovery_timeout",
+            Keyword::SocketDir => "socket_dir",
+            Keyword::SocketOwner => "socket_owner",
+            Keyword::SocketGroup => "socket_group",
+            Keyword::SocketMode => "socket_mode",
+            Keyword::TcpListen => "tcp_listen",
+            Keyword::SecretFile => "secret_file",
+            Keyword::ControlSocket => "control_socket",
+            Keyword::Dbus => "dbus",
+            Keyword::NbdTls => "nbd_tls",
+            Keyword::NbdTlsPin => "nbd_tls_pin",
+            Keyword::NbdTlsCert => "nbd_tls_cert",
+            Keyword::NbdTlsKey => "nbd_tls_key",
+            Keyword::Controller => "controller",
+            Keyword::Exclude => "exclude",
+            Keyword::Connection => "connection",
         }
     }
 
@@ -538,15 +541,15 @@ impl Key {
     fn repeats(self) -> bool {
         matches!(
             self,
-            Key::Controller | Key::Exclude | Key::Connection | Key::NbdTlsPin
+            Keyword::Controller | Keyword::Exclude | Keyword::Connection | Keyword::NbdTlsPin
         )
     }
 
     /// The key named `key`, if `section` has it.
-    fn find(s: Section, key: &str) -> Option<Key> {
+    fn find(s: Section, key: &str) -> Option<Keyword> {
         let keys = match s {
-            Section::Global => Key::GLOBAL,
-            Section::Controllers => Key::CONTROLLERS,
+            Section::Global => Keyword::GLOBAL,
+            Section::Controllers => Keyword::CONTROLLERS,
         };
         keys.iter().copied().find(|k| k.name() == key)
     }

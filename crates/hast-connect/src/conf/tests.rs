@@ -54,7 +54,8 @@ fn empty_file_is_all_defaults() {
 
 #[test]
 fn global_values() {
-    let cases: &[(&str, fn(&Config) -> bool)] = &[
+    type Check = fn(&Config) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("ctrl_loss_tmo = -1", |c| c.ctrl_loss_tmo.is_none()),
         ("ctrl_loss_tmo = 0", |c| {
             c.ctrl_loss_tmo == Some(Duration::ZERO)
