@@ -17,5 +17,7 @@
 pub mod book;
 pub mod cli;
 pub mod conf;
+pub mod control;
+pub mod ctl;
 pub mod follow;
 pub mod status;
