@@ -19,5 +19,6 @@ pub mod cli;
 pub mod conf;
 pub mod control;
 pub mod ctl;
+pub mod dbus;
 pub mod follow;
 pub mod status;
