@@ -15,6 +15,7 @@
 //! keeps serving) or, when the stream is out of sync, a closed connection.
 
 pub mod budget;
+pub mod client;
 pub mod error;
 pub mod handshake;
 pub mod proto;
