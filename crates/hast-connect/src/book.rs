@@ -288,7 +288,10 @@ impl<T> Book<T> {
     pub fn forget_unsent(&mut self, mut dead: impl FnMut(&T) -> bool) -> usize {
         let mut n = 0;
         for slot in self.slots.iter_mut() {
-            if slot.as_ref().is_some_and(|s| s.on.is_none() && dead(&s.item)) {
+            if slot
+                .as_ref()
+                .is_some_and(|s| s.on.is_none() && dead(&s.item))
+            {
                 *slot = None;
                 n += 1;
             }

@@ -61,7 +61,10 @@ impl std::fmt::Display for Why {
         match self {
             Why::NoPrimary => write!(f, "no node is primary"),
             Why::Stale { best, seen } => {
-                write!(f, "the only primary has epoch {best}, below epoch {seen} already seen")
+                write!(
+                    f,
+                    "the only primary has epoch {best}, below epoch {seen} already seen"
+                )
             }
             Why::Ambiguous { epoch } => write!(f, "several nodes are primary at epoch {epoch}"),
         }
@@ -98,13 +101,19 @@ impl Follow {
             return Choice::Wait(Why::NoPrimary);
         };
         if best < self.seen {
-            return Choice::Wait(Why::Stale { best, seen: self.seen });
+            return Choice::Wait(Why::Stale {
+                best,
+                seen: self.seen,
+            });
         }
         let top: Vec<usize> = primaries
             .into_iter()
             .filter(|&i| sightings[i].epoch == best)
             .collect();
-        if let Some(&i) = top.iter().find(|&&i| Some(sightings[i].node.as_str()) == current) {
+        if let Some(&i) = top
+            .iter()
+            .find(|&&i| Some(sightings[i].node.as_str()) == current)
+        {
             return Choice::Go(i);
         }
         match top.as_slice() {
@@ -142,17 +151,52 @@ mod tests {
         type Row = (u64, Vec<Sighting>, Option<&'static str>, Choice);
         let rows: Vec<Row> = vec![
             (0, vec![], None, Choice::Wait(Why::NoPrimary)),
-            (0, vec![s("a", S, 3), s("b", Init, 0)], None, Choice::Wait(Why::NoPrimary)),
+            (
+                0,
+                vec![s("a", S, 3), s("b", Init, 0)],
+                None,
+                Choice::Wait(Why::NoPrimary),
+            ),
             (0, vec![s("a", P, 3), s("b", S, 3)], None, Choice::Go(0)),
-            (3, vec![s("a", S, 3), s("b", P, 4)], Some("a"), Choice::Go(1)),
+            (
+                3,
+                vec![s("a", S, 3), s("b", P, 4)],
+                Some("a"),
+                Choice::Go(1),
+            ),
             // The old primary, cut off, still says primary at 3: the newer wins.
-            (3, vec![s("a", P, 3), s("b", P, 4)], Some("a"), Choice::Go(1)),
+            (
+                3,
+                vec![s("a", P, 3), s("b", P, 4)],
+                Some("a"),
+                Choice::Go(1),
+            ),
             // Only the stale primary answers: never go back.
-            (4, vec![s("a", P, 3)], Some("a"), Choice::Wait(Why::Stale { best: 3, seen: 4 })),
-            (4, vec![s("a", P, 3), s("b", S, 4)], None, Choice::Wait(Why::Stale { best: 3, seen: 4 })),
+            (
+                4,
+                vec![s("a", P, 3)],
+                Some("a"),
+                Choice::Wait(Why::Stale { best: 3, seen: 4 }),
+            ),
+            (
+                4,
+                vec![s("a", P, 3), s("b", S, 4)],
+                None,
+                Choice::Wait(Why::Stale { best: 3, seen: 4 }),
+            ),
             // Two primaries at the same epoch: stay where we are, or wait.
-            (5, vec![s("a", P, 5), s("b", P, 5)], Some("b"), Choice::Go(1)),
-            (5, vec![s("a", P, 5), s("b", P, 5)], None, Choice::Wait(Why::Ambiguous { epoch: 5 })),
+            (
+                5,
+                vec![s("a", P, 5), s("b", P, 5)],
+                Some("b"),
+                Choice::Go(1),
+            ),
+            (
+                5,
+                vec![s("a", P, 5), s("b", P, 5)],
+                None,
+                Choice::Wait(Why::Ambiguous { epoch: 5 }),
+            ),
             // A secondary's higher epoch does not hold the endpoint back.
             (0, vec![s("a", P, 6), s("b", S, 9)], None, Choice::Go(0)),
         ];

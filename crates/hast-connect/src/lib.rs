@@ -13,6 +13,11 @@
 //! requests not yet acknowledged, and what to replay). The drivers around
 //! them: [`upstream`] (one NBD client connection to a primary), [`endpoint`]
 //! (the local export that forwards and fails over), [`daemon`] (hastcd).
+//!
+//! Around them: [`conf`] (hastcd.conf), [`cli`] (hastcd's arguments), the
+//! operator's surfaces over the [`status::Control`] trait — [`control`]
+//! (the root-only socket), [`ctl`] (`hastcctl`), [`dbus`]
+//! (`org.hast.connector`).
 
 pub mod book;
 pub mod cli;

@@ -1,8 +1,10 @@
 //! `org.hast.connector` on a private `dbus-daemon` started here (killed by
 //! its PID at the end): every method called with `busctl`, the `Failover`
 //! signal received by a zbus match rule, the name refused to a second
-//! hastcd. Needs `dbus-daemon` (package dbus) and `busctl` (systemd); a
-//! missing one fails the test.
+//! hastcd; and `contrib/dbus/org.hast.connector.conf` on a private bus
+//! configured like the system bus: root owns and calls, `nobody` is denied.
+//! Needs `dbus-daemon` (package dbus), `busctl` (systemd), setpriv and root;
+//! a missing one fails the test.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -67,13 +69,24 @@ struct Bus {
 }
 
 impl Bus {
+    /// A session bus: everything allowed to its one user.
     fn start() -> Bus {
-        let dir = std::env::temp_dir().join(format!("hastcd-dbus-{}", std::process::id()));
+        Bus::start_with("session", |dir| {
+            vec![
+                "--session".into(),
+                format!("--address=unix:path={}", dir.join("bus").display()),
+            ]
+        })
+    }
+
+    /// `args(dir)` says which bus; `tag` names the temp dir.
+    fn start_with(tag: &str, args: impl FnOnce(&std::path::Path) -> Vec<String>) -> Bus {
+        let dir = std::env::temp_dir().join(format!("hastcd-dbus-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--print-address=1", "--nosyslog"])
-            .arg(format!("--address=unix:path={}", dir.join("bus").display()))
+            .args(["--nofork", "--print-address=1", "--nosyslog"])
+            .args(args(&dir))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -265,4 +278,77 @@ async fn methods_and_signal_on_a_private_bus() {
     };
     assert!(e.contains("org.hast.connector"), "{e}");
     drop(handle);
+}
+
+/// The system bus's default policy (as Debian's system.conf: nobody owns
+/// or calls anything unless a policy file allows it) plus ours.
+const SYSTEM_LIKE_CONF: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=BUS</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+  </policy>
+  <include>POLICY</include>
+</busconfig>
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_bus_policy_root_only() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test calls as root and as nobody: run it as root"
+    );
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib/dbus/org.hast.connector.conf")
+        .canonicalize()
+        .unwrap();
+    let bus = Arc::new(Bus::start_with("system", |dir| {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = dir.join("system-like.conf");
+        let text = SYSTEM_LIKE_CONF
+            .replace("BUS", &dir.join("bus").display().to_string())
+            .replace("POLICY", &policy.display().to_string());
+        std::fs::write(&conf, text).unwrap();
+        vec![format!("--config-file={}", conf.display())]
+    }));
+    let fake = Arc::new(Fake::default());
+    // Root owns the name.
+    let _handle = dbus::offer_at(&bus.address, fake.clone()).await.unwrap();
+    let b = bus.clone();
+    blocking(move || {
+        let (ok, _, err) = b.call("Tron", &[]);
+        assert!(ok, "root was refused: {err}");
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+            .arg(format!("--address={}", b.address))
+            .args(["--timeout=5", "call", dbus::BUS_NAME, dbus::OBJECT_PATH])
+            .args([dbus::INTERFACE, "Troff"])
+            .output()
+            .expect("setpriv (util-linux) is needed by this test");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "nobody called Troff");
+        assert!(
+            err.contains("Access denied") || err.contains("AccessDenied"),
+            "{err}"
+        );
+    })
+    .await;
+    assert_eq!(*fake.calls.lock().unwrap(), ["trace true"]);
 }

@@ -177,8 +177,12 @@ impl Opening {
 
     /// Check one reply header; `Ok` carries the payload length the caller
     /// must read next (at most [`OPTION_LEN_MAX`]).
-    pub fn header(&mut self, raw: &[u8; OPTION_REPLY_HEADER_LEN]) -> Result<OptionReplyHeader, OpenFailure> {
-        let h = OptionReplyHeader::parse(raw).ok_or(OpenFailure::Protocol("bad option reply magic"))?;
+    pub fn header(
+        &mut self,
+        raw: &[u8; OPTION_REPLY_HEADER_LEN],
+    ) -> Result<OptionReplyHeader, OpenFailure> {
+        let h =
+            OptionReplyHeader::parse(raw).ok_or(OpenFailure::Protocol("bad option reply magic"))?;
         if h.option != self.option {
             return Err(OpenFailure::Protocol("reply to an option not sent"));
         }
@@ -195,7 +199,9 @@ impl Opening {
     /// Feed the payload of the reply whose header [`Opening::header`] accepted.
     pub fn reply(&mut self, h: &OptionReplyHeader, payload: &[u8]) -> Result<Next, OpenFailure> {
         if payload.len() != h.len as usize {
-            return Err(OpenFailure::Protocol("payload length differs from its header"));
+            return Err(OpenFailure::Protocol(
+                "payload length differs from its header",
+            ));
         }
         if h.reply_type & REP_FLAG_ERROR != 0 {
             let message = String::from_utf8_lossy(&payload[..payload.len().min(STRING_LEN_MAX)]);
@@ -243,13 +249,17 @@ impl Opening {
                 let size = u64::from_be_bytes(p[2..10].try_into().unwrap_or([0; 8]));
                 let flags = u16::from_be_bytes([p[10], p[11]]);
                 if flags & TFLAG_HAS_FLAGS == 0 {
-                    return Err(OpenFailure::Protocol("transmission flags without HAS_FLAGS"));
+                    return Err(OpenFailure::Protocol(
+                        "transmission flags without HAS_FLAGS",
+                    ));
                 }
                 self.export = Some((size, flags));
             }
             INFO_BLOCK_SIZE => {
                 if p.len() != 14 {
-                    return Err(OpenFailure::Protocol("NBD_INFO_BLOCK_SIZE of the wrong length"));
+                    return Err(OpenFailure::Protocol(
+                        "NBD_INFO_BLOCK_SIZE of the wrong length",
+                    ));
                 }
                 let (min, preferred, max) = (be32(2), be32(6), be32(10));
                 let pow2 = |v: u32| v.is_power_of_two();
@@ -270,13 +280,16 @@ impl Opening {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::{greeting, info_block_size_payload, info_export_payload, push_option_reply};
+    use crate::handshake::{
+        greeting, info_block_size_payload, info_export_payload, push_option_reply,
+    };
     use crate::proto::BlockSizes;
 
     fn feed(o: &mut Opening, bytes: &[u8]) -> Result<Next, OpenFailure> {
         let mut rest = bytes;
         loop {
-            let raw: [u8; OPTION_REPLY_HEADER_LEN] = rest[..OPTION_REPLY_HEADER_LEN].try_into().unwrap();
+            let raw: [u8; OPTION_REPLY_HEADER_LEN] =
+                rest[..OPTION_REPLY_HEADER_LEN].try_into().unwrap();
             let h = o.header(&raw)?;
             let end = OPTION_REPLY_HEADER_LEN + h.len as usize;
             let next = o.reply(&h, &rest[OPTION_REPLY_HEADER_LEN..end])?;
@@ -310,7 +323,12 @@ mod tests {
         let flags = info.transmission_flags(false);
         let sizes = BlockSizes::new(&info, PAYLOAD_MAX);
         let mut out = Vec::new();
-        push_option_reply(&mut out, OPT_GO, REP_INFO, &info_export_payload(info.size, flags));
+        push_option_reply(
+            &mut out,
+            OPT_GO,
+            REP_INFO,
+            &info_export_payload(info.size, flags),
+        );
         push_option_reply(&mut out, OPT_GO, REP_INFO, &info_block_size_payload(&sizes));
         push_option_reply(&mut out, OPT_GO, REP_ACK, &[]);
         let Next::Open(g) = feed(&mut Opening::go(), &out).unwrap() else {
@@ -328,28 +346,53 @@ mod tests {
         let mut out = Vec::new();
         push_option_reply(&mut out, OPT_GO, REP_ERR_UNKNOWN, b"no such export");
         let e = feed(&mut Opening::go(), &out).unwrap_err();
-        assert_eq!(e.to_string(), "server refused the export: unknown export: no such export");
+        assert_eq!(
+            e.to_string(),
+            "server refused the export: unknown export: no such export"
+        );
         let mut tls = Vec::new();
         push_option_reply(&mut tls, OPT_GO, REP_ERR_TLS_REQD, &[]);
         assert!(feed(&mut Opening::go(), &tls).unwrap_err().tls_required());
         // ACK before the size.
         let mut ack = Vec::new();
         push_option_reply(&mut ack, OPT_GO, REP_ACK, &[]);
-        assert_eq!(feed(&mut Opening::go(), &ack), Err(OpenFailure::NoExportInfo));
+        assert_eq!(
+            feed(&mut Opening::go(), &ack),
+            Err(OpenFailure::NoExportInfo)
+        );
         // A reply to another option.
         let mut other = Vec::new();
         push_option_reply(&mut other, OPT_LIST, REP_ACK, &[]);
-        assert!(matches!(feed(&mut Opening::go(), &other), Err(OpenFailure::Protocol(_))));
+        assert!(matches!(
+            feed(&mut Opening::go(), &other),
+            Err(OpenFailure::Protocol(_))
+        ));
         // A header announcing more than the cap is refused before reading.
-        let h = OptionReplyHeader { option: OPT_GO, reply_type: REP_INFO, len: OPTION_LEN_MAX + 1 };
+        let h = OptionReplyHeader {
+            option: OPT_GO,
+            reply_type: REP_INFO,
+            len: OPTION_LEN_MAX + 1,
+        };
         assert!(Opening::go().header(&h.encode()).is_err());
         // A short export info.
         let mut short = Vec::new();
-        push_option_reply(&mut short, OPT_GO, REP_INFO, &info_export_payload(1, 1)[..10]);
-        assert!(matches!(feed(&mut Opening::go(), &short), Err(OpenFailure::Protocol(_))));
+        push_option_reply(
+            &mut short,
+            OPT_GO,
+            REP_INFO,
+            &info_export_payload(1, 1)[..10],
+        );
+        assert!(matches!(
+            feed(&mut Opening::go(), &short),
+            Err(OpenFailure::Protocol(_))
+        ));
         // Endless INFO replies.
         let mut o = Opening::go();
-        let h = OptionReplyHeader { option: OPT_GO, reply_type: REP_INFO, len: 2 };
+        let h = OptionReplyHeader {
+            option: OPT_GO,
+            reply_type: REP_INFO,
+            len: 2,
+        };
         let mut seen = 0;
         while o.header(&h.encode()).is_ok() {
             assert_eq!(o.reply(&h, &[0, 1]), Ok(Next::More));
@@ -362,6 +405,9 @@ mod tests {
     fn starttls_is_granted_by_an_ack() {
         let mut out = Vec::new();
         push_option_reply(&mut out, OPT_STARTTLS, REP_ACK, &[]);
-        assert!(matches!(feed(&mut Opening::starttls(), &out), Ok(Next::Open(_))));
+        assert!(matches!(
+            feed(&mut Opening::starttls(), &out),
+            Ok(Next::Open(_))
+        ));
     }
 }

@@ -35,9 +35,22 @@ fn forward_lose_hold_replay() {
     // A late answer of the lost session is ignored.
     assert_eq!(b.answered(10, 1), None);
     b.attach(11);
-    assert_eq!(b.admit(Kind::Read, "r5", t), (5, Dispatch::Hold), "held behind the replay");
-    assert_eq!(sent(&mut b, t), vec![(1, "w1"), (3, "w3"), (4, "w4"), (5, "r5")]);
-    assert_eq!(b.counts(), Counts { held: 3, replayed: 2 });
+    assert_eq!(
+        b.admit(Kind::Read, "r5", t),
+        (5, Dispatch::Hold),
+        "held behind the replay"
+    );
+    assert_eq!(
+        sent(&mut b, t),
+        vec![(1, "w1"), (3, "w3"), (4, "w4"), (5, "r5")]
+    );
+    assert_eq!(
+        b.counts(),
+        Counts {
+            held: 3,
+            replayed: 2
+        }
+    );
     assert_eq!(b.admit(Kind::Write, "w6", t), (6, Dispatch::Send(11)));
     for seq in [3, 1, 6, 5, 4] {
         assert!(b.answered(11, seq).is_some());
@@ -218,7 +231,12 @@ fn check_flush(
     }
     for (&w, &k) in kinds.range(..seq) {
         if k == Kind::Write {
-            prop_assert!(done.contains_key(&w), "flush {} replayed before write {} was answered", seq, w);
+            prop_assert!(
+                done.contains_key(&w),
+                "flush {} replayed before write {} was answered",
+                seq,
+                w
+            );
         }
     }
     Ok(())
