@@ -258,6 +258,17 @@ pub async fn serve_with(
     control: Arc<dyn Control>,
     limits: Limits,
 ) -> io::Result<ControlHandle> {
+    // Only a socket is ever replaced: a control_socket pointed at a file or
+    // a symlink by mistake must not cost that file.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        _ => {}
+    }
     let std_listener = hast_sys::sock::bind_control("hastcd", path)?;
     std_listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(std_listener)?;
@@ -308,7 +319,7 @@ async fn accept_loop(
             let _permit = permit;
             let _ = tokio::time::timeout(
                 limits.deadline,
-                handle(&mut s, control.as_ref(), limits.request_max, own_uid),
+                handle(&mut s, &control, limits.request_max, own_uid),
             )
             .await;
         });
@@ -318,7 +329,7 @@ async fn accept_loop(
 /// One connection: check the peer, read one request, answer it.
 async fn handle(
     s: &mut UnixStream,
-    control: &dyn Control,
+    control: &Arc<dyn Control>,
     request_max: usize,
     own_uid: u32,
 ) -> io::Result<()> {
@@ -334,7 +345,15 @@ async fn handle(
     let resp = match read_request(s, request_max).await? {
         Ok(cmd) => {
             tracing::debug!("control request {cmd:?}");
-            answer(control, cmd)
+            // Off the runtime's threads: a Control that takes a lock or
+            // waits must not stall the other connections; the deadline
+            // around this abandons an answer that comes too late.
+            let control = control.clone();
+            tokio::task::spawn_blocking(move || answer(control.as_ref(), cmd))
+                .await
+                .unwrap_or_else(|e| {
+                    Response::error(exit::SOFTWARE, format!("control request failed: {e}"))
+                })
         }
         Err(resp) => resp,
     };

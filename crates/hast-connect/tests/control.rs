@@ -372,5 +372,18 @@ async fn stale_socket_replaced_live_one_kept() {
         .unwrap();
     assert_eq!(r, Response::List { endpoints: vec![] });
     drop(first);
+    // A regular file or a symlink at the path is never removed.
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, "precious").unwrap();
+    let link = dir.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    for p in [&file, &link] {
+        let e = match control::serve(p, Arc::new(Fake::default())).await {
+            Err(e) => e,
+            Ok(_) => panic!("{} was replaced", p.display()),
+        };
+        assert!(e.to_string().contains("exists and is not a socket"), "{e}");
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
     std::fs::remove_dir_all(&dir).unwrap();
 }
