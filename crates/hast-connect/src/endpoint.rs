@@ -70,6 +70,8 @@ impl Default for Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub sighting: Sighting,
+    /// The NBD export name on that node (hast.conf's `name`).
+    pub export: String,
     /// NBD addresses (`tcp://HOST:PORT`) of the node.
     pub nbd: Vec<String>,
     /// The node requires NBD TLS.
@@ -566,7 +568,7 @@ impl Endpoint {
             return Err(format!("{} has no NBD address", f.sighting.node));
         };
         let timeout = self.settings().connect_timeout;
-        match upstream::open(nbd, &self.name, self.tls.as_ref(), timeout).await {
+        match upstream::open(nbd, &f.export, self.tls.as_ref(), timeout).await {
             Ok((granted, rd, wr)) => {
                 self.attach(f, nbd, granted, rd, wr);
                 let attached = lock(&self.inner).live.is_some();

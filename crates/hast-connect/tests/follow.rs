@@ -219,6 +219,7 @@ impl Script {
                     role: *role,
                     epoch: *epoch,
                 },
+                export: NAME.to_string(),
                 nbd: vec![n.addr.clone()],
                 nbd_tls: false,
                 size: SIZE,
