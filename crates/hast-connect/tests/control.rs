@@ -52,6 +52,10 @@ impl Control for Fake {
             .lock()
             .unwrap()
             .push(format!("connect {resource}"));
+        if resource == "slow" {
+            // A daemon busy for a while: others must still be answered.
+            std::thread::sleep(Duration::from_millis(1500));
+        }
         if resource == "unknown" {
             return Err("not found by discovery nor configured".into());
         }
@@ -385,5 +389,39 @@ async fn stale_socket_replaced_live_one_kept() {
         assert!(e.to_string().contains("exists and is not a socket"), "{e}");
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A Control slow to answer one client does not hold up the others, even
+/// on a single-threaded runtime.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_answer_does_not_block_others() {
+    let dir = tmpdir("slow");
+    let sock = dir.join("hastcd.sock");
+    let _handle = control::serve(&sock, Arc::new(Fake::default()))
+        .await
+        .unwrap();
+    let s2 = sock.clone();
+    let slow = tokio::task::spawn_blocking(move || {
+        ctl::call(
+            &s2,
+            Command::Connect {
+                resource: "slow".into(),
+            },
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let s2 = sock.clone();
+    let r = blocking(move || ctl::call(&s2, Command::List))
+        .await
+        .unwrap();
+    assert_eq!(r, Response::List { endpoints: vec![] });
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), Response::Ok);
     std::fs::remove_dir_all(&dir).unwrap();
 }
