@@ -13,6 +13,9 @@ use std::str::FromStr;
 pub const REPLICATION_PORT: u16 = 8457;
 /// Default NBD port (`nbd_listen`), as assigned by IANA.
 pub const NBD_PORT: u16 = 10809;
+/// Default port of hastd's discovery listener (`discovery_listen`), next
+/// to the replication port so one firewall rule range covers both.
+pub const DISCOVERY_PORT: u16 = 8459;
 /// `sun_path` holds 108 bytes on Linux, one of them the terminating NUL.
 pub const UNIX_PATH_MAX: usize = 107;
 const HOST_LEN_MAX: usize = 253;

@@ -28,7 +28,7 @@ mod value;
 
 use std::path::{Path, PathBuf};
 
-pub use addr::{Addr, AddrError, NBD_PORT, REPLICATION_PORT, UNIX_PATH_MAX};
+pub use addr::{Addr, AddrError, DISCOVERY_PORT, NBD_PORT, REPLICATION_PORT, UNIX_PATH_MAX};
 pub use error::{ConfigError, ErrorKind};
 pub use level::Level;
 pub use nbd_tls::{NbdTls, NbdTlsMode, NbdTlsPem};
@@ -105,6 +105,9 @@ pub struct Config {
     pub nbd_socket_dir: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub metrics_listen: Option<Addr>,
+    /// `discovery_listen`: the read-only discovery listener (a TCP address,
+    /// port [`DISCOVERY_PORT`] by default); `None`: no discovery.
+    pub discovery_listen: Option<Addr>,
     /// `nbd_max_buffer`: bytes of NBD READ/WRITE payloads held at once.
     pub nbd_max_buffer: u64,
     /// `nbd_idle_timeout`: seconds; 0 is off.

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::addr::{Addr, NBD_PORT, REPLICATION_PORT};
+use crate::addr::{Addr, DISCOVERY_PORT, NBD_PORT, REPLICATION_PORT};
 use crate::error::{ConfigError, ErrorKind};
 use crate::level::Level;
 use crate::nbd_tls::{parse_fingerprint, NbdTlsMode};
@@ -28,6 +28,7 @@ pub(crate) struct NodeOpts {
     pub(crate) nbd_socket_dir: Option<At<Option<PathBuf>>>,
     pub(crate) state_dir: Option<At<PathBuf>>,
     pub(crate) metrics_listen: Option<At<Option<Addr>>>,
+    pub(crate) discovery_listen: Option<At<Option<Addr>>>,
     pub(crate) nbd_max_buffer: Option<At<u64>>,
     pub(crate) nbd_idle_timeout: Option<At<u32>>,
     pub(crate) nbd_tls: Option<At<NbdTlsMode>>,
@@ -106,6 +107,7 @@ enum Key {
     NbdSocketDir,
     StateDir,
     MetricsListen,
+    DiscoveryListen,
     NbdMaxBuffer,
     NbdIdleTimeout,
     NbdTls,
@@ -146,6 +148,7 @@ impl Key {
             "nbd_socket_dir" => Key::NbdSocketDir,
             "state_dir" => Key::StateDir,
             "metrics_listen" => Key::MetricsListen,
+            "discovery_listen" => Key::DiscoveryListen,
             "nbd_max_buffer" => Key::NbdMaxBuffer,
             "nbd_idle_timeout" => Key::NbdIdleTimeout,
             "nbd_tls" => Key::NbdTls,
@@ -392,6 +395,7 @@ fn apply(
             | Key::NbdSocketDir
             | Key::StateDir
             | Key::MetricsListen
+            | Key::DiscoveryListen
             | Key::NbdMaxBuffer
             | Key::NbdIdleTimeout
             | Key::NbdTls
@@ -474,6 +478,13 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
                 _ => Some(tcp_addr(w, v, None)?),
             };
             set(&mut o.metrics_listen, a, w, line)
+        }
+        Key::DiscoveryListen => {
+            let a = match v {
+                "none" => None,
+                _ => Some(tcp_addr(w, v, Some(DISCOVERY_PORT))?),
+            };
+            set(&mut o.discovery_listen, a, w, line)
         }
         Key::NbdMaxBuffer => {
             // Below one maximal request the budget would only ever hold one

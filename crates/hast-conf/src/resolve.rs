@@ -61,6 +61,9 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         None => Some(PathBuf::from(defaults::NBD_SOCKET_DIR)),
     };
     let metrics_listen = node_level!(metrics_listen).flatten();
+    // Opt-in (unset: none), like nbd_listen: a node answers discovery
+    // requests only where the operator asked it to.
+    let discovery_listen = node_level!(discovery_listen).flatten();
     let nbd_max_buffer = node_level!(nbd_max_buffer).unwrap_or(defaults::NBD_MAX_BUFFER);
     let nbd_idle_timeout_secs =
         node_level!(nbd_idle_timeout).unwrap_or(defaults::NBD_IDLE_TIMEOUT_SECS);
@@ -184,6 +187,7 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         nbd_socket_dir,
         state_dir,
         metrics_listen,
+        discovery_listen,
         nbd_max_buffer,
         nbd_idle_timeout_secs,
         nbd_tls,

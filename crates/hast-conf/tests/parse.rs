@@ -121,6 +121,8 @@ fn daemon_defaults() {
     assert_eq!(c.nbd_socket_dir, Some(PathBuf::from("/run/hast")));
     assert_eq!(c.state_dir, PathBuf::from("/var/lib/hast"));
     assert_eq!(c.metrics_listen, None);
+    // Opt-in: no discovery listener unless asked for.
+    assert_eq!(c.discovery_listen, None);
     let shared = &c.resources[0];
     assert_eq!(
         c.nbd_socket_path(shared),
@@ -240,6 +242,54 @@ resource node_level {
     }
 }
 "#;
+
+#[test]
+fn discovery_listen() {
+    let tail = "resource r {\n local /d\n remote none\n on a { }\n on b { }\n on c { }\n}\n";
+    let at = |text: &str, node: &str| conf(&format!("{text}{tail}"), node).discovery_listen;
+    assert_eq!(at("", "a"), None);
+    // The conventional port when none is named.
+    assert_eq!(
+        at("discovery_listen 0.0.0.0\n", "a"),
+        Some(tcp("0.0.0.0", 8459))
+    );
+    assert_eq!(hast_conf::DISCOVERY_PORT, 8459);
+    assert_eq!(
+        at("discovery_listen tcp://[::1]:9000\n", "a"),
+        Some(tcp("::1", 9000))
+    );
+    // A node's own section overrides the global one, `none` turns it off.
+    let layered = "discovery_listen tcp://0.0.0.0:8459\non a { discovery_listen none }\non b { discovery_listen 10.0.0.2:1 }\n";
+    assert_eq!(at(layered, "a"), None);
+    assert_eq!(at(layered, "b"), Some(tcp("10.0.0.2", 1)));
+    assert_eq!(at(layered, "c"), Some(tcp("0.0.0.0", 8459)));
+    // A listener belongs to the daemon, never to a resource.
+    for (text, want) in [
+        (
+            "resource r {\n discovery_listen 127.0.0.1\n on a { local /d; remote none }\n}\n",
+            "2: \"discovery_listen\" is not allowed in the resource section",
+        ),
+        (
+            "resource r {\n on a { local /d; remote none\n discovery_listen 127.0.0.1 }\n}\n",
+            "3: \"discovery_listen\" is not allowed in the resource-node section",
+        ),
+        (
+            "discovery_listen uds:///run/d.sock\n",
+            "1: invalid discovery_listen \"uds:///run/d.sock\": must be a TCP address",
+        ),
+        (
+            "discovery_listen tls://127.0.0.1:1\n",
+            "1: invalid discovery_listen \"tls://127.0.0.1:1\": must be a TCP address",
+        ),
+        (
+            "discovery_listen 1.2.3.4\ndiscovery_listen 1.2.3.5\n",
+            "2: \"discovery_listen\" is already set in this section at line 1",
+        ),
+    ] {
+        let e = err(text, "a").to_string();
+        assert_eq!(e, format!("/etc/hast.conf:{want}"), "{text}");
+    }
+}
 
 #[test]
 fn every_inheritance_level() {

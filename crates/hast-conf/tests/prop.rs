@@ -51,6 +51,7 @@ const WORDS: &[&str] = &[
     "nbd_socket_dir",
     "state_dir",
     "metrics_listen",
+    "discovery_listen",
     "fullsync",
     "lzf",
     "crc32c",

@@ -11,9 +11,24 @@
 //!
 //! Pure cores (no I/O): [`follow`] (which node to send to) and [`book`] (the
 //! requests not yet acknowledged, and what to replay). The drivers around
-//! them: [`upstream`] (one NBD client connection to a primary), [`endpoint`]
+//! them: [`discover`] (one discovery query to a storage node), [`upstream`] (one NBD client connection to a primary), [`endpoint`]
 //! (the local export that forwards and fails over), [`daemon`] (hastcd).
+//!
+//! Around them: [`conf`] (hastcd.conf), [`cli`] (hastcd's arguments), the
+//! operator's surfaces over the [`status::Control`] trait — [`control`]
+//! (the root-only socket), [`ctl`] (`hastcctl`), [`dbus`]
+//! (`org.hast.connector`).
 
 pub mod book;
+pub mod cli;
+pub mod conf;
+pub mod control;
+pub mod ctl;
+pub mod daemon;
+pub mod dbus;
+pub mod discover;
+pub mod endpoint;
 pub mod follow;
 pub mod status;
+pub mod tls;
+pub mod upstream;

@@ -5,6 +5,9 @@
 //!   (hole, lz4) with their checksums ([`checksum`]).
 //! - [`auth`]: mutual authentication (CHALLENGE, AUTH, AUTH_REPLY) before
 //!   the hello, HMAC-SHA256 over both nonces.
+//! - [`discover`]: the read-only discovery exchange (which resources, in
+//!   which role and epoch, where their NBD exports are), HMAC-SHA256 over both
+//!   nonces, resources with a secret shown only to clients holding it.
 //! - [`hello`]: the HELLO / HELLO_REPLY messages exchanged on every connection.
 //! - [`mod@decide`]: FreeBSD's rules choosing the resync direction from both
 //!   nodes' resuid and counters, and the counters stored once it finished.
@@ -17,6 +20,7 @@ pub mod auth;
 pub mod checksum;
 pub mod decide;
 mod decision;
+pub mod discover;
 mod error;
 pub mod frame;
 pub mod hello;

@@ -82,3 +82,48 @@ impl Drop for SyslogLine {
         }
     }
 }
+
+/// Switches a daemon's log level at run time (`hastcctl tron` / `troff`).
+pub struct Switch(
+    Option<tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>>,
+);
+
+impl Switch {
+    /// Trace on (`debug` level) or off (`info`).
+    pub fn set(&self, trace: bool) {
+        if let Some(h) = &self.0 {
+            let _ = h.modify(|f| *f = EnvFilter::new(if trace { "debug" } else { "info" }));
+        }
+    }
+}
+
+/// [`init`] for a daemon whose trace level can be switched while it runs:
+/// `trace` starts it on.
+pub fn init_switchable(ident: &'static std::ffi::CStr, trace: bool, syslog: bool) -> Switch {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new(if trace {
+        "debug"
+    } else {
+        "info"
+    }));
+    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    let res = if syslog {
+        // SAFETY: the identity string is 'static; openlog keeps the pointer.
+        unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.with_ansi(false).without_time().with_writer(Syslog))
+            .try_init()
+    } else {
+        use std::io::IsTerminal;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                fmt.with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+    };
+    Switch(res.is_ok().then_some(handle))
+}

@@ -190,6 +190,27 @@ async fn run(
             }
         }
     }
+    let discovery_task = match &config.discovery_listen {
+        Some(addr) => {
+            let sources = crate::discovery::Sources {
+                resources: resources.clone(),
+                registry: registry.clone(),
+                nbd_tcp: env.nbd_tcp.clone(),
+            };
+            match crate::discovery::listen(addr, sources).await {
+                Ok((local, task)) => {
+                    tracing::info!(listen = %local, "discovery listener ready");
+                    Some(task)
+                }
+                Err(e) => {
+                    tracing::error!("cannot listen for discovery on {addr}: {e}");
+                    let _ = std::fs::remove_file(&control_path);
+                    return exit::CANTCREAT;
+                }
+            }
+        }
+        None => None,
+    };
     let control_task = tokio::spawn(control::serve(listener, resources.clone()));
     let mut signals = match Signals::new() {
         Ok(s) => s,
@@ -244,7 +265,7 @@ async fn run(
     if let Some((_, task)) = nbd_tcp {
         task.abort();
     }
-    for t in repl_tasks {
+    for t in repl_tasks.into_iter().chain(discovery_task) {
         t.abort();
     }
     let _ = std::fs::remove_file(&control_path);
@@ -274,6 +295,12 @@ async fn reload(
             "nbd_listen",
             format!("{:?}", old.nbd_listen.as_ref().map(|a| a.to_string())),
             format!("{:?}", new.nbd_listen.as_ref().map(|a| a.to_string())),
+        ),
+        // Bound once, like the other listeners.
+        (
+            "discovery_listen",
+            format!("{:?}", old.discovery_listen.as_ref().map(|a| a.to_string())),
+            format!("{:?}", new.discovery_listen.as_ref().map(|a| a.to_string())),
         ),
         (
             "nbd_socket_dir",

@@ -6,12 +6,14 @@
 //! (role state machine per resource), [`datapath`] (the I/O path: gate,
 //! range lock, activemap, lease, peer fencing, local component),
 //! [`nbdfront`] (binds the NBD server of `hast-nbd` to the data paths),
-//! [`control`] (the control socket), [`epoch`] (the fencing-token rules of
+//! [`control`] (the control socket), [`discovery`] (the read-only
+//! discovery listener the connector polls), [`epoch`] (the fencing-token rules of
 //! role changes), [`hook`] (bounded runs of the operator's shell hooks).
 
 mod control;
 mod daemon;
 mod datapath;
+mod discovery;
 mod epoch;
 mod hook;
 mod link;
