@@ -93,7 +93,7 @@ impl HastcdConf {
         kv("reconnect_interval", fmt_secs(self.reconnect_interval));
         kv("request_timeout", fmt_secs(self.request_timeout));
         kv("discovery_timeout", fmt_secs(self.discovery_timeout));
-        kv("socket_dir", dir.join("sockets").display().to_string());
+        kv("socket_dir", socket_dir(dir).display().to_string());
         kv("socket_mode", "0600".into());
         kv(
             "control_socket",
@@ -125,6 +125,13 @@ impl HastcdConf {
     }
 }
 
+/// hastcd's `socket_dir` for its files in `dir`: next to `dir`, as short as
+/// can be, since hastcd refuses a directory that leaves no room for a
+/// 64-byte resource name in a 107-byte Unix socket path.
+fn socket_dir(dir: &Path) -> PathBuf {
+    dir.parent().unwrap_or(dir).join("s")
+}
+
 /// Seconds as hastcd.conf takes them: an integer when whole, else a decimal.
 fn fmt_secs(s: f64) -> String {
     if s.fract() == 0.0 {
@@ -151,7 +158,8 @@ impl Hastcd {
     /// on `c`; returns once its control socket exists.
     pub fn start(c: &HaCluster, bins: &ConnBins, conf: &HastcdConf) -> Hastcd {
         let dir = c.host_dir(CLIENT).join("hastcd");
-        std::fs::create_dir_all(dir.join("sockets")).expect("hastcd dir");
+        std::fs::create_dir_all(&dir).expect("hastcd dir");
+        std::fs::create_dir_all(socket_dir(&dir)).expect("hastcd socket dir");
         let key = dir.join("repl.key");
         if !key.exists() {
             std::fs::copy(c.host_dir(DATA[0]).join("repl.key"), &key).expect("copy key");
@@ -239,7 +247,7 @@ impl Hastcd {
     }
     /// `<socket_dir>/<resource>.nbd`.
     pub fn socket(&self, res: &str) -> PathBuf {
-        self.dir.join("sockets").join(format!("{res}.nbd"))
+        socket_dir(&self.dir).join(format!("{res}.nbd"))
     }
     /// `nbd+unix:///RES?socket=...`, the endpoint's URI as `hastcctl ls` gives it.
     pub fn uri(&self, res: &str) -> String {
