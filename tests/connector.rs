@@ -96,6 +96,19 @@ fn wall() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `HH:MM:SS.mmm` (UTC) of a wall-clock time, to find a trial in the
+/// daemons' logs.
+fn time_of_day(t: f64) -> String {
+    let ms = (t * 1000.0) as u64 % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
 fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
@@ -487,7 +500,8 @@ fn trial(
         .map(|e| format!("{} ms", e["last_pause_ms"]))
         .unwrap_or_else(|| "-".into());
     println!(
-        "{label}: {p} -> {s}, takeover {takeover}, I/O pause {pause:.2} s (longest file operation {longest_op:.2} s), hastcd last_pause {hastcd_pause}, {} files verified, {} violations",
+        "{label}: fault at {} UTC, {p} -> {s}, takeover {takeover}, I/O pause {pause:.2} s (longest file operation {longest_op:.2} s), hastcd last_pause {hastcd_pause}, {} files verified, {} violations",
+        time_of_day(wall0),
         files.unwrap_or(0),
         v.len()
     );

@@ -329,11 +329,64 @@ pub fn hastcd_once(bins: &ConnBins, args: &[&str]) -> Output {
 /// mounted with `errors=remount-ro` so an error shows as a read-only mount.
 /// Unmounted (loop released) and nbdfuse stopped on drop, in that order.
 pub struct Ext4Client {
-    // Field order is drop order: the filesystem before the FUSE file under it.
+    // Field order is drop order: the filesystem before the FUSE file under
+    // it, both before the shared mount they are in.
     fs: Option<LoopMount>,
     fuse: NbdFuse,
+    _shared: SharedMount,
     mountpoint: PathBuf,
     fs_size: u64,
+}
+
+/// `DIR` bind-mounted on itself and made shared, so that mounts made under
+/// it are unmounted everywhere when they are unmounted here.
+///
+/// `ip netns exec` gives every process it starts (hastd restarted after a
+/// kill, a writer, the checker) a new mount namespace, a copy of the
+/// mounts of the moment; on a machine whose mounts are private those copies
+/// keep the ext4 mount alive after our umount, so its loop device never
+/// lets go of the FUSE file. `ip netns exec` makes its copy a slave
+/// (`mount --make-rslave /`): under a shared mount, our umount propagates
+/// to the copies.
+struct SharedMount {
+    path: PathBuf,
+}
+
+impl SharedMount {
+    fn new(path: &Path) -> SharedMount {
+        std::fs::create_dir_all(path).expect("mkdir shared mount");
+        let out = run(
+            Command::new("mount").arg("--bind").arg(path).arg(path),
+            timeout_s(30),
+        );
+        crate::tools::expect_ok(&out, "mount --bind");
+        let m = SharedMount {
+            path: path.to_path_buf(),
+        };
+        let out = run(
+            Command::new("mount").arg("--make-shared").arg(path),
+            timeout_s(30),
+        );
+        crate::tools::expect_ok(&out, "mount --make-shared");
+        m
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let out = run(Command::new("umount").arg(&self.path), timeout_s(60));
+        if !out.status.success() {
+            eprintln!(
+                "umount {}: {}; detaching it",
+                self.path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            let _ = run(
+                Command::new("umount").arg("-l").arg(&self.path),
+                timeout_s(30),
+            );
+        }
+    }
 }
 
 impl Ext4Client {
@@ -348,7 +401,8 @@ impl Ext4Client {
                 .map(|d| d.as_millis())
                 .unwrap_or(0)
         ));
-        let fuse = NbdFuse::mount_in(&dir.join("fuse"), uri, &log, netns);
+        let shared = SharedMount::new(&dir.join("mnt"));
+        let fuse = NbdFuse::mount_in(&shared.path.join("fuse"), uri, &log, netns);
         let image = fuse.file();
         if mkfs {
             let out = run(
@@ -360,7 +414,7 @@ impl Ext4Client {
             );
             crate::tools::expect_ok(&out, "mkfs.ext4");
         }
-        let mountpoint = dir.join("fs");
+        let mountpoint = shared.path.join("fs");
         let fs = LoopMount::mount_with(
             &image,
             &mountpoint,
@@ -369,6 +423,7 @@ impl Ext4Client {
         Ext4Client {
             fs: Some(fs),
             fuse,
+            _shared: shared,
             mountpoint,
             fs_size,
         }
