@@ -496,6 +496,9 @@ fn trial(
             cl.ext4.mount_entry()
         ));
     }
+    if let Err(e) = cl.ext4.write_probe() {
+        v.push(format!("{label}: ext4 refuses writes: {e}"));
+    }
     match cl.ext4.errors_count() {
         Some(0) => {}
         n => v.push(format!("{label}: ext4 errors_count {n:?}")),

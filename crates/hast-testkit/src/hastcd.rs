@@ -459,6 +459,17 @@ impl Ext4Client {
             .is_some_and(|(_, o)| o.split(',').any(|x| x == "rw"))
     }
 
+    /// Whether a file can still be created and removed: since Linux 6.12 an
+    /// ext4 error with `errors=remount-ro` sets ext4's own emergency
+    /// read-only flag, which /proc/mounts does not show ("rw" stays), and
+    /// writes fail with EROFS. `Err` with the error otherwise.
+    pub fn write_probe(&self) -> Result<(), String> {
+        let p = self.mountpoint.join(".probe");
+        std::fs::write(&p, b"probe")
+            .and_then(|_| std::fs::remove_file(&p))
+            .map_err(|e| format!("{}: {e}", p.display()))
+    }
+
     /// `/sys/fs/ext4/<loopN>/errors_count` (None if unreadable).
     pub fn errors_count(&self) -> Option<u64> {
         let (dev, _) = self.mount_entry()?;
