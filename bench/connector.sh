@@ -134,14 +134,16 @@ CONF
     done
 
     # ---- hastcd --------------------------------------------------------------
-    local h=$WORK/hastcd tp
-    mkdir -p "$h/sockets"
+    # socket_dir short: hastcd wants room for a 64-byte resource name in a
+    # 107-byte Unix socket path.
+    local h=$WORK/hastcd s=$WORK/s tp
+    mkdir -p "$h" "$s"
     tp=$(free_port)
     cat >"$h/hastcd.conf" <<CONF
 [Global]
 ctrl_loss_tmo = 60
 poll_interval = 2
-socket_dir = $h/sockets
+socket_dir = $s
 tcp_listen = 127.0.0.1:$tp
 control_socket = $h/hastcd.sock
 dbus = none
@@ -156,9 +158,11 @@ CONF
     declare -gA URI=(
         [direct]=nbd://127.0.0.1:$na/bench
         [hastcd-tcp]=nbd://127.0.0.1:$tp/bench
-        [hastcd-unix]="nbd+unix:///bench?socket=$h/sockets/bench.nbd"
+        [hastcd-unix]="nbd+unix:///bench?socket=$s/bench.nbd"
     )
-    for n in "${SERVERS[@]}"; do wait_export "${URI[$n]}" 30; done
+    for n in "${SERVERS[@]}"; do
+        wait_export "${URI[$n]}" 30 || { tail -5 "$h/hastcd.log" >&2; exit 1; }
+    done
     DATASIZE=$(smallest_size)
     echo "== filling ${SIZE} through NBD" >&2
     SERVERS=(direct)
