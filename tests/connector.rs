@@ -400,6 +400,7 @@ impl Client {
 #[derive(Debug)]
 struct Trial {
     label: String,
+    kind: Fault,
     pause_s: f64,
     violations: Vec<String>,
 }
@@ -524,6 +525,7 @@ fn trial(
     );
     Trial {
         label: label.to_owned(),
+        kind: fault,
         pause_s: pause,
         violations: v,
     }
@@ -666,6 +668,17 @@ fn the_promise_ext4_never_notices_a_failover() {
     println!("| fault | pause (s) |\n|---|---:|");
     for t in &done {
         println!("| {} | {:.2} |", t.label, t.pause_s);
+    }
+    println!("| fault kind | trials | median | p99 | max |\n|---|---:|---:|---:|---:|");
+    for k in KINDS {
+        let mut p: Vec<f64> = done
+            .iter()
+            .filter(|t| t.kind == k)
+            .map(|t| t.pause_s)
+            .collect();
+        if let Some((a, b, c)) = stats(&mut p) {
+            println!("| {k:?} | {} | {a:.2} s | {b:.2} s | {c:.2} s |", p.len());
+        }
     }
     println!(
         "I/O pause over {trials} failovers: median {med:.2} s, p99 {p99:.2} s, max {max:.2} s ({:.0} s in all)",
