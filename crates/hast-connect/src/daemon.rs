@@ -414,7 +414,9 @@ async fn serve_unix(listener: UnixListener, ep: Arc<Endpoint>, limits: Limits) {
         };
         let (exports, limits) = (exports.clone(), limits.clone());
         tokio::spawn(async move {
-            if let Err(e) = hast_nbd::serve(exports, stream, "unix".into(), limits).await {
+            // Owned halves: no lock between the reader and the writer.
+            let (rd, wr) = stream.into_split();
+            if let Err(e) = hast_nbd::serve_split(exports, rd, wr, "unix".into(), limits).await {
                 tracing::debug!("local client: {e}");
             }
             drop(permit);
