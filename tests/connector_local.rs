@@ -89,7 +89,9 @@ impl Server {
 // ----------------------------------------------------------------- hastcd
 
 /// One hastcd, its configuration, control socket and endpoints in a
-/// directory of its own. Dropping it stops the daemon by PID.
+/// directory of its own (short tags: hastcd refuses a `socket_dir` that
+/// leaves no room for a 64-byte resource name in a Unix socket path).
+/// Dropping it stops the daemon by PID.
 struct Hastcd {
     conf: PathBuf,
     ctl: PathBuf,
@@ -109,7 +111,7 @@ impl Hastcd {
         let mut h = Hastcd {
             conf: dir.join("hastcd.conf"),
             ctl: dir.join("ctl.sock"),
-            sock_dir: dir.join("ep"),
+            sock_dir: dir.join("s"),
             tcp_port: free_port(),
             disc_port,
             log: dir.join("hastcd.log"),
@@ -120,6 +122,14 @@ impl Hastcd {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hastcd"));
         cmd.arg("-f").arg(&h.conf);
         h.proc = Some(Proc::spawn(&mut cmd, "hastcd", Some(&h.log)).expect("spawn hastcd"));
+        // Up when its control socket is; a hastcd that exits fails at once.
+        let up = wait_for(timeout_s(10), || {
+            if h.ctl.exists() {
+                return Some(true);
+            }
+            (!h.proc().is_running()).then_some(false)
+        });
+        assert_eq!(up, Some(true), "hastcd did not start:\n{}", h.log());
         h
     }
 
@@ -269,7 +279,7 @@ fn nbdinfo(uri: &str) -> Value {
 fn data_and_flags_match_through_both_endpoints() {
     need(&["qemu-io", "nbdinfo"]);
     let srv = Server::start("cl-data", String::new());
-    let hcd = Hastcd::start("cl-data-c", srv.disc_port, "");
+    let hcd = Hastcd::start("cd1", srv.disc_port, "");
     hcd.wait_state("connected", timeout_s(20));
 
     for (i, ep) in [hcd.unix_uri(), hcd.tcp_uri()].iter().enumerate() {
@@ -314,6 +324,13 @@ fn data_and_flags_match_through_both_endpoints() {
             "can_fua",
             "can_flush",
             "can_multi_conn",
+            "can_cache",
+            "can_fast_zero",
+            "can_df",
+            "contexts",
+            "block_size_minimum",
+            "block_size_preferred",
+            "block_size_maximum",
         ] {
             assert!(!direct[key].is_null(), "nbdinfo has no {key}: {direct}");
             assert_eq!(
@@ -382,12 +399,12 @@ fn nbd_tls_connects_only_with_the_right_pin() {
         cli_key.display()
     );
     let good = Hastcd::start(
-        "cl-tls-good",
+        "cd2",
         srv.disc_port,
         &format!("nbd_tls = on\nnbd_tls_pin = {}\n{client}", pin_of(&srv_crt)),
     );
     let wrong_pin = Hastcd::start(
-        "cl-tls-wrong",
+        "cd3",
         srv.disc_port,
         &format!(
             "nbd_tls = on\nnbd_tls_pin = {}\n{client}",
@@ -395,12 +412,12 @@ fn nbd_tls_connects_only_with_the_right_pin() {
         ),
     );
     let no_client_cert = Hastcd::start(
-        "cl-tls-nocert",
+        "cd4",
         srv.disc_port,
         &format!("nbd_tls = on\nnbd_tls_pin = {}\n", pin_of(&srv_crt)),
     );
     let wrong_client = Hastcd::start(
-        "cl-tls-other",
+        "cd5",
         srv.disc_port,
         &format!(
             "nbd_tls = on\nnbd_tls_pin = {}\nnbd_tls_cert = {}\nnbd_tls_key = {}\n",
@@ -409,7 +426,7 @@ fn nbd_tls_connects_only_with_the_right_pin() {
             other_key.display()
         ),
     );
-    let off = Hastcd::start("cl-tls-off", srv.disc_port, "");
+    let off = Hastcd::start("cd6", srv.disc_port, "");
 
     // The right pin: connected, and data goes through TLS to hastd.
     let st = good.wait_state("connected", timeout_s(20));
@@ -422,12 +439,21 @@ fn nbd_tls_connects_only_with_the_right_pin() {
     assert!(srv.node.log().contains("tls=true"), "{}", srv.node.log());
 
     // The others say why and stay connecting.
-    wrong_pin.wait_log("invalid peer certificate", timeout_s(20));
+    wrong_pin.wait_log(
+        "invalid peer certificate: ApplicationVerificationFailure (the server's certificate is not one of nbd_tls_pin)",
+        timeout_s(20),
+    );
     off.wait_log("requires NBD TLS and nbd_tls is off here", timeout_s(20));
     // Without a client certificate the server refuses during the handshake
     // (after the client's Finished: the error shows at the first read).
-    no_client_cert.wait_log("CertificateRequired", timeout_s(20));
-    wrong_client.wait_log("AccessDenied", timeout_s(20));
+    no_client_cert.wait_log(
+        "the server requires a client certificate: set nbd_tls_cert and nbd_tls_key",
+        timeout_s(20),
+    );
+    wrong_client.wait_log(
+        "the server refused our client certificate (nbd_tls_cert)",
+        timeout_s(20),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     for h in [&wrong_pin, &no_client_cert, &wrong_client, &off] {
         let st = h.status().expect("status");
@@ -521,7 +547,7 @@ print("rounds", n, flush=True)
 #[test]
 fn sighup_reload_keeps_a_busy_endpoint() {
     let srv = Server::start("cl-hup", String::new());
-    let mut hcd = Hastcd::start("cl-hup-c", srv.disc_port, "");
+    let mut hcd = Hastcd::start("cd7", srv.disc_port, "");
     hcd.wait_state("connected", timeout_s(20));
     let ready = hcd.dir.join("ready");
     let (mut client, log) = python_client(
@@ -552,7 +578,7 @@ fn sighup_reload_keeps_a_busy_endpoint() {
 fn hastcctl_disconnect_connect_trace_and_ls() {
     need(&["nbdinfo"]);
     let srv = Server::start("cl-ctl", String::new());
-    let hcd = Hastcd::start("cl-ctl-c", srv.disc_port, "");
+    let hcd = Hastcd::start("cd8", srv.disc_port, "");
     hcd.wait_state("connected", timeout_s(20));
 
     // ls --json: an array of {resource, uris, state, primary, epoch}.
@@ -625,10 +651,10 @@ fn local_endpoints_are_private() {
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "this test needs root (setpriv, chown)");
     let srv = Server::start("cl-priv", String::new());
-    let dflt = Hastcd::start("cl-priv-a", srv.disc_port, "");
+    let dflt = Hastcd::start("cd9", srv.disc_port, "");
     // A group-shared endpoint, as an operator may configure one.
     let shared = Hastcd::start(
-        "cl-priv-b",
+        "cd10",
         srv.disc_port,
         "socket_owner = root\nsocket_group = 65534\nsocket_mode = 0660\n",
     );
@@ -688,7 +714,7 @@ fn local_endpoints_are_private() {
 #[test]
 fn demotion_holds_a_write_until_the_node_is_primary_again() {
     let srv = Server::start("cl-demote", String::new());
-    let hcd = Hastcd::start("cl-demote-c", srv.disc_port, "");
+    let hcd = Hastcd::start("cd11", srv.disc_port, "");
     let before = hcd.wait_state("connected", timeout_s(20));
     let epoch0 = before["epoch"].as_u64().expect("epoch");
 
