@@ -225,3 +225,84 @@ pub fn client_config(
     c.enable_sni = false;
     Ok(Arc::new(c))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The verifier's decisions and the PEM checks without a handshake
+    //! (hastd's replication and NBD tests run full handshakes through it).
+
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// A self-signed P-256 certificate and key made by the openssl CLI.
+    fn make(dir: &Path, name: &str) -> (Vec<u8>, Vec<u8>) {
+        let (crt, key): (PathBuf, PathBuf) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let st = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN={name}"), "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(st.success());
+        (std::fs::read(crt).unwrap(), std::fs::read(key).unwrap())
+    }
+
+    #[test]
+    fn pins_decide_and_pem_is_checked() {
+        let dir = std::env::temp_dir().join(format!("hast-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a_crt, a_key) = make(&dir, "a");
+        let (b_crt, b_key) = make(&dir, "b");
+        let a = Presented::from_pem(&a_crt, &a_key).unwrap();
+        let b = Presented::from_pem(&b_crt, &b_key).unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+
+        let p = provider();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let pinned = Pinned::new(&[b.fingerprint(), a.fingerprint()], &p);
+        for id in [&a, &b] {
+            pinned
+                .verify_server_cert(&id.certs[0], &[], &name, &[], UnixTime::now())
+                .unwrap();
+            pinned
+                .verify_client_cert(&id.certs[0], &[], UnixTime::now())
+                .unwrap();
+        }
+        let only_a = Pinned::new(&[a.fingerprint()], &p);
+        let e = only_a
+            .verify_server_cert(&b.certs[0], &[], &name, &[], UnixTime::now())
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid peer certificate"), "{e}");
+        assert!(only_a
+            .verify_client_cert(&b.certs[0], &[], UnixTime::now())
+            .is_err());
+        assert!(Pinned::new(&[], &p)
+            .verify_client_cert(&a.certs[0], &[], UnixTime::now())
+            .is_err());
+        assert!(only_a.client_auth_mandatory());
+
+        // PEM: a key that is not the certificate's, none, or no certificate.
+        let e = Presented::from_pem(&a_crt, &b_key).err().unwrap();
+        assert!(matches!(e, PemError::Mismatch(_)), "{e}");
+        let e = Presented::from_pem(&a_crt, b"junk").err().unwrap();
+        assert!(matches!(e, PemError::Key(_)), "{e}");
+        let e = Presented::from_pem(b"", &a_key).err().unwrap();
+        assert!(matches!(e, PemError::NoCert), "{e}");
+
+        // The client: no SNI, a client certificate only when given.
+        let c = client_config(&[a.fingerprint()], Some(&b)).unwrap();
+        assert!(!c.enable_sni);
+        assert!(c.client_auth_cert_resolver.has_certs());
+        let c = client_config(&[a.fingerprint()], None).unwrap();
+        assert!(!c.client_auth_cert_resolver.has_certs());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
