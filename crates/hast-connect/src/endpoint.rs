@@ -82,9 +82,14 @@ pub struct Found {
 /// Asks the controllers about a resource (discovery in hastcd; a script in
 /// tests).
 pub trait Poller: Send + Sync + 'static {
+    /// Every controller's answer (those that answered in time). With
+    /// `newer_than: Some(e)` it may return as soon as one says it is primary
+    /// at an epoch above `e`: a failover need not wait for a controller
+    /// that is cut off, since no answer of it could outrank that one.
     fn poll<'a>(
         &'a self,
         resource: &'a str,
+        newer_than: Option<u64>,
     ) -> Pin<Box<dyn Future<Output = Vec<Found>> + Send + 'a>>;
 }
 
@@ -165,6 +170,8 @@ struct Inner {
     lost_since: Option<Instant>,
     /// The node left by the last loss (for the failover record).
     left: Option<String>,
+    /// The epoch of the session lost last, while no new one is attached.
+    lost_epoch: Option<u64>,
     next_session: Session,
     failovers: u64,
     failed: u64,
@@ -218,6 +225,7 @@ impl Endpoint {
                 info: None,
                 lost_since: None,
                 left: None,
+                lost_epoch: None,
                 next_session: 1,
                 failovers: 0,
                 failed: 0,
@@ -432,6 +440,7 @@ impl Endpoint {
         g.state = EndpointState::FailingOver;
         g.lost_since = Some(Instant::now());
         g.left = Some(live.node.clone());
+        g.lost_epoch = Some(live.epoch);
         g.waiting = None;
         tracing::warn!(
             resource = %self.name,
@@ -496,6 +505,7 @@ impl Endpoint {
         g.waiting = None;
         let pause = g.lost_since.take().map(|t| t.elapsed());
         let left = g.left.take();
+        g.lost_epoch = None;
         match (was, pause) {
             (EndpointState::Connecting, _) | (_, None) => tracing::info!(
                 resource = %self.name,
@@ -532,7 +542,10 @@ impl Endpoint {
     async fn attempt(self: &Arc<Self>, found: Option<Vec<Found>>) {
         let found = match found {
             Some(f) => f,
-            None => self.poller.poll(&self.name).await,
+            None => {
+                let lost = lock(&self.inner).lost_epoch;
+                self.poller.poll(&self.name, lost).await
+            }
         };
         let sightings: Vec<Sighting> = found.iter().map(|f| f.sighting.clone()).collect();
         let choice = {
@@ -611,7 +624,7 @@ impl Endpoint {
     /// request is out longer than `request_timeout`) if it does not answer
     /// discovery at all. A primary that is only slow keeps its requests.
     async fn check(self: &Arc<Self>, overdue: bool) {
-        let found = self.poller.poll(&self.name).await;
+        let found = self.poller.poll(&self.name, None).await;
         let sightings: Vec<Sighting> = found.iter().map(|f| f.sighting.clone()).collect();
         let leave = {
             let mut g = lock(&self.inner);
