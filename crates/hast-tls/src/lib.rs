@@ -46,7 +46,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct Pinned {
     pins: Vec<Fingerprint>,
     algs: WebPkiSupportedAlgorithms,
-    /// Logged (at warn, with the refused fingerprint) when a certificate is
+    /// Logged (at warn, with the refused fingerprint as openssl prints it) when a certificate is
     /// refused; `None` leaves reporting to the caller's handshake error.
     refusal: Option<&'static str>,
 }
@@ -73,7 +73,9 @@ impl Pinned {
             return Ok(());
         }
         if let Some(message) = self.refusal {
-            tracing::warn!(fingerprint = %got, "{message}");
+            // openssl's form (`AB:CD:…`), which the pin options accept as is.
+            let fingerprint = hast_conf::nbd_tls::format_fingerprint(&got.0);
+            tracing::warn!(%fingerprint, "{message}");
         }
         // Sent to the peer as a bad_certificate / access_denied alert.
         Err(rustls::Error::InvalidCertificate(
