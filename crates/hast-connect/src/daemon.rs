@@ -49,7 +49,8 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hastcd: {e}");
-            return exit::CONFIG;
+            // 66 for a file that cannot be read, 78 for a bad one.
+            return e.exit_code();
         }
     };
     let polling = match Polling::of(&conf) {
