@@ -411,9 +411,15 @@ fn bind_unix(path: &Path, conf: &Config) -> std::io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path)?;
-    // Private before anyone can connect: clients may only come in once the
-    // mode and owner are what the configuration says.
+    // Created private (umask 0177), so nobody can connect in the moment
+    // before the mode and owner below are set.
+    // SAFETY: umask has no preconditions; hastcd creates no other files
+    // from other threads meanwhile that the mask could surprise.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(conf.socket_mode))?;
     let (uid, gid) = (conf.socket_owner.id(), conf.socket_group.id());
     std::os::unix::fs::chown(path, uid, gid)?;
