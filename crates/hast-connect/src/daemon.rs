@@ -49,7 +49,8 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hastcd: {e}");
-            return exit::CONFIG;
+            // 66 for a file that cannot be read, 78 for a bad one.
+            return e.exit_code();
         }
     };
     let polling = match Polling::of(&conf) {
@@ -106,11 +107,13 @@ impl Polling {
     }
 }
 
-/// Every controller of a list asked at once; `(controller, answer)`.
+/// Every controller of a list asked at once; `(controller, answer)`. Stops
+/// waiting for the others once an answer is `enough`.
 async fn ask_all(
     controllers: &[Controller],
     secret: Option<&hast_conf::Secret>,
     timeout: Duration,
+    enough: impl Fn(&[hast_repl::discover::Entry]) -> bool,
 ) -> Vec<(Controller, Vec<hast_repl::discover::Entry>)> {
     let mut set = tokio::task::JoinSet::new();
     for c in controllers {
@@ -123,7 +126,14 @@ async fn ask_all(
     let mut out = Vec::new();
     while let Some(joined) = set.join_next().await {
         match joined {
-            Ok((c, Ok(entries))) => out.push((c, entries)),
+            Ok((c, Ok(entries))) => {
+                let done = enough(&entries);
+                out.push((c, entries));
+                if done {
+                    // The JoinSet aborts the queries still running.
+                    break;
+                }
+            }
             Ok((c, Err(e))) => tracing::debug!("discovery at {c}: {e}"),
             Err(_) => {}
         }
@@ -138,11 +148,20 @@ impl Poller for Discovery {
     fn poll<'a>(
         &'a self,
         resource: &'a str,
+        newer_than: Option<u64>,
     ) -> Pin<Box<dyn Future<Output = Vec<Found>> + Send + 'a>> {
         let p = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
         Box::pin(async move {
             let controllers = p.manual.get(resource).unwrap_or(&p.controllers);
-            let answers = ask_all(controllers, p.secret.as_ref(), p.timeout).await;
+            // Enough once a controller says primary above `newer_than`.
+            let enough = |entries: &[hast_repl::discover::Entry]| {
+                newer_than.is_some_and(|e| {
+                    entries.iter().any(|x| {
+                        x.name == resource && x.role == hast_meta::Role::Primary && x.epoch > e
+                    })
+                })
+            };
+            let answers = ask_all(controllers, p.secret.as_ref(), p.timeout, enough).await;
             answers
                 .into_iter()
                 .filter_map(|(c, entries)| {
@@ -268,7 +287,8 @@ impl Daemon {
                 (p, lock(&self.conf).poll_interval)
             };
             if !p.controllers.is_empty() {
-                let answers = ask_all(&p.controllers, p.secret.as_ref(), p.timeout).await;
+                let answers =
+                    ask_all(&p.controllers, p.secret.as_ref(), p.timeout, |_| false).await;
                 let names: BTreeSet<String> = answers
                     .into_iter()
                     .flat_map(|(_, entries)| entries.into_iter().map(|e| e.name))
@@ -391,9 +411,15 @@ fn bind_unix(path: &Path, conf: &Config) -> std::io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path)?;
-    // Private before anyone can connect: clients may only come in once the
-    // mode and owner are what the configuration says.
+    // Created private (umask 0177), so nobody can connect in the moment
+    // before the mode and owner below are set.
+    // SAFETY: umask has no preconditions; hastcd creates no other files
+    // from other threads meanwhile that the mask could surprise.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(conf.socket_mode))?;
     let (uid, gid) = (conf.socket_owner.id(), conf.socket_group.id());
     std::os::unix::fs::chown(path, uid, gid)?;

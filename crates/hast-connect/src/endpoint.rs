@@ -37,6 +37,12 @@ use crate::follow::{Choice, Follow, Sighting};
 use crate::status::{EndpointState, EndpointStatus, Failover};
 use crate::upstream::{self, Reader, Tls, Writer};
 
+/// Refused connections in a row before the retries slow down: a new
+/// primary may refuse for a moment while it opens its export.
+const BACKOFF_AFTER: u32 = 8;
+/// The slowest retry of a connection that keeps being refused.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// The timing an endpoint follows; a reload replaces it for the next
 /// decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,9 +88,14 @@ pub struct Found {
 /// Asks the controllers about a resource (discovery in hastcd; a script in
 /// tests).
 pub trait Poller: Send + Sync + 'static {
+    /// Every controller's answer (those that answered in time). With
+    /// `newer_than: Some(e)` it may return as soon as one says it is primary
+    /// at an epoch above `e`: a failover need not wait for a controller
+    /// that is cut off, since no answer of it could outrank that one.
     fn poll<'a>(
         &'a self,
         resource: &'a str,
+        newer_than: Option<u64>,
     ) -> Pin<Box<dyn Future<Output = Vec<Found>> + Send + 'a>>;
 }
 
@@ -165,6 +176,8 @@ struct Inner {
     lost_since: Option<Instant>,
     /// The node left by the last loss (for the failover record).
     left: Option<String>,
+    /// The epoch of the session lost last, while no new one is attached.
+    lost_epoch: Option<u64>,
     next_session: Session,
     failovers: u64,
     failed: u64,
@@ -218,6 +231,7 @@ impl Endpoint {
                 info: None,
                 lost_since: None,
                 left: None,
+                lost_epoch: None,
                 next_session: 1,
                 failovers: 0,
                 failed: 0,
@@ -432,6 +446,7 @@ impl Endpoint {
         g.state = EndpointState::FailingOver;
         g.lost_since = Some(Instant::now());
         g.left = Some(live.node.clone());
+        g.lost_epoch = Some(live.epoch);
         g.waiting = None;
         tracing::warn!(
             resource = %self.name,
@@ -496,6 +511,7 @@ impl Endpoint {
         g.waiting = None;
         let pause = g.lost_since.take().map(|t| t.elapsed());
         let left = g.left.take();
+        g.lost_epoch = None;
         match (was, pause) {
             (EndpointState::Connecting, _) | (_, None) => tracing::info!(
                 resource = %self.name,
@@ -528,11 +544,15 @@ impl Endpoint {
     // -------------------------------------------------------------- driver
 
     /// Poll, choose, connect: one attempt to attach a primary. `found` is
-    /// a poll already made, if any.
-    async fn attempt(self: &Arc<Self>, found: Option<Vec<Found>>) {
+    /// a poll already made, if any. `true`: a connection was tried and
+    /// failed (the node named is primary but will not serve us).
+    async fn attempt(self: &Arc<Self>, found: Option<Vec<Found>>) -> bool {
         let found = match found {
             Some(f) => f,
-            None => self.poller.poll(&self.name).await,
+            None => {
+                let lost = lock(&self.inner).lost_epoch;
+                self.poller.poll(&self.name, lost).await
+            }
         };
         let sightings: Vec<Sighting> = found.iter().map(|f| f.sighting.clone()).collect();
         let choice = {
@@ -540,21 +560,26 @@ impl Endpoint {
             g.follow.observe(&sightings);
             g.follow.choose(&sightings, None)
         };
-        let why = match choice {
-            Choice::Go(i) => {
-                let f = &found[i];
-                match self.connect(f).await {
-                    Ok(()) => return,
-                    Err(why) => why,
-                }
-            }
-            Choice::Wait(why) => format!("{why} ({} of the controllers answered)", found.len()),
+        let (why, failed) = match choice {
+            Choice::Go(i) => match self.connect(&found[i]).await {
+                Ok(()) => return false,
+                Err(why) => (why, true),
+            },
+            Choice::Wait(why) => (
+                format!("{why} ({} of the controllers answered)", found.len()),
+                false,
+            ),
         };
         let mut g = lock(&self.inner);
         if g.waiting.as_deref() != Some(&why) {
-            tracing::info!(resource = %self.name, "waiting for a primary: {why}");
+            if failed {
+                tracing::warn!(resource = %self.name, "cannot connect to the primary: {why}");
+            } else {
+                tracing::info!(resource = %self.name, "waiting for a primary: {why}");
+            }
             g.waiting = Some(why);
         }
+        failed
     }
 
     async fn connect(self: &Arc<Self>, f: &Found) -> Result<(), String> {
@@ -611,7 +636,7 @@ impl Endpoint {
     /// request is out longer than `request_timeout`) if it does not answer
     /// discovery at all. A primary that is only slow keeps its requests.
     async fn check(self: &Arc<Self>, overdue: bool) {
-        let found = self.poller.poll(&self.name).await;
+        let found = self.poller.poll(&self.name, None).await;
         let sightings: Vec<Sighting> = found.iter().map(|f| f.sighting.clone()).collect();
         let leave = {
             let mut g = lock(&self.inner);
@@ -658,6 +683,10 @@ impl Endpoint {
         // After a deadline check found no newer primary, the next one waits
         // a poll interval: the old primary may just be slow.
         let mut quiet_until = Instant::now();
+        // Connections refused in a row: after a few, retry less often (a
+        // misconfigured connector must not flood the server's log), up to
+        // BACKOFF_MAX; a success or a wait for discovery resets it.
+        let mut refused = 0u32;
         loop {
             if *withdrawn.borrow() {
                 break;
@@ -665,13 +694,23 @@ impl Endpoint {
             let s = self.settings();
             let connected = lock(&self.inner).live.is_some();
             if !connected {
-                self.attempt(None).await;
+                refused = if self.attempt(None).await {
+                    refused + 1
+                } else {
+                    0
+                };
                 self.check_ctrl_loss();
                 if lock(&self.inner).live.is_some() {
                     continue;
                 }
+                let pause = match refused.checked_sub(BACKOFF_AFTER) {
+                    None | Some(0) => s.reconnect_interval,
+                    Some(n) => {
+                        (s.reconnect_interval * 2u32.saturating_pow(n.min(16))).min(BACKOFF_MAX)
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(s.reconnect_interval) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = withdrawn.changed() => {}
                     Some(l) = lost.recv() => self.session_lost(l.session, &l.why),
                 }

@@ -136,16 +136,43 @@ async fn handshake(
             addr: addr.to_string(),
             message: e.to_string(),
         })?;
+    let tls_error = |e: std::io::Error| OpenError::Tls {
+        addr: addr.to_string(),
+        message: match tls_hint(&e) {
+            Some(hint) => format!("{e} ({hint})"),
+            None => e.to_string(),
+        },
+    };
     let mut stream = tokio_rustls::TlsConnector::from(tls.config.clone())
         .connect(name, tcp)
         .await
-        .map_err(|e| OpenError::Tls {
-            addr: addr.to_string(),
-            message: e.to_string(),
-        })?;
-    let granted = go(&mut stream, export).await.map_err(|e| e.at(addr))?;
+        .map_err(tls_error)?;
+    // TLS 1.3: a server that refuses our client certificate says so after
+    // its Finished, so the refusal surfaces at the first read here.
+    let granted = go(&mut stream, export).await.map_err(|e| match e {
+        Step::Io(e) if tls_hint(&e).is_some() => tls_error(e),
+        e => e.at(addr),
+    })?;
     let (rd, wr) = tokio::io::split(stream);
     Ok((granted, Box::new(rd), Box::new(wr)))
+}
+
+/// What the operator should change, for the TLS failures a configuration
+/// causes (rustls's own words name no option).
+fn tls_hint(e: &std::io::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription, CertificateError, Error};
+    match e.get_ref()?.downcast_ref::<Error>()? {
+        Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
+            Some("the server's certificate is not one of nbd_tls_pin")
+        }
+        Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            Some("the server requires a client certificate: set nbd_tls_cert and nbd_tls_key")
+        }
+        Error::AlertReceived(AlertDescription::AccessDenied | AlertDescription::BadCertificate) => {
+            Some("the server refused our client certificate (nbd_tls_cert): it pins another")
+        }
+        _ => None,
+    }
 }
 
 /// A handshake failure before the address is attached.

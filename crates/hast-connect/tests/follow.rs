@@ -231,7 +231,11 @@ impl Script {
 struct Poll(Arc<Script>);
 
 impl Poller for Poll {
-    fn poll<'a>(&'a self, _r: &'a str) -> Pin<Box<dyn Future<Output = Vec<Found>> + Send + 'a>> {
+    fn poll<'a>(
+        &'a self,
+        _r: &'a str,
+        _newer_than: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = Vec<Found>> + Send + 'a>> {
         let v = self.0 .0.lock().unwrap().clone();
         Box::pin(async move { v })
     }

@@ -5,23 +5,18 @@
 //! Client certificates: without `nbd_tls_client_fingerprint` none is asked
 //! for (any client that completes TLS may use the exports, as with
 //! qemu-nbd without an authz object). With it, a certificate is required
-//! and [`PinnedClient`] accepts exactly the one whose DER has that SHA-256:
+//! and `hast_tls::Pinned` accepts exactly the one whose DER has that SHA-256:
 //! no CA, no expiry or name checks — pinning is the trust decision — but
 //! the TLS 1.3 CertificateVerify signature is still checked, so only the
 //! holder of the pinned certificate's private key gets through.
 
 use std::sync::Arc;
 
-use hast_conf::nbd_tls::{format_fingerprint, PemFileError};
+use hast_conf::nbd_tls::PemFileError;
 use hast_conf::{nbd_tls_error, Config, ConfigError, NbdTlsMode};
 use hast_nbd::TlsMode;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What a listener needs to offer STARTTLS.
@@ -73,9 +68,11 @@ impl NbdTls {
             .map_err(|e| bad(&tls.key, "nbd_tls_key", e.to_string()))?;
         let builder = match tls.client_fingerprint {
             None => builder.with_no_client_auth(),
-            Some(fp) => {
-                builder.with_client_cert_verifier(Arc::new(PinnedClient::new(fp, &provider)))
-            }
+            Some(fp) => builder.with_client_cert_verifier(Arc::new(
+                hast_tls::Pinned::new(&[hast_tls::Fingerprint(fp)], &provider).log_refusals(
+                    "NBD client certificate refused: not the nbd_tls_client_fingerprint",
+                ),
+            )),
         };
         // Checks that the key belongs to the first certificate.
         let server = builder
@@ -120,75 +117,6 @@ where
     }
 }
 
-/// Accepts exactly one client certificate, by its SHA-256 fingerprint.
-#[derive(Debug)]
-struct PinnedClient {
-    fingerprint: [u8; 32],
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl PinnedClient {
-    fn new(fingerprint: [u8; 32], provider: &CryptoProvider) -> PinnedClient {
-        PinnedClient {
-            fingerprint,
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ClientCertVerifier for PinnedClient {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // No CA names: clients send their certificate whatever its issuer.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        // A certificate and its fingerprint are public: no need for a
-        // constant-time comparison.
-        if got == self.fingerprint {
-            return Ok(ClientCertVerified::assertion());
-        }
-        tracing::warn!(
-            fingerprint = %format_fingerprint(&got),
-            "NBD client certificate refused: not the nbd_tls_client_fingerprint"
-        );
-        // Sent to the client as an access_denied alert.
-        Err(rustls::Error::InvalidCertificate(
-            CertificateError::ApplicationVerificationFailure,
-        ))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Never called: only TLS 1.3 is offered. Checked all the same.
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    /// The proof that the client holds the pinned certificate's key.
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The server end to end in-process: a rustls client over a duplex
@@ -196,11 +124,16 @@ mod tests {
     //! certificates made by the `openssl` CLI.
 
     use super::*;
+    use hast_conf::nbd_tls::format_fingerprint;
     use hast_nbd::StartTls;
+    use rustls::client::danger::HandshakeSignatureValid;
     use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
     use rustls::client::ResolvesClientCert;
+    use rustls::crypto::WebPkiSupportedAlgorithms;
     use rustls::pki_types::ServerName;
+    use rustls::pki_types::UnixTime;
     use rustls::sign::CertifiedKey;
+    use rustls::{DigitallySignedStruct, SignatureScheme};
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
@@ -371,7 +304,7 @@ mod tests {
         for name in ["server", "pinned", "other"] {
             self_signed(&f.dir, name);
         }
-        let pinned: [u8; 32] = Sha256::digest(der_cert(&f.dir, "pinned").as_ref()).into();
+        let pinned = hast_tls::fingerprint(der_cert(&f.dir, "pinned").as_ref()).0;
         let fp = format_fingerprint(&pinned).to_lowercase();
 
         // Both versions the server offers, the pinning rules the same.

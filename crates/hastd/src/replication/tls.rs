@@ -1,6 +1,7 @@
 //! TLS for `tls://` replication addresses: this node's identity (`tls_cert`,
 //! `tls_key`, read at start and reload), the rustls configurations of both
-//! ends, and the pinned-certificate verifiers.
+//! ends (the pinned-certificate verifier is `hast_tls::Pinned`, shared with
+//! the NBD server and hastcd).
 //!
 //! Trust is pinning, not a CA: each end accepts exactly the certificates
 //! whose SHA-256 fingerprints its configuration lists
@@ -17,16 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hast_conf::{ConfigError, ErrorKind, Fingerprint};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig,
-    SignatureScheme,
-};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, ServerConfig};
 
 /// PEM files larger than this are refused before they are read.
 const PEM_SIZE_MAX: u64 = 1 << 20;
@@ -34,8 +28,7 @@ const PEM_SIZE_MAX: u64 = 1 << 20;
 /// This node's certificate chain and key: the server certificate of its
 /// `tls://` listeners and the client certificate of its primaries.
 pub struct Identity {
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    presented: hast_tls::Presented,
     /// Of the end-entity certificate, for the log (what the peer must pin).
     pub fingerprint: Fingerprint,
 }
@@ -54,13 +47,7 @@ pub fn current(shared: &SharedIdentity) -> Option<Arc<Identity>> {
     shared.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-pub fn fingerprint(der: &[u8]) -> Fingerprint {
-    Fingerprint(Sha256::digest(der).into())
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use hast_tls::{fingerprint, provider};
 
 /// Reads `tls_cert` and `tls_key` when both are set (hast-conf made sure
 /// they are wherever a `tls://` address needs them). Errors are one line
@@ -149,8 +136,7 @@ pub fn load_identity(c: &hast_conf::Config) -> Result<Option<Arc<Identity>>, Con
     )?;
     let fingerprint = fingerprint(&certs[0]);
     Ok(Some(Arc::new(Identity {
-        certs,
-        key,
+        presented: hast_tls::Presented { certs, key },
         fingerprint,
     })))
 }
@@ -171,139 +157,10 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, (String, i32)> {
     Ok(out)
 }
 
-/// Accepts exactly the pinned certificates; the handshake signature is
-/// still verified with the certificate's key (TLS 1.3 only).
-#[derive(Debug)]
-struct Pinned {
-    pins: Vec<Fingerprint>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl Pinned {
-    fn new(pins: &[Fingerprint], provider: &CryptoProvider) -> Arc<Pinned> {
-        Arc::new(Pinned {
-            pins: pins.to_vec(),
-            algs: provider.signature_verification_algorithms,
-        })
-    }
-
-    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        if self.pins.contains(&fingerprint(cert)) {
-            Ok(())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-}
-
-fn no_tls12() -> rustls::Error {
-    rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic)
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(no_tls12())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-impl ClientCertVerifier for Pinned {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity)?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(no_tls12())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
 /// The primary's side: presents `id`, accepts a server whose certificate
 /// is one of `pins`.
 pub fn client_config(id: &Identity, pins: &[Fingerprint]) -> Result<Arc<ClientConfig>, String> {
-    let p = provider();
-    let verifier = Pinned::new(pins, &p);
-    let mut c = ClientConfig::builder_with_provider(p)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(id.certs.clone(), id.key.clone_key())
-        .map_err(|e| e.to_string())?;
-    c.resumption = rustls::client::Resumption::disabled();
-    c.enable_sni = false;
-    Ok(Arc::new(c))
+    hast_tls::client_config(pins, Some(&id.presented)).map_err(|e| e.to_string())
 }
 
 /// The listener's side: presents `id`, requires a client certificate that
@@ -311,12 +168,12 @@ pub fn client_config(id: &Identity, pins: &[Fingerprint]) -> Result<Arc<ClientCo
 /// the one of the resource the AUTH names).
 pub fn server_config(id: &Identity, pins: &[Fingerprint]) -> Result<Arc<ServerConfig>, String> {
     let p = provider();
-    let verifier = Pinned::new(pins, &p);
+    let verifier = Arc::new(hast_tls::Pinned::new(pins, &p));
     let mut c = ServerConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .with_single_cert(id.presented.certs.clone(), id.presented.key.clone_key())
         .map_err(|e| e.to_string())?;
     c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     c.send_tls13_tickets = 0;
@@ -365,6 +222,7 @@ pub fn stream_info(s: &tokio_rustls::TlsStream<tokio::net::TcpStream>) -> Option
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
     /// A self-signed P-256 certificate made with openssl (what the test kit
