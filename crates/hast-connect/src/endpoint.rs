@@ -172,8 +172,11 @@ struct Inner {
     /// Size, flags and block sizes of the first session: the local export
     /// keeps them, and a node that offers another size is not followed.
     info: Option<ExportInfo>,
-    /// When the last session was lost (start of the pause).
+    /// When the last session was lost (`ctrl_loss_tmo` counts from here).
     lost_since: Option<Instant>,
+    /// When the oldest request unanswered at that loss went out: the
+    /// start of the pause the clients saw.
+    paused_since: Option<Instant>,
     /// The node left by the last loss (for the failover record).
     left: Option<String>,
     /// The epoch of the session lost last, while no new one is attached.
@@ -230,6 +233,7 @@ impl Endpoint {
                 follow: Follow::default(),
                 info: None,
                 lost_since: None,
+                paused_since: None,
                 left: None,
                 lost_epoch: None,
                 next_session: 1,
@@ -442,9 +446,13 @@ impl Endpoint {
             return;
         }
         let Some(live) = g.live.take() else { return };
+        // The client has waited since its oldest request went out, not
+        // only since the loss was noticed (a hung primary is left late).
+        let now = Instant::now();
+        g.paused_since = Some(g.book.oldest_out().map_or(now, |t| t.min(now)));
         let out = g.book.lost(session);
         g.state = EndpointState::FailingOver;
-        g.lost_since = Some(Instant::now());
+        g.lost_since = Some(now);
         g.left = Some(live.node.clone());
         g.lost_epoch = Some(live.epoch);
         g.waiting = None;
@@ -509,7 +517,8 @@ impl Endpoint {
         let replayed = g.book.counts().replayed - replayed_before;
         let was = std::mem::replace(&mut g.state, EndpointState::Connected);
         g.waiting = None;
-        let pause = g.lost_since.take().map(|t| t.elapsed());
+        g.lost_since = None;
+        let pause = g.paused_since.take().map(|t| t.elapsed());
         let left = g.left.take();
         g.lost_epoch = None;
         match (was, pause) {
@@ -636,7 +645,10 @@ impl Endpoint {
     /// request is out longer than `request_timeout`) if it does not answer
     /// discovery at all. A primary that is only slow keeps its requests.
     async fn check(self: &Arc<Self>, overdue: bool) {
-        let found = self.poller.poll(&self.name, None).await;
+        // A newer primary settles it at once: no need to wait for a
+        // controller that is cut off (often the very primary in use).
+        let epoch = lock(&self.inner).live.as_ref().map(|l| l.epoch);
+        let found = self.poller.poll(&self.name, epoch).await;
         let sightings: Vec<Sighting> = found.iter().map(|f| f.sighting.clone()).collect();
         let leave = {
             let mut g = lock(&self.inner);
