@@ -107,6 +107,11 @@ impl Hastcd {
     /// Started against the discovery listener at `disc_port`, with
     /// `global` extra `[Global]` lines (short intervals are the default).
     fn start(tag: &str, disc_port: u16, global: &str) -> Hastcd {
+        Hastcd::start_env(tag, disc_port, global, &[])
+    }
+
+    /// [`Hastcd::start`] with environment variables (a D-Bus address).
+    fn start_env(tag: &str, disc_port: u16, global: &str, env: &[(&str, &str)]) -> Hastcd {
         let dir = TempDir::new(tag);
         let mut h = Hastcd {
             conf: dir.join("hastcd.conf"),
@@ -120,7 +125,7 @@ impl Hastcd {
         };
         h.write_conf(0.2, global, "");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hastcd"));
-        cmd.arg("-f").arg(&h.conf);
+        cmd.arg("-f").arg(&h.conf).envs(env.iter().copied());
         h.proc = Some(Proc::spawn(&mut cmd, "hastcd", Some(&h.log)).expect("spawn hastcd"));
         // Up when its control socket is; a hastcd that exits fails at once.
         let up = wait_for(timeout_s(10), || {
@@ -143,7 +148,7 @@ impl Hastcd {
              socket_dir = {sock}\n\
              tcp_listen = 127.0.0.1:{tcp}\n\
              control_socket = {ctl}\n\
-             dbus = none\n\
+             {dbus}\
              {global}\n\
              [Controllers]\n\
              controller = host=127.0.0.1;port={disc}\n\
@@ -152,6 +157,12 @@ impl Hastcd {
             tcp = self.tcp_port,
             ctl = self.ctl.display(),
             disc = self.disc_port,
+            // `global` may say where D-Bus is; off otherwise.
+            dbus = if global.contains("dbus =") {
+                ""
+            } else {
+                "dbus = none\n"
+            },
         );
         let tmp = self.conf.with_extension("tmp");
         std::fs::write(&tmp, text).expect("write hastcd.conf");
@@ -803,4 +814,93 @@ print("done in %.3f s" % (time.time() - t), flush=True)
         "{st} (was {epoch0})"
     );
     assert_eq!(st["failed"], 0, "{st}");
+}
+
+/// hastcd offers `org.hast.connector` on a private session bus (a
+/// `dbus-daemon` started here): `busctl` lists the endpoint through it, and
+/// a real failover (the node demoted and promoted again at a higher epoch)
+/// shows up as the `Failover` signal in `busctl monitor`.
+#[test]
+fn dbus_list_and_the_failover_signal() {
+    need(&["dbus-daemon", "busctl"]);
+    let srv = Server::start("cl-dbus", String::new());
+    let bus_dir = TempDir::new("cd-bus");
+    let sock = bus_dir.join("bus");
+    let address = format!("unix:path={}", sock.display());
+    let mut daemon = Command::new("dbus-daemon");
+    daemon
+        .args(["--session", "--nofork", "--nosyslog"])
+        .arg(format!("--address={address}"));
+    let _bus = Proc::spawn(&mut daemon, "dbus-daemon", Some(&bus_dir.join("bus.log")))
+        .expect("dbus-daemon (Debian package dbus)");
+    wait_file(&sock, timeout_s(10), "the private bus");
+    let hcd = Hastcd::start_env(
+        "cd12",
+        srv.disc_port,
+        "dbus = session",
+        &[("DBUS_SESSION_BUS_ADDRESS", address.as_str())],
+    );
+    hcd.wait_state("connected", timeout_s(20));
+    let busctl = |args: &[&str]| {
+        run(
+            Command::new("busctl")
+                .arg(format!("--address={address}"))
+                .args(args),
+            timeout_s(20),
+        )
+    };
+    let out = busctl(&[
+        "call",
+        "org.hast.connector",
+        "/org/hast/connector",
+        "org.hast.connector",
+        "List",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("r0") && text.contains("connected"),
+        "{}",
+        output_text(&out)
+    );
+
+    let mon_log = bus_dir.join("monitor.json");
+    let mut monitor = Command::new("busctl");
+    monitor
+        .arg(format!("--address={address}"))
+        .args(["monitor", "--json=short"]);
+    let _mon = Proc::spawn(&mut monitor, "busctl monitor", Some(&mon_log)).expect("busctl monitor");
+    wait_for(timeout_s(10), || {
+        std::fs::read_to_string(&mon_log)
+            .unwrap_or_default()
+            .contains("Monitoring bus message stream")
+            .then_some(())
+    })
+    .expect("busctl monitor never started");
+
+    let epoch0 = hcd.status().expect("status")["epoch"]
+        .as_u64()
+        .expect("epoch");
+    srv.node.hastctl_ok(&["role", "secondary", "r0"]);
+    hcd.wait_state("failing-over", timeout_s(10));
+    srv.node.hastctl_ok(&["role", "primary", "r0"]);
+    let st = hcd.wait_state("connected", timeout_s(20));
+    assert!(st["epoch"].as_u64().is_some_and(|e| e > epoch0), "{st}");
+    let signal = wait_for(timeout_s(10), || {
+        std::fs::read_to_string(&mon_log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("\"member\":\"Failover\""))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no Failover signal:\n{}",
+            std::fs::read_to_string(&mon_log).unwrap_or_default()
+        )
+    });
+    let v: Value = serde_json::from_str(&signal).expect("busctl's JSON");
+    assert_eq!(v["interface"], "org.hast.connector", "{signal}");
+    let data = &v["payload"]["data"];
+    assert_eq!(data[0], "r0", "{signal}");
+    assert_eq!(data[3].as_u64(), st["epoch"].as_u64(), "{signal}");
 }
