@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use hast_testkit::pair::qemu_io;
+use hast_testkit::pair::{make_cert, qemu_io};
 use hast_testkit::{
     bins, free_port, output_text, run, run_ok, tail, timeout_s, wait_for, which, Node, Proc,
     ResourceSpec, TempDir, MIB, PYTHON,
@@ -353,47 +353,18 @@ fn data_and_flags_match_through_both_endpoints() {
     }
 }
 
-/// `nbd_tls_pin` for the certificate at `cert`.
-fn pin_of(cert: &Path) -> String {
-    let out = run_ok(
-        Command::new("openssl")
-            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-            .arg(cert),
-        timeout_s(30),
-    );
-    out.trim()
-        .split_once('=')
-        .map(|(_, fp)| fp.to_string())
-        .unwrap_or_else(|| panic!("no fingerprint in {out:?}"))
-}
-
-/// A self-signed P-256 certificate and key (0600) in `dir`.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (crt, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    run_ok(
-        Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", &format!("/CN={name}"), "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt),
-        timeout_s(30),
-    );
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (crt, key)
-}
-
 #[test]
 fn nbd_tls_connects_only_with_the_right_pin() {
     need(&["openssl", "qemu-io"]);
     let certs = TempDir::new("cl-tls-certs");
-    let (srv_crt, srv_key) = self_signed(certs.path(), "server");
-    let (cli_crt, cli_key) = self_signed(certs.path(), "client");
-    let (other_crt, other_key) = self_signed(certs.path(), "other");
+    let (srv_c, cli_c, other_c) = (
+        make_cert(certs.path(), "server"),
+        make_cert(certs.path(), "client"),
+        make_cert(certs.path(), "other"),
+    );
+    let (srv_crt, srv_key) = (&srv_c.cert, &srv_c.key);
+    let (cli_crt, cli_key) = (&cli_c.cert, &cli_c.key);
+    let (other_crt, other_key) = (&other_c.cert, &other_c.key);
     // The server requires TLS and pins hastcd's client certificate.
     let srv = Server::start(
         "cl-tls",
@@ -401,7 +372,7 @@ fn nbd_tls_connects_only_with_the_right_pin() {
             "nbd_tls required\nnbd_tls_cert {}\nnbd_tls_key {}\nnbd_tls_client_fingerprint {}\n",
             srv_crt.display(),
             srv_key.display(),
-            pin_of(&cli_crt)
+            cli_c.fingerprint
         ),
     );
     let client = format!(
@@ -412,27 +383,30 @@ fn nbd_tls_connects_only_with_the_right_pin() {
     let good = Hastcd::start(
         "cd2",
         srv.disc_port,
-        &format!("nbd_tls = on\nnbd_tls_pin = {}\n{client}", pin_of(&srv_crt)),
+        &format!(
+            "nbd_tls = on\nnbd_tls_pin = {}\n{client}",
+            srv_c.fingerprint
+        ),
     );
     let wrong_pin = Hastcd::start(
         "cd3",
         srv.disc_port,
         &format!(
             "nbd_tls = on\nnbd_tls_pin = {}\n{client}",
-            pin_of(&other_crt)
+            other_c.fingerprint
         ),
     );
     let no_client_cert = Hastcd::start(
         "cd4",
         srv.disc_port,
-        &format!("nbd_tls = on\nnbd_tls_pin = {}\n", pin_of(&srv_crt)),
+        &format!("nbd_tls = on\nnbd_tls_pin = {}\n", srv_c.fingerprint),
     );
     let wrong_client = Hastcd::start(
         "cd5",
         srv.disc_port,
         &format!(
             "nbd_tls = on\nnbd_tls_pin = {}\nnbd_tls_cert = {}\nnbd_tls_key = {}\n",
-            pin_of(&srv_crt),
+            srv_c.fingerprint,
             other_crt.display(),
             other_key.display()
         ),

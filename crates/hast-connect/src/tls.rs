@@ -36,26 +36,10 @@ mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
 
-    /// A self-signed P-256 certificate made by the openssl CLI.
+    /// A self-signed P-256 certificate and key (0600): the test kit's.
     fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let (crt, key) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        let st = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", &format!("/CN={name}"), "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl runs");
-        assert!(st.success());
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        (crt, key)
+        let c = hast_testkit::pair::make_cert(dir, name);
+        (c.cert, c.key)
     }
 
     fn conf(dir: &Path, tls: &str) -> Config {

@@ -234,26 +234,15 @@ mod tests {
     //! (hastd's replication and NBD tests run full handshakes through it).
 
     use super::*;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
-    /// A self-signed P-256 certificate and key made by the openssl CLI.
+    /// A self-signed P-256 certificate and key (the test kit's), as PEM.
     fn make(dir: &Path, name: &str) -> (Vec<u8>, Vec<u8>) {
-        let (crt, key): (PathBuf, PathBuf) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        let st = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", &format!("/CN={name}"), "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl runs");
-        assert!(st.success());
-        (std::fs::read(crt).unwrap(), std::fs::read(key).unwrap())
+        let c = hast_testkit::pair::make_cert(dir, name);
+        (
+            std::fs::read(c.cert).unwrap(),
+            std::fs::read(c.key).unwrap(),
+        )
     }
 
     #[test]
