@@ -41,18 +41,7 @@ impl HastcdArgs {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        HastcdArgs::try_parse_from(args).map_err(|e| {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return hast_sys::exit::OK;
-            }
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("bad arguments");
-            eprintln!("hastcd: {}", first.trim_start_matches("error: "));
-            eprintln!("usage: {USAGE}");
-            hast_sys::exit::USAGE
-        })
+        HastcdArgs::try_parse_from(args).map_err(|e| hast_sys::usage_error("hastcd", USAGE, &e))
     }
 
     /// Parses the process's arguments.

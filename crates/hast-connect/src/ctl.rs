@@ -138,18 +138,7 @@ where
 {
     let args = match Args::try_parse_from(args) {
         Ok(a) => a,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return exit::OK;
-            }
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("bad arguments");
-            eprintln!("hastcctl: {}", first.trim_start_matches("error: "));
-            eprintln!("usage: {USAGE}");
-            return exit::USAGE;
-        }
+        Err(e) => return hast_sys::usage_error("hastcctl", USAGE, &e),
     };
     let named = match &args.cmd {
         Cmd::Status {

@@ -41,18 +41,7 @@ struct HastmonArgs {
 
 /// Parses arguments; `Err` is the exit code after printing usage or help.
 fn parse<T: Parser>(program: &str, usage: &str) -> Result<T, i32> {
-    T::try_parse().map_err(|e| {
-        use clap::error::ErrorKind;
-        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-            let _ = e.print();
-            return exit::OK;
-        }
-        let msg = e.to_string();
-        let first = msg.lines().next().unwrap_or("bad arguments");
-        eprintln!("{program}: {}", first.trim_start_matches("error: "));
-        eprintln!("usage: {usage}");
-        exit::USAGE
-    })
+    T::try_parse().map_err(|e| hast_sys::usage_error(program, usage, &e))
 }
 
 pub fn hastmon_main() -> i32 {

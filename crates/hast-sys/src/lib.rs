@@ -26,3 +26,19 @@ pub mod exit {
     pub const NOPERM: i32 = 77;
     pub const CONFIG: i32 = 78;
 }
+
+/// What every hast command does with a command line clap refused: help or
+/// the version is printed (exit 0); anything else is one line naming the
+/// problem and the usage, exit 64 (`EX_USAGE`).
+pub fn usage_error(program: &str, usage: &str, e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return exit::OK;
+    }
+    let msg = e.to_string();
+    let first = msg.lines().next().unwrap_or("bad arguments");
+    eprintln!("{program}: {}", first.trim_start_matches("error: "));
+    eprintln!("usage: {usage}");
+    exit::USAGE
+}

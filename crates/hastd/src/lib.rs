@@ -59,16 +59,11 @@ pub fn main() -> i32 {
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return exit::OK;
-            }
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("bad arguments");
-            eprintln!("hastd: {}", first.trim_start_matches("error: "));
-            eprintln!("usage: hastd [-dFh] [-c config] [-P pidfile] [--node NAME]");
-            return exit::USAGE;
+            return hast_sys::usage_error(
+                "hastd",
+                "hastd [-dFh] [-c config] [-P pidfile] [--node NAME]",
+                &e,
+            )
         }
     };
     daemon::main(args)
