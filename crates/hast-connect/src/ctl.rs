@@ -107,9 +107,17 @@ pub fn call(socket: &Path, command: Command) -> Result<Response, CallError> {
     s.set_read_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
     s.set_write_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
     let frame = encode(&Request::new(command)).map_err(|e| fail(exit::SOFTWARE, e.to_string()))?;
-    s.write_all(&frame).map_err(io)?;
+    // hastcd answers a refused peer before reading its request and closes:
+    // the write may then break, but the refusal is already waiting in our
+    // receive queue, and it names the real cause.
+    let broken = match s.write_all(&frame) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Some(e),
+        Err(e) => return Err(io(e)),
+        Ok(()) => None,
+    };
     let mut prefix = [0u8; HEADER_LEN];
-    s.read_exact(&mut prefix).map_err(io)?;
+    s.read_exact(&mut prefix)
+        .map_err(|e| io(broken.unwrap_or(e)))?;
     let len = decode_len(prefix).map_err(|e| fail(exit::PROTOCOL, e.to_string()))?;
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).map_err(io)?;
