@@ -410,7 +410,13 @@ fn replaced_sessions_close_their_sockets() {
                 .unwrap_or_else(|| panic!("no {k} in dump: {d:?}")),
         );
     }
+    // The real primary is stopped while the attacker replaces sessions: its
+    // own reconnects would otherwise race the attacker's HELLOs and replace
+    // one of them between HELLO and reply (seen once in 50 in CI).
+    let a_pid = pair.node(Side::A).daemon_pid().expect("A's hastd runs");
+    signal(a_pid, libc::SIGSTOP);
     let out = atk.run(true, &args, timeout_s(120));
+    signal(a_pid, libc::SIGCONT);
     let replies: Vec<&str> = out.iter().map(|r| field(r, "hello_result")).collect();
     say(&format!("50 replacing hellos: {:?}", &replies[..3]));
     assert!(replies.iter().all(|r| *r == "HELLO_REPLY"), "{replies:?}");
@@ -428,4 +434,17 @@ fn replaced_sessions_close_their_sockets() {
     ));
     assert!(after <= before + 2, "fd growth: {before} -> {after}");
     pair.assert_identical(timeout_s(10));
+}
+
+/// Sends `sig` to the process `pid` this test started.
+fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill has no memory preconditions; the pid is our own child.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
