@@ -161,6 +161,7 @@ async fn run(
         registry: registry.clone(),
         nbd_socket_dir: config.nbd_socket_dir.clone(),
         nbd_tcp: nbd_tcp.as_ref().map(|(a, _)| a.to_string()),
+        events: crate::events::Events::disabled(),
     };
     let resources: Resources = Arc::new(RwLock::new(Vec::new()));
     for r in &config.resources {

@@ -15,6 +15,7 @@ mod daemon;
 mod datapath;
 mod discovery;
 mod epoch;
+mod events;
 mod hook;
 mod link;
 mod nbdfront;

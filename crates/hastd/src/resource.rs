@@ -104,6 +104,8 @@ pub struct Env {
     /// This node's TLS certificate and key (`tls_cert`, `tls_key`), replaced
     /// on reload; read at each connection attempt.
     pub tls: crate::replication::tls::SharedIdentity,
+    /// Where this node's HA events go (the event journal).
+    pub events: crate::events::Events,
 }
 
 enum State {

@@ -1,0 +1,1 @@
+//! The journal's record codec (to be written).
