@@ -57,6 +57,9 @@ pub mod defaults {
     pub const PIDFILE: &str = "/run/hastd.pid";
     pub const NBD_SOCKET_DIR: &str = "/run/hast";
     pub const STATE_DIR: &str = "/var/lib/hast";
+    /// `exec_timeout`: seconds an event hook may run before its process
+    /// group is killed and the event is `aborted`.
+    pub const EXEC_TIMEOUT_SECS: u32 = 60;
     pub const REPLICATION: Replication = Replication::Fullsync;
     pub const CHECKSUM: Checksum = Checksum::None;
     pub const COMPRESSION: Compression = Compression::Hole;
@@ -103,7 +106,10 @@ pub struct Config {
     pub nbd_listen: Option<Addr>,
     /// `None`: no per-resource NBD Unix sockets.
     pub nbd_socket_dir: Option<PathBuf>,
+    /// `state_dir`: the event journal and the handler lock live here.
     pub state_dir: PathBuf,
+    /// `exec_timeout`: bound of one event hook run, seconds (> 0).
+    pub exec_timeout_secs: u32,
     pub metrics_listen: Option<Addr>,
     /// `discovery_listen`: the read-only discovery listener (a TCP address,
     /// port [`DISCOVERY_PORT`] by default); `None`: no discovery.

@@ -27,6 +27,7 @@ pub(crate) struct NodeOpts {
     pub(crate) nbd_listen: Option<At<Option<Addr>>>,
     pub(crate) nbd_socket_dir: Option<At<Option<PathBuf>>>,
     pub(crate) state_dir: Option<At<PathBuf>>,
+    pub(crate) exec_timeout: Option<At<u32>>,
     pub(crate) metrics_listen: Option<At<Option<Addr>>>,
     pub(crate) discovery_listen: Option<At<Option<Addr>>>,
     pub(crate) nbd_max_buffer: Option<At<u64>>,
@@ -106,6 +107,7 @@ enum Key {
     NbdListen,
     NbdSocketDir,
     StateDir,
+    ExecTimeout,
     MetricsListen,
     DiscoveryListen,
     NbdMaxBuffer,
@@ -147,6 +149,7 @@ impl Key {
             "nbd_listen" => Key::NbdListen,
             "nbd_socket_dir" => Key::NbdSocketDir,
             "state_dir" => Key::StateDir,
+            "exec_timeout" => Key::ExecTimeout,
             "metrics_listen" => Key::MetricsListen,
             "discovery_listen" => Key::DiscoveryListen,
             "nbd_max_buffer" => Key::NbdMaxBuffer,
@@ -394,6 +397,7 @@ fn apply(
             | Key::NbdListen
             | Key::NbdSocketDir
             | Key::StateDir
+            | Key::ExecTimeout
             | Key::MetricsListen
             | Key::DiscoveryListen
             | Key::NbdMaxBuffer
@@ -469,6 +473,7 @@ fn apply_node(key: Key, w: &str, v: &str, line: u32, o: &mut NodeOpts) -> Result
             set(&mut o.nbd_socket_dir, d, w, line)
         }
         Key::StateDir => set(&mut o.state_dir, abs_path(w, v)?, w, line),
+        Key::ExecTimeout => set(&mut o.exec_timeout, seconds(w, v, 1)?, w, line),
         // Read by hastd at start and reload, like secret_file.
         Key::TlsCert => set(&mut o.tls_cert, abs_path(w, v)?, w, line),
         Key::TlsKeyPath => set(&mut o.tls_key, abs_path(w, v)?, w, line),

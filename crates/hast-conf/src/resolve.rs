@@ -53,6 +53,7 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         node_level!(control).unwrap_or_else(|| Addr::Unix(PathBuf::from(defaults::CONTROL_PATH)));
     let pidfile = node_level!(pidfile).unwrap_or_else(|| defaults::PIDFILE.into());
     let state_dir = node_level!(state_dir).unwrap_or_else(|| defaults::STATE_DIR.into());
+    let exec_timeout_secs = node_level!(exec_timeout).unwrap_or(defaults::EXEC_TIMEOUT_SECS);
     // Opt-in (unset: none): NBD has no authentication, and a TCP listener
     // on loopback is open to every local user (docs/security.md).
     let nbd_listen = node_level!(nbd_listen).flatten();
@@ -186,6 +187,7 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         nbd_listen,
         nbd_socket_dir,
         state_dir,
+        exec_timeout_secs,
         metrics_listen,
         discovery_listen,
         nbd_max_buffer,

@@ -120,6 +120,7 @@ fn daemon_defaults() {
     assert_eq!(c.nbd_listen, None);
     assert_eq!(c.nbd_socket_dir, Some(PathBuf::from("/run/hast")));
     assert_eq!(c.state_dir, PathBuf::from("/var/lib/hast"));
+    assert_eq!(c.exec_timeout_secs, 60);
     assert_eq!(c.metrics_listen, None);
     // Opt-in: no discovery listener unless asked for.
     assert_eq!(c.discovery_listen, None);
@@ -169,6 +170,7 @@ listen [::]:7000
 nbd_listen 127.0.0.1
 nbd_socket_dir /run/gnbd
 state_dir /var/lib/g
+exec_timeout 5
 metrics_listen 127.0.0.1:9100
 replication async
 checksum crc32
@@ -300,6 +302,7 @@ fn every_inheritance_level() {
     assert_eq!(a.nbd_listen, None);
     assert_eq!(a.nbd_socket_dir, Some(PathBuf::from("/run/gnbd")));
     assert_eq!(a.state_dir, PathBuf::from("/var/lib/g"));
+    assert_eq!(a.exec_timeout_secs, 5);
     assert_eq!(a.metrics_listen, None);
 
     let b = conf(LAYERED, "b");
@@ -499,6 +502,8 @@ fn errors() {
         ("timeout 1.5\n".into(), "a",
             "1: invalid timeout \"1.5\": expected a whole number of seconds greater than 0".into()),
         ("timeout 99999999999\n".into(), "a", "1: invalid timeout \"99999999999\": too large".into()),
+        ("exec_timeout 0\n".into(), "a",
+            "1: invalid exec_timeout \"0\": expected a whole number of seconds greater than 0".into()),
         ("freeze_timeout x\n".into(), "a",
             "1: invalid freeze_timeout \"x\": expected a whole number of seconds".into()),
         ("resync_rate 1MB\n".into(), "a",

@@ -50,6 +50,7 @@ const WORDS: &[&str] = &[
     "nbd_listen",
     "nbd_socket_dir",
     "state_dir",
+    "exec_timeout",
     "metrics_listen",
     "discovery_listen",
     "fullsync",
