@@ -110,6 +110,15 @@ fn freebsd_example_on_each_node() {
 }
 
 #[test]
+fn exec_timeout_is_node_level() {
+    let text = "exec_timeout 5\non b { exec_timeout 9 }\nresource r { remote none\n on a { local /a } on b { local /b } }\n";
+    assert_eq!(conf(text, "a").exec_timeout_secs, 5);
+    assert_eq!(conf(text, "b").exec_timeout_secs, 9);
+    let e = err("resource r { exec_timeout 5\n on a { local /a } }\n", "a");
+    assert!(e.to_string().contains("exec_timeout"), "{e}");
+}
+
+#[test]
 fn daemon_defaults() {
     let c = conf(FREEBSD_EXAMPLE, "hasta");
     assert_eq!(c.control, Addr::Unix("/run/hastctl".into()));
@@ -170,7 +179,6 @@ listen [::]:7000
 nbd_listen 127.0.0.1
 nbd_socket_dir /run/gnbd
 state_dir /var/lib/g
-exec_timeout 5
 metrics_listen 127.0.0.1:9100
 replication async
 checksum crc32
@@ -302,7 +310,6 @@ fn every_inheritance_level() {
     assert_eq!(a.nbd_listen, None);
     assert_eq!(a.nbd_socket_dir, Some(PathBuf::from("/run/gnbd")));
     assert_eq!(a.state_dir, PathBuf::from("/var/lib/g"));
-    assert_eq!(a.exec_timeout_secs, 5);
     assert_eq!(a.metrics_listen, None);
 
     let b = conf(LAYERED, "b");
