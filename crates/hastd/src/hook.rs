@@ -1,7 +1,8 @@
-//! Runs an operator's shell command (`fence_peer`) under a time bound: it
-//! gets `/bin/sh -c <command>`, the environment it is given, no stdin, and
-//! its own process group, so that on timeout (or when the caller gives up)
-//! the shell and everything it started are killed by that group's id. Its
+//! Runs an operator's command — `fence_peer` through `/bin/sh -c`, the
+//! `exec` event hook directly — under a time bound: it gets the environment
+//! it is given, no stdin, and its own process group, so that on timeout (or
+//! when the caller gives up) it and everything it started are killed by
+//! that group's id. Its
 //! output is kept up to a bound for the log; the rest is read and dropped so
 //! a chatty command never blocks on a full pipe.
 
@@ -34,7 +35,7 @@ impl std::fmt::Display for Ended {
             Ended::Exited(c) => write!(f, "exit status {c}"),
             Ended::Signaled(s) => write!(f, "killed by signal {s}"),
             Ended::TimedOut => f.write_str("timed out (killed)"),
-            Ended::Failed(e) => write!(f, "cannot run /bin/sh: {e}"),
+            Ended::Failed(e) => write!(f, "cannot start: {e}"),
         }
     }
 }
@@ -97,9 +98,35 @@ impl Drop for GroupKill {
 /// for at most `limit`; keeps at most `output_max` bytes of each stream.
 pub async fn run(command: &str, env: &[(&str, String)], limit: Duration, output_max: usize) -> Run {
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
+    cmd.arg("-c").arg(command);
+    supervise(cmd, env, limit, output_max).await
+}
+
+/// Runs `program` itself (no shell) with `args`, as FreeBSD hastd runs its
+/// `exec` hook, under the same bounds as [`run`].
+pub async fn run_program(
+    program: &std::path::Path,
+    args: &[String],
+    env: &[(String, String)],
+    limit: Duration,
+    output_max: usize,
+) -> Run {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args);
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    supervise(cmd, &env, limit, output_max).await
+}
+
+/// Starts `cmd` in its own process group with no stdin and piped output,
+/// waits at most `limit`, and kills the whole group if it is still running
+/// then (or if the caller drops the future).
+async fn supervise(
+    mut cmd: tokio::process::Command,
+    env: &[(&str, String)],
+    limit: Duration,
+    output_max: usize,
+) -> Run {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
