@@ -92,6 +92,7 @@ on nodea {
     pidfile $d/a.pid
     nbd_listen tcp://127.0.0.1:$na
     nbd_socket_dir $d/nbda
+    state_dir $d/statea
     listen tcp://127.0.0.1:$ra
     discovery_listen tcp://127.0.0.1:$da
 }
@@ -100,6 +101,7 @@ on nodeb {
     pidfile $d/b.pid
     nbd_listen tcp://127.0.0.1:$nb
     nbd_socket_dir $d/nbdb
+    state_dir $d/stateb
     listen tcp://127.0.0.1:$rb
     discovery_listen tcp://127.0.0.1:$db
 }

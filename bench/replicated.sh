@@ -76,6 +76,7 @@ on nodea {
     pidfile $d/a.pid
     nbd_listen tcp://127.0.0.1:$na
     nbd_socket_dir $d/nbda
+    state_dir $d/statea
     listen $scheme://127.0.0.1:$ra
     $tls_a
 }
@@ -84,6 +85,7 @@ on nodeb {
     pidfile $d/b.pid
     nbd_listen tcp://127.0.0.1:$nb
     nbd_socket_dir $d/nbdb
+    state_dir $d/stateb
     listen $scheme://127.0.0.1:$rb
     $tls_b
 }

@@ -42,27 +42,68 @@ impl ClientError {
 
 /// Sends `req` to the hastd listening on `socket` and returns its answer.
 pub fn call(socket: &Path, req: Request) -> Result<Response, ClientError> {
-    let path = socket.display().to_string();
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Unavailable {
-        path: path.clone(),
-        source,
-    })?;
-    let io = |source| ClientError::Io {
-        path: path.clone(),
-        source,
-    };
-    stream.set_read_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
-    stream
-        .write_all(&encode(&Envelope::new(req))?)
-        .map_err(io)?;
-    let mut prefix = [0u8; HEADER_LEN];
-    stream.read_exact(&mut prefix).map_err(io)?;
-    let mut body = vec![0u8; decode_len(prefix)?];
-    stream.read_exact(&mut body).map_err(io)?;
-    let answer: Envelope<Response> = decode_body(&body)?;
-    if answer.version != crate::PROTOCOL_VERSION {
-        return Err(ClientError::Version(answer.version));
+    let mut s = Session::open(socket, req, Some(CALL_TIMEOUT))?;
+    match s.next()? {
+        Some(r) => Ok(r),
+        None => Err(s.io(std::io::ErrorKind::UnexpectedEof.into())),
     }
-    Ok(answer.body)
+}
+
+/// One request whose answer may be several frames (`events`, `events
+/// --follow`): read them with [`Session::next`].
+pub struct Session {
+    stream: UnixStream,
+    path: String,
+}
+
+impl Session {
+    /// Connects and sends `req`; `read_timeout` bounds each wait for a
+    /// frame (`None`: wait as long as hastd keeps the connection, for a
+    /// follower).
+    pub fn open(
+        socket: &Path,
+        req: Request,
+        read_timeout: Option<Duration>,
+    ) -> Result<Session, ClientError> {
+        let path = socket.display().to_string();
+        let stream = UnixStream::connect(socket).map_err(|source| ClientError::Unavailable {
+            path: path.clone(),
+            source,
+        })?;
+        let mut s = Session { stream, path };
+        s.stream
+            .set_read_timeout(read_timeout)
+            .map_err(|e| s.io(e))?;
+        s.stream
+            .set_write_timeout(Some(CALL_TIMEOUT))
+            .map_err(|e| s.io(e))?;
+        let frame = encode(&Envelope::new(req))?;
+        s.stream.write_all(&frame).map_err(|e| s.io(e))?;
+        Ok(s)
+    }
+
+    fn io(&self, source: std::io::Error) -> ClientError {
+        ClientError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The next answer frame; `None` when hastd closed the connection
+    /// between frames.
+    pub fn next(&mut self) -> Result<Option<Response>, ClientError> {
+        let mut prefix = [0u8; HEADER_LEN];
+        match self.stream.read_exact(&mut prefix) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        }
+        let mut body = vec![0u8; decode_len(prefix)?];
+        self.stream.read_exact(&mut body).map_err(|e| self.io(e))?;
+        let answer: Envelope<Response> = decode_body(&body)?;
+        if answer.version != crate::PROTOCOL_VERSION {
+            return Err(ClientError::Version(answer.version));
+        }
+        Ok(Some(answer.body))
+    }
 }

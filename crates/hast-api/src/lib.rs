@@ -13,7 +13,7 @@ mod client;
 mod frame;
 mod types;
 
-pub use client::{call, ClientError};
+pub use client::{call, ClientError, Session};
 pub use frame::{decode_body, decode_len, encode, FrameError, FRAME_MAX, HEADER_LEN};
 pub use types::*;
 

@@ -52,6 +52,20 @@ pub enum Request {
         #[serde(default)]
         not_after: Option<u64>,
     },
+    /// `hastctl events [--all] [--follow]`: the journal's entries (those
+    /// not done, or all), as [`Response::Events`] chunks; with `follow`,
+    /// then every change as [`Response::Event`] until the client leaves.
+    Events {
+        all: bool,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// `hastctl events retry [-k kind] [seq ...]`: failed and aborted
+    /// events (of `kind`, or exactly `seqs`) handled again.
+    EventsRetry {
+        kind: Option<hast_events::Kind>,
+        seqs: Vec<u64>,
+    },
 }
 
 /// Longest lease `hastctl lease -t` may ask for: one day.
@@ -105,8 +119,23 @@ pub enum Response {
     Status(Vec<ResourceStatus>),
     /// Per-resource outcome of a lease request, in request order.
     Lease(Vec<LeaseOutcome>),
+    /// Part of the answer to [`Request::Events`], in sequence order;
+    /// `more`: another chunk follows (a frame holds at most
+    /// [`EVENTS_PER_FRAME`] entries).
+    Events {
+        entries: Vec<hast_events::Entry>,
+        more: bool,
+    },
+    /// A change of the journal, sent to a follower.
+    Event(hast_events::Entry),
+    /// The events `retry` made pending, in order.
+    EventsRetried(Vec<u64>),
     Error(ApiError),
 }
+
+/// Journal entries per [`Response::Events`] frame: each entry's strings
+/// are bounded by hastd, so a chunk stays far below `FRAME_MAX`.
+pub const EVENTS_PER_FRAME: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleOutcome {

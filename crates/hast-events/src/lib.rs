@@ -236,10 +236,16 @@ mod tests {
     fn kind_names_round_trip_and_match_serde() {
         for k in Kind::ALL {
             assert_eq!(k.name().parse::<Kind>(), Ok(k));
-            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.name())
+            );
         }
         let e = "split_brain".parse::<Kind>().unwrap_err();
-        assert!(e.contains("unknown event kind") && e.contains("split-brain"), "{e}");
+        assert!(
+            e.contains("unknown event kind") && e.contains("split-brain"),
+            "{e}"
+        );
     }
 
     #[test]

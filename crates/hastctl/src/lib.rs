@@ -5,6 +5,7 @@
 //! parses arguments, calls `hast-meta` or `hast-api`, and renders; every
 //! failure is one line on stderr and a sysexits(3) status.
 
+mod events;
 mod render;
 
 use std::os::unix::io::AsRawFd;
@@ -131,6 +132,45 @@ enum Cmd {
         #[arg(value_name = "all | name")]
         names: Vec<String>,
     },
+    /// The node's HA event journal: events not handled yet, failed or
+    /// aborted (all of them with --all); `retry` handles some again.
+    #[command(
+        override_usage = "hastctl events [-d] [-c config] [--all] [--json] [--follow]\n       hastctl events retry [-d] [-c config] [-k kind] [seq ...]",
+        args_conflicts_with_subcommands = true
+    )]
+    Events {
+        /// Also the events already handled (done).
+        #[arg(long)]
+        all: bool,
+        /// Print JSON for scripts (JSON Lines with --follow).
+        #[arg(long)]
+        json: bool,
+        /// Then print every change as it is recorded, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        #[command(subcommand)]
+        action: Option<EventsCmd>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EventsCmd {
+    /// Handle failed and aborted events again (all of them, those of one
+    /// kind, or the given sequence numbers), like `ha_star -C`.
+    #[command(override_usage = "hastctl events retry [-d] [-c config] [-k kind] [seq ...]")]
+    Retry {
+        /// Only events of this kind (role, connect, disconnect, syncstart,
+        /// syncdone, syncintr, split-brain, io-error, detach, attach,
+        /// promote, demote, fence, freeze, thaw).
+        #[arg(short = 'k', value_name = "kind", value_parser = parse_kind)]
+        kind: Option<hast_events::Kind>,
+        #[arg(value_name = "seq")]
+        seqs: Vec<u64>,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<hast_events::Kind, String> {
+    s.parse()
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -192,7 +232,27 @@ fn run(common: &Common, cmd: Cmd) -> Res {
         Cmd::Lease { ms, names } => lease(common, ms, &names),
         Cmd::Status { json, names } => status(common, json, &names, false),
         Cmd::List { json, names } => status(common, json, &names, true),
+        Cmd::Events {
+            all,
+            json,
+            follow,
+            action: None,
+        } => events::list(&socket(common)?, all, json, follow),
+        Cmd::Events {
+            action: Some(EventsCmd::Retry { kind, seqs }),
+            ..
+        } => events::retry(&socket(common)?, kind, seqs),
     }
+}
+
+/// The control socket of the configuration's hastd.
+fn socket(common: &Common) -> Res<PathBuf> {
+    let cfg = load(common)?;
+    let path = control_path(&cfg)?;
+    if common.debug > 0 {
+        eprintln!("hastctl: asking hastd at {}", path.display());
+    }
+    Ok(path)
 }
 
 fn load(common: &Common) -> Res<hast_conf::Config> {

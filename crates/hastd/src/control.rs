@@ -1,6 +1,7 @@
 //! The control socket: reads framed `hast_api` requests from `hastctl` and
-//! answers them by sending typed commands to the resource tasks. It holds no
-//! resource state of its own and is never in the data path.
+//! answers them by sending typed commands to the resource tasks, or, for
+//! `events`, by asking the event journal's service. It holds no resource
+//! state of its own and is never in the data path.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,12 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, RwLock};
 
+use crate::events::Service as EventService;
 use crate::resource::{Command, ResourceHandle};
 
 /// Control connections served at once; more wait in the listen backlog.
 const CONTROL_CONNECTIONS_MAX: usize = 32;
 /// A control client that sends nothing for this long is dropped.
 const CONTROL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// A client that does not take an answer (or a follower its next change)
+/// within this is dropped: nothing here waits on a client that never reads.
+const CONTROL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The resources in configuration order, shared with the reload logic.
 pub type Resources = Arc<RwLock<Vec<ResourceHandle>>>;
@@ -34,7 +39,7 @@ fn tokio_listener(l: std::os::unix::net::UnixListener) -> std::io::Result<UnixLi
     UnixListener::from_std(l)
 }
 
-pub async fn serve(listener: UnixListener, resources: Resources) {
+pub async fn serve(listener: UnixListener, resources: Resources, events: Arc<EventService>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONTROL_CONNECTIONS_MAX));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -49,8 +54,9 @@ pub async fn serve(listener: UnixListener, resources: Resources) {
             return;
         };
         let resources = resources.clone();
+        let events = events.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, resources).await {
+            if let Err(e) = connection(stream, resources, events).await {
                 tracing::debug!("control connection ended: {e}");
             }
             drop(permit);
@@ -58,7 +64,11 @@ pub async fn serve(listener: UnixListener, resources: Resources) {
     }
 }
 
-async fn connection(mut stream: UnixStream, resources: Resources) -> std::io::Result<()> {
+async fn connection(
+    mut stream: UnixStream,
+    resources: Resources,
+    events: Arc<EventService>,
+) -> std::io::Result<()> {
     loop {
         let mut prefix = [0u8; HEADER_LEN];
         match tokio::time::timeout(CONTROL_IDLE_TIMEOUT, stream.read_exact(&mut prefix)).await {
@@ -71,8 +81,7 @@ async fn connection(mut stream: UnixStream, resources: Resources) -> std::io::Re
             Err(e) => {
                 // The stream is out of step after a bad length: answer, close.
                 let resp = error(ErrorKind::Usage, e.to_string());
-                stream.write_all(&frame(&resp)).await?;
-                return Ok(());
+                return send(&mut stream, &resp).await;
             }
             Ok(len) => {
                 let mut body = vec![0u8; len];
@@ -87,11 +96,101 @@ async fn connection(mut stream: UnixStream, resources: Resources) -> std::io::Re
                             hast_api::PROTOCOL_VERSION
                         ),
                     ),
-                    Ok(env) => handle(env.body, &resources).await,
+                    Ok(env) => match env.body {
+                        Request::Events { all, follow } => {
+                            return list_events(&mut stream, &events, all, follow).await
+                        }
+                        Request::EventsRetry { kind, seqs } => {
+                            match events.retry(kind, seqs).await {
+                                Ok(done) => Response::EventsRetried(done),
+                                Err(e) => error(retry_error_kind(&e), e.to_string()),
+                            }
+                        }
+                        body => handle(body, &resources).await,
+                    },
                 }
             }
         };
-        stream.write_all(&frame(&response)).await?;
+        send(&mut stream, &response).await?;
+    }
+}
+
+/// Writes one answer, giving up on a client that does not read it.
+async fn send<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    resp: &Response,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(CONTROL_WRITE_TIMEOUT, stream.write_all(&frame(resp))).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "control client does not read its answer",
+        )),
+    }
+}
+
+fn retry_error_kind(e: &hast_events::JournalError) -> ErrorKind {
+    use hast_events::JournalError as J;
+    match e {
+        J::NoSuchEvent(_) | J::NotRetryable { .. } => ErrorKind::Usage,
+        _ => ErrorKind::IoErr,
+    }
+}
+
+/// `hastctl events`: the entries in chunks; with `follow`, then every
+/// change until the client closes its end (or stops reading, or falls so
+/// far behind that changes were lost: it is told so, then dropped).
+async fn list_events(
+    stream: &mut UnixStream,
+    events: &EventService,
+    all: bool,
+    follow: bool,
+) -> std::io::Result<()> {
+    let (now, mut feed) = events.follow(all).await;
+    let mut chunks = now.chunks(hast_api::EVENTS_PER_FRAME).peekable();
+    if chunks.peek().is_none() {
+        send(
+            stream,
+            &Response::Events {
+                entries: Vec::new(),
+                more: false,
+            },
+        )
+        .await?;
+    }
+    while let Some(c) = chunks.next() {
+        let more = chunks.peek().is_some();
+        send(
+            stream,
+            &Response::Events {
+                entries: c.to_vec(),
+                more,
+            },
+        )
+        .await?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    let (mut rd, mut wr) = stream.split();
+    let mut byte = [0u8; 1];
+    loop {
+        let change = tokio::select! {
+            // The client sends nothing more: any read result means it left.
+            _ = rd.read(&mut byte) => return Ok(()),
+            c = feed.recv() => c,
+        };
+        match change {
+            Ok(entry) => send(&mut wr, &Response::Event(entry)).await?,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let resp = error(
+                    ErrorKind::TempFail,
+                    format!("fell {n} changes behind the event journal; run hastctl events again"),
+                );
+                return send(&mut wr, &resp).await;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
     }
 }
 
@@ -186,6 +285,10 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             }
             Response::Lease(out)
         }
+        Request::Events { .. } | Request::EventsRetry { .. } => error(
+            ErrorKind::Software,
+            "events request routed to resources".into(),
+        ),
         Request::Status { names } => {
             let targets = match select(&names, &all) {
                 Ok(t) => t,

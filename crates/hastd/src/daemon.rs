@@ -135,6 +135,25 @@ async fn run(
             return exit::CANTCREAT;
         }
     };
+    // The journal before any resource runs, so no event is ever emitted
+    // into nothing; the handler lock makes this hastd the node's only one.
+    let (events, event_service) = match crate::events::Service::start(
+        &config.state_dir,
+        &config.node,
+        crate::events::Hooks::from_config(&config),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            let _ = std::fs::remove_file(&control_path);
+            return match e {
+                crate::events::StartError::Lock(hast_events::LockError::Held { .. }) => {
+                    exit::TEMPFAIL
+                }
+                _ => exit::CANTCREAT,
+            };
+        }
+    };
     let registry = Arc::new(Registry::new(&config));
     let tls_shown = describe_tls(&nbd_tls);
     registry.set_tls(nbd_tls);
@@ -161,7 +180,7 @@ async fn run(
         registry: registry.clone(),
         nbd_socket_dir: config.nbd_socket_dir.clone(),
         nbd_tcp: nbd_tcp.as_ref().map(|(a, _)| a.to_string()),
-        events: crate::events::Events::disabled(),
+        events,
     };
     let resources: Resources = Arc::new(RwLock::new(Vec::new()));
     for r in &config.resources {
@@ -212,7 +231,12 @@ async fn run(
         }
         None => None,
     };
-    let control_task = tokio::spawn(control::serve(listener, resources.clone()));
+    event_service.set_recover(crate::events::recover_with(resources.clone()));
+    let control_task = tokio::spawn(control::serve(
+        listener,
+        resources.clone(),
+        event_service.clone(),
+    ));
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(code) => return code,
@@ -248,6 +272,14 @@ async fn run(
                 }
                 *env.tls.write().unwrap_or_else(|p| p.into_inner()) = identity;
                 reload(&current, &new, &resources, &env).await;
+                event_service.set_hooks(crate::events::Hooks::from_config(&new));
+                if new.state_dir != current.state_dir {
+                    tracing::warn!(
+                        "state_dir {} -> {}: the event journal moves at the next start",
+                        current.state_dir.display(),
+                        new.state_dir.display()
+                    );
+                }
                 warn_not_yet_applied(&new);
                 current = new;
             }
@@ -379,20 +411,7 @@ fn not_yet_applied(c: &hast_conf::Config) -> Vec<String> {
             "metrics_listen {a}: the metrics endpoint is not implemented yet"
         ));
     }
-    if c.state_dir != std::path::Path::new(defaults::STATE_DIR) {
-        out.push(format!(
-            "state_dir {}: nothing is kept there yet (the event journal will be)",
-            c.state_dir.display()
-        ));
-    }
     for r in &c.resources {
-        if let Some(e) = &r.exec {
-            out.push(format!(
-                "resource {}: exec {}: event hooks are not run yet",
-                r.name,
-                e.display()
-            ));
-        }
         if r.freeze_timeout_secs != defaults::FREEZE_TIMEOUT_SECS {
             out.push(format!(
                 "resource {}: freeze_timeout: freeze/thaw is not implemented yet",

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hast_api::{ApiError, ErrorKind, MetaStatus, Queues, ResourceStatus, Stats, Status};
+use hast_events::Kind;
 use hast_meta::{MetaError, Role, Store};
 use hast_repl::{Hello, HelloStatus};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -209,9 +210,10 @@ impl ResourceTask {
             let Some(cmd) = cmd else { break };
             match cmd {
                 Command::Role(role, epoch, reply) => {
+                    let was = self.state.role();
                     let res = self.set_role(role, epoch).await;
                     match &res {
-                        Ok((role, epoch)) => self.log_role(*role, *epoch),
+                        Ok((role, epoch)) => self.log_role(was, *role, *epoch, "hastctl role"),
                         Err(e) => {
                             tracing::error!(resource = %self.config.name, role = %role, "role change failed: {}", e.message)
                         }
@@ -237,7 +239,9 @@ impl ResourceTask {
                 Command::Stop(reply) => {
                     let was = self.state.role();
                     match self.set_role(Role::Init, None).await {
-                        Ok((role, epoch)) if was != role => self.log_role(role, epoch),
+                        Ok((role, epoch)) if was != role => {
+                            self.log_role(was, role, epoch, "hastd stopping")
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::error!(resource = %self.config.name, "stop failed: {}", e.message)
@@ -253,12 +257,33 @@ impl ResourceTask {
     }
 
     /// The line a checker of "one primary per epoch" parses; keep its shape.
-    fn log_role(&self, role: Role, epoch: Option<u64>) {
+    /// A real change (`was` → `role`) is also the `role` event, and a
+    /// `promote` or `demote` (args: the epoch; the reason) where it is one.
+    fn log_role(&self, was: Role, role: Role, epoch: Option<u64>, why: &str) {
         match epoch {
             Some(epoch) => {
                 tracing::info!(resource = %self.config.name, role = %role, epoch, "role changed")
             }
             None => tracing::info!(resource = %self.config.name, role = %role, "role changed"),
+        }
+        if was == role {
+            return;
+        }
+        let epoch = epoch.map_or_else(String::new, |e| e.to_string());
+        let (was, role_s) = (was.to_string(), role.to_string());
+        let details = [
+            ("ROLE", role_s.clone()),
+            ("PREVROLE", was.clone()),
+            ("EPOCH", epoch.clone()),
+            ("REASON", why.to_string()),
+        ];
+        let events = &self.env.events;
+        let name = &self.config.name;
+        events.emit(name, Kind::Role, &[&was, &role_s], &details);
+        if role == Role::Primary {
+            events.emit(name, Kind::Promote, &[&epoch], &details);
+        } else if was == Role::Primary.to_string() {
+            events.emit(name, Kind::Demote, &[why], &details);
         }
     }
 
@@ -319,7 +344,7 @@ impl ResourceTask {
         };
         tracing::warn!(resource = %self.config.name, overdue_ms, "lease expired: demoting to secondary");
         match self.set_role(Role::Secondary, None).await {
-            Ok((role, epoch)) => self.log_role(role, epoch),
+            Ok((role, epoch)) => self.log_role(Role::Primary, role, epoch, "lease expired"),
             Err(e) => tracing::error!(
                 resource = %self.config.name,
                 "demotion after the lease expired failed: {}",
@@ -556,6 +581,7 @@ impl ResourceTask {
             store,
             header,
             &self.config,
+            self.env.events.clone(),
         )
         .map_err(|e| meta_err(&e))
     }

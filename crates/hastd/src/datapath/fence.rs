@@ -235,7 +235,13 @@ impl DataPath {
             if run.success() {
                 self.fence.succeeded(g);
                 tracing::info!(resource = %self.name, seq = g, epoch, attempts, "fence_peer succeeded: writing without the peer");
+                let details = [("PEER", peer.clone()), ("ATTEMPTS", attempts.to_string())];
+                self.emit(hast_events::Kind::Fence, &["fenced", &peer], &details);
                 continue;
+            }
+            if attempts == 1 {
+                let details = [("PEER", peer.clone()), ("REASON", run.ended.to_string())];
+                self.emit(hast_events::Kind::Fence, &["failed", &peer], &details);
             }
             if attempts == 1 || attempts.is_multiple_of(FENCE_LOG_EVERY) {
                 tracing::warn!(resource = %self.name, seq = g, epoch, attempts, "fence_peer failed ({}); writes held, retrying every {}s", run.ended, FENCE_RETRY.as_secs());

@@ -98,6 +98,16 @@ pub enum Side {
     Secondary,
 }
 
+impl Side {
+    /// The role's name, as `hastctl` and the hook see it.
+    pub fn role_name(self) -> &'static str {
+        match self {
+            Side::Primary => "primary",
+            Side::Secondary => "secondary",
+        }
+    }
+}
+
 /// What a modification does to the range.
 pub enum Change {
     /// Shared, not copied, with the replication link's queue.
@@ -182,6 +192,8 @@ pub struct DataPath {
     /// The component's writes can be page-cache copies at all (not on FUSE,
     /// see [`page_cache_writes`]); if not, no write is inline.
     inline_ok: bool,
+    /// Where this resource's HA events go (the event journal).
+    events: crate::events::Events,
 }
 
 impl DataPath {
@@ -194,6 +206,7 @@ impl DataPath {
         store: Arc<Store>,
         header: Header,
         cfg: &hast_conf::Resource,
+        events: crate::events::Events,
     ) -> Result<Arc<DataPath>, hast_meta::MetaError> {
         let peer_configured = cfg.remote.is_some();
         let fences = side == Side::Primary && peer_configured;
@@ -245,12 +258,25 @@ impl DataPath {
             progress: Progress::new(),
             inline_paused_until: AtomicU64::new(0),
             inline_ok,
+            events,
         });
         tokio::spawn(dp.clone().metadata_writer());
         if side == Side::Primary {
             tokio::spawn(dp.clone().lease_guard());
         }
         Ok(dp)
+    }
+
+    /// Records an HA event of this resource (`crate::events`), with this
+    /// node's role (`HAST_ROLE`) and, when the header is not being written
+    /// right now, its epoch (`HAST_EPOCH`) among the details.
+    pub fn emit(&self, kind: hast_events::Kind, args: &[&str], details: &[(&str, String)]) {
+        let mut all = vec![("ROLE", self.side.role_name().to_string())];
+        if let Ok(h) = self.header.try_lock() {
+            all.push(("EPOCH", h.epoch.to_string()));
+        }
+        all.extend(details.iter().cloned());
+        self.events.emit(&self.name, kind, args, &all);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, ActiveMap> {

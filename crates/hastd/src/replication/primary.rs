@@ -3,6 +3,7 @@
 //! data path, runs the resync, and reconnects with backoff whenever the link
 //! dies, for as long as the resource is primary.
 
+use hast_events::Kind as Event;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,11 @@ pub async fn run(
                         tracing::info!(resource = %cfg.name, peer = %link.peer, ?decision, "connected to secondary")
                     }
                 }
+                dp.emit(
+                    Event::Connect,
+                    &[&link.peer],
+                    &[("PEER", link.peer.clone())],
+                );
                 dp.set_peer_tls(tls_info.map(|t| t.to_string()));
                 let (ping, timeout) = link_timing(&cfg);
                 let runner = tokio::spawn(link.clone().run(tasks, ping, timeout));
@@ -77,11 +83,15 @@ pub async fn run(
                 // just stop copying and let the link live until then.
                 let synced = resync::run(dp.clone(), link.clone(), direction).await;
                 match synced {
-                    Ok(()) => {
-                        if let Err(e) = finish_sync(&dp, &link, &peer).await {
-                            link.fail(&e);
-                        }
-                    }
+                    Ok(bytes) => match finish_sync(&dp, &link, &peer).await {
+                        Ok(()) if bytes > 0 => dp.emit(
+                            Event::SyncDone,
+                            &[],
+                            &[("PEER", link.peer.clone()), ("BYTES", bytes.to_string())],
+                        ),
+                        Ok(()) => {}
+                        Err(e) => link.fail(&e),
+                    },
                     Err(_) if dp.is_withdrawn() => {}
                     Err(e) => link.fail(&e),
                 }
@@ -92,13 +102,30 @@ pub async fn run(
                 dp.set_peer_tls(None);
                 dp.set_peer_state(PeerState::Disconnected(None));
                 if !dp.is_withdrawn() {
-                    tracing::warn!(resource = %cfg.name, "secondary disconnected: {}", link.reason());
+                    let why = link.reason();
+                    tracing::warn!(resource = %cfg.name, "secondary disconnected: {why}");
+                    dp.emit(
+                        Event::Disconnect,
+                        &[&why],
+                        &[("PEER", link.peer.clone()), ("REASON", why.clone())],
+                    );
                 }
             }
             Err(e) => {
                 let text = e.to_string();
                 if text != last_error {
                     tracing::warn!(resource = %cfg.name, "cannot connect to secondary: {text}");
+                    if let PeerState::SplitBrain(why) = &e {
+                        let peer = cfg
+                            .remote
+                            .as_ref()
+                            .map_or_else(String::new, |r| r.to_string());
+                        dp.emit(
+                            Event::SplitBrain,
+                            &[&peer],
+                            &[("PEER", peer.clone()), ("REASON", why.clone())],
+                        );
+                    }
                     last_error = text;
                 }
                 dp.set_peer_state(e);

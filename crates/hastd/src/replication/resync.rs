@@ -10,6 +10,7 @@
 //! final barrier, so an interruption at any point leaves the bits and
 //! counters that make the next connection resume.
 
+use hast_events::Kind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,17 +38,35 @@ pub enum Direction {
 }
 
 /// Copies until no extent is needsync, then makes both copies durable.
-/// Returns the error that stopped it (the link died, the resource closed).
-pub async fn run(dp: Arc<DataPath>, link: Arc<Link>, direction: Direction) -> Result<(), String> {
+/// Returns the bytes it set out to copy, or the error that stopped it (the
+/// link died, the resource closed). A resync with something to copy is the
+/// `syncstart` event, and its interruption `syncintr`.
+pub async fn run(dp: Arc<DataPath>, link: Arc<Link>, direction: Direction) -> Result<u64, String> {
     let extentsize = u64::from(dp.map_lock().extentsize());
-    let total = dp.map_lock().needsync_count() * extentsize;
-    dp.sync_started(total.min(dp.datasize()));
+    let total = (dp.map_lock().needsync_count() * extentsize).min(dp.datasize());
+    dp.sync_started(total);
+    let towards = match direction {
+        Direction::ToPeer => "to-secondary",
+        Direction::FromPeer => "from-secondary",
+    };
     if total > 0 {
         tracing::info!(resource = %dp.name(), bytes = total, ?direction, "resync started");
+        let details = [
+            ("PEER", link.peer.clone()),
+            ("DIRECTION", towards.to_string()),
+            ("BYTES", total.to_string()),
+        ];
+        dp.emit(Kind::SyncStart, &[towards, &total.to_string()], &details);
     }
     let result = copy_all(&dp, &link, direction, extentsize).await;
     dp.sync_ended();
-    result
+    if let Err(why) = &result {
+        if total > 0 {
+            let details = [("PEER", link.peer.clone()), ("REASON", why.clone())];
+            dp.emit(Kind::SyncIntr, &[why], &details);
+        }
+    }
+    result.map(|()| total)
 }
 
 async fn copy_all(

@@ -14,6 +14,7 @@
 //! any frame while it waits to read. A KEEPALIVE of an older primary
 //! (`seq` 0) is still echoed, which is all such a primary listens for.
 
+use hast_events::Kind as Event;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +108,9 @@ where
     };
     if let Some((status, message)) = refusal {
         tracing::error!(resource = %cfg.name, %peer, "{message}");
+        if status == HelloStatus::SplitBrain {
+            dp.emit(Event::SplitBrain, &[&peer], &[("PEER", peer.clone())]);
+        }
         dp.set_peer_state(match status {
             HelloStatus::SplitBrain => PeerState::SplitBrain("split-brain".into()),
             HelloStatus::StaleEpoch => PeerState::Refused("refused: stale epoch".into()),
@@ -166,6 +170,7 @@ where
         }
         None => tracing::info!(resource = %cfg.name, %peer, ?decision, "primary connected"),
     }
+    dp.emit(Event::Connect, &[&peer], &[("PEER", peer.clone())]);
     dp.set_peer_tls(tls);
     let (ping, timeout) = link_timing(&cfg);
     let session = Arc::new(Session {
@@ -213,6 +218,11 @@ where
     tx.close();
     session.dp.set_peer_tls(None);
     session.dp.set_peer_state(PeerState::Disconnected(None));
+    session.dp.emit(
+        Event::Disconnect,
+        &[&why],
+        &[("PEER", peer.clone()), ("REASON", why.clone())],
+    );
     why
 }
 
