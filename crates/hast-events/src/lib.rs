@@ -8,13 +8,14 @@
 //! pending again, as `ha_star -C` resumes a class of events.
 //!
 //! This crate is the journal and its rules, with no knowledge of hastd:
-//! [`journal`] owns the file (record codec, checksums, torn tails,
-//! compaction, pruning) and [`lock`] the one-handler-per-node lock. hastd's
-//! `events` module feeds it and runs the `exec` hook.
+//! [`journal`] owns the file (replay, torn tails, compaction, pruning),
+//! [`record`] its record codec (pure, fuzzed: `fuzz/fuzz_targets/events_record.rs`)
+//! and [`lock`] the one-handler-per-node lock. hastd's `events` module
+//! feeds it and runs the `exec` hook.
 
 pub mod journal;
 pub mod lock;
-mod record;
+pub mod record;
 
 use serde::{Deserialize, Serialize};
 
