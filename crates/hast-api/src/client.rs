@@ -43,14 +43,14 @@ impl ClientError {
 /// Sends `req` to the hastd listening on `socket` and returns its answer.
 pub fn call(socket: &Path, req: Request) -> Result<Response, ClientError> {
     let mut s = Session::open(socket, req, Some(CALL_TIMEOUT))?;
-    match s.next()? {
+    match s.recv()? {
         Some(r) => Ok(r),
         None => Err(s.io(std::io::ErrorKind::UnexpectedEof.into())),
     }
 }
 
 /// One request whose answer may be several frames (`events`, `events
-/// --follow`): read them with [`Session::next`].
+/// --follow`): read them with [`Session::recv`].
 pub struct Session {
     stream: UnixStream,
     path: String,
@@ -91,7 +91,7 @@ impl Session {
 
     /// The next answer frame; `None` when hastd closed the connection
     /// between frames.
-    pub fn next(&mut self) -> Result<Option<Response>, ClientError> {
+    pub fn recv(&mut self) -> Result<Option<Response>, ClientError> {
         let mut prefix = [0u8; HEADER_LEN];
         match self.stream.read_exact(&mut prefix) {
             Ok(()) => {}

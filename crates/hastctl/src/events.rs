@@ -77,7 +77,7 @@ pub fn retry(socket: &std::path::Path, kind: Option<Kind>, seqs: Vec<u64>) -> Re
 }
 
 fn next(s: &mut Session) -> Res<Response> {
-    match s.next().map_err(client)? {
+    match s.recv().map_err(client)? {
         Some(Response::Error(e)) => Err(Fail(e.kind.exit_code(), e.message)),
         Some(r) => Ok(r),
         None => Err(Fail(exit::TEMPFAIL, "hastd closed the connection".into())),

@@ -136,7 +136,7 @@ enum Cmd {
     /// aborted (all of them with --all); `retry` handles some again.
     #[command(
         override_usage = "hastctl events [-d] [-c config] [--all] [--json] [--follow]\n       hastctl events retry [-d] [-c config] [-k kind] [seq ...]",
-        args_conflicts_with_subcommands = true
+        subcommand_negates_reqs = true
     )]
     Events {
         /// Also the events already handled (done).
@@ -239,9 +239,22 @@ fn run(common: &Common, cmd: Cmd) -> Res {
             action: None,
         } => events::list(&socket(common)?, all, json, follow),
         Cmd::Events {
+            all,
+            json,
+            follow,
             action: Some(EventsCmd::Retry { kind, seqs }),
-            ..
-        } => events::retry(&socket(common)?, kind, seqs),
+        } => {
+            // Global options may sit between `events` and `retry`, so clap
+            // cannot refuse these by itself.
+            if all || json || follow {
+                return Err(Fail(
+                    exit::USAGE,
+                    "events retry takes -k kind and sequence numbers, not --all, --json or --follow"
+                        .into(),
+                ));
+            }
+            events::retry(&socket(common)?, kind, seqs)
+        }
     }
 }
 
