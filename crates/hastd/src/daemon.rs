@@ -472,8 +472,9 @@ mod tests {
         let cases: [(&str, &[&str]); 6] = [
             ("", &[]),
             ("metrics_listen tcp://127.0.0.1:9100\n", &["metrics_listen"]),
-            ("state_dir /tmp/hast-state\n", &["state_dir"]),
-            ("exec /bin/true\n", &["exec /bin/true"]),
+            // Built: the event journal and its hook.
+            ("state_dir /tmp/hast-state\n", &[]),
+            ("exec /bin/true\n", &[]),
             ("freeze_timeout 30\n", &["freeze_timeout"]),
             ("on_io_error fail\n", &["on_io_error"]),
         ];
