@@ -212,3 +212,14 @@ fn every_truncation_and_flip_is_survived() {
         assert!(!d.warnings.is_empty());
     }
 }
+
+#[test]
+fn golden_bytes() {
+    // The format as documented, byte for byte (checksum computed apart:
+    // crc32c of the payload).
+    let mut want = b"HEV1".to_vec();
+    want.extend_from_slice(&[20, 0, 0, 0, 0xae, 0x28, 0x8d, 0x08]);
+    want.extend_from_slice(br#"{"pruned":{"seq":2}}"#);
+    assert_eq!(encode(&Body::Pruned { seq: 2 }).expect("small"), want);
+    assert_eq!(decode_records(&want).records, vec![Body::Pruned { seq: 2 }]);
+}
