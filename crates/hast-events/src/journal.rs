@@ -1,16 +1,21 @@
-//! The journal file: `<state_dir>/events.journal`, an append-only sequence
-//! of checksummed records (see `record.rs`): one per event appended and one
-//! per state change. Every append is fdatasync'ed before it returns, so an
-//! event is on disk before anyone handles it.
+//! The journal file: `<state_dir>/events.journal` (mode 0600), an
+//! append-only sequence of checksummed records (see [`crate::record`]): one
+//! per event appended, one per state change, one per event pruned. Every
+//! change is one write, fdatasync'ed before it returns, so an event is on
+//! disk before anyone handles it.
 //!
-//! Opening replays the file: the last record of each event wins; a torn or
-//! corrupt record is skipped with a warning (a torn tail is truncated away);
-//! an event found `running` is recorded `aborted` (the handler died while
-//! its hook ran). Done events are pruned by [`Bounds`] (and the pruning is
-//! recorded, so a replay does not bring them back); failed and aborted ones
-//! are kept until retried. The file is compacted (rewritten with only
-//! the live entries, then renamed over the old one) when dead records
-//! outnumber live ones.
+//! Opening replays the file: the last record of each event wins; a corrupt
+//! record is skipped with a warning, and a torn tail is truncated away (so
+//! appends never land behind it); an event found `running` is recorded
+//! `aborted` (the handler died while its hook ran). Done events are pruned
+//! by [`Bounds`], and the pruning is recorded, so a replay does not bring
+//! them back; failed and aborted ones are kept until retried.
+//!
+//! The file is compacted when it holds more than max(2 × entries, 1024)
+//! records: rewritten with a `Meta` record (the next seq, so seqs of
+//! pruned events are never reused) and one record per live entry, fsynced
+//! under `events.journal.tmp`, then renamed over the old file and the
+//! directory fsynced; a crash leaves one complete file or the other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -77,6 +82,7 @@ pub enum JournalError {
 }
 
 /// A journal just opened, with what replaying it found.
+#[derive(Debug)]
 pub struct Opened {
     pub journal: Journal,
     /// One line per skipped record (torn tail, bad checksum).
@@ -113,6 +119,18 @@ pub struct Journal {
     /// After a failed compaction, no automatic one before the file holds
     /// this many records (the old file is still complete, only longer).
     compact_after: usize,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .field("entries", &self.entries.len())
+            .field("open", &self.open_count())
+            .field("next_seq", &self.next_seq)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
