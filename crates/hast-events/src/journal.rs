@@ -505,6 +505,7 @@ impl Journal {
         self.file = file;
         self.len = buf.len() as u64;
         self.records = n;
+        self.compact_after = 0;
         self.dir_unsynced = true;
         sync_dir(&self.dir)?;
         self.dir_unsynced = false;
