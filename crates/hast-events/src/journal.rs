@@ -1,15 +1,21 @@
-//! The journal file: `<state_dir>/events.journal`, an append-only sequence
-//! of checksummed records (see `record.rs`): one per event appended and one
-//! per state change. Every append is fdatasync'ed before it returns, so an
-//! event is on disk before anyone handles it.
+//! The journal file: `<state_dir>/events.journal` (mode 0600), an
+//! append-only sequence of checksummed records (see [`crate::record`]): one
+//! per event appended, one per state change, one per event pruned. Every
+//! change is one write, fdatasync'ed before it returns, so an event is on
+//! disk before anyone handles it.
 //!
-//! Opening replays the file: the last record of each event wins; a torn or
-//! corrupt record is skipped with a warning (a torn tail is truncated away);
-//! an event found `running` is recorded `aborted` (the handler died while
-//! its hook ran). Done events are pruned by [`Bounds`]; failed and aborted
-//! ones are kept until retried. The file is compacted (rewritten with only
-//! the live entries, then renamed over the old one) when dead records
-//! outnumber live ones.
+//! Opening replays the file: the last record of each event wins; a corrupt
+//! record is skipped with a warning, and a torn tail is truncated away (so
+//! appends never land behind it); an event found `running` is recorded
+//! `aborted` (the handler died while its hook ran). Done events are pruned
+//! by [`Bounds`], and the pruning is recorded, so a replay does not bring
+//! them back; failed and aborted ones are kept until retried.
+//!
+//! The file is compacted when it holds more than max(2 × entries, 1024)
+//! records: rewritten with a `Meta` record (the next seq, so seqs of
+//! pruned events are never reused) and one record per live entry, fsynced
+//! under `events.journal.tmp`, then renamed over the old file and the
+//! directory fsynced; a crash leaves one complete file or the other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -76,6 +82,7 @@ pub enum JournalError {
 }
 
 /// A journal just opened, with what replaying it found.
+#[derive(Debug)]
 pub struct Opened {
     pub journal: Journal,
     /// One line per skipped record (torn tail, bad checksum).
@@ -112,6 +119,18 @@ pub struct Journal {
     /// After a failed compaction, no automatic one before the file holds
     /// this many records (the old file is still complete, only longer).
     compact_after: usize,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .field("entries", &self.entries.len())
+            .field("open", &self.open_count())
+            .field("next_seq", &self.next_seq)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -220,6 +239,7 @@ impl Journal {
                     note: String::new(),
                 }),
                 Body::Entry(entry) => j.put(entry),
+                Body::Pruned { seq } => j.remove(seq),
                 Body::State {
                     seq,
                     state,
@@ -253,18 +273,16 @@ impl Journal {
                 ..e.clone()
             })
             .collect();
-        if !aborted.is_empty() {
-            j.write_states(&aborted)?;
-        }
-        let aborted = aborted.into_iter().map(|e| e.event.seq).collect();
-        j.prune(now);
+        let aborted_seqs = aborted.iter().map(|e| e.event.seq).collect();
+        // With pruning under (maybe new) bounds, in the same write.
+        j.commit(aborted, now)?;
         if let Err(e) = j.maybe_compact() {
             warnings.push(format!("compaction failed: {e}"));
         }
         Ok(Opened {
             journal: j,
             warnings,
-            aborted,
+            aborted: aborted_seqs,
         })
     }
 
@@ -327,8 +345,7 @@ impl Journal {
             e.attempts = e.attempts.saturating_add(1);
         }
         e.note = note.to_owned();
-        self.write_states(std::slice::from_ref(&e))?;
-        self.prune(now);
+        self.commit(vec![e.clone()], now)?;
         self.compact_quietly();
         Ok(e)
     }
@@ -383,9 +400,10 @@ impl Journal {
         if retried.is_empty() {
             return Ok(Vec::new());
         }
-        self.write_states(&retried)?;
+        let seqs = retried.iter().map(|e| e.event.seq).collect();
+        self.commit(retried, now)?;
         self.compact_quietly();
-        Ok(retried.into_iter().map(|e| e.event.seq).collect())
+        Ok(seqs)
     }
 
     /// The pending event with the lowest seq.
@@ -487,6 +505,7 @@ impl Journal {
         self.file = file;
         self.len = buf.len() as u64;
         self.records = n;
+        self.compact_after = 0;
         self.dir_unsynced = true;
         sync_dir(&self.dir)?;
         self.dir_unsynced = false;
@@ -519,30 +538,36 @@ impl Journal {
         self.entries.remove(&seq);
     }
 
-    /// Drops done entries older than `done_age`, then the oldest beyond
-    /// `done_max`. Others are never pruned: they need the handler or the
-    /// operator.
-    fn prune(&mut self, now: u64) {
+    /// The done entries that `done_age` and `done_max` drop once
+    /// `changed` is taken in: those older than `done_age`, then the oldest
+    /// (lowest seqs) beyond `done_max`. Others are never pruned: they need
+    /// the handler or the operator.
+    fn victims(&self, changed: &[Entry], now: u64) -> Vec<u64> {
         let age = u64::try_from(self.bounds.done_age.as_millis()).unwrap_or(u64::MAX);
-        let old: Vec<u64> = self
+        // Seq → when done, after the change.
+        let mut done: BTreeMap<u64, u64> = self
             .done
             .iter()
-            .copied()
-            .filter(|s| {
-                self.entries
-                    .get(s)
-                    .is_some_and(|e| now.saturating_sub(e.updated_ms) > age)
-            })
+            .filter_map(|s| self.entries.get(s).map(|e| (*s, e.updated_ms)))
             .collect();
-        for seq in old {
-            self.remove(seq);
+        for e in changed {
+            match e.state {
+                State::Done => done.insert(e.event.seq, e.updated_ms),
+                _ => done.remove(&e.event.seq),
+            };
         }
-        while self.done.len() > self.bounds.done_max {
-            match self.done.first().copied() {
-                Some(seq) => self.remove(seq),
-                None => break,
+        let mut victims: Vec<u64> = Vec::new();
+        done.retain(|&seq, &mut updated| {
+            let old = now.saturating_sub(updated) > age;
+            if old {
+                victims.push(seq);
             }
-        }
+            !old
+        });
+        let excess = done.len().saturating_sub(self.bounds.done_max);
+        victims.extend(done.keys().take(excess));
+        victims.sort_unstable();
+        victims
     }
 
     fn encode(&self, body: &Body, out: &mut Vec<u8>) -> Result<(), JournalError> {
@@ -556,16 +581,28 @@ impl Journal {
         })
     }
 
-    /// Records the states of `entries` in one durable write, then takes
-    /// them in.
-    fn write_states(&mut self, entries: &[Entry]) -> Result<(), JournalError> {
+    /// Records the new states of `changed` and the pruning they lead to
+    /// in one durable write, then takes them in. Pruning is recorded, not
+    /// redone at replay: which done events a bound drops depends on the
+    /// order of changes, which replaying the last state of each cannot see.
+    fn commit(&mut self, changed: Vec<Entry>, now: u64) -> Result<(), JournalError> {
+        let victims = self.victims(&changed, now);
+        if changed.is_empty() && victims.is_empty() {
+            return Ok(());
+        }
         let mut buf = Vec::new();
-        for e in entries {
+        for e in &changed {
             self.encode(&state_body(e), &mut buf)?;
         }
-        self.write(&buf, entries.len())?;
-        for e in entries {
-            self.put(e.clone());
+        for &seq in &victims {
+            self.encode(&Body::Pruned { seq }, &mut buf)?;
+        }
+        self.write(&buf, changed.len() + victims.len())?;
+        for e in changed {
+            self.put(e);
+        }
+        for seq in victims {
+            self.remove(seq);
         }
         Ok(())
     }

@@ -51,6 +51,10 @@ pub enum Body {
         attempts: u32,
         note: String,
     },
+    /// Event `seq` was pruned (done, beyond the bounds). Recorded, not
+    /// recomputed at replay: which done events a bound drops depends on
+    /// the order things happened in, which replay does not see.
+    Pruned { seq: u64 },
     /// A whole entry (event and state), as compaction writes it: one
     /// record per live entry keeps a compacted file at most one record
     /// longer than the entries it holds.
@@ -63,7 +67,7 @@ impl Body {
         match self {
             Body::Meta { .. } => None,
             Body::Event(ev) => Some(ev.seq),
-            Body::State { seq, .. } => Some(*seq),
+            Body::State { seq, .. } | Body::Pruned { seq } => Some(*seq),
             Body::Entry(e) => Some(e.event.seq),
         }
     }

@@ -446,6 +446,28 @@ fn done_pruned_by_count_and_age_failed_and_aborted_kept() {
 }
 
 #[test]
+fn pruned_stays_pruned_after_reopen() {
+    // Found by the proptest: three done at once prune the oldest; one of
+    // the others made pending again leaves two done, so a replay that only
+    // re-applied the bound would bring the pruned one back.
+    let t = TempDir::new("pruned");
+    let bounds = Bounds {
+        done_max: 2,
+        ..Bounds::default()
+    };
+    let mut j = open_clean(&t, bounds);
+    let seqs: Vec<u64> = (0..3).map(|_| add(&mut j, Kind::Role)).collect();
+    for &s in &seqs {
+        j.set_state(s, State::Done, "").expect("done");
+    }
+    assert!(j.get(seqs[0]).is_none());
+    j.set_state(seqs[1], State::Pending, "").expect("pending");
+    let snapshot = all(&j);
+    drop(j);
+    assert_eq!(all(&open_clean(&t, bounds)), snapshot);
+}
+
+#[test]
 fn compaction_shrinks_the_file_and_keeps_seqs_increasing() {
     let t = TempDir::new("compact");
     let bounds = Bounds {
@@ -780,7 +802,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn journal_matches_model(ops in proptest::collection::vec(op(), 1..60)) {

@@ -26,6 +26,7 @@ fn bodies() -> Vec<Body> {
             attempts: 1,
             note: String::new(),
         },
+        Body::Pruned { seq: 3 },
         Body::Entry(Entry {
             event: event(2),
             state: State::Failed,
@@ -100,35 +101,35 @@ fn damage_table() {
 
     let mut b = good.clone();
     b[second.start] = b'X';
-    cases.push(("bad magic", b, vec![0, 2, 3], n, "no record magic"));
+    cases.push(("bad magic", b, vec![0, 2, 3, 4], n, "no record magic"));
 
     let mut b = good.clone();
     b[second.start + 8] ^= 1;
-    cases.push(("bad crc", b, vec![0, 2, 3], n, "checksum"));
+    cases.push(("bad crc", b, vec![0, 2, 3, 4], n, "checksum"));
 
     let mut b = good.clone();
     b[second.end - 2] ^= 0x40;
-    cases.push(("payload bit flip", b, vec![0, 2, 3], n, "checksum"));
+    cases.push(("payload bit flip", b, vec![0, 2, 3, 4], n, "checksum"));
 
     let mut b = good.clone();
     b[second.start + 4..second.start + 8].copy_from_slice(&u32::MAX.to_le_bytes());
-    cases.push(("oversize length", b, vec![0, 2, 3], n, "over the limit"));
+    cases.push(("oversize length", b, vec![0, 2, 3, 4], n, "over the limit"));
 
     let mut b = good.clone();
     b[second.start + 4..second.start + 8].copy_from_slice(&(n as u32).to_le_bytes());
-    cases.push(("length past the end", b, vec![0, 2, 3], n, "cut short"));
+    cases.push(("length past the end", b, vec![0, 2, 3, 4], n, "cut short"));
 
-    let mut b = good[..starts[3] + 5].to_vec();
-    let end = starts[3];
+    let mut b = good[..starts[4] + 5].to_vec();
+    let end = starts[4];
     cases.push((
         "truncated header",
         b.clone(),
-        vec![0, 1, 2],
+        vec![0, 1, 2, 3],
         end,
         "short record header",
     ));
     b = good[..n - 3].to_vec();
-    cases.push(("truncated payload", b, vec![0, 1, 2], end, "cut short"));
+    cases.push(("truncated payload", b, vec![0, 1, 2, 3], end, "cut short"));
 
     let mut b = good[..second.start].to_vec();
     let garbage = b"garbage HEV1 more garbage\0\0\0\0";
@@ -138,7 +139,7 @@ fn damage_table() {
     cases.push((
         "garbage between records",
         b,
-        vec![0, 1, 2, 3],
+        vec![0, 1, 2, 3, 4],
         end,
         "bytes skipped",
     ));
@@ -148,7 +149,7 @@ fn damage_table() {
     cases.push((
         "garbage tail",
         b,
-        vec![0, 1, 2, 3],
+        vec![0, 1, 2, 3, 4],
         n,
         "torn tail of 100 bytes",
     ));
@@ -159,7 +160,7 @@ fn damage_table() {
     cases.push((
         "unreadable payload",
         b,
-        vec![0, 1, 2, 3],
+        vec![0, 1, 2, 3, 4],
         n + 21,
         "unreadable payload",
     ));
@@ -210,4 +211,15 @@ fn every_truncation_and_flip_is_survived() {
         assert_eq!(d.records, want, "flip at {i}");
         assert!(!d.warnings.is_empty());
     }
+}
+
+#[test]
+fn golden_bytes() {
+    // The format as documented, byte for byte (checksum computed apart:
+    // crc32c of the payload).
+    let mut want = b"HEV1".to_vec();
+    want.extend_from_slice(&[20, 0, 0, 0, 0xae, 0x28, 0x8d, 0x08]);
+    want.extend_from_slice(br#"{"pruned":{"seq":2}}"#);
+    assert_eq!(encode(&Body::Pruned { seq: 2 }).expect("small"), want);
+    assert_eq!(decode_records(&want).records, vec![Body::Pruned { seq: 2 }]);
 }
