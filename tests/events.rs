@@ -203,6 +203,27 @@ fn hooks_run_in_order_and_failures_wait_for_retry_by_kind_or_seq() {
     assert_eq!(out.trim(), format!("retrying {r0_promote}"));
     settle(&n);
     assert!(events(&n, false).is_empty(), "{:?}", events(&n, true));
+
+    // Clear: a failed event dismissed by the operator is done, not re-run.
+    std::fs::write(n.dir().join("fail-demote"), "").unwrap();
+    n.hastctl_ok(&["role", "secondary", "r1"]);
+    let all = settle(&n);
+    let demote = seq(find(&all, "r1", "demote")[0]);
+    let runs = hook_log(&n).len();
+    let out = n.hastctl_ok(&["events", "clear", "-k", "demote"]);
+    assert_eq!(out.trim(), format!("cleared {demote}"));
+    let all = settle(&n);
+    let e = all.iter().find(|e| seq(e) == demote).unwrap();
+    assert_eq!(
+        (e["state"].as_str(), e["note"].as_str()),
+        (Some("done"), Some("cleared by the operator"))
+    );
+    assert!(events(&n, false).is_empty());
+    assert_eq!(
+        hook_log(&n).len(),
+        runs,
+        "a cleared event is not handled again"
+    );
     assert!(n.stop().success());
 }
 

@@ -66,6 +66,12 @@ pub enum Request {
         kind: Option<hast_events::Kind>,
         seqs: Vec<u64>,
     },
+    /// `hastctl events clear [-k kind] [seq ...]`: failed and aborted
+    /// events dismissed by the operator (done, not handled again).
+    EventsClear {
+        kind: Option<hast_events::Kind>,
+        seqs: Vec<u64>,
+    },
 }
 
 /// Longest lease `hastctl lease -t` may ask for: one day.
@@ -130,6 +136,8 @@ pub enum Response {
     Event(hast_events::Entry),
     /// The events `retry` made pending, in order.
     EventsRetried(Vec<u64>),
+    /// The events `clear` dismissed, in order.
+    EventsCleared(Vec<u64>),
     Error(ApiError),
 }
 

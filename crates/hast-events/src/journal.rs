@@ -71,7 +71,7 @@ pub enum JournalError {
     Full(usize),
     #[error("no event {0} in the journal")]
     NoSuchEvent(u64),
-    #[error("event {seq} is {state}: only failed or aborted events can be retried")]
+    #[error("event {seq} is {state}: only failed or aborted events can be retried or cleared")]
     NotRetryable { seq: u64, state: State },
     #[error("event {seq} is a {kind} event, not {want}")]
     OtherKind { seq: u64, kind: Kind, want: Kind },
@@ -355,6 +355,30 @@ impl Journal {
     /// must exist, be failed or aborted, and be of `kind` if given; else
     /// nothing changes). Returns the seqs made pending, in order.
     pub fn retry(&mut self, kind: Option<Kind>, seqs: &[u64]) -> Result<Vec<u64>, JournalError> {
+        self.reopen_or_close(kind, seqs, State::Pending, "")
+    }
+
+    /// The operator dismisses failed and aborted events (chosen as by
+    /// [`Journal::retry`]): they become done, with `note` saying so, and
+    /// are pruned like any done event. Returns the seqs cleared.
+    pub fn clear(
+        &mut self,
+        kind: Option<Kind>,
+        seqs: &[u64],
+        note: &str,
+    ) -> Result<Vec<u64>, JournalError> {
+        self.reopen_or_close(kind, seqs, State::Done, note)
+    }
+
+    /// Moves the failed and aborted events chosen by `kind` and `seqs` to
+    /// `to` with `note`, all or none, in one durable write.
+    fn reopen_or_close(
+        &mut self,
+        kind: Option<Kind>,
+        seqs: &[u64],
+        to: State,
+        note: &str,
+    ) -> Result<Vec<u64>, JournalError> {
         let retryable = |s: State| matches!(s, State::Failed | State::Aborted);
         let chosen: Vec<&Entry> = if seqs.is_empty() {
             self.entries
@@ -391,9 +415,9 @@ impl Journal {
         let retried: Vec<Entry> = chosen
             .into_iter()
             .map(|e| Entry {
-                state: State::Pending,
+                state: to,
                 updated_ms: now,
-                note: String::new(),
+                note: note.to_string(),
                 ..e.clone()
             })
             .collect();

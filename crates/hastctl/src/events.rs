@@ -54,20 +54,34 @@ pub fn list(socket: &std::path::Path, all: bool, json: bool, follow: bool) -> Re
     }
 }
 
-/// `events retry`: makes failed and aborted events pending; prints the
-/// sequence numbers hastd will handle again.
-pub fn retry(socket: &std::path::Path, kind: Option<Kind>, seqs: Vec<u64>) -> Res {
-    match hast_api::call(socket, Request::EventsRetry { kind, seqs }) {
-        Ok(Response::EventsRetried(done)) if done.is_empty() => Err(Fail(
-            exit::NOINPUT,
-            match kind {
-                Some(k) => format!("no failed or aborted {k} event to retry"),
-                None => "no failed or aborted event to retry".into(),
-            },
-        )),
-        Ok(Response::EventsRetried(done)) => {
+/// `events retry` (makes failed and aborted events pending: hastd handles
+/// them again) or `events clear` (dismisses them); prints the sequence
+/// numbers concerned.
+pub fn retry_or_clear(
+    socket: &std::path::Path,
+    clear: bool,
+    kind: Option<Kind>,
+    seqs: Vec<u64>,
+) -> Res {
+    let (req, verb) = if clear {
+        (Request::EventsClear { kind, seqs }, "clear")
+    } else {
+        (Request::EventsRetry { kind, seqs }, "retry")
+    };
+    match hast_api::call(socket, req) {
+        Ok(Response::EventsRetried(done) | Response::EventsCleared(done)) if done.is_empty() => {
+            Err(Fail(
+                exit::NOINPUT,
+                match kind {
+                    Some(k) => format!("no failed or aborted {k} event to {verb}"),
+                    None => format!("no failed or aborted event to {verb}"),
+                },
+            ))
+        }
+        Ok(Response::EventsRetried(done) | Response::EventsCleared(done)) => {
             let list: Vec<String> = done.iter().map(u64::to_string).collect();
-            println!("retrying {}", list.join(" "));
+            let did = if clear { "cleared" } else { "retrying" };
+            println!("{did} {}", list.join(" "));
             Ok(())
         }
         Ok(Response::Error(e)) => Err(Fail(e.kind.exit_code(), e.message)),

@@ -135,7 +135,7 @@ enum Cmd {
     /// The node's HA event journal: events not handled yet, failed or
     /// aborted (all of them with --all); `retry` handles some again.
     #[command(
-        override_usage = "hastctl events [-d] [-c config] [--all] [--json] [--follow]\n       hastctl events retry [-d] [-c config] [-k kind] [seq ...]",
+        override_usage = "hastctl events [-d] [-c config] [--all] [--json] [--follow]\n       hastctl events retry [-d] [-c config] [-k kind] [seq ...]\n       hastctl events clear [-d] [-c config] [-k kind] [seq ...]",
         subcommand_negates_reqs = true
     )]
     Events {
@@ -162,6 +162,16 @@ enum EventsCmd {
         /// Only events of this kind (role, connect, disconnect, syncstart,
         /// syncdone, syncintr, split-brain, io-error, detach, attach,
         /// promote, demote, fence, freeze, thaw).
+        #[arg(short = 'k', value_name = "kind", value_parser = parse_kind)]
+        kind: Option<hast_events::Kind>,
+        #[arg(value_name = "seq")]
+        seqs: Vec<u64>,
+    },
+    /// Dismiss failed and aborted events (all of them, those of one kind,
+    /// or the given sequence numbers): they become done, not handled again.
+    #[command(override_usage = "hastctl events clear [-d] [-c config] [-k kind] [seq ...]")]
+    Clear {
+        /// Only events of this kind.
         #[arg(short = 'k', value_name = "kind", value_parser = parse_kind)]
         kind: Option<hast_events::Kind>,
         #[arg(value_name = "seq")]
@@ -242,18 +252,22 @@ fn run(common: &Common, cmd: Cmd) -> Res {
             all,
             json,
             follow,
-            action: Some(EventsCmd::Retry { kind, seqs }),
+            action: Some(action),
         } => {
+            let (clear, kind, seqs) = match action {
+                EventsCmd::Retry { kind, seqs } => (false, kind, seqs),
+                EventsCmd::Clear { kind, seqs } => (true, kind, seqs),
+            };
             // Global options may sit between `events` and `retry`, so clap
             // cannot refuse these by itself.
             if all || json || follow {
                 return Err(Fail(
                     exit::USAGE,
-                    "events retry takes -k kind and sequence numbers, not --all, --json or --follow"
+                    "events retry and clear take -k kind and sequence numbers, not --all, --json or --follow"
                         .into(),
                 ));
             }
-            events::retry(&socket(common)?, kind, seqs)
+            events::retry_or_clear(&socket(common)?, clear, kind, seqs)
         }
     }
 }

@@ -106,6 +106,12 @@ async fn connection(
                                 Err(e) => error(retry_error_kind(&e), e.to_string()),
                             }
                         }
+                        Request::EventsClear { kind, seqs } => {
+                            match events.clear(kind, seqs).await {
+                                Ok(done) => Response::EventsCleared(done),
+                                Err(e) => error(retry_error_kind(&e), e.to_string()),
+                            }
+                        }
                         body => handle(body, &resources).await,
                     },
                 }
@@ -285,10 +291,12 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             }
             Response::Lease(out)
         }
-        Request::Events { .. } | Request::EventsRetry { .. } => error(
-            ErrorKind::Software,
-            "events request routed to resources".into(),
-        ),
+        Request::Events { .. } | Request::EventsRetry { .. } | Request::EventsClear { .. } => {
+            error(
+                ErrorKind::Software,
+                "events request routed to resources".into(),
+            )
+        }
         Request::Status { names } => {
             let targets = match select(&names, &all) {
                 Ok(t) => t,

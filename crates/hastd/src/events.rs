@@ -317,6 +317,25 @@ impl Service {
         Ok(done)
     }
 
+    /// `hastctl events clear`: failed and aborted events dismissed.
+    pub async fn clear(
+        &self,
+        kind: Option<Kind>,
+        seqs: Vec<u64>,
+    ) -> Result<Vec<u64>, JournalError> {
+        let feed = self.feed.clone();
+        self.with_journal(move |j| {
+            let done = j.clear(kind, &seqs, "cleared by the operator")?;
+            for s in &done {
+                if let Some(e) = j.get(*s) {
+                    let _ = feed.send(e.clone());
+                }
+            }
+            Ok(done)
+        })
+        .await
+    }
+
     /// Records `seq`'s new state and tells the followers.
     async fn set_state(&self, seq: u64, state: State, note: String) -> Result<Entry, JournalError> {
         let feed = self.feed.clone();

@@ -347,6 +347,42 @@ fn retry_by_kind_and_by_seq_all_or_nothing() {
 }
 
 #[test]
+fn clear_dismisses_failed_and_aborted_only() {
+    let t = TempDir::new("clear");
+    let mut j = open_clean(&t, Bounds::default());
+    let seqs: Vec<u64> = (0..3).map(|_| add(&mut j, Kind::Detach)).collect();
+    for (&s, st) in seqs.iter().zip([State::Failed, State::Aborted]) {
+        j.set_state(s, State::Running, "").expect("running");
+        j.set_state(s, st, "bad").expect("state");
+    }
+    // A pending one among them: refused, nothing changed.
+    let before = all(&j);
+    let err = j
+        .clear(None, &[seqs[0], seqs[2]], "x")
+        .expect_err("pending");
+    assert!(
+        matches!(err, JournalError::NotRetryable { seq, state: State::Pending } if seq == seqs[2])
+    );
+    assert_eq!(all(&j), before);
+    assert_eq!(
+        j.clear(Some(Kind::Detach), &[], "cleared by the operator")
+            .expect("clear"),
+        vec![seqs[0], seqs[1]]
+    );
+    for &s in &seqs[..2] {
+        let e = j.get(s).expect("kept while within the bounds");
+        assert_eq!(
+            (e.state, e.note.as_str(), e.attempts),
+            (State::Done, "cleared by the operator", 1)
+        );
+    }
+    assert_eq!(j.next_pending().map(|e| e.event.seq), Some(seqs[2]));
+    let after = all(&j);
+    drop(j);
+    assert_eq!(all(&open_clean(&t, Bounds::default())), after);
+}
+
+#[test]
 fn unknown_seq_and_oversize_refused() {
     let t = TempDir::new("refuse");
     let mut j = open_clean(&t, Bounds::default());
