@@ -52,6 +52,12 @@ pub enum Request {
         #[serde(default)]
         not_after: Option<u64>,
     },
+    /// `hastctl attach`: a local component that failed (`on_io_error`)
+    /// is checked and used again; one that was detached is resynced from
+    /// the peer first (the answer comes when that copy has begun).
+    Attach {
+        names: Vec<String>,
+    },
 }
 
 /// Longest lease `hastctl lease -t` may ask for: one day.
@@ -105,6 +111,8 @@ pub enum Response {
     Status(Vec<ResourceStatus>),
     /// Per-resource outcome of a lease request, in request order.
     Lease(Vec<LeaseOutcome>),
+    /// Per-resource outcome of an attach request, in request order.
+    Attach(Vec<AttachOutcome>),
     Error(ApiError),
 }
 
@@ -125,6 +133,13 @@ pub struct LeaseOutcome {
     pub result: Result<u64, ApiError>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachOutcome {
+    pub name: String,
+    /// What was done (`Ok`), or why nothing changed.
+    pub result: Result<String, ApiError>,
+}
+
 /// Whether a resource's copies agree, as FreeBSD's `hastctl status` prints
 /// it; the JSON carries the same strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +153,10 @@ pub enum Status {
     /// The last handshake found both copies written alone.
     #[serde(rename = "split-brain")]
     SplitBrain,
+    /// The primary's local component failed and was detached: the peer
+    /// serves every request (`on_io_error detach`); `hastctl attach`.
+    #[serde(rename = "detached")]
+    Detached,
     /// The component is not open (role init).
     #[serde(rename = "-")]
     Inactive,
@@ -149,6 +168,7 @@ impl Status {
             Status::Complete => "complete",
             Status::Degraded => "degraded",
             Status::SplitBrain => "split-brain",
+            Status::Detached => "detached",
             Status::Inactive => "-",
         }
     }
@@ -220,6 +240,14 @@ pub struct ResourceStatus {
     /// component is not open.
     #[serde(default)]
     pub local_stall_ms: Option<u64>,
+    /// The local component under `on_io_error`: `attached`, `failed`
+    /// (errors happened and it could not be detached, or `pass_on`) or
+    /// `detached`; `None` when not open.
+    #[serde(default)]
+    pub local_state: Option<String>,
+    /// Local I/O errors since the component was last attached or opened.
+    #[serde(default)]
+    pub local_errors: u64,
 }
 
 /// Where a primary stands with `fence_peer`. Each time it loses its peer

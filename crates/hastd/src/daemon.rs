@@ -399,12 +399,6 @@ fn not_yet_applied(c: &hast_conf::Config) -> Vec<String> {
                 r.name
             ));
         }
-        if r.on_io_error != defaults::ON_IO_ERROR {
-            out.push(format!(
-                "resource {}: on_io_error: local I/O errors are retried from the peer; the policy is not configurable yet",
-                r.name
-            ));
-        }
     }
     out
 }
@@ -450,13 +444,15 @@ mod tests {
     #[test]
     fn options_of_parts_not_built_yet_are_reported() {
         let base = "resource r0 {\n on n { local /tmp/x\n remote none }\n}\n";
-        let cases: [(&str, &[&str]); 6] = [
+        let cases: [(&str, &[&str]); 7] = [
             ("", &[]),
             ("metrics_listen tcp://127.0.0.1:9100\n", &["metrics_listen"]),
             ("state_dir /tmp/hast-state\n", &["state_dir"]),
             ("exec /bin/true\n", &["exec /bin/true"]),
             ("freeze_timeout 30\n", &["freeze_timeout"]),
-            ("on_io_error fail\n", &["on_io_error"]),
+            // Implemented (datapath/detach.rs): no warning.
+            ("on_io_error pass_on\n", &[]),
+            ("on_io_error fail\n", &[]),
         ];
         for (extra, want) in cases {
             let text = format!("{extra}{base}");

@@ -25,7 +25,7 @@ use hast_repl::{Hello, HelloStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::datapath::{DataPath, PeerState, Side};
+use crate::datapath::{DataPath, LocalState, PeerState, Side};
 use crate::link::stream::{ConnRead, ConnWrite};
 use crate::nbdfront::Registry;
 use crate::replication::tls::TlsInfo;
@@ -55,6 +55,9 @@ pub enum Command {
     /// ending no later than the CLOCK_MONOTONIC instant (ns) given.
     Lease(u64, Option<u64>, oneshot::Sender<Result<u64, ApiError>>),
     Status(oneshot::Sender<ResourceStatus>),
+    /// `hastctl attach` / the retry of an aborted `detach` event: see
+    /// [`ResourceHandle::attach`].
+    Attach(oneshot::Sender<Result<String, ApiError>>),
     /// Options changed that apply live (`local` and `name` changes restart
     /// the resource instead: see the daemon's reload).
     Reconfigure(Box<hast_conf::Resource>),
@@ -91,6 +94,31 @@ impl ResourceHandle {
             },
             join,
         )
+    }
+}
+
+impl ResourceHandle {
+    /// Brings a failed or detached local component back (`hastctl attach`,
+    /// and what the event handler calls to retry an aborted `detach`
+    /// event): checks that the component answers (header read and
+    /// rewritten, data synced), then uses it again; a detached one first
+    /// gets the extents written while detached resynced from the peer (the
+    /// answer comes once that copy has begun; its end is the `attach`
+    /// event). `Err`: nothing changed (the component still fails, no peer
+    /// to copy from, not open). See `replication::attach::recover`.
+    pub async fn attach(&self) -> Result<String, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            api_err(
+                ErrorKind::TempFail,
+                format!("resource \"{}\" is stopping", self.name),
+            )
+        };
+        self.tx
+            .send(Command::Attach(tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.unwrap_or_else(|_| Err(gone()))
     }
 }
 
@@ -223,6 +251,24 @@ impl ResourceTask {
                 }
                 Command::Status(reply) => {
                     let _ = reply.send(self.status().await);
+                }
+                Command::Attach(reply) => {
+                    let res = match self.state.dp() {
+                        Some(dp) => crate::replication::attach::recover(dp)
+                            .await
+                            .map_err(|e| api_err(ErrorKind::TempFail, e)),
+                        None => Err(api_err(
+                            ErrorKind::TempFail,
+                            "the resource is not open (role init)",
+                        )),
+                    };
+                    match &res {
+                        Ok(m) => tracing::info!(resource = %self.config.name, "attach: {m}"),
+                        Err(e) => {
+                            tracing::warn!(resource = %self.config.name, "attach refused: {}", e.message)
+                        }
+                    }
+                    let _ = reply.send(res);
                 }
                 Command::Reconfigure(cfg) => {
                     if let Some(dp) = self.state.dp() {
@@ -556,6 +602,7 @@ impl ResourceTask {
             store,
             header,
             &self.config,
+            self.env.events.clone(),
         )
         .map_err(|e| meta_err(&e))
     }
@@ -697,6 +744,8 @@ impl ResourceTask {
                 .then(|| crate::replication::auth::mode(c.secret.as_ref()).to_string()),
             tls: None,
             local_stall_ms: None,
+            local_state: None,
+            local_errors: 0,
         };
         let Some(dp) = self.state.dp() else {
             let local = c.local.clone();
@@ -734,7 +783,15 @@ impl ResourceTask {
             Side::Primary => dp.peer_connected() && !syncing && needsync == 0,
             Side::Secondary => peer_state.is_connected() && !inconsistent,
         };
-        st.status = if c.remote.is_none() || complete {
+        let local_state = dp.local_state();
+        st.local_state = Some(local_state.as_str().to_string());
+        st.local_errors = dp.local_errors();
+        st.status = if local_state == LocalState::Detached {
+            Status::Detached
+        } else if local_state == LocalState::Failed || dp.local_errors() > 0 {
+            // Local errors since the last attach: never `complete`.
+            Status::Degraded
+        } else if c.remote.is_none() || complete {
             Status::Complete
         } else if peer_state.is_split_brain() {
             Status::SplitBrain

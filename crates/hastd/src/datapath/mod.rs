@@ -29,6 +29,7 @@
 //! `rangelock.rs` and `lease.rs` admission, ordering and the lease,
 //! `peer.rs` and `progress.rs` what `status` shows of the peer and the disk.
 
+mod detach;
 mod fence;
 mod gate;
 mod inline;
@@ -55,6 +56,8 @@ use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::link::{InFlight, Link, RemoteError};
+use detach::Detach;
+pub use detach::{AttachStart, LocalState};
 pub use fence::Fence;
 use gate::Gate;
 pub use hast_core::edge::Zeroing;
@@ -182,6 +185,10 @@ pub struct DataPath {
     /// The component's writes can be page-cache copies at all (not on FUSE,
     /// see [`page_cache_writes`]); if not, no write is inline.
     inline_ok: bool,
+    /// `on_io_error`: detached, failed or attached (`detach.rs`).
+    detach: Detach,
+    /// Where `io-error`, `detach` and `attach` events go.
+    events: crate::events::Events,
 }
 
 impl DataPath {
@@ -194,6 +201,7 @@ impl DataPath {
         store: Arc<Store>,
         header: Header,
         cfg: &hast_conf::Resource,
+        events: crate::events::Events,
     ) -> Result<Arc<DataPath>, hast_meta::MetaError> {
         let peer_configured = cfg.remote.is_some();
         let fences = side == Side::Primary && peer_configured;
@@ -245,6 +253,8 @@ impl DataPath {
             progress: Progress::new(),
             inline_paused_until: AtomicU64::new(0),
             inline_ok,
+            detach: Detach::new(cfg.on_io_error),
+            events,
         });
         tokio::spawn(dp.clone().metadata_writer());
         if side == Side::Primary {
@@ -301,6 +311,7 @@ impl DataPath {
         self.metaflush.store(cfg.metaflush, Relaxed);
         self.replication.store(mode_code(cfg.replication), Relaxed);
         self.resync_rate.store(cfg.resync_rate, Relaxed);
+        self.detach.set_policy(cfg.on_io_error);
         if self.side == Side::Primary && self.peer_configured {
             self.fence.set_command(cfg.fence_peer.as_deref());
         }
@@ -398,9 +409,20 @@ impl DataPath {
     pub async fn read(&self, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
         let len = buf.len() as u64;
+        if self.side == Side::Primary && self.detach.is_detached() {
+            // No local copy: the peer's, or nothing.
+            if let Some(data) = self.read_peer(offset, len).await {
+                self.counters.reads.fetch_add(1, Relaxed);
+                self.counters.bytes_read.fetch_add(len, Relaxed);
+                return Ok(data);
+            }
+            return Err(DpError::Io(io::Error::from_raw_os_error(libc::EIO)));
+        }
         // A stale primary (resync from the peer running) must not serve its
         // own old copy of an extent the peer has newer.
-        if self.sync_from_peer.load(Relaxed) && self.any_needsync(offset, len) {
+        if (self.sync_from_peer.load(Relaxed) || self.detach.attaching())
+            && self.any_needsync(offset, len)
+        {
             if let Some(data) = self.read_peer(offset, len).await {
                 self.counters.reads.fetch_add(1, Relaxed);
                 self.counters.bytes_read.fetch_add(len, Relaxed);
@@ -427,6 +449,11 @@ impl DataPath {
             Err(e) => {
                 self.counters.read_errors.fetch_add(1, Relaxed);
                 tracing::error!(resource = %self.name, offset, len, "local read failed: {e}");
+                if self.side == Side::Primary {
+                    self.local_error("read", &e);
+                    // on_io_error detach: the peer serves from now on.
+                    self.try_detach(true);
+                }
                 // The secondary has the same data: retry there.
                 if let Some(data) = self.read_peer(offset, len).await {
                     tracing::warn!(resource = %self.name, offset, len, "read served by the peer");
@@ -527,6 +554,8 @@ impl DataPath {
             mode: self.replication(),
             peer_configured: self.peer_configured,
             link_up: link.is_some(),
+            detach: self.detach.detaches(),
+            detached: self.detach.is_detached(),
         };
         let (mut op, first) = WriteOp::start(params, fua);
         let mut d = Driving {
@@ -626,6 +655,10 @@ impl DataPath {
                 }
                 Action::ApplyLocal => {
                     let res = match d.change.take() {
+                        // Detached since the write began: not touched.
+                        Some(_) if self.detach.is_detached() => {
+                            Err(DpError::Io(io::Error::from_raw_os_error(libc::EIO)))
+                        }
                         Some(c) => self.apply_local(d.offset, d.fua, c).await,
                         None => Err(DpError::Io(io::Error::other("write applied twice"))),
                     };
@@ -663,6 +696,19 @@ impl DataPath {
                     };
                     Event::Replied(d.remote_ok(r))
                 }
+                Action::Track => {
+                    self.track(d.offset, d.len);
+                    Event::Tracked
+                }
+                Action::Detach { possible } => {
+                    // A fast zero the component cannot do is no I/O error.
+                    let io = !matches!(d.err, Some(DpError::Unsupported));
+                    let detached = io && self.try_detach(possible);
+                    if detached {
+                        d.err = None;
+                    }
+                    Event::Detached(detached)
+                }
                 Action::FailLink => {
                     // An error from the secondary's disk leaves its copy
                     // behind: drop the link so the next connection resyncs.
@@ -690,6 +736,11 @@ impl DataPath {
     }
 
     async fn apply_local(&self, offset: u64, fua: bool, change: Change) -> Result<(), DpError> {
+        let what = match &change {
+            Change::Write(_) => "write",
+            Change::Zero { trim: true, .. } => "trim",
+            Change::Zero { .. } => "zero",
+        };
         let res = match change {
             Change::Write(data) if self.applies_in_memory(offset, data.len(), fua) => {
                 let started = Instant::now();
@@ -709,6 +760,7 @@ impl DataPath {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Err(DpError::Unsupported),
             Err(e) => {
                 tracing::error!(resource = %self.name, offset, "local write failed: {e}");
+                self.local_error(what, &e);
                 Err(e.into())
             }
         }
@@ -831,6 +883,13 @@ impl DataPath {
     /// copy of those extents may still be only in its page cache), but the
     /// local flush still succeeds: the resource runs degraded.
     pub async fn barrier(&self) -> io::Result<()> {
+        if self.side == Side::Primary && self.detach.is_detached() {
+            // No local copy to sync and nothing cleared: the peer's flush.
+            return match self.link() {
+                Some(l) => l.flush().await.map_err(|e| io::Error::other(e.to_string())),
+                None => Err(io::Error::from_raw_os_error(libc::EIO)),
+            };
+        }
         let ticket = self.map().barrier_start();
         self.writes_since_barrier.store(0, Relaxed);
         let link = match self.side {
@@ -846,7 +905,17 @@ impl DataPath {
             }
         };
         let (local, peer) = tokio::join!(self.blocking(|d| d.datasync()), remote);
-        local?;
+        if let Err(e) = local {
+            if self.side == Side::Primary {
+                self.local_error("flush", &e);
+                // The peer flushed everything completed before: it serves
+                // from now on (nothing is cleared: this copy may lack it).
+                if peer == PeerCopy::Flushed && self.try_detach(true) {
+                    return Ok(());
+                }
+            }
+            return Err(e);
+        }
         // Without the peer's flush nothing is cleared: the extents stay dirty
         // and the next connection copies them. No counter changes here: every
         // write the peer missed was already recorded degraded by itself, and a
@@ -913,6 +982,9 @@ impl DataPath {
     /// caller updates (role, counters) with [`DataPath::update_header`].
     pub async fn close(&self) -> Result<Header, DpError> {
         self.gate.close_and_drain().await;
+        if self.detach.is_detached() {
+            return self.close_detached().await;
+        }
         let barrier = self.barrier().await;
         let map_res = self.write_whole_map().await;
         barrier?;
