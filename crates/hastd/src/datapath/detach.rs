@@ -146,11 +146,18 @@ impl Detach {
     }
 }
 
-/// The errno text of a local error, for the `io-error` event's args.
+/// The errno name of a local error (`EIO`, `ENOSPC`, ...), for the
+/// `io-error` event's args; the error's text when it has no errno.
 pub(super) fn errno_text(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => format!("{}", nix_name(n)),
-        None => e.to_string(),
+    // Errors from the metadata store carry the errno only in their text.
+    let text = e.to_string();
+    let parsed = || {
+        let tail = text.rsplit_once("(os error ")?.1;
+        tail.strip_suffix(')')?.parse::<i32>().ok()
+    };
+    match e.raw_os_error().or_else(parsed) {
+        Some(n) => nix_name(n),
+        None => text,
     }
 }
 
@@ -201,7 +208,8 @@ impl DataPath {
     /// The local component failed `op` (`read`, `write`, `trim`, `zero`,
     /// `flush`, `metadata`): counted, logged, `io-error <op> <errno>`. A
     /// secondary marks itself failed (its status is not complete; the
-    /// primary drops the link on the error it replies).
+    /// primary drops the link on the error it replies), and so does a
+    /// primary with `pass_on`.
     pub(super) fn local_error(&self, op: &str, e: &io::Error) {
         self.detach.count_error();
         let text = errno_text(e);
@@ -212,7 +220,12 @@ impl DataPath {
             &[op, &text],
             &[("ERROR", e.to_string())],
         );
-        if self.side == Side::Secondary && self.detach.state() == LocalState::Attached {
+        // A secondary, or `pass_on`: failed until attached again. With
+        // `detach` the primary's `try_detach` decides (detached, or failed
+        // with the event aborted).
+        if (self.side == Side::Secondary || !self.detach.detaches())
+            && self.detach.state() == LocalState::Attached
+        {
             self.detach.set_state(LocalState::Failed);
         }
     }
@@ -367,6 +380,19 @@ impl DataPath {
             self.detach.clear_errors();
             tracing::info!(resource = %self.name, "local component attached again");
             self.events.emit(&self.name, Kind::Attach, &[], &[]);
+            // This copy served every acknowledged write. Extents a failed
+            // write left needsync are copied to the peer by a new
+            // connection (the handshake decides, as after any outage), so
+            // the copies do not stay apart until a role change.
+            let resync = self.map().needsync_count() > 0 && !self.syncing();
+            if let Some(link) = self.link().filter(|_| resync) {
+                link.fail("attach: reconnecting to copy the extents that failed to the secondary");
+                return Ok(AttachStart::Done(
+                    "local component answers again; errors cleared; reconnecting to resync the \
+                     failed extents to the secondary"
+                        .into(),
+                ));
+            }
             return Ok(AttachStart::Done(
                 "local component answers again; errors cleared".into(),
             ));
@@ -461,4 +487,28 @@ fn image_of(bytes: usize, extents: impl IntoIterator<Item = u64>) -> Vec<u8> {
         }
     }
     image
+}
+
+#[cfg(test)]
+mod tests {
+    use super::errno_text;
+    use std::io;
+
+    #[test]
+    fn errno_names() {
+        let cases = [
+            (io::Error::from_raw_os_error(libc::EIO), "EIO"),
+            (io::Error::from_raw_os_error(libc::ENOSPC), "ENOSPC"),
+            (io::Error::from_raw_os_error(libc::EROFS), "EROFS"),
+            (io::Error::from_raw_os_error(libc::EPERM), "errno 1"),
+            (
+                io::Error::other("/x: write activemap: No space left on device (os error 28)"),
+                "ENOSPC",
+            ),
+            (io::Error::other("I/O worker failed"), "I/O worker failed"),
+        ];
+        for (e, want) in cases {
+            assert_eq!(errno_text(&e), want, "{e}");
+        }
+    }
 }

@@ -161,7 +161,11 @@ impl DataPath {
         tokio::task::spawn_blocking(move || store.write_header(&written))
             .await
             .map_err(|e| io::Error::other(e.to_string()))?
-            .map_err(|e| io::Error::other(e.to_string()))?;
+            .map_err(|e| {
+                let e = io::Error::other(e.to_string());
+                self.local_error("metadata", &e);
+                e
+            })?;
         *current = next;
         Ok(())
     }

@@ -635,6 +635,9 @@ impl DataPath {
                     }
                     Ok(false) => Event::Superseded,
                     Err(e) => {
+                        // This copy alone would have it, and failed: no
+                        // detach possible (marked failed, event aborted).
+                        self.try_detach(false);
                         d.err = Some(e);
                         Event::Recorded(false)
                     }
