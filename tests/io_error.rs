@@ -58,6 +58,11 @@ impl Rig {
     /// (writes failing with `errno` while TRIGGER exists), both daemons
     /// started, A primary, B secondary, complete.
     fn new(tag: &str, errno: &'static str, options: &[&str]) -> Rig {
+        Rig::with_faulty(tag, errno, options, Side::A)
+    }
+
+    /// As [`Rig::new`], with `faulty`'s component behind the error filter.
+    fn with_faulty(tag: &str, errno: &'static str, options: &[&str], faulty: Side) -> Rig {
         let mut b = Pair::builder(bins!())
             .tag(tag)
             .file_size(FILE_SIZE)
@@ -67,10 +72,10 @@ impl Rig {
         }
         let pair = b.build();
         let dir = TempDir::new(&format!("{tag}-inject"));
-        let real = dir.join("A.real");
+        let real = dir.join(format!("{faulty}.real"));
         let trigger = dir.join("TRIGGER");
         let nbdkit_log = dir.join("nbdkit.log");
-        let image = pair.image(Side::A);
+        let image = pair.image(faulty);
         std::fs::rename(&image, &real)
             .unwrap_or_else(|e| panic!("mv {} {}: {e}", image.display(), real.display()));
 
@@ -143,7 +148,11 @@ impl Rig {
 
     /// `hastctl attach r0` on A: exit status and output.
     fn attach(&self) -> (bool, String) {
-        let out = self.pair.node(Side::A).hastctl(&["attach", "r0"]);
+        self.attach_on(Side::A)
+    }
+
+    fn attach_on(&self, side: Side) -> (bool, String) {
+        let out = self.pair.node(side).hastctl(&["attach", "r0"]);
         (out.status.success(), output_text(&out))
     }
 
@@ -372,5 +381,47 @@ fn pass_on_gives_the_error_to_the_client_and_status_is_not_complete() {
     assert!(ok, "a write failed after attach:\n{text}");
     rig.pair.wait_complete(timeout_s(60));
     rig.pair.assert_identical(timeout_s(30));
+    rig.finish();
+}
+
+/// The secondary's component fails writes: it detaches itself and refuses the
+/// primary, which goes on degraded with no client error; `hastctl attach` on
+/// the secondary after the repair lets the primary in, and its resync brings
+/// the copies back to identical.
+#[test]
+fn secondary_write_errors_detach_the_secondary_until_attach() {
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::with_faulty("ioerr-sec", "EIO", &[], Side::B);
+    let uri = rig.uri();
+    let mut w = VersionedWriter::start(&uri, 0, BLOCKS, rig.dir.path(), "w", 0, 11);
+    w.wait_acked(300, timeout_s(60));
+    rig.break_writes();
+    let st = rig
+        .pair
+        .wait_status(Side::B, timeout_s(60), "detached", |s| {
+            s.status == "detached"
+        });
+    say(&format!("B after its write errors: {}", st.brief()));
+    rig.pair
+        .wait_status(Side::A, timeout_s(60), "degraded, peer refused", |s| {
+            s.status == "degraded" && s.peer.as_deref().is_some_and(|p| p.contains("detached"))
+        });
+    // Clients go on, with B apart.
+    w.wait_acked(w.acked() + 500, timeout_s(60));
+    assert_eq!(rig.pair.status(Side::B).status, "detached");
+
+    rig.heal();
+    let (ok, text) = rig.attach_on(Side::B);
+    say(&format!("attach on B: {text}"));
+    assert!(ok, "attach on B failed after the repair: {text}");
+    w.wait_acked(w.acked() + 300, timeout_s(60));
+    let summary = w.stop();
+    say(&format!("writer {summary}"));
+    rig.pair.wait_complete(timeout_s(120));
+    let check = versioned_check(&uri, &[w_log(&rig)]);
+    say(&format!("check {check}"));
+    rig.pair.assert_identical(timeout_s(60));
     rig.finish();
 }

@@ -677,6 +677,13 @@ impl ResourceTask {
             secondary::refuse(&mut wr, status, why).await;
             return;
         };
+        if dp.local_state() == LocalState::Detached {
+            let why = "the secondary's local component failed and is detached: refused until \
+                       `hastctl attach` on the secondary";
+            tracing::warn!(resource = %self.config.name, %peer, "{why}");
+            secondary::refuse(&mut wr, HelloStatus::PeerRefused, why).await;
+            return;
+        }
         if session.as_ref().is_some_and(|(old, _)| !old.is_finished()) {
             // A live session is replaced only by a connection that would be
             // accepted: one that fails the checks must not cost the primary

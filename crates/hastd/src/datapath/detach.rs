@@ -30,7 +30,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Mutex;
 
 use hast_conf::OnIoError;
@@ -114,11 +114,11 @@ impl Detach {
     }
 
     pub fn state(&self) -> LocalState {
-        LocalState::of(self.state.load(Relaxed))
+        LocalState::of(self.state.load(SeqCst))
     }
 
     pub fn set_state(&self, s: LocalState) {
-        self.state.store(s.code(), Relaxed);
+        self.state.store(s.code(), SeqCst);
     }
 
     pub fn is_detached(&self) -> bool {
@@ -138,7 +138,7 @@ impl Detach {
     }
 
     pub fn attaching(&self) -> bool {
-        self.attaching.load(Relaxed)
+        self.attaching.load(SeqCst)
     }
 
     pub fn written(&self) -> std::sync::MutexGuard<'_, Written> {
@@ -220,12 +220,19 @@ impl DataPath {
             &[op, &text],
             &[("ERROR", e.to_string())],
         );
-        // A secondary, or `pass_on`: failed until attached again. With
-        // `detach` the primary's `try_detach` decides (detached, or failed
-        // with the event aborted).
-        if (self.side == Side::Secondary || !self.detach.detaches())
-            && self.detach.state() == LocalState::Attached
-        {
+        // A secondary detaches itself: its copy is behind (the primary,
+        // told by the error in the REPLY, drops the link and goes degraded)
+        // and it refuses the primary until `hastctl attach` on it. A primary
+        // with `pass_on`: failed until attached again. With `detach` the
+        // primary's `try_detach` decides (detached, or failed with the
+        // event aborted).
+        if self.side == Side::Secondary {
+            if self.detach.state() != LocalState::Detached {
+                self.detach.set_state(LocalState::Detached);
+                tracing::warn!(resource = %self.name, "local component detached: refusing the primary until `hastctl attach {}`", self.name);
+                self.events.emit(&self.name, Kind::Detach, &[], &[]);
+            }
+        } else if !self.detach.detaches() && self.detach.state() == LocalState::Attached {
             self.detach.set_state(LocalState::Failed);
         }
     }
@@ -267,7 +274,7 @@ impl DataPath {
                 // in the map; the next attach starts over.
                 let mut w = self.detach.written();
                 w.attaching = false;
-                self.detach.attaching.store(false, Relaxed);
+                self.detach.attaching.store(false, SeqCst);
             }
             // Writers waiting for an activemap write leave now (that write
             // will not happen) and go through the peer.
@@ -365,6 +372,21 @@ impl DataPath {
                 "local component attached, no errors".into(),
             ));
         }
+        if self.side == Side::Secondary {
+            // Nothing to copy here: the primary's next connection resyncs
+            // this copy (its activemap has every extent it could not
+            // apply here).
+            self.check_local()
+                .await
+                .map_err(|e| format!("local component still failing: {e}"))?;
+            self.detach.set_state(LocalState::Attached);
+            self.detach.clear_errors();
+            tracing::info!(resource = %self.name, "local component attached again: accepting the primary");
+            self.events.emit(&self.name, Kind::Attach, &[], &[]);
+            return Ok(AttachStart::Done(
+                "local component answers again; the primary's next connection resyncs it".into(),
+            ));
+        }
         if state == LocalState::Detached && self.link().is_none() {
             return Err(
                 "the secondary is not connected: the extents written while detached cannot be \
@@ -403,14 +425,14 @@ impl DataPath {
         let extents = {
             let mut w = self.detach.written();
             w.attaching = true;
-            self.detach.attaching.store(true, Relaxed);
+            self.detach.attaching.store(true, SeqCst);
             let mut m = self.map();
             let image = image_of(m.map_bytes().len(), w.extents.iter().copied());
             m.merge_needsync(&image);
             // Whatever is still dirty may have missed this copy (a write
             // whose local sync failed): copied from the peer too.
             m.dirty_to_needsync();
-            self.sync_from_peer.store(true, Relaxed);
+            self.sync_from_peer.store(true, SeqCst);
             self.detach.set_state(LocalState::Attached);
             m.needsync_count()
         };
@@ -423,7 +445,7 @@ impl DataPath {
         if let Err(e) = marked.await {
             self.detach.set_state(LocalState::Detached);
             self.detach.written().attaching = false;
-            self.detach.attaching.store(false, Relaxed);
+            self.detach.attaching.store(false, SeqCst);
             self.release_map_waiters();
             return Err(format!("local component still failing: {e}"));
         }
@@ -446,7 +468,7 @@ impl DataPath {
             let mut w = self.detach.written();
             w.attaching = false;
             w.extents.clear();
-            self.detach.attaching.store(false, Relaxed);
+            self.detach.attaching.store(false, SeqCst);
         }
         self.detach.clear_errors();
         tracing::info!(resource = %self.name, "local component attached and resynced from the secondary");

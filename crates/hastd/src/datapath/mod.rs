@@ -18,10 +18,16 @@
 //!   fence command succeeded for its degradation generation (`fence.rs`);
 //! - once the primary's lease passed, no modification or flush is
 //!   acknowledged with success (`lease.rs`);
-//! - overlapping writes are applied in arrival order.
+//! - overlapping writes are applied in arrival order;
+//! - with `on_io_error detach`, a primary whose component failed detaches it
+//!   only while the peer's copy is current; once detached the component is
+//!   not touched, a write is acknowledged only after the peer's REPLY, and
+//!   every extent written meanwhile is resynced peer→local at attach before
+//!   this copy serves it (`detach.rs`, `replication::attach`).
 //!
 //! This file is the request path (`read`, `modify`, `flush`/`barrier`,
 //! `close`) and the state it shares; the rest lives with what owns it:
+//! `detach.rs` the `on_io_error` state and attach,
 //! `meta.rs` the metadata writer (activemap group commit, header updates),
 //! `fence.rs` the `fence_peer` generations and the fencer task, `stats.rs`
 //! the counters, `inline.rs` which I/O the runtime thread does in the page
