@@ -58,15 +58,22 @@ impl Rig {
     /// (writes failing with `errno` while TRIGGER exists), both daemons
     /// started, A primary, B secondary, complete.
     fn new(tag: &str, errno: &'static str, options: &[&str]) -> Rig {
-        Rig::with_faulty(tag, errno, options, Side::A)
+        Rig::with_faulty(tag, errno, options, Side::A, "fullsync")
     }
 
-    /// As [`Rig::new`], with `faulty`'s component behind the error filter.
-    fn with_faulty(tag: &str, errno: &'static str, options: &[&str], faulty: Side) -> Rig {
+    /// As [`Rig::new`], with `faulty`'s component behind the error filter
+    /// and replication `mode`.
+    fn with_faulty(
+        tag: &str,
+        errno: &'static str,
+        options: &[&str],
+        faulty: Side,
+        mode: &str,
+    ) -> Rig {
         let mut b = Pair::builder(bins!())
             .tag(tag)
             .file_size(FILE_SIZE)
-            .replication("fullsync");
+            .replication(mode);
         for o in options {
             b = b.option(o);
         }
@@ -179,11 +186,11 @@ fn prerequisites() -> bool {
 /// failing writes with `errno`, is detached (0 client errors), heals, is
 /// attached and resynced; every acknowledged write reads back from A, the
 /// copies are identical.
-fn detach_and_attach(tag: &str, errno: &'static str) {
+fn detach_and_attach(tag: &str, errno: &'static str, mode: &str) {
     if !prerequisites() {
         return;
     }
-    let rig = Rig::new(tag, errno, &[]);
+    let rig = Rig::with_faulty(tag, errno, &[], Side::A, mode);
     let uri = rig.uri();
     let mut w = VersionedWriter::start(&uri, 0, BLOCKS, rig.dir.path(), "w", 0, 7);
     w.wait_acked(500, timeout_s(60));
@@ -207,7 +214,10 @@ fn detach_and_attach(tag: &str, errno: &'static str) {
         "{}",
         st.json
     );
-    // Writes go on, through the secondary alone.
+    // Writes go on, through the secondary alone; one to an extent never
+    // written before (not dirty in the activemap: only the set of extents
+    // written while detached brings it back at attach).
+    qemu_io(&uri, &[format!("write -P 0xd7 {} {MIB}", 100 * MIB)]);
     w.wait_acked(at_detach + 1000, timeout_s(120));
     let list = rig.pair.node(Side::A).hastctl_ok(&["list", "r0"]);
     assert!(list.contains("status: detached"), "{list}");
@@ -250,6 +260,7 @@ fn detach_and_attach(tag: &str, errno: &'static str) {
         "no attach event logged:\n{log}"
     );
 
+    qemu_io(&uri, &[format!("read -P 0xd7 {} {MIB}", 100 * MIB)]);
     // Every acknowledged write, read back from A (its own copy now).
     let check = versioned_check(&uri, &[w_log(&rig)]);
     say(&format!("{errno}: check {check}"));
@@ -263,12 +274,24 @@ fn w_log(rig: &Rig) -> PathBuf {
 
 #[test]
 fn write_errors_eio_detach_and_attach() {
-    detach_and_attach("ioerr-eio", "EIO");
+    detach_and_attach("ioerr-eio", "EIO", "fullsync");
 }
 
 #[test]
 fn write_errors_enospc_detach_and_attach() {
-    detach_and_attach("ioerr-nospc", "ENOSPC");
+    detach_and_attach("ioerr-nospc", "ENOSPC", "fullsync");
+}
+
+/// async and memsync: once detached a write is answered only on the peer's
+/// REPLY, and a read of a range still being written waits for it.
+#[test]
+fn write_errors_async_detach_and_attach() {
+    detach_and_attach("ioerr-async", "EIO", "async");
+}
+
+#[test]
+fn write_errors_memsync_detach_and_attach() {
+    detach_and_attach("ioerr-memsync", "ENOSPC", "memsync");
 }
 
 /// qemu-io one write at `off` (1 MiB of `byte`) then a flush: its output.
@@ -393,7 +416,7 @@ fn secondary_write_errors_detach_the_secondary_until_attach() {
     if !prerequisites() {
         return;
     }
-    let rig = Rig::with_faulty("ioerr-sec", "EIO", &[], Side::B);
+    let rig = Rig::with_faulty("ioerr-sec", "EIO", &[], Side::B, "fullsync");
     let uri = rig.uri();
     let mut w = VersionedWriter::start(&uri, 0, BLOCKS, rig.dir.path(), "w", 0, 11);
     w.wait_acked(300, timeout_s(60));

@@ -417,7 +417,7 @@ impl DataPath {
         let len = buf.len() as u64;
         if self.side == Side::Primary && self.detach.is_detached() {
             // No local copy: the peer's, or nothing.
-            if let Some(data) = self.read_peer(offset, len).await {
+            if let Some(data) = self.read_peer_ordered(offset, len).await {
                 self.counters.reads.fetch_add(1, Relaxed);
                 self.counters.bytes_read.fetch_add(len, Relaxed);
                 return Ok(data);
@@ -429,7 +429,7 @@ impl DataPath {
         if (self.sync_from_peer.load(Relaxed) || self.detach.attaching())
             && self.any_needsync(offset, len)
         {
-            if let Some(data) = self.read_peer(offset, len).await {
+            if let Some(data) = self.read_peer_ordered(offset, len).await {
                 self.counters.reads.fetch_add(1, Relaxed);
                 self.counters.bytes_read.fetch_add(len, Relaxed);
                 return Ok(data);
@@ -461,7 +461,7 @@ impl DataPath {
                     self.try_detach(true);
                 }
                 // The secondary has the same data: retry there.
-                if let Some(data) = self.read_peer(offset, len).await {
+                if let Some(data) = self.read_peer_ordered(offset, len).await {
                     tracing::warn!(resource = %self.name, offset, len, "read served by the peer");
                     return Ok(data);
                 }
@@ -481,6 +481,16 @@ impl DataPath {
     async fn read_peer(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
         let data = self.link()?.read(offset, len as u32, 0).await.ok()?;
         (data.len() as u64 == len).then_some(data)
+    }
+
+    /// [`DataPath::read_peer`] after every earlier overlapping write has
+    /// completed on the peer: a write holds its range until the peer's
+    /// REPLY (also after a memsync/async answer), and the secondary does not
+    /// order a READ after the WRITEs before it, so without this a read
+    /// could miss an acknowledged write still on its way there.
+    async fn read_peer_ordered(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let _order = self.ranges.lock(offset, len).await;
+        self.read_peer(offset, len).await
     }
 
     fn any_needsync(&self, offset: u64, len: u64) -> bool {
