@@ -448,3 +448,55 @@ fn secondary_write_errors_detach_the_secondary_until_attach() {
     rig.pair.assert_identical(timeout_s(60));
     rig.finish();
 }
+
+/// hastd on the detached primary is killed before the attach: the set of
+/// extents written meanwhile is gone with it, but the marker in `state_dir`
+/// is not. The restarted node refuses promotion, and as secondary is
+/// resynced in full by the other node, promoted; nothing acknowledged is lost.
+#[test]
+fn killed_while_detached_the_stale_copy_never_promotes_and_is_resynced_in_full() {
+    if !prerequisites() {
+        return;
+    }
+    let mut rig = Rig::new("ioerr-kill", "EIO", &[]);
+    let uri = rig.uri();
+    let mut w = VersionedWriter::start(&uri, 0, BLOCKS, rig.dir.path(), "w", 0, 13);
+    w.wait_acked(300, timeout_s(60));
+    rig.break_writes();
+    rig.pair
+        .wait_status(Side::A, timeout_s(60), "detached", |s| {
+            s.status == "detached"
+        });
+    qemu_io(&uri, &[format!("write -P 0xd7 {} {MIB}", 100 * MIB)]);
+    w.wait_acked(w.acked() + 500, timeout_s(60));
+    let summary = w.stop();
+    say(&format!("writer {summary}"));
+    let marker = rig.pair.node(Side::A).dir().join("state/r0.detached");
+    assert!(marker.exists(), "no marker {}", marker.display());
+
+    rig.pair.kill9(Side::A);
+    rig.heal();
+    rig.pair.start_daemon(Side::A);
+    let out = rig.pair.node(Side::A).hastctl(&["role", "primary", "r0"]);
+    let text = output_text(&out);
+    say(&format!(
+        "promotion of the stale copy: {}\n{text}",
+        out.status
+    ));
+    assert!(
+        !out.status.success(),
+        "the stale copy was promoted:\n{text}"
+    );
+    assert!(text.contains("detached"), "{text}");
+
+    rig.pair.make_primary(Side::B);
+    rig.pair.make_secondary(Side::A);
+    rig.pair.wait_complete(timeout_s(120));
+    assert!(!marker.exists(), "marker left after the full resync");
+    let b_uri = rig.pair.uri(Side::B);
+    qemu_io(&b_uri, &[format!("read -P 0xd7 {} {MIB}", 100 * MIB)]);
+    let check = versioned_check(&b_uri, &[w_log(&rig)]);
+    say(&format!("check on B {check}"));
+    rig.pair.assert_identical(timeout_s(60));
+    rig.finish();
+}

@@ -162,6 +162,7 @@ async fn run(
         nbd_socket_dir: config.nbd_socket_dir.clone(),
         nbd_tcp: nbd_tcp.as_ref().map(|(a, _)| a.to_string()),
         events: crate::events::Events::disabled(),
+        state_dir: config.state_dir.clone(),
     };
     let resources: Resources = Arc::new(RwLock::new(Vec::new()));
     for r in &config.resources {

@@ -134,6 +134,9 @@ pub struct Env {
     pub tls: crate::replication::tls::SharedIdentity,
     /// Where this node's HA events go (the event journal).
     pub events: crate::events::Events,
+    /// `state_dir`: where a detached component's marker is kept
+    /// (`datapath::detach::marker_path`).
+    pub state_dir: PathBuf,
 }
 
 enum State {
@@ -546,6 +549,11 @@ impl ResourceTask {
         let local = self.config.local.clone();
         let name = self.config.name.clone();
         let kept = self.kept.take();
+        // Left by a primary whose component was detached when hastd stopped
+        // (datapath/detach.rs): this copy is stale where only the peer was
+        // written, and its metadata does not say so.
+        let marker = crate::datapath::marker_path(&self.env.state_dir, &name);
+        let was_detached = marker.exists();
         let (store, header) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let store = match kept {
                 Some(store) => store,
@@ -566,6 +574,20 @@ impl ResourceTask {
             header.epoch =
                 crate::epoch::after_role_request(was, role, header.epoch, requested)
                     .map_err(stale)?;
+            if was_detached {
+                header.flags |= hast_meta::FLAG_INCONSISTENT;
+                if role == Role::Primary {
+                    return Err(api_err(
+                        ErrorKind::TempFail,
+                        format!(
+                            "{} was detached after a local I/O error and hastd stopped before \
+                             `hastctl attach`: its copy is stale; make it secondary so that the \
+                             primary resyncs it in full",
+                            local.display()
+                        ),
+                    ));
+                }
+            }
             if role == Role::Primary {
                 if header.flags & hast_meta::FLAG_INCONSISTENT != 0 {
                     return Err(api_err(
@@ -595,7 +617,7 @@ impl ResourceTask {
         } else {
             Side::Secondary
         };
-        DataPath::open(
+        let dp = DataPath::open(
             &self.config.name,
             &self.env.node,
             side,
@@ -603,8 +625,24 @@ impl ResourceTask {
             header,
             &self.config,
             self.env.events.clone(),
+            marker.clone(),
         )
-        .map_err(|e| meta_err(&e))
+        .map_err(|e| meta_err(&e))?;
+        if was_detached {
+            // Every extent needsync, durably: the primary's handshake takes
+            // the union of both maps, so the whole copy comes from it. Then
+            // the marker's job is done (the header says inconsistent).
+            dp.map_lock().set_all_needsync();
+            dp.persist_map()
+                .await
+                .map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
+            tokio::task::spawn_blocking(move || crate::datapath::remove_marker(&marker))
+                .await
+                .map_err(|e| api_err(ErrorKind::Software, e.to_string()))?
+                .map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
+            tracing::warn!(resource = %self.config.name, "this copy was detached when hastd stopped: marked inconsistent, every extent to be resynced from the primary");
+        }
+        Ok(dp)
     }
 
     /// Opens the component as primary and offers the export; returns the

@@ -25,11 +25,19 @@
 //! copy inconsistent, with the detached extents dirty, so it is only ever a
 //! resync target) or attached once the link is back.
 //!
-//! Left to do: the set of extents written while detached lives in memory
-//! only; a crash of hastd while detached loses it (see ARCHITECTURE.md).
+//! The set of extents written while detached lives in memory only, and the
+//! detached component's own metadata cannot be written. So before the first
+//! write goes to the peer alone, a marker `<state_dir>/<resource>.detached`
+//! is made durable (file and directory fsync'd): a hastd that stops or
+//! crashes before the attach finds it at the next open, marks the copy
+//! inconsistent (never promoted, never a resync source) and, as secondary,
+//! every extent needsync, so the peer resyncs it in full. The marker goes
+//! when the attach's resync completed, or a close while detached wrote the
+//! extents dirty and the copy inconsistent itself.
 
 use std::collections::BTreeSet;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Mutex;
 
@@ -86,6 +94,10 @@ pub(super) struct Detach {
     /// An attach's resync from the peer has not finished: needsync extents
     /// are read from the peer, whatever the connector says.
     attaching: AtomicBool,
+    /// `<state_dir>/<resource>.detached`.
+    marker: PathBuf,
+    /// The marker is durable for the current detachment.
+    marker_durable: tokio::sync::Mutex<bool>,
 }
 
 #[derive(Default)]
@@ -95,13 +107,15 @@ pub(super) struct Written {
 }
 
 impl Detach {
-    pub fn new(policy: OnIoError) -> Detach {
+    pub fn new(policy: OnIoError, marker: PathBuf) -> Detach {
         Detach {
             detach: AtomicBool::new(policy == OnIoError::Detach),
             state: AtomicU8::new(LocalState::Attached.code()),
             errors: AtomicU64::new(0),
             written: Mutex::default(),
             attaching: AtomicBool::new(false),
+            marker,
+            marker_durable: tokio::sync::Mutex::new(false),
         }
     }
 
@@ -144,6 +158,36 @@ impl Detach {
     pub fn written(&self) -> std::sync::MutexGuard<'_, Written> {
         self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Where the marker of a detached component of `resource` is kept.
+pub fn marker_path(state_dir: &Path, resource: &str) -> PathBuf {
+    state_dir.join(format!("{resource}.detached"))
+}
+
+/// Creates the marker durably (the file, then its directory).
+fn write_marker(path: &Path, resource: &str) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let mut f = std::fs::File::create(path)?;
+    writeln!(
+        f,
+        "{resource}: local component detached after an I/O error; its copy is stale until \
+         resynced from the peer"
+    )?;
+    f.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes the marker durably; one that is not there is fine.
+pub fn remove_marker(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(path.parent().unwrap_or(Path::new("/")))?.sync_all()
 }
 
 /// The errno name of a local error (`EIO`, `ENOSPC`, ...), for the
@@ -306,6 +350,46 @@ impl DataPath {
             );
         }
         false
+    }
+
+    /// Before a write goes to the peer alone: the marker that tells a
+    /// restarted hastd this copy is stale is durable (written once per
+    /// detachment; a failure is logged and retried by the next write).
+    pub(super) async fn detached_durable(&self) {
+        let mut done = self.detach.marker_durable.lock().await;
+        if *done {
+            return;
+        }
+        let path = self.detach.marker.clone();
+        let name = self.name.clone();
+        let r = tokio::task::spawn_blocking(move || write_marker(&path, &name))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        match r {
+            Ok(()) => *done = true,
+            Err(e) => tracing::error!(
+                resource = %self.name,
+                marker = %self.detach.marker.display(),
+                "cannot record the detachment: if hastd stops before `hastctl attach`, the \
+                 stale copy will look current: {e}"
+            ),
+        }
+    }
+
+    /// The detachment is over (attached and resynced, or closed with the
+    /// copy marked inconsistent): the marker goes.
+    async fn clear_marker(&self) {
+        let mut done = self.detach.marker_durable.lock().await;
+        let path = self.detach.marker.clone();
+        let r = tokio::task::spawn_blocking(move || remove_marker(&path))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        match r {
+            Ok(()) => *done = false,
+            Err(e) => {
+                tracing::warn!(resource = %self.name, "cannot remove {}: {e}", self.detach.marker.display())
+            }
+        }
     }
 
     /// A write goes to the peer alone (detached): its extents are resynced
@@ -471,6 +555,7 @@ impl DataPath {
             self.detach.attaching.store(false, SeqCst);
         }
         self.detach.clear_errors();
+        self.clear_marker().await;
         tracing::info!(resource = %self.name, "local component attached and resynced from the secondary");
         self.events.emit(&self.name, Kind::Attach, &[], &[]);
         Ok(())
@@ -494,6 +579,7 @@ impl DataPath {
         let h = self
             .update_header(|h| h.flags |= hast_meta::FLAG_INCONSISTENT)
             .await?;
+        self.clear_marker().await;
         tracing::warn!(resource = %self.name, "closed while detached: this copy is marked inconsistent until resynced from the peer");
         flushed?;
         Ok(h)

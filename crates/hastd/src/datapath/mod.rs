@@ -63,7 +63,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::link::{InFlight, Link, RemoteError};
 use detach::Detach;
-pub use detach::{AttachStart, LocalState};
+pub use detach::{marker_path, remove_marker, AttachStart, LocalState};
 pub use fence::Fence;
 use gate::Gate;
 pub use hast_core::edge::Zeroing;
@@ -200,6 +200,8 @@ pub struct DataPath {
 impl DataPath {
     /// Opens the data path over a component whose header was read and
     /// checked by the caller.
+    // Each argument is a different thing the path needs from its opener.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         name: &str,
         node: &str,
@@ -208,6 +210,7 @@ impl DataPath {
         header: Header,
         cfg: &hast_conf::Resource,
         events: crate::events::Events,
+        detached_marker: std::path::PathBuf,
     ) -> Result<Arc<DataPath>, hast_meta::MetaError> {
         let peer_configured = cfg.remote.is_some();
         let fences = side == Side::Primary && peer_configured;
@@ -259,7 +262,7 @@ impl DataPath {
             progress: Progress::new(),
             inline_paused_until: AtomicU64::new(0),
             inline_ok,
-            detach: Detach::new(cfg.on_io_error),
+            detach: Detach::new(cfg.on_io_error, detached_marker),
             events,
         });
         tokio::spawn(dp.clone().metadata_writer());
@@ -717,6 +720,7 @@ impl DataPath {
                 }
                 Action::Track => {
                     self.track(d.offset, d.len);
+                    self.detached_durable().await;
                     Event::Tracked
                 }
                 Action::Detach { possible } => {
