@@ -975,7 +975,20 @@ impl DataPath {
 
     pub async fn cache(&self, offset: u64, len: u64) -> Result<(), DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
+        if self.side == Side::Primary && self.detach.is_detached() {
+            // Only a hint; the detached component is not touched.
+            return Ok(());
+        }
         Ok(self.blocking(move |d| d.prefetch(offset, len)).await?)
+    }
+
+    /// This copy may be stale in the range (detached, or extents an attach
+    /// or a resync from the peer has not copied yet): its holes say nothing.
+    fn local_may_be_stale(&self, offset: u64, len: u64) -> bool {
+        self.side == Side::Primary
+            && (self.detach.is_detached()
+                || ((self.sync_from_peer.load(Relaxed) || self.detach.attaching())
+                    && self.any_needsync(offset, len)))
     }
 
     /// Allocation runs `(length, is_hole)` of the range (BLOCK_STATUS).
@@ -986,6 +999,11 @@ impl DataPath {
         runs: Runs,
     ) -> Result<Vec<(u64, bool)>, DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
+        if self.local_may_be_stale(offset, len) {
+            // All data: a client must read it (from the peer), never skip
+            // a "hole" the peer has written.
+            return Ok(vec![(len, false)]);
+        }
         Ok(self
             .blocking(move |d| d.allocation(offset, len, runs))
             .await?)
