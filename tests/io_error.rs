@@ -500,3 +500,58 @@ fn killed_while_detached_the_stale_copy_never_promotes_and_is_resynced_in_full()
     rig.pair.assert_identical(timeout_s(60));
     rig.finish();
 }
+
+/// The secondary goes away while the primary is detached: no copy is left
+/// to serve from, so requests fail with EIO and the primary does not
+/// reconnect. Demoted once repaired, its copy is marked inconsistent (never
+/// promoted), and the other node, promoted, resyncs it; nothing acknowledged
+/// is lost.
+#[test]
+fn secondary_lost_while_detached_fails_requests_and_demotion_keeps_the_copy_a_target() {
+    if !prerequisites() {
+        return;
+    }
+    let mut rig = Rig::new("ioerr-lost", "EIO", &[]);
+    let uri = rig.uri();
+    let mut w = VersionedWriter::start(&uri, 0, BLOCKS, rig.dir.path(), "w", 0, 17);
+    w.wait_acked(300, timeout_s(60));
+    rig.break_writes();
+    rig.pair
+        .wait_status(Side::A, timeout_s(60), "detached", |s| {
+            s.status == "detached"
+        });
+    qemu_io(&uri, &[format!("write -P 0xd7 {} {MIB}", 100 * MIB)]);
+    w.wait_acked(w.acked() + 300, timeout_s(60));
+    let summary = w.stop();
+    say(&format!("writer {summary}"));
+
+    rig.pair.stop(Side::B);
+    let st = rig
+        .pair
+        .wait_status(Side::A, timeout_s(30), "detached, peer gone", |s| {
+            s.status == "detached" && s.peer.as_deref() != Some("connected")
+        });
+    say(&format!("A without B: {}", st.brief()));
+    let (ok, text) = write_once(&uri, 8 * MIB, 0x66);
+    assert!(!ok, "a write succeeded with no copy to take it:\n{text}");
+    assert!(text.contains("Input/output error"), "not EIO:\n{text}");
+    let (ok, text) = rig.attach();
+    assert!(
+        !ok,
+        "attach succeeded with no secondary to copy from: {text}"
+    );
+
+    rig.heal();
+    rig.pair.make_secondary(Side::A);
+    let st = rig.pair.status(Side::A);
+    assert_eq!(st.inconsistent, Some(true), "{}", st.brief());
+    rig.pair.start_daemon(Side::B);
+    rig.pair.make_primary(Side::B);
+    rig.pair.wait_complete(timeout_s(120));
+    let b_uri = rig.pair.uri(Side::B);
+    qemu_io(&b_uri, &[format!("read -P 0xd7 {} {MIB}", 100 * MIB)]);
+    let check = versioned_check(&b_uri, &[w_log(&rig)]);
+    say(&format!("check on B {check}"));
+    rig.pair.assert_identical(timeout_s(60));
+    rig.finish();
+}

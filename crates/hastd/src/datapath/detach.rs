@@ -441,6 +441,11 @@ impl DataPath {
             .enter()
             .ok_or_else(|| "the resource is closing".to_string())?;
         let state = self.detach.state();
+        if self.detach.attaching() && self.syncing() {
+            return Ok(AttachStart::Done(
+                "the resync from the secondary of an earlier attach is still running".into(),
+            ));
+        }
         if self.detach.attaching() {
             // An attach's resync did not finish: resume it.
             self.check_local()
@@ -581,7 +586,10 @@ impl DataPath {
             .await?;
         self.clear_marker().await;
         tracing::warn!(resource = %self.name, "closed while detached: this copy is marked inconsistent until resynced from the peer");
-        flushed?;
+        if let Err(e) = flushed {
+            // The peer's copy is the peer's to keep; this one is safe now.
+            tracing::warn!(resource = %self.name, "closed while detached: the peer's flush failed: {e}");
+        }
         Ok(h)
     }
 }
