@@ -39,9 +39,13 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use hast_conf::OnIoError;
+use hast_events::{Kind, State};
+
+use super::{DataPath, DpError, Side};
+use crate::link::Link;
 
 /// The local component's state on a primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,13 +221,6 @@ fn nix_name(n: i32) -> String {
     }
 }
 
-use std::sync::Arc;
-
-use hast_events::{Kind, State};
-
-use super::{DataPath, DpError, Side};
-use crate::link::Link;
-
 /// What the first half of an attach left to do.
 pub enum AttachStart {
     /// Nothing to copy: the component answers again and is in use.
@@ -251,9 +248,8 @@ impl DataPath {
 
     /// The local component failed `op` (`read`, `write`, `trim`, `zero`,
     /// `flush`, `metadata`): counted, logged, `io-error <op> <errno>`. A
-    /// secondary marks itself failed (its status is not complete; the
-    /// primary drops the link on the error it replies), and so does a
-    /// primary with `pass_on`.
+    /// secondary detaches itself; a primary with `pass_on` is marked
+    /// failed; with `detach` the primary's [`DataPath::try_detach`] decides.
     pub(super) fn local_error(&self, op: &str, e: &io::Error) {
         self.detach.count_error();
         let text = errno_text(e);
