@@ -492,6 +492,8 @@ impl DataPath {
     /// order a READ after the WRITEs before it, so without this a read
     /// could miss an acknowledged write still on its way there.
     async fn read_peer_ordered(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        // No link, no answer: do not wait behind writes held for a fence.
+        self.link()?;
         let _order = self.ranges.lock(offset, len).await;
         self.read_peer(offset, len).await
     }
