@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use hast_testkit::pair::{qemu_io, versioned_check, VersionedWriter};
 use hast_testkit::{
-    bins, free_port, nbd_info, output_text, require_fuse, require_root, require_tools, run, tail,
-    timeout_s, wait_for, NbdAddr, NbdFuse, Pair, Proc, Side, TempDir, MIB,
+    bins, free_port, nbd_info, output_text, require_fuse, require_python_nbd, require_root,
+    require_tools, run, tail, timeout_s, wait_for, NbdAddr, NbdFuse, Pair, Proc, Side, TempDir,
+    MIB,
 };
 
 /// Size of each image file (metadata included).
@@ -179,7 +180,8 @@ impl Rig {
 fn prerequisites() -> bool {
     require_root()
         && require_fuse()
-        && require_tools(&["nbdkit", "nbdfuse", "fusermount3", "qemu-io", "python3"])
+        && require_tools(&["nbdkit", "nbdfuse", "fusermount3", "qemu-io"])
+        && require_python_nbd()
 }
 
 /// Fullsync pair, a client writing all along: the local component starts
