@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hast_testkit::{bins, run, tail, timeout_s, wait_for, Node, Proc, ResourceSpec, MIB};
+use hast_testkit::{bins, run, tail, wait_for, Node, Proc, ResourceSpec, MIB};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -239,6 +239,7 @@ fn daemon_commands_without_daemon_are_unavailable() {
         &["list", "--json", "r0"],
         &["role", "-E", "3", "primary", "r0"],
         &["lease", "-t", "1000", "r0"],
+        &["attach", "r0"],
     ] {
         assert_fails(
             &node.hastctl(args),
@@ -277,6 +278,8 @@ fn usage_errors() {
         &["lease", "-t", "0", "r0"],
         &["lease", "-t", "86400001", "r0"],
         &["lease", "-t", "1s", "r0"],
+        &["attach"],
+        &["attach", "-t", "1", "r0"],
     ] {
         assert_fails(&node.hastctl(args), EX_USAGE, &format!("hastctl {args:?}"));
     }
@@ -722,4 +725,30 @@ fn hastd_pidfile_socket_mode_signals() {
         "hastd exit status on SIGTERM: {st}\n{}",
         node.log()
     );
+}
+
+/// `hastctl attach` on a resource that is not open refuses (EX_TEMPFAIL, one
+/// line); on a healthy primary it succeeds and says there was nothing to do;
+/// `list` shows the local component's state.
+#[test]
+fn attach_exit_statuses() {
+    let mut node = Node::builder(bins!())
+        .tag("attach")
+        .resource(ResourceSpec::new("r0", 64 * MIB))
+        .start();
+    assert_fails(
+        &node.hastctl(&["attach", "r0"]),
+        EX_TEMPFAIL,
+        "attach while init",
+    );
+    node.promote("r0");
+    let out = node.hastctl(&["attach", "r0"]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "attach of a healthy primary: {text}");
+    assert!(text.contains("no errors"), "{text}");
+    let list = node.hastctl_ok(&["list", "r0"]);
+    assert!(list.contains("local: attached, 0 errors"), "{list}");
+    let st = resource(&status_json(&node, "status"), "r0").clone();
+    assert_eq!(st["local_state"], "attached", "{st}");
+    assert_eq!(st["status"], "complete", "{st}");
 }

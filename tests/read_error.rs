@@ -1,7 +1,10 @@
 //! A local read error on the primary (SPEC §4.2): the read is retried on the
 //! secondary, the client gets the right data, and the primary counts the failure
-//! in `stats.read_errors` (`hastctl list --json`). Without a peer the same read
-//! fails with EIO, and hastd keeps serving everything else.
+//! in `stats.read_errors` (`hastctl list --json`). With `on_io_error detach` (the
+//! default) the component is detached (`status` says `detached`) until `hastctl
+//! attach` after the repair. Without a peer the same read fails with EIO, hastd
+//! keeps serving everything else, and the resource is not `complete` until
+//! `hastctl attach`. (Write errors: `tests/io_error.rs`.)
 //!
 //! Errors are injected below A's component, without device-mapper:
 //!
@@ -284,10 +287,11 @@ fn local_read_error_on_the_primary_is_served_by_the_secondary() {
             "the copy of A's export lacks pattern {b:#04x} at {off}+{len}"
         );
     }
+    // Detached at the first error: the nbdcopy never read the component.
     let errors_copy = rig.stat(Side::A, "read_errors");
-    assert!(
-        errors_copy > errors,
-        "the nbdcopy did not add read errors ({errors} -> {errors_copy})"
+    assert_eq!(
+        errors_copy, errors,
+        "the detached component was read by the nbdcopy ({errors} -> {errors_copy})"
     );
     assert!(
         rig.pair.node_mut(Side::A).daemon_running(),
@@ -295,14 +299,19 @@ fn local_read_error_on_the_primary_is_served_by_the_secondary() {
         rig.pair.describe()
     );
     let st = rig.pair.status(Side::A);
-    assert!(
-        st.is_complete(),
-        "A is no longer complete after read errors served by B: {}",
+    assert_eq!(
+        st.status,
+        "detached",
+        "A is not detached after read errors served by B: {}",
         st.brief()
     );
 
-    // Healed: reads are local again and no more errors are counted.
+    // Healed and attached: reads are local again and no more errors are
+    // counted.
     rig.heal();
+    let attach = rig.pair.node(Side::A).hastctl_ok(&["attach", "r0"]);
+    say(&format!("attach: {attach}"));
+    rig.pair.wait_complete(timeout_s(30));
     drop_caches();
     let injected = rig.injected();
     let reads_before = rig.stat(Side::A, "reads");
@@ -412,8 +421,10 @@ fn local_read_error_without_the_peer_fails_the_read_not_the_daemon() {
         "a write failed with only reads broken"
     );
 
-    // Healed: the data reads back locally, and B catches up when it returns.
+    // Healed: the data reads back locally, and B catches up when it returns
+    // (once attached: until then the resource is not complete).
     rig.heal();
+    rig.pair.node(Side::A).hastctl_ok(&["attach", "r0"]);
     drop_caches();
     qemu_io(
         &uri,

@@ -72,6 +72,12 @@ pub enum Request {
         kind: Option<hast_events::Kind>,
         seqs: Vec<u64>,
     },
+    /// `hastctl attach`: a local component that failed (`on_io_error`)
+    /// is checked and used again; one that was detached is resynced from
+    /// the peer first (the answer comes when that copy has begun).
+    Attach {
+        names: Vec<String>,
+    },
 }
 
 /// Longest lease `hastctl lease -t` may ask for: one day.
@@ -138,6 +144,8 @@ pub enum Response {
     EventsRetried(Vec<u64>),
     /// The events `clear` dismissed, in order.
     EventsCleared(Vec<u64>),
+    /// Per-resource outcome of an attach request, in request order.
+    Attach(Vec<AttachOutcome>),
     Error(ApiError),
 }
 
@@ -162,6 +170,13 @@ pub struct LeaseOutcome {
     pub result: Result<u64, ApiError>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachOutcome {
+    pub name: String,
+    /// What was done (`Ok`), or why nothing changed.
+    pub result: Result<String, ApiError>,
+}
+
 /// Whether a resource's copies agree, as FreeBSD's `hastctl status` prints
 /// it; the JSON carries the same strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +190,10 @@ pub enum Status {
     /// The last handshake found both copies written alone.
     #[serde(rename = "split-brain")]
     SplitBrain,
+    /// The primary's local component failed and was detached: the peer
+    /// serves every request (`on_io_error detach`); `hastctl attach`.
+    #[serde(rename = "detached")]
+    Detached,
     /// The component is not open (role init).
     #[serde(rename = "-")]
     Inactive,
@@ -186,6 +205,7 @@ impl Status {
             Status::Complete => "complete",
             Status::Degraded => "degraded",
             Status::SplitBrain => "split-brain",
+            Status::Detached => "detached",
             Status::Inactive => "-",
         }
     }
@@ -257,6 +277,14 @@ pub struct ResourceStatus {
     /// component is not open.
     #[serde(default)]
     pub local_stall_ms: Option<u64>,
+    /// The local component under `on_io_error`: `attached`, `failed`
+    /// (errors happened and it could not be detached, or `pass_on`) or
+    /// `detached`; `None` when not open.
+    #[serde(default)]
+    pub local_state: Option<String>,
+    /// Local I/O errors since the component was last attached or opened.
+    #[serde(default)]
+    pub local_errors: u64,
 }
 
 /// Where a primary stands with `fence_peer`. Each time it loses its peer

@@ -99,11 +99,12 @@ keyword_enum! {
 
 keyword_enum! {
     /// What the primary does when its local component fails.
-    OnIoError, "detach, fail" {
-        /// Drop the local component and serve from the secondary.
+    OnIoError, "detach, pass_on (or fail)" {
+        /// Detach the local component and serve from the secondary (DRBD's
+        /// `on-io-error detach`).
         Detach = "detach",
-        /// Fail the I/O back to the client.
-        Fail = "fail",
+        /// Pass the error on to the client. `fail` is an older name for it.
+        PassOn = "pass_on" | "fail",
     }
 }
 
@@ -174,6 +175,8 @@ mod tests {
             assert_eq!(v.to_string().parse::<OnIoError>(), Ok(*v));
         }
         assert_eq!("lzf".parse::<Compression>(), Ok(Compression::Lz4));
+        assert_eq!("fail".parse::<OnIoError>(), Ok(OnIoError::PassOn));
+        assert_eq!(OnIoError::PassOn.to_string(), "pass_on");
         assert_eq!(Compression::Lz4.to_string(), "lz4");
         assert_eq!(Checksum::Crc32c.to_string(), "crc32c");
         assert!("Fullsync".parse::<Replication>().is_err());

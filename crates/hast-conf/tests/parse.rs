@@ -344,7 +344,7 @@ fn every_inheritance_level() {
         tls_peer_fingerprints: Vec::new(),
         metaflush: false,
         freeze_timeout_secs: 0,
-        on_io_error: OnIoError::Fail,
+        on_io_error: OnIoError::PassOn,
         resync_rate: 10 << 20,
         line: 33,
     };
@@ -427,7 +427,7 @@ fn every_inheritance_level() {
         tls_peer_fingerprints: Vec::new(),
         metaflush: false,
         freeze_timeout_secs: 0,
-        on_io_error: OnIoError::Fail,
+        on_io_error: OnIoError::PassOn,
         resync_rate: 10 << 20,
         line: 56,
     };
@@ -500,7 +500,7 @@ fn errors() {
         ("compression zstd\n".into(), "a",
             "1: invalid compression \"zstd\": expected none, hole, lz4 (or lzf)".into()),
         ("on_io_error panic\n".into(), "a",
-            "1: invalid on_io_error \"panic\": expected detach, fail".into()),
+            "1: invalid on_io_error \"panic\": expected detach, pass_on (or fail)".into()),
         ("metaflush yes\n".into(), "a", "1: invalid metaflush \"yes\": expected on or off".into()),
         ("\ntimeout 0\n".into(), "a",
             "2: invalid timeout \"0\": expected a whole number of seconds greater than 0".into()),

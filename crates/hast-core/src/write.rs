@@ -28,6 +28,17 @@
 //! 6. **Clear only what both copies have.** [`Action::Complete`] tells the
 //!    activemap whether the write is on both copies (`in_sync`); only then
 //!    may a later barrier clear its bits.
+//! 7. **A failing local copy is detached, not trusted** (`on_io_error
+//!    detach`, [`Params::detach`]). When this copy fails the write (data or
+//!    activemap) and the write is (or is about to be) on its way to the
+//!    peer, the driver is asked to detach ([`Action::Detach`]; it agrees
+//!    only when the peer's copy is current). Once detached
+//!    ([`Params::detached`]) a write never touches this copy: its range is
+//!    recorded for the resync at attach ([`Action::Track`]), it goes to the
+//!    peer alone and is acknowledged only after the peer's REPLY, whatever
+//!    the mode (memsync's RECEIVED or async's nothing would rest on no
+//!    disk at all). Without a link it fails (EIO). The write that hit the
+//!    error is completed the same way: success once the peer applied it.
 
 use hast_conf::Replication;
 
@@ -42,6 +53,11 @@ pub struct Params {
     pub peer_configured: bool,
     /// A live link to the peer exists right now.
     pub link_up: bool,
+    /// `on_io_error detach`: a local failure asks to detach this copy
+    /// ([`Action::Detach`]) rather than failing the write.
+    pub detach: bool,
+    /// This copy is detached: the write goes to the peer alone.
+    pub detached: bool,
 }
 
 /// Why a modification failed, as the client sees it.
@@ -83,6 +99,15 @@ pub enum Action {
     /// Drop the link: the peer failed a write and its copy is behind.
     /// Answer with [`Event::LinkFailed`].
     FailLink,
+    /// This copy failed the write. Detach it if the peer can serve in its
+    /// place (`possible`: the write is on its way to the peer; the driver
+    /// also checks the peer's copy is current). Answer with
+    /// [`Event::Detached`]: `true` only if this copy is now detached.
+    Detach { possible: bool },
+    /// Record the range as written while detached (in memory), so that it
+    /// is resynced from the peer before this copy serves it again. Answer
+    /// with [`Event::Tracked`].
+    Track,
     /// Answer the client now; the write is still being recorded. Answer
     /// with [`Event::Answered`].
     Reply(Result<(), Failure>),
@@ -112,6 +137,8 @@ pub enum Event {
     Replied(bool),
     LinkFailed,
     Answered,
+    Detached(bool),
+    Tracked,
 }
 
 /// Where the modification stands.
@@ -134,6 +161,14 @@ enum Stage {
     Failing,
     HoldAfterRemote,
     RecordAfterRemote,
+    /// This copy failed: waiting for the driver's detach verdict.
+    Detaching,
+    /// Detached: recording the range for the resync at attach.
+    Tracking,
+    /// Detached: sending to the peer, which alone will have it.
+    SendingDetached,
+    /// Detached and the peer failed it: drop the link, then fail.
+    FailingDetached,
     Done,
 }
 
@@ -151,6 +186,14 @@ pub struct WriteOp {
     answered: bool,
     /// [`Action::MarkDirty`] was issued: the activemap counts it in flight.
     marked: bool,
+    /// Served through the peer alone (this copy detached): acknowledged on
+    /// the peer's REPLY, never in sync.
+    through_peer: bool,
+    /// The change is already on its way to the peer (an [`Action::Send`]
+    /// succeeded).
+    sent: bool,
+    /// The activemap failed it, before anything was written.
+    failed_at_mark: bool,
 }
 
 impl WriteOp {
@@ -165,7 +208,21 @@ impl WriteOp {
             local: None,
             answered: false,
             marked: false,
+            through_peer: false,
+            sent: false,
+            failed_at_mark: false,
         };
+        if params.detached {
+            // No local copy: the peer alone, or nothing.
+            if !params.link_up {
+                op.remote = false;
+                let fail = op.abort(Failure::Io);
+                return (op, fail);
+            }
+            op.through_peer = true;
+            op.stage = Stage::Tracking;
+            return (op, Action::Track);
+        }
         let first = if !params.link_up && params.peer_configured {
             op.stage = Stage::HoldBefore;
             Action::Hold { reroute: true }
@@ -215,8 +272,69 @@ impl WriteOp {
         self.complete(false, Err(why))
     }
 
+    /// This copy failed (`local_failed`) at the current stage: ask to
+    /// detach with `on_io_error detach`, else the error stands.
+    fn local_failed(&mut self) -> Option<Action> {
+        if !self.params.detach {
+            return None;
+        }
+        self.stage = Stage::Detaching;
+        Some(Action::Detach {
+            possible: self.remote,
+        })
+    }
+
+    /// Detached: the peer alone must have it before it is acknowledged.
+    fn through_peer_next(&mut self) -> Action {
+        if self.sent {
+            self.stage = Stage::WaitReply;
+            Action::AwaitReply
+        } else {
+            self.stage = Stage::SendingDetached;
+            Action::Send {
+                fua: self.fua,
+                want_received: false,
+            }
+        }
+    }
+
+    /// What follows a local outcome `r` of a write sent to the peer (or
+    /// not): the wait the mode asks for.
+    fn after_apply(&mut self, r: Result<(), Failure>) -> Action {
+        self.local = Some(r);
+        if !self.remote {
+            // Only this copy has it; in sync only without a peer.
+            let in_sync = !self.params.peer_configured && r.is_ok();
+            return self.complete(in_sync, r);
+        }
+        match self.params.mode {
+            Replication::Fullsync if !planted(Mutation::AckBeforeReply) => {
+                self.stage = Stage::WaitReply;
+                Action::AwaitReply
+            }
+            Replication::Memsync => {
+                self.stage = Stage::WaitReceived;
+                Action::AwaitReceived
+            }
+            _ => {
+                self.stage = Stage::Polling;
+                Action::PollReply
+            }
+        }
+    }
+
     /// The remote outcome is known: in sync, or degraded.
     fn remote_done(&mut self, ok: bool) -> Action {
+        if self.through_peer {
+            // Detached: the peer's copy is the only one. Applied there:
+            // acknowledged (never in sync: this copy lacks it). Failed
+            // there: nobody has it; the link goes, the write fails.
+            if ok {
+                return self.complete(false, Ok(()));
+            }
+            self.stage = Stage::FailingDetached;
+            return Action::FailLink;
+        }
         if ok {
             let local = self.local();
             return self.complete(local.is_ok(), local);
@@ -243,6 +361,7 @@ impl WriteOp {
             (S::RecordBefore, E::Recorded(true)) => self.mark(),
             (S::Marking, E::Marked(true)) => self.send_or_apply(),
             (S::Sending, E::Sent(true)) => {
+                self.sent = true;
                 self.stage = S::Applying;
                 Action::ApplyLocal
             }
@@ -285,28 +404,35 @@ impl WriteOp {
                 self.stage = S::Applying;
                 Action::ApplyLocal
             }
-            (S::Applying, E::Applied(r)) => {
-                self.local = Some(r);
-                if !self.remote {
-                    // Only this copy has it; in sync only without a peer.
-                    let in_sync = !self.params.peer_configured && r.is_ok();
-                    return self.complete(in_sync, r);
-                }
-                match self.params.mode {
-                    Replication::Fullsync if !planted(Mutation::AckBeforeReply) => {
-                        self.stage = S::WaitReply;
-                        Action::AwaitReply
-                    }
-                    Replication::Memsync => {
-                        self.stage = S::WaitReceived;
-                        Action::AwaitReceived
-                    }
-                    _ => {
-                        self.stage = S::Polling;
-                        Action::PollReply
-                    }
-                }
+            (S::Applying, E::Applied(Err(f))) if f == Failure::Io => match self.local_failed() {
+                Some(a) => a,
+                None => self.after_apply(Err(f)),
+            },
+            (S::Applying, E::Applied(r)) => self.after_apply(r),
+            (S::Detaching, E::Detached(true)) if self.remote => {
+                self.through_peer = true;
+                self.stage = S::Tracking;
+                Action::Track
             }
+            (S::Detaching, E::Detached(_)) => {
+                if self.failed_at_mark {
+                    // The activemap failed: nothing was written anywhere.
+                    return self.abort(Failure::Io);
+                }
+                self.after_apply(Err(Failure::Io))
+            }
+            (S::Tracking, E::Tracked) => self.through_peer_next(),
+            (S::SendingDetached, E::Sent(true)) => {
+                self.sent = true;
+                self.stage = S::WaitReply;
+                Action::AwaitReply
+            }
+            (S::SendingDetached, E::Sent(false)) => {
+                // The link died: no copy has it.
+                self.remote = false;
+                self.abort(Failure::Io)
+            }
+            (S::FailingDetached, E::LinkFailed) => self.abort(Failure::Io),
             (S::WaitReceived, E::Received(true)) => {
                 self.stage = S::Polling;
                 Action::PollReply
@@ -337,6 +463,13 @@ impl WriteOp {
                 let local = self.local();
                 self.complete(false, local)
             }
+            (S::Marking, E::Marked(false)) => match self.local_failed() {
+                Some(a) => {
+                    self.failed_at_mark = true;
+                    a
+                }
+                None => self.abort(Failure::Io),
+            },
             (S::Marking | S::RecordBefore, E::Recorded(false) | E::Marked(false)) => {
                 self.abort(Failure::Io)
             }

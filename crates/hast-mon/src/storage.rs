@@ -186,6 +186,14 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
             st.name
         ));
     }
+    if st.status == hast_api::Status::Detached {
+        // Its disk failed (`on_io_error`): it lacks what the primary wrote
+        // since, and hastd would refuse to promote it anyway.
+        return fail(format!(
+            "{}: the local component failed and is detached",
+            st.name
+        ));
+    }
     Checked {
         outcome: Outcome::success(),
         storage: (storage_role, epoch),
@@ -244,6 +252,10 @@ mod tests {
             (Role::Primary, Secondary, "-", false, false, ""),
             (Role::Secondary, Secondary, "-", false, true, ""),
             (Role::Secondary, Secondary, "-", true, false, ""),
+            (Role::Secondary, Secondary, "detached", false, false, ""),
+            // A detached primary serves from its peer: still vouched for,
+            // never in sync.
+            (Role::Primary, Primary, "detached", false, true, ""),
             (Role::Secondary, Primary, "complete", false, false, ""),
             (Role::Init, Init, "-", false, false, ""),
             (Role::Init, Primary, "complete", false, false, ""),

@@ -1,7 +1,7 @@
 //! `hastctl`, the control utility, as in FreeBSD's HASTCTL(8): `create` and
 //! `dump` work on the local components directly (no daemon needed); `role`,
 //! `status` and `list` ask hastd over the control socket, and so does our
-//! `lease` (with `role -E`, the fencing hooks `hastmon` drives). This crate only
+//! `lease` (with `role -E`, the fencing hooks `hastmon` drives) and `attach` (a repaired local component, `on_io_error`). This crate only
 //! parses arguments, calls `hast-meta` or `hast-api`, and renders; every
 //! failure is one line on stderr and a sysexits(3) status.
 
@@ -106,6 +106,13 @@ enum Cmd {
             value_parser = clap::value_parser!(u64).range(1..=hast_api::LEASE_MS_MAX)
         )]
         ms: u64,
+        #[arg(required = true, value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Use a repaired local component again (`on_io_error`): a detached
+    /// one is first resynced from the secondary; errors are cleared.
+    #[command(override_usage = "hastctl attach [-d] [-c config] all | name ...")]
+    Attach {
         #[arg(required = true, value_name = "all | name")]
         names: Vec<String>,
     },
@@ -240,6 +247,7 @@ fn run(common: &Common, cmd: Cmd) -> Res {
         Cmd::Dump { names } => dump(common, &names),
         Cmd::Role { epoch, role, names } => set_role(common, role, epoch, &names),
         Cmd::Lease { ms, names } => lease(common, ms, &names),
+        Cmd::Attach { names } => attach(common, &names),
         Cmd::Status { json, names } => status(common, json, &names, false),
         Cmd::List { json, names } => status(common, json, &names, true),
         Cmd::Events {
@@ -467,6 +475,29 @@ fn lease(common: &Common, ms: u64, names: &[String]) -> Res {
             if common.debug > 0 {
                 eprintln!("hastctl: {}: lease {ms} ms", o.name);
             }
+            None
+        }
+    });
+    report(failures)
+}
+
+fn attach(common: &Common, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    select(&cfg, names)?;
+    let Response::Attach(outcomes) = call(
+        common,
+        &cfg,
+        Request::Attach {
+            names: names.to_vec(),
+        },
+    )?
+    else {
+        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    };
+    let failures = outcomes.into_iter().filter_map(|o| match o.result {
+        Err(e) => Some((o.name, e)),
+        Ok(msg) => {
+            eprintln!("hastctl: {}: {msg}", o.name);
             None
         }
     });

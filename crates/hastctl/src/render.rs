@@ -93,6 +93,9 @@ pub fn list(list: &[ResourceStatus]) -> String {
         let _ = writeln!(s, "  checksum: {}", r.checksum);
         let _ = writeln!(s, "  compression: {}", r.compression);
         let _ = writeln!(s, "  status: {}", r.status);
+        if let Some(l) = &r.local_state {
+            let _ = writeln!(s, "  local: {l}, {} errors", r.local_errors);
+        }
         let _ = writeln!(s, "  dirty: {} ({})", r.dirty_bytes, human(r.dirty_bytes));
         if let Some(m) = &r.meta {
             let _ = writeln!(s, "  resuid: {}", m.resuid);

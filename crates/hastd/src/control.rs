@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hast_api::{
-    decode_body, decode_len, encode, ApiError, Envelope, ErrorKind, LeaseOutcome, Request,
-    Response, RoleOutcome, HEADER_LEN, LEASE_MS_MAX,
+    decode_body, decode_len, encode, ApiError, AttachOutcome, Envelope, ErrorKind, LeaseOutcome,
+    Request, Response, RoleOutcome, HEADER_LEN, LEASE_MS_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -296,6 +296,20 @@ async fn handle(req: Request, resources: &Resources) -> Response {
                 ErrorKind::Software,
                 "events request routed to resources".into(),
             )
+        }
+        Request::Attach { names } => {
+            let targets = match select(&names, &all) {
+                Ok(t) => t,
+                Err(e) => return Response::Error(e),
+            };
+            let mut out = Vec::with_capacity(targets.len());
+            for r in targets {
+                out.push(AttachOutcome {
+                    name: r.name.clone(),
+                    result: r.attach().await,
+                });
+            }
+            Response::Attach(out)
         }
         Request::Status { names } => {
             let targets = match select(&names, &all) {

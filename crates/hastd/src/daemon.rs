@@ -181,6 +181,7 @@ async fn run(
         nbd_socket_dir: config.nbd_socket_dir.clone(),
         nbd_tcp: nbd_tcp.as_ref().map(|(a, _)| a.to_string()),
         events,
+        state_dir: config.state_dir.clone(),
     };
     let resources: Resources = Arc::new(RwLock::new(Vec::new()));
     for r in &config.resources {
@@ -418,12 +419,6 @@ fn not_yet_applied(c: &hast_conf::Config) -> Vec<String> {
                 r.name
             ));
         }
-        if r.on_io_error != defaults::ON_IO_ERROR {
-            out.push(format!(
-                "resource {}: on_io_error: local I/O errors are retried from the peer; the policy is not configurable yet",
-                r.name
-            ));
-        }
     }
     out
 }
@@ -469,14 +464,16 @@ mod tests {
     #[test]
     fn options_of_parts_not_built_yet_are_reported() {
         let base = "resource r0 {\n on n { local /tmp/x\n remote none }\n}\n";
-        let cases: [(&str, &[&str]); 6] = [
+        let cases: [(&str, &[&str]); 7] = [
             ("", &[]),
             ("metrics_listen tcp://127.0.0.1:9100\n", &["metrics_listen"]),
             // Built: the event journal and its hook.
             ("state_dir /tmp/hast-state\n", &[]),
             ("exec /bin/true\n", &[]),
             ("freeze_timeout 30\n", &["freeze_timeout"]),
-            ("on_io_error fail\n", &["on_io_error"]),
+            // Implemented (datapath/detach.rs): no warning.
+            ("on_io_error pass_on\n", &[]),
+            ("on_io_error fail\n", &[]),
         ];
         for (extra, want) in cases {
             let text = format!("{extra}{base}");

@@ -167,7 +167,9 @@ pub type Recover = Arc<
         + Sync,
 >;
 
-/// The [`Recover`] of hastd: the resource's own recovery.
+/// The [`Recover`] of hastd: what `hastctl attach` does for the resource
+/// (`ResourceHandle::attach`): a repaired component is checked and used
+/// again, a detached one resynced from the peer first.
 pub fn recover_with(resources: crate::control::Resources) -> Recover {
     Arc::new(move |name: String| {
         let resources = resources.clone();
@@ -180,8 +182,7 @@ pub fn recover_with(resources: crate::control::Resources) -> Recover {
                 .cloned();
             match r {
                 None => Err(format!("resource \"{name}\" is not configured any more")),
-                // Wired to the data path's recovery when it lands (on_io_error).
-                Some(_) => Err("this hastd cannot recover a local component yet".into()),
+                Some(r) => r.attach().await.map_err(|e| e.message),
             }
         })
     })

@@ -26,7 +26,7 @@ use hast_repl::{Hello, HelloStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::datapath::{DataPath, PeerState, Side};
+use crate::datapath::{DataPath, LocalState, PeerState, Side};
 use crate::link::stream::{ConnRead, ConnWrite};
 use crate::nbdfront::Registry;
 use crate::replication::tls::TlsInfo;
@@ -56,6 +56,9 @@ pub enum Command {
     /// ending no later than the CLOCK_MONOTONIC instant (ns) given.
     Lease(u64, Option<u64>, oneshot::Sender<Result<u64, ApiError>>),
     Status(oneshot::Sender<ResourceStatus>),
+    /// `hastctl attach` / the retry of an aborted `detach` event: see
+    /// [`ResourceHandle::attach`].
+    Attach(oneshot::Sender<Result<String, ApiError>>),
     /// Options changed that apply live (`local` and `name` changes restart
     /// the resource instead: see the daemon's reload).
     Reconfigure(Box<hast_conf::Resource>),
@@ -95,6 +98,31 @@ impl ResourceHandle {
     }
 }
 
+impl ResourceHandle {
+    /// Brings a failed or detached local component back (`hastctl attach`,
+    /// and what the event handler calls to retry an aborted `detach`
+    /// event): checks that the component answers (header read and
+    /// rewritten, data synced), then uses it again; a detached one first
+    /// gets the extents written while detached resynced from the peer (the
+    /// answer comes once that copy has begun; its end is the `attach`
+    /// event). `Err`: nothing changed (the component still fails, no peer
+    /// to copy from, not open). See `replication::attach::recover`.
+    pub async fn attach(&self) -> Result<String, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            api_err(
+                ErrorKind::TempFail,
+                format!("resource \"{}\" is stopping", self.name),
+            )
+        };
+        self.tx
+            .send(Command::Attach(tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
 /// What every resource task shares with the daemon.
 #[derive(Clone)]
 pub struct Env {
@@ -107,6 +135,9 @@ pub struct Env {
     pub tls: crate::replication::tls::SharedIdentity,
     /// Where this node's HA events go (the event journal).
     pub events: crate::events::Events,
+    /// `state_dir`: where a detached component's marker is kept
+    /// (`datapath::detach::marker_path`).
+    pub state_dir: PathBuf,
 }
 
 enum State {
@@ -225,6 +256,24 @@ impl ResourceTask {
                 }
                 Command::Status(reply) => {
                     let _ = reply.send(self.status().await);
+                }
+                Command::Attach(reply) => {
+                    let res = match self.state.dp() {
+                        Some(dp) => crate::replication::attach::recover(dp)
+                            .await
+                            .map_err(|e| api_err(ErrorKind::TempFail, e)),
+                        None => Err(api_err(
+                            ErrorKind::TempFail,
+                            "the resource is not open (role init)",
+                        )),
+                    };
+                    match &res {
+                        Ok(m) => tracing::info!(resource = %self.config.name, "attach: {m}"),
+                        Err(e) => {
+                            tracing::warn!(resource = %self.config.name, "attach refused: {}", e.message)
+                        }
+                    }
+                    let _ = reply.send(res);
                 }
                 Command::Reconfigure(cfg) => {
                     if let Some(dp) = self.state.dp() {
@@ -525,6 +574,11 @@ impl ResourceTask {
         let local = self.config.local.clone();
         let name = self.config.name.clone();
         let kept = self.kept.take();
+        // Left by a primary whose component was detached when hastd stopped
+        // (datapath/detach.rs): this copy is stale where only the peer was
+        // written, and its metadata does not say so.
+        let marker = crate::datapath::marker_path(&self.env.state_dir, &name);
+        let was_detached = marker.exists();
         let (store, header) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let store = match kept {
                 Some(store) => store,
@@ -545,6 +599,20 @@ impl ResourceTask {
             header.epoch =
                 crate::epoch::after_role_request(was, role, header.epoch, requested)
                     .map_err(stale)?;
+            if was_detached {
+                header.flags |= hast_meta::FLAG_INCONSISTENT;
+                if role == Role::Primary {
+                    return Err(api_err(
+                        ErrorKind::TempFail,
+                        format!(
+                            "{} was detached after a local I/O error and hastd stopped before \
+                             `hastctl attach`: its copy is stale; make it secondary so that the \
+                             primary resyncs it in full",
+                            local.display()
+                        ),
+                    ));
+                }
+            }
             if role == Role::Primary {
                 if header.flags & hast_meta::FLAG_INCONSISTENT != 0 {
                     return Err(api_err(
@@ -574,7 +642,7 @@ impl ResourceTask {
         } else {
             Side::Secondary
         };
-        DataPath::open(
+        let dp = DataPath::open(
             &self.config.name,
             &self.env.node,
             side,
@@ -582,8 +650,24 @@ impl ResourceTask {
             header,
             &self.config,
             self.env.events.clone(),
+            marker.clone(),
         )
-        .map_err(|e| meta_err(&e))
+        .map_err(|e| meta_err(&e))?;
+        if was_detached {
+            // Every extent needsync, durably: the primary's handshake takes
+            // the union of both maps, so the whole copy comes from it. Then
+            // the marker's job is done (the header says inconsistent).
+            dp.map_lock().set_all_needsync();
+            dp.persist_map()
+                .await
+                .map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
+            tokio::task::spawn_blocking(move || crate::datapath::remove_marker(&marker))
+                .await
+                .map_err(|e| api_err(ErrorKind::Software, e.to_string()))?
+                .map_err(|e| api_err(ErrorKind::IoErr, e.to_string()))?;
+            tracing::warn!(resource = %self.config.name, "this copy was detached when hastd stopped: marked inconsistent, every extent to be resynced from the primary");
+        }
+        Ok(dp)
     }
 
     /// Opens the component as primary and offers the export; returns the
@@ -656,6 +740,13 @@ impl ResourceTask {
             secondary::refuse(&mut wr, status, why).await;
             return;
         };
+        if dp.local_state() == LocalState::Detached {
+            let why = "the secondary's local component failed and is detached: refused until \
+                       `hastctl attach` on the secondary";
+            tracing::warn!(resource = %self.config.name, %peer, "{why}");
+            secondary::refuse(&mut wr, HelloStatus::PeerRefused, why).await;
+            return;
+        }
         if session.as_ref().is_some_and(|(old, _)| !old.is_finished()) {
             // A live session is replaced only by a connection that would be
             // accepted: one that fails the checks must not cost the primary
@@ -723,6 +814,8 @@ impl ResourceTask {
                 .then(|| crate::replication::auth::mode(c.secret.as_ref()).to_string()),
             tls: None,
             local_stall_ms: None,
+            local_state: None,
+            local_errors: 0,
         };
         let Some(dp) = self.state.dp() else {
             let local = c.local.clone();
@@ -760,7 +853,15 @@ impl ResourceTask {
             Side::Primary => dp.peer_connected() && !syncing && needsync == 0,
             Side::Secondary => peer_state.is_connected() && !inconsistent,
         };
-        st.status = if c.remote.is_none() || complete {
+        let local_state = dp.local_state();
+        st.local_state = Some(local_state.as_str().to_string());
+        st.local_errors = dp.local_errors();
+        st.status = if local_state == LocalState::Detached {
+            Status::Detached
+        } else if local_state == LocalState::Failed || dp.local_errors() > 0 {
+            // Local errors since the last attach: never `complete`.
+            Status::Degraded
+        } else if c.remote.is_none() || complete {
             Status::Complete
         } else if peer_state.is_split_brain() {
             Status::SplitBrain

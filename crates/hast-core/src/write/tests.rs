@@ -14,6 +14,17 @@ fn params(mode: Replication, peer_configured: bool, link_up: bool) -> Params {
         mode,
         peer_configured,
         link_up,
+        detach: false,
+        detached: false,
+    }
+}
+
+/// `on_io_error detach` (`detached`: this copy is detached already).
+fn detaching(mode: Replication, link_up: bool, detached: bool) -> Params {
+    Params {
+        detach: true,
+        detached,
+        ..params(mode, true, link_up)
     }
 }
 
@@ -169,6 +180,95 @@ fn table() {
     }
 }
 
+#[test]
+fn detach_table() {
+    let send = |fua, want_received| A::Send { fua, want_received };
+    let io = Err(Failure::Io);
+    let peer_only = |reply| A::Complete {
+        marked: None,
+        reply: Some(reply),
+    };
+    #[rustfmt::skip]
+    let rows: Vec<Row> = vec![
+        ("local write fails, detach allowed, peer applied it: acknowledged, not in sync",
+         detaching(FULL, true, false), false,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked,
+              E::Replied(true)],
+         vec![MARK, send(false, false), A::ApplyLocal, A::Detach { possible: true }, A::Track,
+              A::AwaitReply, done(false, OK)]),
+        ("local write fails, detached, peer fails it too: the link goes, the write fails",
+         detaching(FULL, true, false), false,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked,
+              E::Replied(false), E::LinkFailed],
+         vec![MARK, send(false, false), A::ApplyLocal, A::Detach { possible: true }, A::Track,
+              A::AwaitReply, A::FailLink, done(false, io)]),
+        ("local write fails, detach refused (peer not current): the error is the answer",
+         detaching(FULL, true, false), false,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(false),
+              E::Replied(true)],
+         vec![MARK, send(false, false), A::ApplyLocal, A::Detach { possible: true },
+              A::AwaitReply, done(false, io)]),
+        ("memsync, local write fails, detached: waits for the REPLY, not RECEIVED",
+         detaching(MEM, true, false), false,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked,
+              E::Replied(true)],
+         vec![MARK, send(false, true), A::ApplyLocal, A::Detach { possible: true }, A::Track,
+              A::AwaitReply, done(false, OK)]),
+        ("async, local write fails, detached: never answered before the REPLY",
+         detaching(ASYNC, true, false), true,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked,
+              E::Replied(true)],
+         vec![MARK, send(false, false), A::ApplyLocal, A::Detach { possible: true }, A::Track,
+              A::AwaitReply, done(false, OK)]),
+        ("no link, local write fails: cannot detach, EIO",
+         detaching(FULL, false, false), false,
+         vec![E::Fenced, E::Recorded(true), E::Marked(true), E::Applied(io), E::Detached(false)],
+         vec![A::Hold { reroute: true }, A::RecordDegraded, MARK, A::ApplyLocal,
+              A::Detach { possible: false }, done(false, io)]),
+        ("no link, the driver says detached anyway: still EIO (nobody has it)",
+         detaching(FULL, false, false), false,
+         vec![E::Fenced, E::Recorded(true), E::Marked(true), E::Applied(io), E::Detached(true)],
+         vec![A::Hold { reroute: true }, A::RecordDegraded, MARK, A::ApplyLocal,
+              A::Detach { possible: false }, done(false, io)]),
+        ("activemap write fails, detach allowed: sent to the peer alone, acknowledged on REPLY",
+         detaching(FULL, true, false), true,
+         vec![E::Marked(false), E::Detached(true), E::Tracked, E::Sent(true), E::Replied(true)],
+         vec![MARK, A::Detach { possible: true }, A::Track, send(true, false), A::AwaitReply,
+              done(false, OK)]),
+        ("activemap write fails, detach refused: fails, nothing written",
+         detaching(FULL, true, false), false,
+         vec![E::Marked(false), E::Detached(false)],
+         vec![MARK, A::Detach { possible: true }, done(false, io)]),
+        ("detached: tracked, to the peer alone with FUA, acknowledged on the REPLY",
+         detaching(FULL, true, true), true,
+         vec![E::Tracked, E::Sent(true), E::Replied(true)],
+         vec![A::Track, send(true, false), A::AwaitReply, peer_only(OK)]),
+        ("detached, async: still waits for the REPLY",
+         detaching(ASYNC, true, true), false,
+         vec![E::Tracked, E::Sent(true), E::Replied(true)],
+         vec![A::Track, send(false, false), A::AwaitReply, peer_only(OK)]),
+        ("detached, no link: EIO at once, nothing touched",
+         detaching(FULL, false, true), false,
+         vec![],
+         vec![peer_only(io)]),
+        ("detached, the link dies on the send: EIO",
+         detaching(FULL, true, true), false,
+         vec![E::Tracked, E::Sent(false)],
+         vec![A::Track, send(false, false), peer_only(io)]),
+        ("detached, the peer fails it: link dropped, EIO",
+         detaching(MEM, true, true), false,
+         vec![E::Tracked, E::Sent(true), E::Replied(false), E::LinkFailed],
+         vec![A::Track, send(false, false), A::AwaitReply, A::FailLink, peer_only(io)]),
+        ("pass_on: a local failure is the answer, nothing asks to detach",
+         params(FULL, true, true), false,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Replied(true)],
+         vec![MARK, send(false, false), A::ApplyLocal, A::AwaitReply, done(false, io)]),
+    ];
+    for (name, p, fua, events, want) in rows {
+        assert_eq!(run(p, fua, &events), want, "{name}");
+    }
+}
+
 /// Whatever the events, a write is never answered twice, never answered
 /// with success unless applied locally, and ends with at most one Complete.
 #[test]
@@ -195,36 +295,92 @@ fn never_answered_twice_nor_falsely() {
         E::Replied(false),
         E::LinkFailed,
         E::Answered,
+        E::Detached(true),
+        E::Detached(false),
+        E::Tracked,
     ];
     // Every sequence of up to 6 events from a small seeded walk.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..20_000 {
         for mode in [FULL, MEM, ASYNC] {
-            for (peer, link) in [(false, false), (true, false), (true, true)] {
-                let (mut op, mut act) = WriteOp::start(params(mode, peer, link), false);
+            for (peer, link, detach, detached) in [
+                (false, false, false, false),
+                (true, false, false, false),
+                (true, true, false, false),
+                (true, true, true, false),
+                (true, false, true, false),
+                (true, true, true, true),
+                (true, false, true, true),
+            ] {
+                let p = Params {
+                    detach,
+                    detached,
+                    ..params(mode, peer, link)
+                };
+                let (mut op, mut act) = WriteOp::start(p, false);
                 let mut answers = 0;
                 let mut applied_ok = false;
+                // Served by the peer alone: success needs its REPLY, and
+                // only once the copy is detached (or was).
+                let mut detached_now = detached;
+                let mut peer_applied = false;
                 for _ in 0..12 {
                     match act {
                         A::Reply(r) => {
                             answers += 1;
                             assert!(r.is_err() || applied_ok);
+                            assert!(!detached_now, "answered early while detached");
                         }
-                        A::Complete { reply, .. } => {
+                        A::Complete { reply, marked } => {
                             if let Some(r) = reply {
                                 answers += 1;
-                                assert!(r.is_err() || applied_ok, "success without local apply");
+                                if detached_now {
+                                    assert!(
+                                        r.is_err() || peer_applied,
+                                        "detached: success without the peer's REPLY"
+                                    );
+                                    assert_ne!(marked, Some(true), "detached: in sync");
+                                } else {
+                                    assert!(
+                                        r.is_err() || applied_ok,
+                                        "success without local apply"
+                                    );
+                                }
                             }
                             break;
                         }
+                        A::ApplyLocal => assert!(!detached_now, "detached copy written"),
+                        A::MarkDirty { .. } => assert!(!detached_now, "detached map written"),
                         _ => {}
                     }
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    let e = events[(x % events.len() as u64) as usize];
+                    // Half the time an answer the action expects (so deep
+                    // paths such as a detach are walked), else anything.
+                    let pick = x % (2 * events.len() as u64);
+                    let e = match (pick % 2, act) {
+                        (0, A::MarkDirty { .. }) => E::Marked(x & 4 == 0),
+                        (0, A::Send { .. }) => E::Sent(x & 4 == 0),
+                        (0, A::ApplyLocal) => {
+                            E::Applied(if x & 4 == 0 { OK } else { Err(Failure::Io) })
+                        }
+                        (0, A::Detach { .. }) => E::Detached(x & 4 == 0),
+                        (0, A::Track) => E::Tracked,
+                        (0, A::AwaitReply) => E::Replied(x & 4 == 0),
+                        (0, A::Hold { .. }) => E::Fenced,
+                        (0, A::RecordDegraded) => E::Recorded(x & 4 == 0),
+                        _ => events[(pick / 2) as usize],
+                    };
                     if e == E::Applied(OK) && act == A::ApplyLocal {
                         applied_ok = true;
+                    }
+                    if e == E::Detached(true) && act == (A::Detach { possible: true }) {
+                        detached_now = true;
+                        applied_ok = false;
+                    }
+                    if e == E::Replied(true) && act == A::AwaitReply {
+                        peer_applied = true;
                     }
                     act = op.step(e);
                 }

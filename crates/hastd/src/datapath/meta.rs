@@ -55,6 +55,12 @@ impl DataPath {
         }
     }
 
+    /// Every writer waiting for an activemap write leaves with an error
+    /// (the component was detached: that write will not happen).
+    pub(super) fn release_map_waiters(&self) {
+        self.flushed.send_modify(|s| s.failures += 1);
+    }
+
     /// Marks the extents of the range dirty and, with `wait`, waits until
     /// that is durable (`wait` is false only under a planted mutation).
     /// A sequential writer's next extent is marked ahead (`dirty_ahead`),
@@ -66,6 +72,10 @@ impl DataPath {
         len: u64,
         wait: bool,
     ) -> Result<(), DpError> {
+        if self.detach.is_detached() {
+            // Not touched while detached: the write goes through the peer.
+            return Err(DpError::Io(io::Error::from_raw_os_error(libc::EIO)));
+        }
         let (need, ahead, failures) = {
             let failures = self.flushed.borrow().failures;
             let mut map = self.map();
@@ -95,6 +105,9 @@ impl DataPath {
     pub(super) async fn record_degraded(&self, period: u64) -> Result<bool, DpError> {
         if self.periods.verdict(period) == Verdict::Recorded {
             return Ok(true);
+        }
+        if self.detach.is_detached() {
+            return Err(DpError::Io(io::Error::from_raw_os_error(libc::EIO)));
         }
         let mut h = self.header.lock().await;
         match self.periods.verdict(period) {
@@ -148,7 +161,11 @@ impl DataPath {
         tokio::task::spawn_blocking(move || store.write_header(&written))
             .await
             .map_err(|e| io::Error::other(e.to_string()))?
-            .map_err(|e| io::Error::other(e.to_string()))?;
+            .map_err(|e| {
+                let e = io::Error::other(e.to_string());
+                self.local_error("metadata", &e);
+                e
+            })?;
         *current = next;
         Ok(())
     }
@@ -201,7 +218,8 @@ impl DataPath {
             }
             // One job at a time; writers that arrived during a job are
             // covered by the next one, so keep going until nothing changed.
-            loop {
+            // Nothing is written to a detached component.
+            while !self.detach.is_detached() {
                 let job = self.map().begin_flush();
                 let Some(job) = job else { break };
                 if !self.write_map_job(job).await {
@@ -242,6 +260,7 @@ impl DataPath {
             }
             Err(e) => {
                 tracing::error!(resource = %self.name, "activemap write failed: {e}");
+                self.local_error("metadata", &io::Error::other(e));
                 self.map().flush_failed(job);
                 self.flushed.send_modify(|s| s.failures += 1);
                 false

@@ -18,10 +18,16 @@
 //!   fence command succeeded for its degradation generation (`fence.rs`);
 //! - once the primary's lease passed, no modification or flush is
 //!   acknowledged with success (`lease.rs`);
-//! - overlapping writes are applied in arrival order.
+//! - overlapping writes are applied in arrival order;
+//! - with `on_io_error detach`, a primary whose component failed detaches it
+//!   only while the peer's copy is current; once detached the component is
+//!   not touched, a write is acknowledged only after the peer's REPLY, and
+//!   every extent written meanwhile is resynced peer→local at attach before
+//!   this copy serves it (`detach.rs`, `replication::attach`).
 //!
 //! This file is the request path (`read`, `modify`, `flush`/`barrier`,
 //! `close`) and the state it shares; the rest lives with what owns it:
+//! `detach.rs` the `on_io_error` state and attach,
 //! `meta.rs` the metadata writer (activemap group commit, header updates),
 //! `fence.rs` the `fence_peer` generations and the fencer task, `stats.rs`
 //! the counters, `inline.rs` which I/O the runtime thread does in the page
@@ -29,6 +35,7 @@
 //! `rangelock.rs` and `lease.rs` admission, ordering and the lease,
 //! `peer.rs` and `progress.rs` what `status` shows of the peer and the disk.
 
+mod detach;
 mod fence;
 mod gate;
 mod inline;
@@ -55,6 +62,8 @@ use hast_meta::{ActiveMap, Header, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::link::{InFlight, Link, RemoteError};
+use detach::Detach;
+pub use detach::{marker_path, remove_marker, AttachStart, LocalState};
 pub use fence::Fence;
 use gate::Gate;
 pub use hast_core::edge::Zeroing;
@@ -192,6 +201,8 @@ pub struct DataPath {
     /// The component's writes can be page-cache copies at all (not on FUSE,
     /// see [`page_cache_writes`]); if not, no write is inline.
     inline_ok: bool,
+    /// `on_io_error`: detached, failed or attached (`detach.rs`).
+    detach: Detach,
     /// Where this resource's HA events go (the event journal).
     events: crate::events::Events,
 }
@@ -199,6 +210,8 @@ pub struct DataPath {
 impl DataPath {
     /// Opens the data path over a component whose header was read and
     /// checked by the caller.
+    // Each argument is a different thing the path needs from its opener.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         name: &str,
         node: &str,
@@ -207,6 +220,7 @@ impl DataPath {
         header: Header,
         cfg: &hast_conf::Resource,
         events: crate::events::Events,
+        detached_marker: std::path::PathBuf,
     ) -> Result<Arc<DataPath>, hast_meta::MetaError> {
         let peer_configured = cfg.remote.is_some();
         let fences = side == Side::Primary && peer_configured;
@@ -258,6 +272,7 @@ impl DataPath {
             progress: Progress::new(),
             inline_paused_until: AtomicU64::new(0),
             inline_ok,
+            detach: Detach::new(cfg.on_io_error, detached_marker),
             events,
         });
         tokio::spawn(dp.clone().metadata_writer());
@@ -327,6 +342,7 @@ impl DataPath {
         self.metaflush.store(cfg.metaflush, Relaxed);
         self.replication.store(mode_code(cfg.replication), Relaxed);
         self.resync_rate.store(cfg.resync_rate, Relaxed);
+        self.detach.set_policy(cfg.on_io_error);
         if self.side == Side::Primary && self.peer_configured {
             self.fence.set_command(cfg.fence_peer.as_deref());
         }
@@ -424,10 +440,21 @@ impl DataPath {
     pub async fn read(&self, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
         let len = buf.len() as u64;
+        if self.side == Side::Primary && self.detach.is_detached() {
+            // No local copy: the peer's, or nothing.
+            if let Some(data) = self.read_peer_ordered(offset, len).await {
+                self.counters.reads.fetch_add(1, Relaxed);
+                self.counters.bytes_read.fetch_add(len, Relaxed);
+                return Ok(data);
+            }
+            return Err(DpError::Io(io::Error::from_raw_os_error(libc::EIO)));
+        }
         // A stale primary (resync from the peer running) must not serve its
         // own old copy of an extent the peer has newer.
-        if self.sync_from_peer.load(Relaxed) && self.any_needsync(offset, len) {
-            if let Some(data) = self.read_peer(offset, len).await {
+        if (self.sync_from_peer.load(Relaxed) || self.detach.attaching())
+            && self.any_needsync(offset, len)
+        {
+            if let Some(data) = self.read_peer_ordered(offset, len).await {
                 self.counters.reads.fetch_add(1, Relaxed);
                 self.counters.bytes_read.fetch_add(len, Relaxed);
                 return Ok(data);
@@ -453,8 +480,13 @@ impl DataPath {
             Err(e) => {
                 self.counters.read_errors.fetch_add(1, Relaxed);
                 tracing::error!(resource = %self.name, offset, len, "local read failed: {e}");
+                if self.side == Side::Primary {
+                    self.local_error("read", &e);
+                    // on_io_error detach: the peer serves from now on.
+                    self.try_detach(true);
+                }
                 // The secondary has the same data: retry there.
-                if let Some(data) = self.read_peer(offset, len).await {
+                if let Some(data) = self.read_peer_ordered(offset, len).await {
                     tracing::warn!(resource = %self.name, offset, len, "read served by the peer");
                     return Ok(data);
                 }
@@ -474,6 +506,18 @@ impl DataPath {
     async fn read_peer(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
         let data = self.link()?.read(offset, len as u32, 0).await.ok()?;
         (data.len() as u64 == len).then_some(data)
+    }
+
+    /// [`DataPath::read_peer`] after every earlier overlapping write has
+    /// completed on the peer: a write holds its range until the peer's
+    /// REPLY (also after a memsync/async answer), and the secondary does not
+    /// order a READ after the WRITEs before it, so without this a read
+    /// could miss an acknowledged write still on its way there.
+    async fn read_peer_ordered(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        // No link, no answer: do not wait behind writes held for a fence.
+        self.link()?;
+        let _order = self.ranges.lock(offset, len).await;
+        self.read_peer(offset, len).await
     }
 
     fn any_needsync(&self, offset: u64, len: u64) -> bool {
@@ -553,6 +597,8 @@ impl DataPath {
             mode: self.replication(),
             peer_configured: self.peer_configured,
             link_up: link.is_some(),
+            detach: self.detach.detaches(),
+            detached: self.detach.is_detached(),
         };
         let (mut op, first) = WriteOp::start(params, fua);
         let mut d = Driving {
@@ -632,6 +678,9 @@ impl DataPath {
                     }
                     Ok(false) => Event::Superseded,
                     Err(e) => {
+                        // This copy alone would have it, and failed: no
+                        // detach possible (marked failed, event aborted).
+                        self.try_detach(false);
                         d.err = Some(e);
                         Event::Recorded(false)
                     }
@@ -652,6 +701,10 @@ impl DataPath {
                 }
                 Action::ApplyLocal => {
                     let res = match d.change.take() {
+                        // Detached since the write began: not touched.
+                        Some(_) if self.detach.is_detached() => {
+                            Err(DpError::Io(io::Error::from_raw_os_error(libc::EIO)))
+                        }
                         Some(c) => self.apply_local(d.offset, d.fua, c).await,
                         None => Err(DpError::Io(io::Error::other("write applied twice"))),
                     };
@@ -689,6 +742,20 @@ impl DataPath {
                     };
                     Event::Replied(d.remote_ok(r))
                 }
+                Action::Track => {
+                    self.track(d.offset, d.len);
+                    self.detached_durable().await;
+                    Event::Tracked
+                }
+                Action::Detach { possible } => {
+                    // A fast zero the component cannot do is no I/O error.
+                    let io = !matches!(d.err, Some(DpError::Unsupported));
+                    let detached = io && self.try_detach(possible);
+                    if detached {
+                        d.err = None;
+                    }
+                    Event::Detached(detached)
+                }
                 Action::FailLink => {
                     // An error from the secondary's disk leaves its copy
                     // behind: drop the link so the next connection resyncs.
@@ -716,6 +783,11 @@ impl DataPath {
     }
 
     async fn apply_local(&self, offset: u64, fua: bool, change: Change) -> Result<(), DpError> {
+        let what = match &change {
+            Change::Write(_) => "write",
+            Change::Zero { trim: true, .. } => "trim",
+            Change::Zero { .. } => "zero",
+        };
         let res = match change {
             Change::Write(data) if self.applies_in_memory(offset, data.len(), fua) => {
                 let started = Instant::now();
@@ -735,6 +807,7 @@ impl DataPath {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Err(DpError::Unsupported),
             Err(e) => {
                 tracing::error!(resource = %self.name, offset, "local write failed: {e}");
+                self.local_error(what, &e);
                 Err(e.into())
             }
         }
@@ -857,6 +930,13 @@ impl DataPath {
     /// copy of those extents may still be only in its page cache), but the
     /// local flush still succeeds: the resource runs degraded.
     pub async fn barrier(&self) -> io::Result<()> {
+        if self.side == Side::Primary && self.detach.is_detached() {
+            // No local copy to sync and nothing cleared: the peer's flush.
+            return match self.link() {
+                Some(l) => l.flush().await.map_err(|e| io::Error::other(e.to_string())),
+                None => Err(io::Error::from_raw_os_error(libc::EIO)),
+            };
+        }
         let ticket = self.map().barrier_start();
         self.writes_since_barrier.store(0, Relaxed);
         let link = match self.side {
@@ -872,7 +952,17 @@ impl DataPath {
             }
         };
         let (local, peer) = tokio::join!(self.blocking(|d| d.datasync()), remote);
-        local?;
+        if let Err(e) = local {
+            if self.side == Side::Primary {
+                self.local_error("flush", &e);
+                // The peer flushed everything completed before: it serves
+                // from now on (nothing is cleared: this copy may lack it).
+                if peer == PeerCopy::Flushed && self.try_detach(true) {
+                    return Ok(());
+                }
+            }
+            return Err(e);
+        }
         // Without the peer's flush nothing is cleared: the extents stay dirty
         // and the next connection copies them. No counter changes here: every
         // write the peer missed was already recorded degraded by itself, and a
@@ -909,7 +999,20 @@ impl DataPath {
 
     pub async fn cache(&self, offset: u64, len: u64) -> Result<(), DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
+        if self.side == Side::Primary && self.detach.is_detached() {
+            // Only a hint; the detached component is not touched.
+            return Ok(());
+        }
         Ok(self.blocking(move |d| d.prefetch(offset, len)).await?)
+    }
+
+    /// This copy may be stale in the range (detached, or extents an attach
+    /// or a resync from the peer has not copied yet): its holes say nothing.
+    fn local_may_be_stale(&self, offset: u64, len: u64) -> bool {
+        self.side == Side::Primary
+            && (self.detach.is_detached()
+                || ((self.sync_from_peer.load(Relaxed) || self.detach.attaching())
+                    && self.any_needsync(offset, len)))
     }
 
     /// Allocation runs `(length, is_hole)` of the range (BLOCK_STATUS).
@@ -920,6 +1023,11 @@ impl DataPath {
         runs: Runs,
     ) -> Result<Vec<(u64, bool)>, DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
+        if self.local_may_be_stale(offset, len) {
+            // All data: a client must read it (from the peer), never skip
+            // a "hole" the peer has written.
+            return Ok(vec![(len, false)]);
+        }
         Ok(self
             .blocking(move |d| d.allocation(offset, len, runs))
             .await?)
@@ -939,6 +1047,9 @@ impl DataPath {
     /// caller updates (role, counters) with [`DataPath::update_header`].
     pub async fn close(&self) -> Result<Header, DpError> {
         self.gate.close_and_drain().await;
+        if self.detach.is_detached() {
+            return self.close_detached().await;
+        }
         let barrier = self.barrier().await;
         let map_res = self.write_whole_map().await;
         barrier?;

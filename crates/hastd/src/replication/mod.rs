@@ -6,6 +6,7 @@
 //! the data path uses too; imports run `replication → datapath, link` and
 //! never back. The protocol is described in `docs/replication.md`.
 
+pub mod attach;
 pub mod auth;
 pub mod listener;
 pub mod primary;

@@ -43,6 +43,23 @@ pub async fn run(
     let mut backoff = BACKOFF_FIRST;
     let mut last_error = String::new();
     while !dp.is_withdrawn() {
+        if dp.is_detached() {
+            // The local component is detached and the link is gone: a
+            // handshake would take this copy's stale metadata and map for
+            // current (and could copy it over the peer). Stay apart until
+            // the resource is demoted (see `datapath/detach.rs`).
+            let why = "local component detached and the secondary lost: not reconnecting; demote the resource (the next primary resyncs this copy)";
+            if last_error != why {
+                tracing::warn!(resource = %cfg.name, "{why}");
+                last_error = why.to_string();
+            }
+            dp.set_peer_state(PeerState::Failed(why.to_string()));
+            tokio::select! {
+                _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                _ = dp.withdrawn() => break,
+            }
+            continue;
+        }
         let keys = secret.borrow().clone();
         let link_tls = LinkTls {
             pins: pins.borrow().clone(),

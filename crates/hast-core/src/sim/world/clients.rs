@@ -53,6 +53,9 @@ impl World {
             mode: self.mode,
             peer_configured: true,
             link_up: conn.is_some(),
+            // The simulated disks never fail: no detach.
+            detach: false,
+            detached: false,
         };
         let (op, act) = WriteOp::start(params, fua);
         let period = self.nodes[node].live().degraded.current();
@@ -252,6 +255,9 @@ impl World {
                     None => None,
                 }
             }
+            // Simulated disks never fail, so nothing asks to detach.
+            Action::Detach { .. } => Some(Event::Detached(false)),
+            Action::Track => Some(Event::Tracked),
             Action::FailLink => {
                 if self.conn_alive(self.writes[i].conn) {
                     self.note(format!("write #{id}: the peer failed it, link dropped"));
