@@ -445,6 +445,47 @@ fn pass_on_gives_the_error_to_the_client_and_status_is_not_complete() {
     rig.finish();
 }
 
+/// The detachment cannot be made durable (its marker path is a directory,
+/// so creating the file fails): a write that would rest on the peer alone
+/// is refused with EIO, never acknowledged; once the marker can be written,
+/// writes go through the peer again and attach brings the copies back.
+#[test]
+fn a_detachment_that_cannot_be_recorded_acknowledges_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new("ioerr-nomarker", "EIO", &[]);
+    let uri = rig.uri();
+    rig.pair.wait_complete(timeout_s(60));
+    let marker = rig
+        .pair
+        .node(Side::A)
+        .layout()
+        .state_dir
+        .join("r0.detached");
+    std::fs::create_dir_all(&marker).expect("a directory where the marker goes");
+    rig.break_writes();
+    let (ok, text) = write_once(&uri, 2 * MIB, 0x66);
+    assert!(!ok, "acknowledged with the detachment not durable:\n{text}");
+    assert!(text.contains("Input/output error"), "not EIO:\n{text}");
+    let log = rig.pair.node(Side::A).log();
+    assert!(log.contains("cannot record the detachment"), "{log}");
+    std::fs::remove_dir(&marker).expect("rmdir");
+    let (ok, text) = write_once(&uri, 2 * MIB, 0x77);
+    assert!(
+        ok,
+        "detached with the marker writable, the write failed:\n{text}"
+    );
+    assert!(marker.is_file(), "the marker is written");
+    rig.heal();
+    let (ok, text) = rig.attach();
+    assert!(ok, "attach: {text}");
+    rig.pair.wait_complete(timeout_s(60));
+    qemu_io(&uri, &[format!("read -P 0x77 {} {MIB}", 2 * MIB)]);
+    rig.pair.assert_identical(timeout_s(30));
+    rig.finish();
+}
+
 /// The secondary's component fails writes: it detaches itself and refuses the
 /// primary, which goes on degraded with no client error; `hastctl attach` on
 /// the secondary after the repair lets the primary in, and its resync brings

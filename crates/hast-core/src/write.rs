@@ -105,8 +105,11 @@ pub enum Action {
     /// [`Event::Detached`]: `true` only if this copy is now detached.
     Detach { possible: bool },
     /// Record the range as written while detached (in memory), so that it
-    /// is resynced from the peer before this copy serves it again. Answer
-    /// with [`Event::Tracked`].
+    /// is resynced from the peer before this copy serves it again, and make
+    /// sure the detachment itself is durable (a restart must not take this
+    /// copy for current). Answer with [`Event::Tracked`]: `false` if the
+    /// detachment could not be made durable — then the write is not
+    /// acknowledged (EIO), whatever the peer does with it.
     Track,
     /// Answer the client now; the write is still being recorded. Answer
     /// with [`Event::Answered`].
@@ -138,7 +141,7 @@ pub enum Event {
     LinkFailed,
     Answered,
     Detached(bool),
-    Tracked,
+    Tracked(bool),
 }
 
 /// Where the modification stands.
@@ -194,6 +197,8 @@ pub struct WriteOp {
     sent: bool,
     /// The activemap failed it, before anything was written.
     failed_at_mark: bool,
+    /// Detached, but the detachment is not durable: never acknowledged.
+    unrecorded: bool,
 }
 
 impl WriteOp {
@@ -211,6 +216,7 @@ impl WriteOp {
             through_peer: false,
             sent: false,
             failed_at_mark: false,
+            unrecorded: false,
         };
         if params.detached {
             // No local copy: the peer alone, or nothing.
@@ -329,8 +335,11 @@ impl WriteOp {
             // Detached: the peer's copy is the only one. Applied there:
             // acknowledged (never in sync: this copy lacks it). Failed
             // there: nobody has it; the link goes, the write fails.
-            if ok {
+            if ok && !self.unrecorded {
                 return self.complete(false, Ok(()));
+            }
+            if ok {
+                return self.abort(Failure::Io);
             }
             self.stage = Stage::FailingDetached;
             return Action::FailLink;
@@ -421,7 +430,19 @@ impl WriteOp {
                 }
                 self.after_apply(Err(Failure::Io))
             }
-            (S::Tracking, E::Tracked) => self.through_peer_next(),
+            (S::Tracking, E::Tracked(true)) => self.through_peer_next(),
+            (S::Tracking, E::Tracked(false)) => {
+                // A crash now would leave a copy that looks current without
+                // this write: acknowledge nothing. One already on its way to
+                // the peer is waited for, so no reply outlives the request.
+                self.unrecorded = true;
+                if self.sent {
+                    self.stage = S::WaitReply;
+                    Action::AwaitReply
+                } else {
+                    self.abort(Failure::Io)
+                }
+            }
             (S::SendingDetached, E::Sent(true)) => {
                 self.sent = true;
                 self.stage = S::WaitReply;

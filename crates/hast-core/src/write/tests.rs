@@ -192,13 +192,13 @@ fn detach_table() {
     let rows: Vec<Row> = vec![
         ("local write fails, detach allowed, peer applied it: acknowledged, not in sync",
          detaching(FULL, true, false), false,
-         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked(true),
               E::Replied(true)],
          vec![MARK, send(false, false), A::ApplyLocal, A::Detach { possible: true }, A::Track,
               A::AwaitReply, done(false, OK)]),
         ("local write fails, detached, peer fails it too: the link goes, the write fails",
          detaching(FULL, true, false), false,
-         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked(true),
               E::Replied(false), E::LinkFailed],
          vec![MARK, send(false, false), A::ApplyLocal, A::Detach { possible: true }, A::Track,
               A::AwaitReply, A::FailLink, done(false, io)]),
@@ -210,13 +210,13 @@ fn detach_table() {
               A::AwaitReply, done(false, io)]),
         ("memsync, local write fails, detached: waits for the REPLY, not RECEIVED",
          detaching(MEM, true, false), false,
-         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked(true),
               E::Replied(true)],
          vec![MARK, send(false, true), A::ApplyLocal, A::Detach { possible: true }, A::Track,
               A::AwaitReply, done(false, OK)]),
         ("async, local write fails, detached: never answered before the REPLY",
          detaching(ASYNC, true, false), true,
-         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked(true),
               E::Replied(true)],
          vec![MARK, send(false, false), A::ApplyLocal, A::Detach { possible: true }, A::Track,
               A::AwaitReply, done(false, OK)]),
@@ -232,7 +232,7 @@ fn detach_table() {
               A::Detach { possible: false }, done(false, io)]),
         ("activemap write fails, detach allowed: sent to the peer alone, acknowledged on REPLY",
          detaching(FULL, true, false), true,
-         vec![E::Marked(false), E::Detached(true), E::Tracked, E::Sent(true), E::Replied(true)],
+         vec![E::Marked(false), E::Detached(true), E::Tracked(true), E::Sent(true), E::Replied(true)],
          vec![MARK, A::Detach { possible: true }, A::Track, send(true, false), A::AwaitReply,
               done(false, OK)]),
         ("activemap write fails, detach refused: fails, nothing written",
@@ -241,11 +241,21 @@ fn detach_table() {
          vec![MARK, A::Detach { possible: true }, done(false, io)]),
         ("detached: tracked, to the peer alone with FUA, acknowledged on the REPLY",
          detaching(FULL, true, true), true,
-         vec![E::Tracked, E::Sent(true), E::Replied(true)],
+         vec![E::Tracked(true), E::Sent(true), E::Replied(true)],
          vec![A::Track, send(true, false), A::AwaitReply, peer_only(OK)]),
+        ("detached, the detachment cannot be made durable: EIO, nothing sent",
+         detaching(FULL, true, true), false,
+         vec![E::Tracked(false)],
+         vec![A::Track, peer_only(io)]),
+        ("local write fails, detached but not durably: the REPLY is awaited, then EIO",
+         detaching(FULL, true, false), false,
+         vec![E::Marked(true), E::Sent(true), E::Applied(io), E::Detached(true), E::Tracked(false),
+              E::Replied(true)],
+         vec![MARK, send(false, false), A::ApplyLocal, A::Detach { possible: true }, A::Track,
+              A::AwaitReply, done(false, io)]),
         ("detached, async: still waits for the REPLY",
          detaching(ASYNC, true, true), false,
-         vec![E::Tracked, E::Sent(true), E::Replied(true)],
+         vec![E::Tracked(true), E::Sent(true), E::Replied(true)],
          vec![A::Track, send(false, false), A::AwaitReply, peer_only(OK)]),
         ("detached, no link: EIO at once, nothing touched",
          detaching(FULL, false, true), false,
@@ -253,11 +263,11 @@ fn detach_table() {
          vec![peer_only(io)]),
         ("detached, the link dies on the send: EIO",
          detaching(FULL, true, true), false,
-         vec![E::Tracked, E::Sent(false)],
+         vec![E::Tracked(true), E::Sent(false)],
          vec![A::Track, send(false, false), peer_only(io)]),
         ("detached, the peer fails it: link dropped, EIO",
          detaching(MEM, true, true), false,
-         vec![E::Tracked, E::Sent(true), E::Replied(false), E::LinkFailed],
+         vec![E::Tracked(true), E::Sent(true), E::Replied(false), E::LinkFailed],
          vec![A::Track, send(false, false), A::AwaitReply, A::FailLink, peer_only(io)]),
         ("pass_on: a local failure is the answer, nothing asks to detach",
          params(FULL, true, true), false,
@@ -297,7 +307,7 @@ fn never_answered_twice_nor_falsely() {
         E::Answered,
         E::Detached(true),
         E::Detached(false),
-        E::Tracked,
+        E::Tracked(true),
     ];
     // Every sequence of up to 6 events from a small seeded walk.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -324,6 +334,7 @@ fn never_answered_twice_nor_falsely() {
                 // only once the copy is detached (or was).
                 let mut detached_now = detached;
                 let mut peer_applied = false;
+                let mut unrecorded = false;
                 for _ in 0..12 {
                     match act {
                         A::Reply(r) => {
@@ -338,6 +349,10 @@ fn never_answered_twice_nor_falsely() {
                                     assert!(
                                         r.is_err() || peer_applied,
                                         "detached: success without the peer's REPLY"
+                                    );
+                                    assert!(
+                                        r.is_err() || !unrecorded,
+                                        "detached: success while the detachment is not durable"
                                     );
                                     assert_ne!(marked, Some(true), "detached: in sync");
                                 } else {
@@ -366,7 +381,7 @@ fn never_answered_twice_nor_falsely() {
                             E::Applied(if x & 4 == 0 { OK } else { Err(Failure::Io) })
                         }
                         (0, A::Detach { .. }) => E::Detached(x & 4 == 0),
-                        (0, A::Track) => E::Tracked,
+                        (0, A::Track) => E::Tracked(x & 4 == 0),
                         (0, A::AwaitReply) => E::Replied(x & 4 == 0),
                         (0, A::Hold { .. }) => E::Fenced,
                         (0, A::RecordDegraded) => E::Recorded(x & 4 == 0),
@@ -381,6 +396,10 @@ fn never_answered_twice_nor_falsely() {
                     }
                     if e == E::Replied(true) && act == A::AwaitReply {
                         peer_applied = true;
+                    }
+                    if e == E::Tracked(false) && act == A::Track {
+                        // Not durably detached: no success may follow.
+                        unrecorded = true;
                     }
                     act = op.step(e);
                 }

@@ -349,11 +349,13 @@ impl DataPath {
 
     /// Before a write goes to the peer alone: the marker that tells a
     /// restarted hastd this copy is stale is durable (written once per
-    /// detachment; a failure is logged and retried by the next write).
-    pub(super) async fn detached_durable(&self) {
+    /// detachment). False if it cannot be: the write is then refused (EIO)
+    /// rather than acknowledged on a copy a restart would take for current;
+    /// the next write tries again.
+    pub(super) async fn detached_durable(&self) -> bool {
         let mut done = self.detach.marker_durable.lock().await;
         if *done {
-            return;
+            return true;
         }
         let path = self.detach.marker.clone();
         let name = self.name.clone();
@@ -365,10 +367,10 @@ impl DataPath {
             Err(e) => tracing::error!(
                 resource = %self.name,
                 marker = %self.detach.marker.display(),
-                "cannot record the detachment: if hastd stops before `hastctl attach`, the \
-                 stale copy will look current: {e}"
+                "cannot record the detachment, writes fail until it can: {e}"
             ),
         }
+        *done
     }
 
     /// The detachment is over (attached and resynced, or closed with the

@@ -744,8 +744,7 @@ impl DataPath {
                 }
                 Action::Track => {
                     self.track(d.offset, d.len);
-                    self.detached_durable().await;
-                    Event::Tracked
+                    Event::Tracked(self.detached_durable().await)
                 }
                 Action::Detach { possible } => {
                     // A fast zero the component cannot do is no I/O error.

@@ -257,7 +257,7 @@ impl World {
             }
             // Simulated disks never fail, so nothing asks to detach.
             Action::Detach { .. } => Some(Event::Detached(false)),
-            Action::Track => Some(Event::Tracked),
+            Action::Track => Some(Event::Tracked(true)),
             Action::FailLink => {
                 if self.conn_alive(self.writes[i].conn) {
                     self.note(format!("write #{id}: the peer failed it, link dropped"));
