@@ -469,3 +469,92 @@ fn follow_streams_changes_as_they_happen() {
     let _ = child.wait();
     assert!(n.stop().success());
 }
+
+/// The replication events of a pair, each in the journal of the node that
+/// saw it: the initial full sync, a secondary gone and back (disconnect,
+/// connect, a resync of what it missed), then both copies written while
+/// apart (split-brain on both nodes, nothing synced).
+#[test]
+fn replication_events_are_journalled_on_each_node() {
+    use hast_testkit::pair::qemu_io;
+    use hast_testkit::{Pair, Side};
+    let kinds = |pair: &Pair, side: Side| -> Vec<String> {
+        let out = pair.node(side).hastctl_ok(&["events", "--all", "--json"]);
+        let v: Value = serde_json::from_str(&out).expect("events JSON");
+        v["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let has_in_order = |got: &[String], want: &[&str]| {
+        let mut it = got.iter();
+        want.iter().all(|w| it.any(|g| g == w))
+    };
+    let mut pair = Pair::builder(bins!())
+        .tag("events-repl")
+        .file_size(64 * MIB)
+        .start();
+    pair.setup(Side::A, WAIT);
+    pair.stop(Side::B);
+    qemu_io(&pair.uri(Side::A), &["write -P 0x21 0 1M".to_string()]);
+    pair.start_daemon(Side::B);
+    pair.make_secondary(Side::B);
+    pair.wait_complete(WAIT);
+    let want_a = [
+        "role",
+        "promote",
+        "connect",
+        "syncstart",
+        "syncdone",
+        "disconnect",
+        "connect",
+        "syncstart",
+        "syncdone",
+    ];
+    let a = wait_for(WAIT, || {
+        let a = kinds(&pair, Side::A);
+        has_in_order(&a, &want_a).then_some(a)
+    });
+    assert!(
+        a.is_some(),
+        "A: {:?}, want {want_a:?} in order",
+        kinds(&pair, Side::A)
+    );
+    // B's journal is its own: restarted, it became secondary and met A again.
+    let b = kinds(&pair, Side::B);
+    assert!(has_in_order(&b, &["role", "connect"]), "B: {b:?}");
+    assert!(
+        !b.iter().any(|k| k == "syncstart"),
+        "only the primary resyncs: {b:?}"
+    );
+
+    // Split-brain: A written alone, then B promoted and written alone.
+    pair.stop(Side::B);
+    qemu_io(&pair.uri(Side::A), &["write -P 0x22 0 1M".to_string()]);
+    pair.stop(Side::A);
+    pair.start_daemon(Side::B);
+    pair.make_primary(Side::B);
+    qemu_io(&pair.uri(Side::B), &["write -P 0x23 0 1M".to_string()]);
+    pair.start_daemon(Side::A);
+    pair.make_secondary(Side::A);
+    for side in [Side::A, Side::B] {
+        let seen = wait_for(WAIT, || {
+            kinds(&pair, side)
+                .iter()
+                .any(|k| k == "split-brain")
+                .then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{side:?}: no split-brain in {:?}",
+            kinds(&pair, side)
+        );
+    }
+    // A stopping hastd's own events (its demotion) were journalled before
+    // it exited, and handled after its restart.
+    let a = kinds(&pair, Side::A);
+    let stop = ["disconnect", "role", "demote", "role", "split-brain"];
+    assert!(has_in_order(&a, &stop), "A: {a:?}, want {stop:?} in order");
+}

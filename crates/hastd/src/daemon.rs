@@ -15,6 +15,9 @@ use crate::resource::{Command, Env, ResourceHandle};
 use crate::{exit, Args};
 
 type TlsIdentity = Arc<crate::replication::tls::Identity>;
+
+/// How long a stopping hastd waits for the journal to take its last events.
+const JOURNAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 use hast_sys::daemon::{notify, Daemon, Notify, Signal, Signals};
 
 pub fn main(args: Args) -> i32 {
@@ -295,6 +298,13 @@ async fn run(
     let all = std::mem::take(&mut *resources.write().await);
     for r in all {
         stop(&r).await;
+    }
+    // The stop's own events (demotions) reach the journal before we exit.
+    if tokio::time::timeout(JOURNAL_FLUSH_TIMEOUT, env.events.flush())
+        .await
+        .is_err()
+    {
+        tracing::error!("event journal did not take the last events in time");
     }
     if let Some((_, task)) = nbd_tcp {
         task.abort();

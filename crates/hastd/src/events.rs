@@ -59,10 +59,17 @@ struct Emitted {
     unhandled: Option<(State, String)>,
 }
 
+/// What the recorder is sent: an event, or a request to say when every
+/// event sent before it is on disk.
+enum Msg {
+    Event(Emitted),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Where hastd's parts send their events. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Events {
-    tx: Option<mpsc::Sender<Emitted>>,
+    tx: Option<mpsc::Sender<Msg>>,
 }
 
 impl Events {
@@ -117,11 +124,19 @@ impl Events {
             time_ms: hast_events::now_ms(),
             unhandled,
         };
-        if let Err(e) = tx.try_send(e) {
-            let e = match e {
-                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
-            };
-            tracing::error!(resource, event = %e.kind, "event journal queue full or closed: event not recorded");
+        if tx.try_send(Msg::Event(e)).is_err() {
+            tracing::error!(resource, event = %kind, "event journal queue full or closed: event not recorded");
+        }
+    }
+
+    /// Waits until every event emitted before this call is in the journal
+    /// (hastd's last step before it exits: the events of the shutdown
+    /// itself, such as a demotion, are handled at the next start).
+    pub async fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
         }
     }
 }
@@ -350,8 +365,15 @@ impl Service {
 }
 
 /// The recorder: appends each emitted event durably, then wakes the handler.
-async fn record(svc: Arc<Service>, mut rx: mpsc::Receiver<Emitted>) {
-    while let Some(e) = rx.recv().await {
+async fn record(svc: Arc<Service>, mut rx: mpsc::Receiver<Msg>) {
+    while let Some(msg) = rx.recv().await {
+        let e = match msg {
+            Msg::Event(e) => e,
+            Msg::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let feed = svc.feed.clone();
         let resource = e.resource.clone();
         let kind = e.kind;
