@@ -33,7 +33,9 @@
 //! inconsistent (never promoted, never a resync source) and, as secondary,
 //! every extent needsync, so the peer resyncs it in full. The marker goes
 //! when the attach's resync completed, or a close while detached wrote the
-//! extents dirty and the copy inconsistent itself.
+//! extents dirty and the copy inconsistent itself. A write for which the
+//! marker cannot be made durable is refused (EIO), never acknowledged: a
+//! crash could otherwise leave a copy that looks current without it.
 
 use std::collections::BTreeSet;
 use std::io;
