@@ -47,6 +47,8 @@ const HOOK_LINES_MAX: usize = 20;
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 /// Longest argument or detail value recorded (a long error text is cut).
 const VALUE_MAX: usize = 512;
+/// The note of an event handled by a resource with no `exec` hook.
+const NO_HOOK: &str = "no exec hook";
 
 /// One event on its way to the journal.
 struct Emitted {
@@ -420,6 +422,11 @@ async fn handle_all(svc: Arc<Service>) {
         }
         let (state, note) = handle(&svc, &entry).await;
         match &state {
+            // Without a hook there is nothing to report beyond the event's
+            // own line: keep the log to one line per event.
+            State::Done if note == NO_HOOK => {
+                tracing::debug!(seq, resource = %entry.event.resource, event = %entry.event.kind, "event handled: {note}")
+            }
             State::Done => {
                 tracing::info!(seq, resource = %entry.event.resource, event = %entry.event.kind, "event handled: {note}")
             }
@@ -464,7 +471,7 @@ async fn handle(svc: &Service, entry: &Entry) -> (State, String) {
     }
     let hooks = svc.hooks.read().unwrap_or_else(|p| p.into_inner()).clone();
     let Some(program) = hooks.exec.get(&ev.resource) else {
-        done.push("no exec hook".into());
+        done.push(NO_HOOK.into());
         return (State::Done, done.join("; "));
     };
     let mut args = vec![ev.kind.name().to_string(), ev.resource.clone()];
