@@ -413,6 +413,42 @@ fn the_lease_wins_over_a_freeze() {
     assert!(on_disk(&n, "r0", 0, 65536).iter().all(|b| *b == 0));
 }
 
+#[test]
+fn a_reload_keeps_a_frozen_resources_identity() {
+    let mut n = node("freeze-reload", &["r0"], &["r0"]);
+    n.hastctl_ok(&["freeze", "-t", "-1", "r0"]);
+    let l = n.layout().clone();
+    let base = std::fs::read_to_string(&l.config_path).unwrap();
+    let old = l.local("r0").display().to_string();
+    let moved = base.replace(&old, &l.dir.join("r0b.img").display().to_string());
+    assert_ne!(moved, base);
+    std::fs::write(&l.config_path, &moved).unwrap();
+    n.signal(libc::SIGHUP);
+    let kept = wait_for(WAIT, || {
+        n.log()
+            .contains("frozen: the change of local or name is not applied")
+            .then_some(())
+    });
+    assert!(kept.is_some(), "no refusal logged:\n{}", n.log());
+    assert_eq!(code(&n.hastctl(&["query", "r0"])), 0, "no longer frozen");
+    assert_eq!(status(&n, "r0")["role"], "primary");
+    // Thawed, the same reload applies.
+    n.hastctl_ok(&["thaw", "r0"]);
+    n.signal(libc::SIGHUP);
+    let applied = wait_for(WAIT, || {
+        n.log()
+            .contains("local or name changed, restarting the resource")
+            .then_some(())
+    });
+    assert!(
+        applied.is_some(),
+        "not applied after the thaw:\n{}",
+        n.log()
+    );
+    let init = wait_for(WAIT, || (status(&n, "r0")["role"] == "init").then_some(()));
+    assert!(init.is_some(), "{}", status(&n, "r0"));
+}
+
 /// Reads `slots` u64 values (the first 8 bytes of each 4 KiB block) of
 /// `res`'s data area from its component file.
 fn slots(n: &Node, res: &str, count: usize) -> Vec<u64> {
