@@ -7,7 +7,9 @@
 //! The rules (who may be frozen, timeouts, what `thaw` answers) are the
 //! pure [`policy::Book`]; this is its driver: it holds and releases the
 //! data paths, runs one watcher per group (the timeout, the death of a
-//! member's replication link), and records `freeze` and `thaw` events. The
+//! replication link a member had when it was held — a member frozen while
+//! its secondary was absent has none, and a link that comes up while
+//! frozen is not watched), and records `freeze` and `thaw` events. The
 //! control socket drives a freeze in steps — [`Freezer::begin`], each
 //! resource task's [`Freezer::hold`] (so a role change never races it),
 //! [`Freezer::complete`] — and the resource tasks thaw before a demotion or
