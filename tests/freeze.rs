@@ -432,7 +432,7 @@ fn the_lease_wins_over_a_freeze() {
     }
     let n = node("freeze-lease", &["r0"], &["r0"]);
     n.hastctl_ok(&["freeze", "-t", "-1", "r0"]);
-    n.hastctl_ok(&["lease", "-t", "2000", "r0"]);
+    n.hastctl_ok(&["lease", "-t", "4000", "r0"]);
     let mut w = HeldWrite::start(&n.uri("r0"), n.dir(), "held", 0x77, 0);
     std::thread::sleep(Duration::from_millis(500));
     assert!(w.running(), "answered while frozen");
