@@ -240,6 +240,10 @@ fn daemon_commands_without_daemon_are_unavailable() {
         &["role", "-E", "3", "primary", "r0"],
         &["lease", "-t", "1000", "r0"],
         &["attach", "r0"],
+        &["freeze", "r0"],
+        &["freeze", "-t", "-1", "all"],
+        &["thaw", "r0"],
+        &["query", "r0"],
     ] {
         assert_fails(
             &node.hastctl(args),
@@ -280,6 +284,14 @@ fn usage_errors() {
         &["lease", "-t", "1s", "r0"],
         &["attach"],
         &["attach", "-t", "1", "r0"],
+        &["freeze"],
+        &["freeze", "-t", "x", "r0"],
+        &["freeze", "-t", "86401", "r0"],
+        &["freeze", "-t"],
+        &["freeze", "nosuch"],
+        &["thaw"],
+        &["thaw", "-t", "1", "r0"],
+        &["query"],
     ] {
         assert_fails(&node.hastctl(args), EX_USAGE, &format!("hastctl {args:?}"));
     }

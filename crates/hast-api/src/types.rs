@@ -78,7 +78,33 @@ pub enum Request {
     Attach {
         names: Vec<String>,
     },
+    /// `hastctl freeze [-t timeout]`: the named resources (all primary on
+    /// this node) frozen as one group, or none of them.
+    Freeze {
+        names: Vec<String>,
+        timeout: FreezeTimeout,
+    },
+    /// `hastctl thaw`: each group a named resource is in thaws.
+    Thaw {
+        names: Vec<String>,
+    },
 }
+
+/// `freeze -t`: how long the group may stay frozen before it thaws by
+/// itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreezeTimeout {
+    /// `-t N`, N > 0: N seconds (at most [`FREEZE_TIMEOUT_MAX_SECS`]).
+    Seconds(u64),
+    /// `-t 0` or none: the shortest `freeze_timeout` of the members.
+    Configured,
+    /// `-t N`, N < 0: no timeout.
+    Never,
+}
+
+/// Longest timeout `hastctl freeze -t` may ask for: one day.
+pub const FREEZE_TIMEOUT_MAX_SECS: u64 = 86_400;
 
 /// Longest lease `hastctl lease -t` may ask for: one day.
 pub const LEASE_MS_MAX: u64 = 86_400_000;
@@ -146,7 +172,67 @@ pub enum Response {
     EventsCleared(Vec<u64>),
     /// Per-resource outcome of an attach request, in request order.
     Attach(Vec<AttachOutcome>),
+    /// The group is frozen (a failed freeze is an `Error`: nothing frozen).
+    Frozen(FreezeDone),
+    /// Per-resource outcome of a thaw request, in request order.
+    Thaw(Vec<ThawOutcome>),
     Error(ApiError),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FreezeDone {
+    /// Counts the freezes of this hastd; `thaw` and `status` name it.
+    pub generation: u64,
+    /// The group's members.
+    pub names: Vec<String>,
+    /// When it thaws by itself; `None`: only by `thaw` (or a stop, a lost
+    /// peer, a demotion).
+    pub timeout_ms: Option<u64>,
+    /// From the request to the end of the flush.
+    pub took_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThawOutcome {
+    pub name: String,
+    /// What was thawed (`Ok`), or why not: not frozen (`Usage`), or
+    /// thawed by something else since its freeze (`DataErr`).
+    pub result: Result<String, ApiError>,
+}
+
+/// Where a resource stands with freezes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreezeState {
+    /// Its writes in flight are draining, the flush has not answered.
+    Freezing,
+    /// New modifications are held; all acknowledged ones are durable on
+    /// both copies.
+    Frozen,
+    /// Its last freeze ended (`thaw_reason`).
+    Thawed,
+}
+
+/// A resource's current or last freeze.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FreezeStatus {
+    pub state: FreezeState,
+    pub generation: u64,
+    /// The resources frozen together.
+    pub group: Vec<String>,
+    /// When the freeze began (RFC 3339 UTC).
+    pub frozen_at: String,
+    /// The freeze's timeout, while frozen; `None`: none.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Left before the timeout thaws it, while frozen.
+    #[serde(default)]
+    pub ms_left: Option<u64>,
+    /// When and why it was thawed, once thawed.
+    #[serde(default)]
+    pub thawed_at: Option<String>,
+    #[serde(default)]
+    pub thaw_reason: Option<String>,
 }
 
 /// Journal entries per [`Response::Events`] frame: each entry's strings
@@ -285,6 +371,12 @@ pub struct ResourceStatus {
     /// Local I/O errors since the component was last attached or opened.
     #[serde(default)]
     pub local_errors: u64,
+    /// New modifications are held by a freeze (`hastctl freeze`).
+    #[serde(default)]
+    pub frozen: bool,
+    /// The current or last freeze; `None` if not frozen since hastd started.
+    #[serde(default)]
+    pub freeze: Option<FreezeStatus>,
 }
 
 /// Where a primary stands with `fence_peer`. Each time it loses its peer

@@ -1,7 +1,8 @@
 //! `hastctl`, the control utility, as in FreeBSD's HASTCTL(8): `create` and
 //! `dump` work on the local components directly (no daemon needed); `role`,
 //! `status` and `list` ask hastd over the control socket, and so does our
-//! `lease` (with `role -E`, the fencing hooks `hastmon` drives) and `attach` (a repaired local component, `on_io_error`). This crate only
+//! `lease` (with `role -E`, the fencing hooks `hastmon` drives), `attach` (a repaired local component, `on_io_error`)
+//! and `freeze`/`thaw`/`query` (freezefs(2): a group's writes held for a coherent copy). This crate only
 //! parses arguments, calls `hast-meta` or `hast-api`, and renders; every
 //! failure is one line on stderr and a sysexits(3) status.
 
@@ -114,6 +115,38 @@ enum Cmd {
     #[command(override_usage = "hastctl attach [-d] [-c config] all | name ...")]
     Attach {
         #[arg(required = true, value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Freeze primary resources as one group: new writes, trims and
+    /// write-zeroes are held (never failed) until the thaw; returns once
+    /// every acknowledged write is durable on both copies.
+    #[command(override_usage = "hastctl freeze [-d] [-c config] [-t timeout] all | name ...")]
+    Freeze {
+        /// Seconds until the group thaws by itself: > 0 that many, 0 the
+        /// shortest `freeze_timeout` of the group (default 60), < 0 none.
+        #[arg(
+            short = 't',
+            value_name = "timeout",
+            default_value_t = 0,
+            allow_negative_numbers = true
+        )]
+        timeout: i64,
+        #[arg(required = true, value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Thaw frozen resources (with every resource frozen in the same
+    /// group); fails if one was already thawed by anything else since its
+    /// freeze (exit 65), or is not frozen (exit 64).
+    #[command(override_usage = "hastctl thaw [-d] [-c config] all | name ...")]
+    Thaw {
+        #[arg(required = true, value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Whether resources are frozen: exit 0 if all are, 1 if one is not;
+    /// prints the state, the group, since when and the time left.
+    #[command(override_usage = "hastctl query [-d] [-c config] name ...")]
+    Query {
+        #[arg(required = true, value_name = "name")]
         names: Vec<String>,
     },
     /// Verbose status of the resources.
@@ -248,6 +281,9 @@ fn run(common: &Common, cmd: Cmd) -> Res {
         Cmd::Role { epoch, role, names } => set_role(common, role, epoch, &names),
         Cmd::Lease { ms, names } => lease(common, ms, &names),
         Cmd::Attach { names } => attach(common, &names),
+        Cmd::Freeze { timeout, names } => freeze(common, timeout, &names),
+        Cmd::Thaw { names } => thaw(common, &names),
+        Cmd::Query { names } => query(common, &names),
         Cmd::Status { json, names } => status(common, json, &names, false),
         Cmd::List { json, names } => status(common, json, &names, true),
         Cmd::Events {
@@ -502,6 +538,96 @@ fn attach(common: &Common, names: &[String]) -> Res {
         }
     });
     report(failures)
+}
+
+fn freeze(common: &Common, timeout: i64, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    select(&cfg, names)?;
+    let timeout = match timeout {
+        t if t < 0 => hast_api::FreezeTimeout::Never,
+        0 => hast_api::FreezeTimeout::Configured,
+        t if t.unsigned_abs() > hast_api::FREEZE_TIMEOUT_MAX_SECS => {
+            return Err(Fail(
+                exit::USAGE,
+                format!(
+                    "freeze timeout of {t} s: at most {} s",
+                    hast_api::FREEZE_TIMEOUT_MAX_SECS
+                ),
+            ))
+        }
+        t => hast_api::FreezeTimeout::Seconds(t.unsigned_abs()),
+    };
+    let Response::Frozen(done) = call(
+        common,
+        &cfg,
+        Request::Freeze {
+            names: names.to_vec(),
+            timeout,
+        },
+    )?
+    else {
+        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    };
+    if common.debug > 0 {
+        let t = done
+            .timeout_ms
+            .map_or_else(|| "no timeout".into(), |ms| format!("thaws in {ms} ms"));
+        eprintln!(
+            "hastctl: frozen: {} (generation {}, {t}, took {} ms)",
+            done.names.join(" "),
+            done.generation,
+            done.took_ms
+        );
+    }
+    Ok(())
+}
+
+fn thaw(common: &Common, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    select(&cfg, names)?;
+    let Response::Thaw(outcomes) = call(
+        common,
+        &cfg,
+        Request::Thaw {
+            names: names.to_vec(),
+        },
+    )?
+    else {
+        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    };
+    let failures = outcomes.into_iter().filter_map(|o| match o.result {
+        Err(e) => Some((o.name, e)),
+        Ok(msg) => {
+            if common.debug > 0 {
+                eprintln!("hastctl: {}: {msg}", o.name);
+            }
+            None
+        }
+    });
+    report(failures)
+}
+
+/// `query`: one line per resource on stdout; exit 0 if every one is
+/// frozen, 1 otherwise (freezefs(2)'s query).
+fn query(common: &Common, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    select(&cfg, names)?;
+    let Response::Status(list) = call(
+        common,
+        &cfg,
+        Request::Status {
+            names: names.to_vec(),
+        },
+    )?
+    else {
+        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    };
+    print!("{}", render::query(&list));
+    if list.iter().all(|r| r.frozen) {
+        Ok(())
+    } else {
+        std::process::exit(1)
+    }
 }
 
 /// Prints one line per resource that failed and exits with the status of

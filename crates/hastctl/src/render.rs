@@ -118,6 +118,9 @@ pub fn list(list: &[ResourceStatus]) -> String {
                 }
             }
         }
+        if let Some(line) = freeze_line(r) {
+            let _ = writeln!(s, "  frozen: {line}");
+        }
         if let Some(f) = &r.fence {
             let _ = writeln!(
                 s,
@@ -187,6 +190,50 @@ pub fn list(list: &[ResourceStatus]) -> String {
             "    queues: inflight: {}, connections: {}",
             r.queues.inflight, r.queues.connections
         );
+    }
+    s
+}
+
+/// `yes, group a b, since T, N s left` or `no, thawed at T by R`; `None`
+/// if never frozen since hastd started.
+fn freeze_line(r: &ResourceStatus) -> Option<String> {
+    use hast_api::FreezeState;
+    let f = r.freeze.as_ref()?;
+    let group = f.group.join(" ");
+    Some(match f.state {
+        FreezeState::Frozen | FreezeState::Freezing => {
+            let left = match f.ms_left {
+                Some(ms) => format!("{}.{} s left", ms / 1000, ms % 1000 / 100),
+                None => "no timeout".to_string(),
+            };
+            let what = if f.state == FreezeState::Frozen {
+                "yes"
+            } else {
+                "freezing"
+            };
+            format!("{what}, group {group}, since {}, {left}", f.frozen_at)
+        }
+        FreezeState::Thawed => format!(
+            "no, thawed at {} by {} (group {group}, frozen at {})",
+            f.thawed_at.as_deref().unwrap_or("-"),
+            f.thaw_reason.as_deref().unwrap_or("-"),
+            f.frozen_at
+        ),
+    })
+}
+
+/// `hastctl query`: `<name>: frozen, group ..., since ..., N s left`, or
+/// `<name>: not frozen[, thawed at T by R ...]`, one line each.
+pub fn query(list: &[ResourceStatus]) -> String {
+    let mut s = String::new();
+    for r in list {
+        let line = match (r.frozen, freeze_line(r)) {
+            (true, Some(l)) => format!("frozen, {}", l.trim_start_matches("yes, ")),
+            (false, Some(l)) if l.starts_with("freezing") => l,
+            (false, Some(l)) => format!("not frozen, {}", l.trim_start_matches("no, ")),
+            (_, None) => "not frozen".to_string(),
+        };
+        let _ = writeln!(s, "{}: {line}", r.name);
     }
     s
 }

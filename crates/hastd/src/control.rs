@@ -1,20 +1,23 @@
 //! The control socket: reads framed `hast_api` requests from `hastctl` and
 //! answers them by sending typed commands to the resource tasks, or, for
-//! `events`, by asking the event journal's service. It holds no resource
-//! state of its own and is never in the data path.
+//! `events`, by asking the event journal's service; a `freeze` it drives
+//! in steps through the node's [`Freezer`] and the resource tasks. It holds
+//! no resource state of its own and is never in the data path.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use hast_api::{
-    decode_body, decode_len, encode, ApiError, AttachOutcome, Envelope, ErrorKind, LeaseOutcome,
-    Request, Response, RoleOutcome, HEADER_LEN, LEASE_MS_MAX,
+    decode_body, decode_len, encode, ApiError, AttachOutcome, Envelope, ErrorKind, FreezeTimeout,
+    LeaseOutcome, Request, Response, RoleOutcome, ThawOutcome, HEADER_LEN, LEASE_MS_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, RwLock};
 
 use crate::events::Service as EventService;
+use crate::freeze::policy::Asked;
+use crate::freeze::Freezer;
 use crate::resource::{Command, ResourceHandle};
 
 /// Control connections served at once; more wait in the listen backlog.
@@ -39,7 +42,12 @@ fn tokio_listener(l: std::os::unix::net::UnixListener) -> std::io::Result<UnixLi
     UnixListener::from_std(l)
 }
 
-pub async fn serve(listener: UnixListener, resources: Resources, events: Arc<EventService>) {
+pub async fn serve(
+    listener: UnixListener,
+    resources: Resources,
+    events: Arc<EventService>,
+    freezer: Arc<Freezer>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONTROL_CONNECTIONS_MAX));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -55,8 +63,9 @@ pub async fn serve(listener: UnixListener, resources: Resources, events: Arc<Eve
         };
         let resources = resources.clone();
         let events = events.clone();
+        let freezer = freezer.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, resources, events).await {
+            if let Err(e) = connection(stream, resources, events, freezer).await {
                 tracing::debug!("control connection ended: {e}");
             }
             drop(permit);
@@ -68,6 +77,7 @@ async fn connection(
     mut stream: UnixStream,
     resources: Resources,
     events: Arc<EventService>,
+    freezer: Arc<Freezer>,
 ) -> std::io::Result<()> {
     loop {
         let mut prefix = [0u8; HEADER_LEN];
@@ -112,6 +122,10 @@ async fn connection(
                                 Err(e) => error(retry_error_kind(&e), e.to_string()),
                             }
                         }
+                        Request::Freeze { names, timeout } => {
+                            freeze(&names, timeout, &resources, &freezer).await
+                        }
+                        Request::Thaw { names } => thaw(&names, &resources, &freezer).await,
                         body => handle(body, &resources).await,
                     },
                 }
@@ -291,12 +305,14 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             }
             Response::Lease(out)
         }
-        Request::Events { .. } | Request::EventsRetry { .. } | Request::EventsClear { .. } => {
-            error(
-                ErrorKind::Software,
-                "events request routed to resources".into(),
-            )
-        }
+        Request::Events { .. }
+        | Request::EventsRetry { .. }
+        | Request::EventsClear { .. }
+        | Request::Freeze { .. }
+        | Request::Thaw { .. } => error(
+            ErrorKind::Software,
+            "events or freeze request routed to resources".into(),
+        ),
         Request::Attach { names } => {
             let targets = match select(&names, &all) {
                 Ok(t) => t,
@@ -330,6 +346,87 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             Response::Status(out)
         }
     }
+}
+
+/// `hastctl freeze`: one group, all or nothing. The book takes the names
+/// first (none frozen or being frozen), then each resource task holds its
+/// data path's modifications if it is primary (so no role change runs
+/// between its check and the hold), then all drain and flush at once; any
+/// failure releases every member held so far.
+async fn freeze(
+    names: &[String],
+    timeout: FreezeTimeout,
+    resources: &Resources,
+    freezer: &Arc<Freezer>,
+) -> Response {
+    let asked = match timeout {
+        FreezeTimeout::Seconds(0) | FreezeTimeout::Configured => Asked::Configured,
+        FreezeTimeout::Seconds(n) if n > hast_api::FREEZE_TIMEOUT_MAX_SECS => {
+            return error(
+                ErrorKind::Usage,
+                format!(
+                    "freeze timeout of {n} s: at most {} s",
+                    hast_api::FREEZE_TIMEOUT_MAX_SECS
+                ),
+            )
+        }
+        FreezeTimeout::Seconds(n) => Asked::Seconds(n),
+        FreezeTimeout::Never => Asked::Never,
+    };
+    let all = resources.read().await.clone();
+    let targets = match select(names, &all) {
+        Ok(t) => t,
+        Err(e) => return Response::Error(e),
+    };
+    let conf: Vec<(String, u32)> = targets
+        .iter()
+        .map(|r| (r.name.clone(), r.config.freeze_timeout_secs))
+        .collect();
+    let ticket = match freezer.begin(&conf, asked) {
+        Ok(t) => t,
+        Err(e) => return Response::Error(e),
+    };
+    for name in &ticket.names {
+        let Some(r) = targets.iter().find(|r| &r.name == name) else {
+            continue;
+        };
+        let (tx, rx) = oneshot::channel();
+        let held = match r.tx.send(Command::Freeze(ticket.generation, tx)).await {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(&r.name))),
+            Err(_) => Err(gone(&r.name)),
+        };
+        if let Err(mut e) = held {
+            freezer.abort(ticket.generation);
+            e.message = format!("{}; nothing frozen", e.message);
+            tracing::warn!(group = %ticket.names.join(" "), "freeze refused: {}", e.message);
+            return Response::Error(e);
+        }
+    }
+    match freezer.complete(&ticket).await {
+        Ok(done) => Response::Frozen(done),
+        Err(e) => {
+            tracing::warn!(group = %ticket.names.join(" "), "freeze failed: {}", e.message);
+            Response::Error(e)
+        }
+    }
+}
+
+/// `hastctl thaw`: every group a named resource is in thaws; one answer per
+/// resource.
+async fn thaw(names: &[String], resources: &Resources, freezer: &Freezer) -> Response {
+    let all = resources.read().await.clone();
+    let targets = match select(names, &all) {
+        Ok(t) => t,
+        Err(e) => return Response::Error(e),
+    };
+    let list: Vec<String> = targets.iter().map(|r| r.name.clone()).collect();
+    Response::Thaw(
+        freezer
+            .thaw_command(&list)
+            .into_iter()
+            .map(|(name, result)| ThawOutcome { name, result })
+            .collect(),
+    )
 }
 
 fn gone(name: &str) -> ApiError {

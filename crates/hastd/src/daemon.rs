@@ -185,6 +185,7 @@ async fn run(
         nbd_tcp: nbd_tcp.as_ref().map(|(a, _)| a.to_string()),
         events,
         state_dir: config.state_dir.clone(),
+        freezer: Arc::default(),
     };
     let resources: Resources = Arc::new(RwLock::new(Vec::new()));
     for r in &config.resources {
@@ -240,6 +241,7 @@ async fn run(
         listener,
         resources.clone(),
         event_service.clone(),
+        env.freezer.clone(),
     ));
     let mut signals = match Signals::new() {
         Ok(s) => s,
@@ -326,7 +328,9 @@ async fn stop(r: &ResourceHandle) {
 
 /// Applies a new configuration as FreeBSD's hastd does: new resources start
 /// in init, removed ones stop, a changed `local` or `name` restarts the
-/// resource (in init), other options apply live.
+/// resource (in init), other options apply live. A frozen resource keeps its
+/// identity: its removal or restart is not applied (an error says so; a
+/// reload after the thaw applies it), its other options are.
 async fn reload(
     old: &hast_conf::Config,
     new: &hast_conf::Config,
@@ -389,7 +393,12 @@ async fn reload(
             }
             Some(i) => {
                 let mut h = list.swap_remove(i);
-                if h.config.local != cfg.local || h.config.provider_name != cfg.provider_name {
+                let restart =
+                    h.config.local != cfg.local || h.config.provider_name != cfg.provider_name;
+                if restart && env.freezer.is_frozen(&cfg.name) {
+                    tracing::error!(resource = %cfg.name, "frozen: the change of local or name is not applied; thaw it and reload again");
+                    next.push(h);
+                } else if restart {
                     tracing::info!(resource = %cfg.name, "local or name changed, restarting the resource");
                     stop(&h).await;
                     next.push(ResourceHandle::spawn(cfg.clone(), env.clone()).0);
@@ -404,6 +413,11 @@ async fn reload(
         }
     }
     for gone in list.drain(..) {
+        if env.freezer.is_frozen(&gone.name) {
+            tracing::error!(resource = %gone.name, "frozen: its removal is not applied; thaw it and reload again");
+            next.push(gone);
+            continue;
+        }
         tracing::info!(resource = %gone.name, "resource removed");
         stop(&gone).await;
     }
@@ -411,24 +425,15 @@ async fn reload(
 }
 
 /// Options hast.conf accepts (SPEC §3) for parts of hastd that are not built
-/// yet — the event journal and its hooks, freeze/thaw, the metrics endpoint.
+/// yet — the metrics endpoint.
 /// A config written for them loads, but the operator is told they do
 /// nothing yet rather than left to believe they do.
 fn not_yet_applied(c: &hast_conf::Config) -> Vec<String> {
-    use hast_conf::defaults;
     let mut out = Vec::new();
     if let Some(a) = &c.metrics_listen {
         out.push(format!(
             "metrics_listen {a}: the metrics endpoint is not implemented yet"
         ));
-    }
-    for r in &c.resources {
-        if r.freeze_timeout_secs != defaults::FREEZE_TIMEOUT_SECS {
-            out.push(format!(
-                "resource {}: freeze_timeout: freeze/thaw is not implemented yet",
-                r.name
-            ));
-        }
     }
     out
 }
@@ -480,7 +485,8 @@ mod tests {
             // Built: the event journal and its hook.
             ("state_dir /tmp/hast-state\n", &[]),
             ("exec /bin/true\n", &[]),
-            ("freeze_timeout 30\n", &["freeze_timeout"]),
+            // Built: freeze/thaw (crate::freeze).
+            ("freeze_timeout 30\n", &[]),
             // Implemented (datapath/detach.rs): no warning.
             ("on_io_error pass_on\n", &[]),
             ("on_io_error fail\n", &[]),

@@ -8,7 +8,9 @@
 //! [`nbdfront`] (binds the NBD server of `hast-nbd` to the data paths),
 //! [`control`] (the control socket), [`discovery`] (the read-only
 //! discovery listener the connector polls), [`epoch`] (the fencing-token rules of
-//! role changes), [`hook`] (bounded runs of the operator's shell hooks).
+//! role changes), [`hook`] (bounded runs of the operator's shell hooks),
+//! [`freeze`] (`hastctl freeze / thaw`: groups of primaries whose writes are
+//! held, the timeout and thaw rules).
 
 mod control;
 mod daemon;
@@ -16,6 +18,7 @@ mod datapath;
 mod discovery;
 mod epoch;
 mod events;
+mod freeze;
 mod hook;
 mod link;
 mod nbdfront;

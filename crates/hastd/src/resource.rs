@@ -13,6 +13,11 @@
 //! sleeps on, demoting the resource to secondary when it passes. Every
 //! change is logged as `role changed resource=<r> role=<role> epoch=<n>`, a
 //! line test checkers parse.
+//!
+//! Freezes (`crate::freeze`): a primary holds its modifications for a group
+//! freeze here, between other commands, so no role change races the check
+//! that it is primary; while frozen a role change is refused, and a lease
+//! demotion or a stop thaws the group first (the lease wins).
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -27,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::datapath::{DataPath, LocalState, PeerState, Side};
+use crate::freeze::policy::Reason;
 use crate::link::stream::{ConnRead, ConnWrite};
 use crate::nbdfront::Registry;
 use crate::replication::tls::TlsInfo;
@@ -59,6 +65,9 @@ pub enum Command {
     /// `hastctl attach` / the retry of an aborted `detach` event: see
     /// [`ResourceHandle::attach`].
     Attach(oneshot::Sender<Result<String, ApiError>>),
+    /// Hold new modifications as a member of the freeze of this
+    /// generation (`crate::freeze::Freezer::hold`); primary only.
+    Freeze(u64, oneshot::Sender<Result<(), ApiError>>),
     /// Options changed that apply live (`local` and `name` changes restart
     /// the resource instead: see the daemon's reload).
     Reconfigure(Box<hast_conf::Resource>),
@@ -138,6 +147,8 @@ pub struct Env {
     /// `state_dir`: where a detached component's marker is kept
     /// (`datapath::detach::marker_path`).
     pub state_dir: PathBuf,
+    /// The node's freezes (`hastctl freeze`).
+    pub freezer: Arc<crate::freeze::Freezer>,
 }
 
 enum State {
@@ -242,7 +253,11 @@ impl ResourceTask {
             match cmd {
                 Command::Role(role, epoch, reply) => {
                     let was = self.state.role();
-                    let res = self.set_role(role, epoch).await;
+                    let res = match self.env.freezer.may_change(&self.config.name) {
+                        // The role stays (an epoch raised, a no-op): allowed.
+                        Err(e) if role != was => Err(e),
+                        _ => self.set_role(role, epoch).await,
+                    };
                     match &res {
                         Ok((role, epoch)) => self.log_role(was, *role, *epoch, "hastctl role"),
                         Err(e) => {
@@ -275,6 +290,26 @@ impl ResourceTask {
                     }
                     let _ = reply.send(res);
                 }
+                Command::Freeze(generation, reply) => {
+                    let res = match &self.state {
+                        State::Primary { dp, .. } if !dp.is_withdrawn() => {
+                            self.env.freezer.hold(generation, dp)
+                        }
+                        State::Primary { .. } => Err(api_err(
+                            ErrorKind::TempFail,
+                            format!("{} is being demoted", self.config.name),
+                        )),
+                        other => Err(api_err(
+                            ErrorKind::NoPerm,
+                            format!(
+                                "{} is {}, not primary: only a primary is frozen",
+                                self.config.name,
+                                other.role()
+                            ),
+                        )),
+                    };
+                    let _ = reply.send(res);
+                }
                 Command::Reconfigure(cfg) => {
                     if let Some(dp) = self.state.dp() {
                         dp.reconfigure(&cfg);
@@ -286,6 +321,10 @@ impl ResourceTask {
                 }
                 Command::Peer(conn) => self.peer(*conn).await,
                 Command::Stop(reply) => {
+                    // Held writes go on (and are answered) before the drain.
+                    self.env
+                        .freezer
+                        .thaw_resource(&self.config.name, Reason::Stopping);
                     let was = self.state.role();
                     match self.set_role(Role::Init, None).await {
                         Ok((role, epoch)) if was != role => {
@@ -302,6 +341,9 @@ impl ResourceTask {
             }
         }
         // The daemon dropped us without a Stop: still leave the disk clean.
+        self.env
+            .freezer
+            .thaw_resource(&self.config.name, Reason::Stopping);
         let _ = self.set_role(Role::Init, None).await;
     }
 
@@ -392,6 +434,11 @@ impl ResourceTask {
             _ => return,
         };
         tracing::warn!(resource = %self.config.name, overdue_ms, "lease expired: demoting to secondary");
+        // The lease wins over a freeze: the group thaws first (its held
+        // writes then fail, the lease having passed).
+        self.env
+            .freezer
+            .thaw_resource(&self.config.name, Reason::Demoted);
         match self.set_role(Role::Secondary, None).await {
             Ok((role, epoch)) => self.log_role(Role::Primary, role, epoch, "lease expired"),
             Err(e) => tracing::error!(
@@ -512,6 +559,11 @@ impl ResourceTask {
                 socket,
                 connector,
             } => {
+                // Whatever closes a frozen primary thaws its group first
+                // (the callers name a better reason before this).
+                self.env
+                    .freezer
+                    .thaw_resource(&self.config.name, Reason::Demoted);
                 // No new clients first, then the peer, then the drain.
                 self.env.registry.remove(&self.config.provider_name);
                 if let Some((path, task)) = socket {
@@ -816,7 +868,10 @@ impl ResourceTask {
             local_stall_ms: None,
             local_state: None,
             local_errors: 0,
+            frozen: false,
+            freeze: None,
         };
+        (st.frozen, st.freeze) = self.env.freezer.status(&c.name);
         let Some(dp) = self.state.dp() else {
             let local = c.local.clone();
             st.epoch = tokio::task::spawn_blocking(move || {

@@ -4,6 +4,11 @@
 //! `enter` increments before it checks `closed`, and `close` sets `closed`
 //! before it reads the count (both SeqCst), so a request either sees the
 //! gate closed or is counted by the drain: none slips past a demotion.
+//!
+//! [`Hold`] is the freeze's admission of modifications (`hastctl freeze`),
+//! passed after the gate: unlike the gate it opens again (at the thaw), and
+//! what it holds waits instead of failing. The same ordering argument makes
+//! a modification either wait or be counted by [`Hold::drained`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use tokio::sync::Notify;
@@ -86,6 +91,92 @@ impl Gate {
     }
 }
 
+/// Holds new modifications while a freeze is on; counts those admitted.
+#[derive(Default)]
+pub struct Hold {
+    held: AtomicBool,
+    /// Modifications admitted and not finished (their replication tail
+    /// included).
+    active: AtomicU64,
+    /// Wakes the modifications waiting for the release.
+    released: Notify,
+    /// Wakes [`Hold::drained`] when the last admitted one finishes.
+    idle: Notify,
+}
+
+/// An admitted modification; dropped when it has finished everywhere.
+pub struct HoldPass(std::sync::Arc<Hold>);
+
+impl Hold {
+    /// Admits one modification: at once unless held (one increment and one
+    /// load); while held, waits for the release. `None` once `gate` closes
+    /// while it waits (a demotion: the caller answers `Shutdown`).
+    pub async fn admit(self: &std::sync::Arc<Self>, gate: &Gate) -> Option<HoldPass> {
+        loop {
+            self.active.fetch_add(1, SeqCst);
+            if !self.held.load(SeqCst) {
+                return Some(HoldPass(self.clone()));
+            }
+            self.leave();
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.held.load(SeqCst) {
+                continue;
+            }
+            if gate.is_closed() {
+                return None;
+            }
+            tokio::select! {
+                _ = released => {}
+                // Checked again at the top: a release that came with the
+                // close (hastd stopping thaws first) still admits.
+                _ = gate.closed() => {
+                    if self.held.load(SeqCst) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn leave(&self) {
+        if self.active.fetch_sub(1, SeqCst) == 1 && self.held.load(SeqCst) {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// From now on new modifications wait.
+    pub fn hold(&self) {
+        self.held.store(true, SeqCst);
+    }
+
+    /// Lets the waiting modifications (and new ones) through.
+    pub fn release(&self) {
+        self.held.store(false, SeqCst);
+        self.released.notify_waiters();
+    }
+
+    /// Resolves once no admitted modification is unfinished.
+    pub async fn drained(&self) {
+        loop {
+            let n = self.idle.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.active.load(SeqCst) == 0 {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+impl Drop for HoldPass {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
 impl Drop for OwnedPass {
     fn drop(&mut self) {
         self.0.leave();
@@ -122,5 +213,62 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(g.inflight(), 0);
+    }
+
+    #[tokio::test]
+    async fn hold_waits_for_the_admitted_and_holds_new_ones_until_released() {
+        let g = Arc::new(Gate::default());
+        let h = Arc::new(Hold::default());
+        let first = h.admit(&g).await.unwrap();
+        h.hold();
+        let (h2, g2) = (h.clone(), g.clone());
+        let held = tokio::spawn(async move { h2.admit(&g2).await.map(drop).is_some() });
+        let h3 = h.clone();
+        let drain = tokio::spawn(async move { h3.drained().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!drain.is_finished(), "the admitted one is unfinished");
+        assert!(!held.is_finished(), "a new one waits while held");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), drain)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!held.is_finished(), "drained, still held");
+        h.release();
+        let admitted = tokio::time::timeout(Duration::from_secs(1), held)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(admitted, "released: admitted, not failed");
+    }
+
+    #[tokio::test]
+    async fn a_held_modification_fails_when_the_gate_closes_unless_released_first() {
+        let g = Arc::new(Gate::default());
+        let h = Arc::new(Hold::default());
+        h.hold();
+        let (h2, g2) = (h.clone(), g.clone());
+        let held = tokio::spawn(async move { h2.admit(&g2).await.map(drop).is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        g.close();
+        let admitted = tokio::time::timeout(Duration::from_secs(1), held)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!admitted, "a demotion ends the wait");
+        // Released, then closed (hastd stopping thaws first): admitted.
+        let g = Arc::new(Gate::default());
+        let (h2, g2) = (h.clone(), g.clone());
+        let held = tokio::spawn(async move { h2.admit(&g2).await.map(drop).is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h.release();
+        g.close();
+        let admitted = tokio::time::timeout(Duration::from_secs(1), held)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(admitted);
+        assert_eq!(h.active.load(SeqCst), 0);
     }
 }

@@ -18,6 +18,11 @@
 //!   fence command succeeded for its degradation generation (`fence.rs`);
 //! - once the primary's lease passed, no modification or flush is
 //!   acknowledged with success (`lease.rs`);
+//! - while frozen (`hastctl freeze`, `crate::freeze`) no new modification
+//!   passes admission: it waits, never fails, until the thaw (or a
+//!   demotion); reads, flushes and block status pass; the freeze answers
+//!   only after the modifications admitted before it finished (replicated
+//!   too) and a barrier flushed both copies ([`DataPath::settle`]);
 //! - overlapping writes are applied in arrival order;
 //! - with `on_io_error detach`, a primary whose component failed detaches it
 //!   only while the peer's copy is current; once detached the component is
@@ -32,7 +37,8 @@
 //! `fence.rs` the `fence_peer` generations and the fencer task, `stats.rs`
 //! the counters, `inline.rs` which I/O the runtime thread does in the page
 //! cache itself, `local.rs` positional I/O on the component, `gate.rs`,
-//! `rangelock.rs` and `lease.rs` admission, ordering and the lease,
+//! `rangelock.rs` and `lease.rs` admission (the gate, and the freeze's
+//! `Hold`), ordering and the lease,
 //! `peer.rs` and `progress.rs` what `status` shows of the peer and the disk.
 
 mod detach;
@@ -65,7 +71,7 @@ use crate::link::{InFlight, Link, RemoteError};
 use detach::Detach;
 pub use detach::{marker_path, remove_marker, AttachStart, LocalState};
 pub use fence::Fence;
-use gate::Gate;
+use gate::{Gate, Hold};
 pub use hast_core::edge::Zeroing;
 use inline::{page_cache_writes, INLINE_SLOW};
 pub use lease::{lease_deadline, Lease};
@@ -168,6 +174,8 @@ pub struct DataPath {
     metaflush: AtomicBool,
     ranges: Arc<RangeLock>,
     gate: Arc<Gate>,
+    /// The freeze's hold on modifications (primary only; `crate::freeze`).
+    hold: Arc<Hold>,
     /// A peer is configured (`remote` is not `none`).
     peer_configured: bool,
     /// The live replication link (primary side), if connected.
@@ -249,6 +257,7 @@ impl DataPath {
             metaflush: AtomicBool::new(cfg.metaflush),
             ranges: Arc::new(RangeLock::new()),
             gate: Arc::new(Gate::default()),
+            hold: Arc::new(Hold::default()),
             peer_configured,
             link: RwLock::new(None),
             replication: AtomicU8::new(mode_code(cfg.replication)),
@@ -560,6 +569,9 @@ impl DataPath {
         ticket: Option<RangeGuard>,
     ) -> Result<(), DpError> {
         let pass = self.gate.enter_owned().ok_or(DpError::Shutdown)?;
+        // Held here while frozen, before the range lock and the activemap:
+        // a held write has touched nothing yet.
+        let held = self.hold.admit(&self.gate).await.ok_or(DpError::Shutdown)?;
         if self.lease.expired() {
             // The demotion is on its way; nothing more is written here.
             return Err(DpError::Shutdown);
@@ -583,6 +595,7 @@ impl DataPath {
             let res = self.apply_local(offset, fua, change).await;
             self.count(op, len, &res);
             drop(range);
+            drop(held);
             drop(pass);
             return res;
         }
@@ -635,6 +648,8 @@ impl DataPath {
                         }
                     }
                     drop(range);
+                    // Only now is it replicated: a freeze waits for this.
+                    drop(held);
                     drop(pass);
                 });
                 reply
@@ -929,10 +944,19 @@ impl DataPath {
     /// copy of those extents may still be only in its page cache), but the
     /// local flush still succeeds: the resource runs degraded.
     pub async fn barrier(&self) -> io::Result<()> {
+        self.barrier_copies().await.map(|_| ())
+    }
+
+    /// [`DataPath::barrier`], saying whether the peer's copy was flushed.
+    async fn barrier_copies(&self) -> io::Result<PeerCopy> {
         if self.side == Side::Primary && self.detach.is_detached() {
             // No local copy to sync and nothing cleared: the peer's flush.
             return match self.link() {
-                Some(l) => l.flush().await.map_err(|e| io::Error::other(e.to_string())),
+                Some(l) => l
+                    .flush()
+                    .await
+                    .map(|_| PeerCopy::Flushed)
+                    .map_err(|e| io::Error::other(e.to_string())),
                 None => Err(io::Error::from_raw_os_error(libc::EIO)),
             };
         }
@@ -957,7 +981,7 @@ impl DataPath {
                 // The peer flushed everything completed before: it serves
                 // from now on (nothing is cleared: this copy may lack it).
                 if peer == PeerCopy::Flushed && self.try_detach(true) {
-                    return Ok(());
+                    return Ok(peer);
                 }
             }
             return Err(e);
@@ -971,7 +995,39 @@ impl DataPath {
             // Cleared bits go out lazily; nothing waits for them.
             self.meta_kick.notify_one();
         }
-        Ok(())
+        Ok(peer)
+    }
+
+    /// The freeze's first step (`crate::freeze`): from now on new
+    /// modifications wait at admission. Returns the live link, whose peer
+    /// the freeze's flush must reach.
+    pub fn hold_modifications(&self) -> Option<Arc<Link>> {
+        self.hold.hold();
+        self.link()
+    }
+
+    /// The thaw: held modifications go on (each then takes its place in
+    /// the range lock as a new arrival).
+    pub fn release_modifications(&self) {
+        self.hold.release();
+    }
+
+    /// The freeze's second step: waits until every modification admitted
+    /// before the hold has finished — on the peer too, a memsync or async
+    /// write's tail included — then flushes both copies. Returns whether
+    /// the peer's copy was flushed. `Shutdown` if the data path closes
+    /// meanwhile (a demotion).
+    pub async fn settle(&self) -> Result<PeerCopy, DpError> {
+        tokio::select! {
+            _ = self.hold.drained() => {}
+            _ = self.gate.closed() => return Err(DpError::Shutdown),
+        }
+        let res = self.barrier_copies().await;
+        if let Err(e) = &res {
+            self.counters.flush_errors.fetch_add(1, Relaxed);
+            tracing::error!(resource = %self.name, "flush for a freeze failed: {e}");
+        }
+        Ok(res?)
     }
 
     /// Resync access: the caller holds the extent's range lock and its bit
