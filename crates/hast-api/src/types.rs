@@ -88,6 +88,18 @@ pub enum Request {
     Thaw {
         names: Vec<String>,
     },
+    /// `hastctl snapshot [-t timeout] -o dir`: the named resources frozen
+    /// as one group just long enough to begin a point-in-time image of
+    /// each (`<dir>/<name>.img`), then copied in the background. Answered
+    /// by [`Response::SnapshotStarted`], [`Response::SnapshotProgress`]
+    /// frames and [`Response::SnapshotDone`] (or an `Error`); the snapshot
+    /// is abandoned if the client leaves.
+    Snapshot {
+        names: Vec<String>,
+        timeout: FreezeTimeout,
+        /// An absolute path to an existing directory on the primary.
+        dir: String,
+    },
 }
 
 /// `freeze -t`: how long the group may stay frozen before it thaws by
@@ -127,6 +139,9 @@ pub enum ErrorKind {
     /// Refused by the fencing rules: a promotion with an epoch lower than
     /// the one stored, a lease for a resource that is not primary.
     NoPerm,
+    /// An output file cannot be created (it exists, or the directory
+    /// refuses it).
+    CantCreat,
 }
 
 impl ErrorKind {
@@ -139,6 +154,7 @@ impl ErrorKind {
             ErrorKind::Software => 70,
             ErrorKind::IoErr => 74,
             ErrorKind::TempFail => 75,
+            ErrorKind::CantCreat => 73,
             ErrorKind::NoPerm => 77,
         }
     }
@@ -176,7 +192,50 @@ pub enum Response {
     Frozen(FreezeDone),
     /// Per-resource outcome of a thaw request, in request order.
     Thaw(Vec<ThawOutcome>),
+    /// A snapshot's group was frozen and thawed, its images begun; the
+    /// background copy goes on.
+    SnapshotStarted(SnapshotReport),
+    /// How far the background copy is (about every
+    /// [`SNAPSHOT_PROGRESS_MS`]).
+    SnapshotProgress(SnapshotReport),
+    /// Every image is complete and durable under its final name.
+    SnapshotDone(SnapshotReport),
     Error(ApiError),
+}
+
+/// How often a snapshot's progress is sent.
+pub const SNAPSHOT_PROGRESS_MS: u64 = 250;
+
+/// A snapshot so far: the freeze it took, then its images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    /// The freeze's generation (its `freeze` and `thaw` events name it).
+    pub generation: u64,
+    /// From the hold of new writes to their release: what clients waited.
+    pub frozen_ms: u64,
+    /// From the request to the freeze (draining the writes in flight).
+    pub freeze_ms: u64,
+    /// From the thaw to now (to the end, once done).
+    pub copy_ms: u64,
+    pub images: Vec<ImageProgress>,
+}
+
+/// One resource's image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageProgress {
+    pub name: String,
+    /// Where it is written: `<dir>/<name>.img.partial` until done, then
+    /// `<dir>/<name>.img`.
+    pub path: String,
+    /// The resource's size, which is the image's.
+    pub size: u64,
+    /// Bytes of the image settled (copied, or found to be a hole).
+    pub done_bytes: u64,
+    /// Bytes written to the image (the rest stays a hole).
+    pub written_bytes: u64,
+    /// Bytes copied ahead of the background copy because a client write
+    /// was about to change them (copy-before-write).
+    pub preserved_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

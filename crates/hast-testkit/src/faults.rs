@@ -50,14 +50,24 @@ impl FuseDisk {
     /// Serves `file` (which must exist) through nbdkit on `dir/disk.sock` and
     /// mounts it on `dir/disk`; the component is [`FuseDisk::path`].
     pub fn new(file: &Path, dir: &Path) -> FuseDisk {
+        FuseDisk::with_filters(file, dir, &[])
+    }
+
+    /// As [`FuseDisk::new`], with nbdkit `filters` (arguments such as
+    /// `--filter=delay`, `delay-read=5ms`) in front of the file plugin.
+    pub fn with_filters(file: &Path, dir: &Path, filters: &[&str]) -> FuseDisk {
         let sock = dir.join("disk.sock");
         let _ = std::fs::remove_file(&sock);
         let nbdkit_log = dir.join("nbdkit.log");
         let mut cmd = Command::new("nbdkit");
-        cmd.args(["-f", "--exit-with-parent", "-U"])
-            .arg(&sock)
+        cmd.args(["-f", "--exit-with-parent", "-U"]).arg(&sock);
+        // Filter options (key=value) go after the plugin, `--filter`s before.
+        let (flags, params): (Vec<&str>, Vec<&str>) =
+            filters.iter().partition(|f| f.starts_with("--"));
+        cmd.args(flags)
             .arg("file")
-            .arg(format!("file={}", file.display()));
+            .arg(format!("file={}", file.display()))
+            .args(params);
         let mut nbdkit = Proc::spawn(&mut cmd, "nbdkit", Some(&nbdkit_log))
             .unwrap_or_else(|e| panic!("cannot start nbdkit: {e}"));
         let up = wait_for(timeout_s(20), || {

@@ -178,6 +178,8 @@ pub struct PairBuilder {
     secret: bool,
     tls: bool,
     fuse_disk: Option<Side>,
+    /// nbdkit filter arguments of the fuse disk (`--filter=delay`, …).
+    fuse_filters: Vec<String>,
 }
 
 impl PairBuilder {
@@ -185,6 +187,15 @@ impl PairBuilder {
     /// image file), so that its disk can be stalled with [`Pair::disk_mut`].
     pub fn fuse_disk(mut self, side: Side) -> Self {
         self.fuse_disk = Some(side);
+        self
+    }
+
+    /// As [`PairBuilder::fuse_disk`], with nbdkit `filters` (arguments
+    /// such as `--filter=delay`, `delay-read=5ms`) between nbdfuse and the
+    /// image: a disk that is slow on demand.
+    pub fn fuse_disk_filtered(mut self, side: Side, filters: &[&str]) -> Self {
+        self.fuse_disk = Some(side);
+        self.fuse_filters = filters.iter().map(|f| f.to_string()).collect();
         self
     }
 
@@ -300,7 +311,8 @@ impl PairBuilder {
                 Side::A => &a,
                 Side::B => &b,
             };
-            let disk = FuseDisk::new(&n.layout().local(RES), &n.layout().dir);
+            let filters: Vec<&str> = self.fuse_filters.iter().map(String::as_str).collect();
+            let disk = FuseDisk::with_filters(&n.layout().local(RES), &n.layout().dir, &filters);
             (side, disk)
         });
         let text = fuse_config(&text, &a, &b, disk.as_ref());
@@ -561,6 +573,7 @@ impl Pair {
             secret: true,
             tls: false,
             fuse_disk: None,
+            fuse_filters: Vec::new(),
         }
     }
 

@@ -2,12 +2,14 @@
 //! `dump` work on the local components directly (no daemon needed); `role`,
 //! `status` and `list` ask hastd over the control socket, and so does our
 //! `lease` (with `role -E`, the fencing hooks `hastmon` drives), `attach` (a repaired local component, `on_io_error`)
-//! and `freeze`/`thaw`/`query` (freezefs(2): a group's writes held for a coherent copy). This crate only
+//! `freeze`/`thaw`/`query` (freezefs(2): a group's writes held for a coherent copy) and `snapshot`
+//! (a group's point-in-time images, `snapshot.rs`). This crate only
 //! parses arguments, calls `hast-meta` or `hast-api`, and renders; every
 //! failure is one line on stderr and a sysexits(3) status.
 
 mod events;
 mod render;
+mod snapshot;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ mod exit {
     pub const OK: i32 = 0;
     pub const USAGE: i32 = 64;
     pub const NOINPUT: i32 = 66;
+    pub const CANTCREAT: i32 = 73;
     pub const SOFTWARE: i32 = 70;
     pub const IOERR: i32 = 74;
     pub const TEMPFAIL: i32 = 75;
@@ -139,6 +142,33 @@ enum Cmd {
     /// freeze (exit 65), or is not frozen (exit 64).
     #[command(override_usage = "hastctl thaw [-d] [-c config] all | name ...")]
     Thaw {
+        #[arg(required = true, value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// A coherent point-in-time image of primary resources: the group is
+    /// frozen only while the images begin, then copied in the background
+    /// (copy-before-write) to DIR/<name>.img, sparse raw; a bar on a
+    /// terminal; removed if interrupted.
+    #[command(
+        override_usage = "hastctl snapshot [-d] [-c config] [-t timeout] [--json] -o dir all | name ..."
+    )]
+    Snapshot {
+        /// Seconds the freeze may take at most before it thaws by itself:
+        /// > 0 that many, 0 the shortest `freeze_timeout` of the group, < 0 none.
+        #[arg(
+            short = 't',
+            value_name = "timeout",
+            default_value_t = 0,
+            allow_negative_numbers = true
+        )]
+        timeout: i64,
+        /// Directory on this node for the images (must exist; no image may
+        /// exist in it yet).
+        #[arg(short = 'o', value_name = "dir", required = true)]
+        dir: PathBuf,
+        /// Progress and result as JSON Lines on stdout.
+        #[arg(long)]
+        json: bool,
         #[arg(required = true, value_name = "all | name")]
         names: Vec<String>,
     },
@@ -284,6 +314,17 @@ fn run(common: &Common, cmd: Cmd) -> Res {
         Cmd::Freeze { timeout, names } => freeze(common, timeout, &names),
         Cmd::Thaw { names } => thaw(common, &names),
         Cmd::Query { names } => query(common, &names),
+        Cmd::Snapshot {
+            timeout,
+            dir,
+            json,
+            names,
+        } => {
+            let cfg = load(common)?;
+            select(&cfg, &names)?;
+            let timeout = freeze_timeout(timeout)?;
+            snapshot::run(&control_path(&cfg)?, &names, timeout, &dir, json)
+        }
         Cmd::Status { json, names } => status(common, json, &names, false),
         Cmd::List { json, names } => status(common, json, &names, true),
         Cmd::Events {
@@ -540,10 +581,9 @@ fn attach(common: &Common, names: &[String]) -> Res {
     report(failures)
 }
 
-fn freeze(common: &Common, timeout: i64, names: &[String]) -> Res {
-    let cfg = load(common)?;
-    select(&cfg, names)?;
-    let timeout = match timeout {
+/// `-t timeout` of `freeze` and `snapshot`.
+fn freeze_timeout(t: i64) -> Res<hast_api::FreezeTimeout> {
+    Ok(match t {
         t if t < 0 => hast_api::FreezeTimeout::Never,
         0 => hast_api::FreezeTimeout::Configured,
         t if t.unsigned_abs() > hast_api::FREEZE_TIMEOUT_MAX_SECS => {
@@ -556,7 +596,13 @@ fn freeze(common: &Common, timeout: i64, names: &[String]) -> Res {
             ))
         }
         t => hast_api::FreezeTimeout::Seconds(t.unsigned_abs()),
-    };
+    })
+}
+
+fn freeze(common: &Common, timeout: i64, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    select(&cfg, names)?;
+    let timeout = freeze_timeout(timeout)?;
     let Response::Frozen(done) = call(
         common,
         &cfg,

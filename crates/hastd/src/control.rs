@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hast_api::{
-    decode_body, decode_len, encode, ApiError, AttachOutcome, Envelope, ErrorKind, FreezeTimeout,
-    LeaseOutcome, Request, Response, RoleOutcome, ThawOutcome, HEADER_LEN, LEASE_MS_MAX,
+    decode_body, decode_len, encode, ApiError, AttachOutcome, Envelope, ErrorKind, FreezeDone,
+    FreezeTimeout, LeaseOutcome, Request, Response, RoleOutcome, ThawOutcome, HEADER_LEN,
+    LEASE_MS_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -17,7 +18,7 @@ use tokio::sync::{oneshot, RwLock};
 
 use crate::events::Service as EventService;
 use crate::freeze::policy::Asked;
-use crate::freeze::Freezer;
+use crate::freeze::{Freezer, Settle};
 use crate::resource::{Command, ResourceHandle};
 
 /// Control connections served at once; more wait in the listen backlog.
@@ -126,6 +127,19 @@ async fn connection(
                             freeze(&names, timeout, &resources, &freezer).await
                         }
                         Request::Thaw { names } => thaw(&names, &resources, &freezer).await,
+                        Request::Snapshot {
+                            names,
+                            timeout,
+                            dir,
+                        } => {
+                            let ask = crate::snapshot::Ask {
+                                names,
+                                timeout,
+                                dir,
+                            };
+                            return crate::snapshot::serve(&mut stream, ask, &resources, &freezer)
+                                .await;
+                        }
                         body => handle(body, &resources).await,
                     },
                 }
@@ -136,7 +150,7 @@ async fn connection(
 }
 
 /// Writes one answer, giving up on a client that does not read it.
-async fn send<W: tokio::io::AsyncWrite + Unpin>(
+pub(crate) async fn send<W: tokio::io::AsyncWrite + Unpin>(
     stream: &mut W,
     resp: &Response,
 ) -> std::io::Result<()> {
@@ -230,7 +244,10 @@ fn error(kind: ErrorKind, message: String) -> Response {
 }
 
 /// Resolves `names` (empty or `all` = every resource) against the config.
-fn select(names: &[String], resources: &[ResourceHandle]) -> Result<Vec<ResourceHandle>, ApiError> {
+pub(crate) fn select(
+    names: &[String],
+    resources: &[ResourceHandle],
+) -> Result<Vec<ResourceHandle>, ApiError> {
     if names.is_empty() || names.iter().any(|n| n == "all") {
         return Ok(resources.to_vec());
     }
@@ -309,7 +326,8 @@ async fn handle(req: Request, resources: &Resources) -> Response {
         | Request::EventsRetry { .. }
         | Request::EventsClear { .. }
         | Request::Freeze { .. }
-        | Request::Thaw { .. } => error(
+        | Request::Thaw { .. }
+        | Request::Snapshot { .. } => error(
             ErrorKind::Software,
             "events or freeze request routed to resources".into(),
         ),
@@ -348,44 +366,53 @@ async fn handle(req: Request, resources: &Resources) -> Response {
     }
 }
 
-/// `hastctl freeze`: one group, all or nothing. The book takes the names
-/// first (none frozen or being frozen), then each resource task holds its
-/// data path's modifications if it is primary (so no role change runs
-/// between its check and the hold), then all drain and flush at once; any
-/// failure releases every member held so far.
+/// `hastctl freeze`: one group, all or nothing.
 async fn freeze(
     names: &[String],
     timeout: FreezeTimeout,
     resources: &Resources,
     freezer: &Arc<Freezer>,
 ) -> Response {
+    match freeze_group(names, timeout, resources, freezer, Settle::Flush).await {
+        Ok(done) => Response::Frozen(done),
+        Err(e) => Response::Error(e),
+    }
+}
+
+/// Freezes `names` as one group (`freeze`, and the first step of
+/// `snapshot`). The book takes the names first (none frozen or being
+/// frozen), then each resource task holds its data path's modifications
+/// if it is primary (so no role change runs between its check and the
+/// hold), then all drain (and flush) at once; any failure releases every
+/// member held so far.
+pub(crate) async fn freeze_group(
+    names: &[String],
+    timeout: FreezeTimeout,
+    resources: &Resources,
+    freezer: &Arc<Freezer>,
+    settle: Settle,
+) -> Result<FreezeDone, ApiError> {
     let asked = match timeout {
         FreezeTimeout::Seconds(0) | FreezeTimeout::Configured => Asked::Configured,
         FreezeTimeout::Seconds(n) if n > hast_api::FREEZE_TIMEOUT_MAX_SECS => {
-            return error(
-                ErrorKind::Usage,
-                format!(
+            return Err(ApiError {
+                kind: ErrorKind::Usage,
+                message: format!(
                     "freeze timeout of {n} s: at most {} s",
                     hast_api::FREEZE_TIMEOUT_MAX_SECS
                 ),
-            )
+            })
         }
         FreezeTimeout::Seconds(n) => Asked::Seconds(n),
         FreezeTimeout::Never => Asked::Never,
     };
     let all = resources.read().await.clone();
-    let targets = match select(names, &all) {
-        Ok(t) => t,
-        Err(e) => return Response::Error(e),
-    };
+    let targets = select(names, &all)?;
     let conf: Vec<(String, u32)> = targets
         .iter()
         .map(|r| (r.name.clone(), r.config.freeze_timeout_secs))
         .collect();
-    let ticket = match freezer.begin(&conf, asked) {
-        Ok(t) => t,
-        Err(e) => return Response::Error(e),
-    };
+    let ticket = freezer.begin(&conf, asked)?;
     for name in &ticket.names {
         let Some(r) = targets.iter().find(|r| &r.name == name) else {
             continue;
@@ -399,16 +426,12 @@ async fn freeze(
             freezer.abort(ticket.generation);
             e.message = format!("{}; nothing frozen", e.message);
             tracing::warn!(group = %ticket.names.join(" "), "freeze refused: {}", e.message);
-            return Response::Error(e);
+            return Err(e);
         }
     }
-    match freezer.complete(&ticket).await {
-        Ok(done) => Response::Frozen(done),
-        Err(e) => {
-            tracing::warn!(group = %ticket.names.join(" "), "freeze failed: {}", e.message);
-            Response::Error(e)
-        }
-    }
+    freezer.complete(&ticket, settle).await.inspect_err(|e| {
+        tracing::warn!(group = %ticket.names.join(" "), "freeze failed: {}", e.message);
+    })
 }
 
 /// `hastctl thaw`: every group a named resource is in thaws; one answer per

@@ -10,7 +10,8 @@
 //! discovery listener the connector polls), [`epoch`] (the fencing-token rules of
 //! role changes), [`hook`] (bounded runs of the operator's shell hooks),
 //! [`freeze`] (`hastctl freeze / thaw`: groups of primaries whose writes are
-//! held, the timeout and thaw rules).
+//! held, the timeout and thaw rules), [`snapshot`] (`hastctl snapshot`:
+//! a group's point-in-time images, copied in the background).
 
 mod control;
 mod daemon;
@@ -25,6 +26,7 @@ mod nbdfront;
 mod nbdtls;
 mod replication;
 mod resource;
+mod snapshot;
 
 use std::path::PathBuf;
 

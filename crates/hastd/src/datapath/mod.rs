@@ -44,6 +44,7 @@
 mod detach;
 mod fence;
 mod gate;
+mod image;
 mod inline;
 mod lease;
 pub mod local;
@@ -73,6 +74,7 @@ pub use detach::{marker_path, remove_marker, AttachStart, LocalState};
 pub use fence::Fence;
 use gate::{Gate, Hold};
 pub use hast_core::edge::Zeroing;
+pub use image::Image;
 use inline::{page_cache_writes, INLINE_SLOW};
 pub use lease::{lease_deadline, Lease};
 use local::LocalData;
@@ -213,6 +215,11 @@ pub struct DataPath {
     detach: Detach,
     /// Where this resource's HA events go (the event journal).
     events: crate::events::Events,
+    /// The point-in-time image under way (`hastctl snapshot`, `image.rs`)
+    /// and whether there is one: the only thing a write looks at when
+    /// there is none.
+    image: Mutex<Option<Arc<Image>>>,
+    image_on: AtomicBool,
 }
 
 impl DataPath {
@@ -283,6 +290,8 @@ impl DataPath {
             inline_ok,
             detach: Detach::new(cfg.on_io_error, detached_marker),
             events,
+            image: Mutex::new(None),
+            image_on: AtomicBool::new(false),
         });
         tokio::spawn(dp.clone().metadata_writer());
         if side == Side::Primary {
@@ -598,6 +607,11 @@ impl DataPath {
             drop(held);
             drop(pass);
             return res;
+        }
+        if let Some(img) = self.image() {
+            // Copy-before-write: what this changes goes into the snapshot
+            // first, while the range is ours (`image.rs`).
+            self.preserve(&img, offset, len).await;
         }
         // The primary: hast-core's `WriteOp` decides the order (fence,
         // activemap, send, apply, acknowledge per the mode, degrade on a
@@ -1014,13 +1028,16 @@ impl DataPath {
 
     /// The freeze's second step: waits until every modification admitted
     /// before the hold has finished — on the peer too, a memsync or async
-    /// write's tail included — then flushes both copies. Returns whether
-    /// the peer's copy was flushed. `Shutdown` if the data path closes
-    /// meanwhile (a demotion).
-    pub async fn settle(&self) -> Result<PeerCopy, DpError> {
+    /// write's tail included — then, with `flush`, flushes both copies.
+    /// Returns whether the peer's copy was flushed. `Shutdown` if the data
+    /// path closes meanwhile (a demotion).
+    pub async fn settle(&self, flush: bool) -> Result<PeerCopy, DpError> {
         tokio::select! {
             _ = self.hold.drained() => {}
             _ = self.gate.closed() => return Err(DpError::Shutdown),
+        }
+        if !flush {
+            return Ok(PeerCopy::NotOurs);
         }
         let res = self.barrier_copies().await;
         if let Err(e) = &res {
@@ -1043,6 +1060,9 @@ impl DataPath {
     /// A resynced chunk: zeroes are punched, keeping the copy as sparse as
     /// its source (`edge::apply_resynced`).
     pub async fn write_unlocked(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        if self.side == Side::Primary {
+            self.image_overtaken(offset, data.len() as u64);
+        }
         self.blocking(move |d| edge::apply_resynced(&d, offset, &data))
             .await
     }

@@ -63,6 +63,19 @@ pub struct Freezer {
     inner: Mutex<Inner>,
 }
 
+/// What a freeze waits for before it is frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// `hastctl freeze`: the writes in flight finished and both copies
+    /// flushed (freezefs(2): a hardware snapshot may follow).
+    Flush,
+    /// `hastctl snapshot`: only the writes in flight finished. Its image
+    /// is read from the local copy, whose page cache already has them; a
+    /// flush would only lengthen the freeze (on a busy volume, by the
+    /// time to write back every dirty page).
+    Drain,
+}
+
 /// A freeze under way, between [`Freezer::begin`] and
 /// [`Freezer::complete`] (or [`Freezer::abort`]).
 pub struct Ticket {
@@ -153,15 +166,19 @@ impl Freezer {
     }
 
     /// The freeze's last step, once every member is held: waits until the
-    /// modifications admitted before the holds finished and both copies
-    /// of each member were flushed — bounded by the freeze's timeout (and
+    /// modifications admitted before the holds finished and (with
+    /// [`Settle::Flush`]) both copies of each member were flushed — bounded by the freeze's timeout (and
     /// [`policy::FREEZING_MAX`]) and ended by a thaw meanwhile — then
     /// commits the group, records a `freeze` event per member and starts
     /// the group's watcher. On any failure the group is released as if it
     /// had never been frozen.
-    pub async fn complete(self: &Arc<Self>, ticket: &Ticket) -> Result<FreezeDone, ApiError> {
+    pub async fn complete(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        settle: Settle,
+    ) -> Result<FreezeDone, ApiError> {
         let generation = ticket.generation;
-        let res = self.settle(generation).await;
+        let res = self.settle(generation, settle).await;
         if let Err(e) = res {
             self.abort(generation);
             return Err(e);
@@ -215,7 +232,7 @@ impl Freezer {
 
     /// Drains and flushes every member at once, within the bound, unless
     /// the group is thawed meanwhile.
-    async fn settle(&self, generation: u64) -> Result<(), ApiError> {
+    async fn settle(&self, generation: u64, how: Settle) -> Result<(), ApiError> {
         let (members, mut thawed, bound) = {
             let inner = self.lock();
             let Some(live) = inner.live.get(&generation) else {
@@ -243,7 +260,7 @@ impl Freezer {
             let mut set = tokio::task::JoinSet::new();
             for (i, (dp, _)) in members.iter().enumerate() {
                 let dp = dp.clone();
-                set.spawn(async move { (i, dp.settle().await) });
+                set.spawn(async move { (i, dp.settle(how == Settle::Flush).await) });
             }
             while let Some(r) = set.join_next().await {
                 match r {
@@ -290,6 +307,7 @@ impl Freezer {
                         format!("{}: flush failed: {e}; nothing frozen", dp.name()),
                     ))
                 }
+                Ok(_) if how == Settle::Drain => {}
                 Ok(peer) => {
                     // The peer that was there when the hold began must
                     // have every acknowledged write durable, through the
@@ -371,6 +389,24 @@ impl Freezer {
             }
         }
         Some(g)
+    }
+
+    /// The data paths of the group `generation` holds, while it is frozen.
+    pub fn members(&self, generation: u64) -> Vec<Arc<DataPath>> {
+        self.lock()
+            .live
+            .get(&generation)
+            .map(|l| l.members.iter().map(|m| m.dp.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// How the group `generation` ended, once thawed: the reason, if it is
+    /// still remembered.
+    pub fn thaw_reason(&self, generation: u64, name: &str) -> Option<Reason> {
+        match self.lock().book.view(name) {
+            View::Thawed(t) if t.generation == generation => Some(t.reason),
+            _ => None,
+        }
     }
 
     /// Thaws the group `name` is in, if any (a demotion, hastd stopping).

@@ -49,6 +49,8 @@ pub enum Reason {
     Stopping,
     /// A member stopped being primary (its lease expired).
     Demoted,
+    /// `hastctl snapshot` began its images: the freeze did its work.
+    Snapshot,
 }
 
 impl Reason {
@@ -59,6 +61,7 @@ impl Reason {
             Reason::PeerLost => "peer lost",
             Reason::Stopping => "hastd stopping",
             Reason::Demoted => "demoted",
+            Reason::Snapshot => "snapshot begun",
         }
     }
 }

@@ -1,0 +1,437 @@
+//! A point-in-time image of a primary's data (`hastctl snapshot`), kept
+//! point-in-time by copy-before-write, as qemu's backup job and LVM
+//! snapshots do: the image begins while the resource is frozen, and from
+//! then on a modification first copies the 64 KiB chunks it is about to
+//! change into the image, unless they were copied already; a background
+//! copier ([`DataPath::copy_image`]) settles the rest. So the image is
+//! what the data was at the freeze, and the freeze lasts only as long as
+//! installing the image takes, whatever the size.
+//!
+//! The invariant everything here keeps: **a chunk not marked copied still
+//! holds, on the local component, what it held at the freeze.** Only two
+//! things mark a chunk: a copy of it into the image, done under its
+//! group's stripe lock (so the copier and a write never copy the same chunk
+//! at once, and a write changes a chunk only once it is marked), and the
+//! copier finding it a hole (then the image's hole is right: nothing was
+//! written there since). Chunks are grouped by 1 MiB for the locks and the
+//! copier's reads; a write spanning groups takes their locks one after the
+//! other, never two at once, so no two tasks wait on each other.
+//!
+//! What the image cannot follow ends it, never the resource: a failed
+//! write into the image (a full disk), the local copy detached or
+//! resynced from the peer, a demotion. The image is then marked failed
+//! and every later write goes on as if there were none.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+
+use super::local::{LocalData, Runs};
+use super::{DataPath, Side};
+
+/// The copy-before-write unit: a write copies at most this much around
+/// each of its ends into the image.
+pub const CHUNK: u64 = 64 << 10;
+/// Chunks per lock stripe and per background read.
+const GROUP_CHUNKS: u64 = 16;
+/// Stripes of locks: groups `g`, `g + STRIPES`, … share one.
+const STRIPES: usize = 64;
+/// The copier asks the file system where the holes are this much at once.
+const HOLE_WINDOW: u64 = 64 << 20;
+
+/// The chunks that `[offset, offset + len)` touches, of a volume of
+/// `size` bytes (none for an empty range).
+pub fn chunks(offset: u64, len: u64, size: u64) -> Range<u64> {
+    let end = offset.saturating_add(len).min(size);
+    if len == 0 || offset >= end {
+        return 0..0;
+    }
+    offset / CHUNK..end.div_ceil(CHUNK)
+}
+
+/// The byte range of chunk `c` (the last one may be short).
+pub fn chunk_span(c: u64, size: u64) -> Range<u64> {
+    let start = c * CHUNK;
+    start..(start + CHUNK).min(size)
+}
+
+/// The chunks of `range` that fall in group `g`.
+fn in_group(range: &Range<u64>, g: u64) -> Range<u64> {
+    let first = g * GROUP_CHUNKS;
+    range.start.max(first)..range.end.min(first + GROUP_CHUNKS)
+}
+
+/// One resource's image under way.
+pub struct Image {
+    file: File,
+    size: u64,
+    /// One bit per chunk: copied (or known a hole).
+    copied: Vec<AtomicU64>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    done: AtomicU64,
+    written: AtomicU64,
+    preserved: AtomicU64,
+    /// Why the image can no longer be point-in-time, once it cannot.
+    failed: OnceLock<String>,
+}
+
+/// An image's counters (bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageCounts {
+    pub done: u64,
+    pub written: u64,
+    pub preserved: u64,
+}
+
+impl Image {
+    /// An image of `size` bytes written into `file` (already sized, all
+    /// holes).
+    pub fn new(file: File, size: u64) -> Image {
+        let n = size.div_ceil(CHUNK);
+        Image {
+            file,
+            size,
+            copied: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            done: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            preserved: AtomicU64::new(0),
+            failed: OnceLock::new(),
+        }
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn counts(&self) -> ImageCounts {
+        ImageCounts {
+            done: self.done.load(SeqCst),
+            written: self.written.load(SeqCst),
+            preserved: self.preserved.load(SeqCst),
+        }
+    }
+
+    /// Why the image failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Marks the image failed (the first reason stays).
+    pub fn fail(&self, why: impl Into<String>) {
+        let _ = self.failed.set(why.into());
+    }
+
+    fn is_copied(&self, c: u64) -> bool {
+        self.copied[(c / 64) as usize].load(SeqCst) & (1 << (c % 64)) != 0
+    }
+
+    /// Marks chunk `c` settled; counts it once.
+    fn mark(&self, c: u64) {
+        let bit = 1 << (c % 64);
+        if self.copied[(c / 64) as usize].fetch_or(bit, SeqCst) & bit == 0 {
+            let span = chunk_span(c, self.size);
+            self.done.fetch_add(span.end - span.start, SeqCst);
+        }
+    }
+
+    fn all_copied(&self, range: Range<u64>) -> bool {
+        range.into_iter().all(|c| self.is_copied(c))
+    }
+
+    fn stripe(&self, g: u64) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(g % STRIPES as u64) as usize]
+    }
+
+    /// Copies the unsettled chunks of `range` (all in one group, its lock
+    /// held) from the local component into the image, with one read.
+    /// `preserve`: for a write about to change them (counted apart).
+    fn copy_chunks(&self, d: &LocalData<'_>, range: Range<u64>, preserve: bool) -> io::Result<()> {
+        let Some(first) = range.clone().find(|&c| !self.is_copied(c)) else {
+            return Ok(());
+        };
+        let last = range.rev().find(|&c| !self.is_copied(c)).unwrap_or(first);
+        let start = chunk_span(first, self.size).start;
+        let end = chunk_span(last, self.size).end;
+        let mut buf = vec![0u8; (end - start) as usize];
+        d.read(start, &mut buf)?;
+        for c in first..=last {
+            if self.is_copied(c) {
+                continue;
+            }
+            let span = chunk_span(c, self.size);
+            let data = &buf[(span.start - start) as usize..(span.end - start) as usize];
+            // Zeroes stay a hole in the image.
+            if data.iter().any(|&b| b != 0) {
+                self.file.write_all_at(data, span.start)?;
+                self.written.fetch_add(data.len() as u64, SeqCst);
+            }
+            if preserve {
+                self.preserved.fetch_add(data.len() as u64, SeqCst);
+            }
+            self.mark(c);
+        }
+        Ok(())
+    }
+}
+
+impl DataPath {
+    /// Begins a point-in-time image of this primary's data into `file`
+    /// (sized to the data, all holes). Called while the resource is
+    /// frozen, so the image is of the data at the freeze. Refused if the
+    /// local copy is not the current one or an image is under way.
+    pub fn begin_image(&self, file: File) -> Result<Arc<Image>, String> {
+        if self.side != Side::Primary {
+            return Err(format!("{} is not primary", self.name));
+        }
+        if self.local_may_be_stale(0, self.datasize) {
+            return Err(format!(
+                "{}: the local copy is not current (detached, or being resynced from the peer); \
+                 a snapshot is taken from it",
+                self.name
+            ));
+        }
+        let mut slot = self.image.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return Err(format!("{}: a snapshot of it is under way", self.name));
+        }
+        let img = Arc::new(Image::new(file, self.datasize));
+        *slot = Some(img.clone());
+        self.image_on.store(true, SeqCst);
+        Ok(img)
+    }
+
+    /// Ends the image `img` (done or abandoned): writes no longer copy
+    /// into it.
+    pub fn end_image(&self, img: &Arc<Image>) {
+        let mut slot = self.image.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, img)) {
+            *slot = None;
+            self.image_on.store(false, SeqCst);
+        }
+    }
+
+    /// The image under way, if any (one atomic load when there is none).
+    pub(super) fn image(&self) -> Option<Arc<Image>> {
+        if !self.image_on.load(SeqCst) {
+            return None;
+        }
+        self.image.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Copy-before-write: called by a modification of `[offset, offset +
+    /// len)` holding its range, before it changes anything. A failure
+    /// fails the image, never the write.
+    pub(super) async fn preserve(&self, img: &Arc<Image>, offset: u64, len: u64) {
+        if img.failure().is_some() {
+            return;
+        }
+        let range = chunks(offset, len, self.datasize);
+        if img.all_copied(range.clone()) {
+            return;
+        }
+        if self.detach.is_detached() {
+            img.fail("the local component was detached");
+            return;
+        }
+        let groups = range.start / GROUP_CHUNKS..(range.end - 1) / GROUP_CHUNKS + 1;
+        for g in groups {
+            let part = in_group(&range, g);
+            if img.all_copied(part.clone()) {
+                continue;
+            }
+            // One group's lock at a time, never two: see the header.
+            let _stripe = img.stripe(g).lock().await;
+            let img2 = img.clone();
+            let res = self
+                .blocking(move |d| img2.copy_chunks(&d, part, true))
+                .await;
+            if let Err(e) = res {
+                img.fail(format!("copy-before-write failed: {e}"));
+                return;
+            }
+        }
+    }
+
+    /// A resync from the peer is about to change `[offset, offset + len)`
+    /// of the local copy behind the image's back: the image cannot be
+    /// point-in-time any more.
+    pub(super) fn image_overtaken(&self, offset: u64, len: u64) {
+        if let Some(img) = self.image() {
+            if !img.all_copied(chunks(offset, len, self.datasize)) {
+                img.fail("the local copy was resynced from the peer during the snapshot");
+            }
+        }
+    }
+
+    /// The background copy of `img`: every chunk not copied yet, in order,
+    /// holes skipped; `Ok` once all are settled. Fails if the image
+    /// failed, the resource is demoted or its local copy stops being
+    /// current.
+    pub async fn copy_image(&self, img: &Arc<Image>) -> Result<(), String> {
+        let total = self.datasize.div_ceil(CHUNK);
+        let mut window = 0..0;
+        let mut g = 0;
+        while g * GROUP_CHUNKS < total {
+            if let Some(why) = img.failure() {
+                return Err(why.to_string());
+            }
+            let part = in_group(&(0..total), g);
+            if !img.all_copied(part.clone()) {
+                let Some(_pass) = self.gate.enter() else {
+                    return Err(format!("{} was demoted", self.name));
+                };
+                if self.local_may_be_stale(0, self.datasize) {
+                    img.fail("the local copy stopped being current (detached, or resynced from the peer)");
+                    continue;
+                }
+                let offset = part.start * CHUNK;
+                if !window.contains(&offset) {
+                    window = offset..(offset + HOLE_WINDOW).min(self.datasize);
+                    self.settle_holes(img, window.clone()).await?;
+                    if img.all_copied(part.clone()) {
+                        g += 1;
+                        continue;
+                    }
+                }
+                let _stripe = img.stripe(g).lock().await;
+                let img2 = img.clone();
+                self.blocking(move |d| img2.copy_chunks(&d, part, false))
+                    .await
+                    .map_err(|e| {
+                        let why = format!("copy failed: {e}");
+                        img.fail(why.clone());
+                        why
+                    })?;
+            }
+            g += 1;
+        }
+        if let Some(why) = img.failure() {
+            return Err(why.to_string());
+        }
+        Ok(())
+    }
+
+    /// Marks settled every chunk wholly inside a hole of `window`. A chunk
+    /// not copied yet holds what it held at the freeze (the header's
+    /// invariant), so a hole now was a hole then.
+    async fn settle_holes(&self, img: &Arc<Image>, window: Range<u64>) -> Result<(), String> {
+        let (start, len) = (window.start, window.end - window.start);
+        let runs = self
+            .blocking(move |d| d.allocation(start, len, Runs::All))
+            .await
+            .map_err(|e| format!("cannot read the allocation map: {e}"))?;
+        let mut pos = start;
+        for (n, hole) in runs {
+            if hole {
+                for c in pos.div_ceil(CHUNK)..(pos + n) / CHUNK {
+                    img.mark(c);
+                }
+                // The volume's short last chunk, when the hole reaches it.
+                if pos + n == self.datasize && !self.datasize.is_multiple_of(CHUNK) {
+                    let last = self.datasize / CHUNK;
+                    if last * CHUNK >= pos {
+                        img.mark(last);
+                    }
+                }
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: u64 = 1024;
+
+    #[test]
+    fn the_chunks_a_range_touches() {
+        let size = 1 << 30;
+        for (offset, len, want) in [
+            (0, 0, 0..0),
+            (0, 1, 0..1),
+            (0, CHUNK, 0..1),
+            (0, CHUNK + 1, 0..2),
+            (CHUNK - 1, 2, 0..2),
+            (CHUNK, 4 * K, 1..2),
+            (3 * CHUNK + 512, 4 * K, 3..4),
+            // Clipped at the volume's end.
+            (size - 4 * K, 64 * K, size / CHUNK - 1..size / CHUNK),
+            (size, 4 * K, 0..0),
+        ] {
+            assert_eq!(chunks(offset, len, size), want, "{offset}+{len}");
+        }
+        // A volume that does not end on a chunk: its short last chunk.
+        let size = 10 * CHUNK + 4 * K;
+        assert_eq!(chunks(10 * CHUNK, 8 * K, size), 10..11);
+        assert_eq!(chunk_span(10, size), 10 * CHUNK..size);
+        assert_eq!(chunk_span(9, size), 9 * CHUNK..10 * CHUNK);
+    }
+
+    #[test]
+    fn a_range_is_split_by_group() {
+        let r = 10..40;
+        assert_eq!(in_group(&r, 0), 10..16);
+        assert_eq!(in_group(&r, 1), 16..32);
+        assert_eq!(in_group(&r, 2), 32..40);
+        assert!(in_group(&r, 3).is_empty());
+    }
+
+    fn scratch(name: &str, size: u64) -> (std::path::PathBuf, File) {
+        let dir = std::env::temp_dir().join(format!("hast-image-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&dir)
+            .unwrap();
+        f.set_len(size).unwrap();
+        (dir, f)
+    }
+
+    #[test]
+    fn copied_chunks_are_never_copied_again_and_zeroes_stay_holes() {
+        let size = 3 * CHUNK + 100;
+        let (src_path, src) = scratch("src", size);
+        src.write_all_at(&[7u8; 10], CHUNK + 5).unwrap();
+        src.write_all_at(&[9u8; 3], 3 * CHUNK + 1).unwrap();
+        let (img_path, out) = scratch("img", size);
+        let img = Image::new(out, size);
+        let d = LocalData {
+            file: &src,
+            data_offset: 0,
+        };
+        img.copy_chunks(&d, 1..2, true).unwrap();
+        assert_eq!(
+            img.counts(),
+            ImageCounts {
+                done: CHUNK,
+                written: CHUNK,
+                preserved: CHUNK
+            }
+        );
+        // The source changes after chunk 1 was copied: the image keeps
+        // the old bytes, the rest is copied as it is now.
+        src.write_all_at(&[1u8; 10], CHUNK + 5).unwrap();
+        img.copy_chunks(&d, 0..4, false).unwrap();
+        let c = img.counts();
+        assert_eq!(c.done, size);
+        assert_eq!(c.written, CHUNK + 100, "chunk 0 and 2 are zeroes: holes");
+        assert_eq!(c.preserved, CHUNK);
+        let mut got = [0u8; 10];
+        img.file().read_exact_at(&mut got, CHUNK + 5).unwrap();
+        assert_eq!(got, [7u8; 10]);
+        let mut got = [0u8; 3];
+        img.file().read_exact_at(&mut got, 3 * CHUNK + 1).unwrap();
+        assert_eq!(got, [9u8; 3]);
+        let _ = std::fs::remove_file(src_path);
+        let _ = std::fs::remove_file(img_path);
+    }
+}
