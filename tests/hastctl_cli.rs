@@ -244,6 +244,7 @@ fn daemon_commands_without_daemon_are_unavailable() {
         &["freeze", "-t", "-1", "all"],
         &["thaw", "r0"],
         &["query", "r0"],
+        &["snapshot", "-o", "/tmp", "r0"],
     ] {
         assert_fails(
             &node.hastctl(args),
@@ -292,6 +293,11 @@ fn usage_errors() {
         &["thaw"],
         &["thaw", "-t", "1", "r0"],
         &["query"],
+        &["snapshot", "r0"],
+        &["snapshot", "-o", "/tmp"],
+        &["snapshot", "-o"],
+        &["snapshot", "-t", "x", "-o", "/tmp", "r0"],
+        &["snapshot", "-o", "/tmp", "nosuch"],
     ] {
         assert_fails(&node.hastctl(args), EX_USAGE, &format!("hastctl {args:?}"));
     }

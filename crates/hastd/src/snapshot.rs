@@ -30,7 +30,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 
 use crate::control::{freeze_group, select, send, Resources};
-use crate::datapath::{DataPath, Image};
+use crate::datapath::{spawn_copier, DataPath, Image};
 use crate::freeze::policy::Reason;
 use crate::freeze::{Freezer, Settle};
 
@@ -302,8 +302,12 @@ async fn copy(
     let mut set = tokio::task::JoinSet::new();
     for o in outs.iter() {
         if let Some((dp, img)) = &o.begun {
-            let (dp, img) = (dp.clone(), img.clone());
-            set.spawn(async move { dp.copy_image(&img).await });
+            let copier = spawn_copier(dp.clone(), img.clone());
+            set.spawn(async move {
+                copier
+                    .await
+                    .unwrap_or_else(|_| Err("the copier thread did not start".into()))
+            });
         }
     }
     let (mut rd, mut wr) = stream.split();
@@ -334,6 +338,8 @@ async fn copy(
         }
     };
     if let Err(e) = copied {
+        // The copier threads stop at their next group: `abandon` fails
+        // every image.
         set.abort_all();
         return Err(e);
     }

@@ -8,14 +8,17 @@
 //! installing the image takes, whatever the size.
 //!
 //! The invariant everything here keeps: **a chunk not marked copied still
-//! holds, on the local component, what it held at the freeze.** Only two
-//! things mark a chunk: a copy of it into the image, done under its
-//! group's stripe lock (so the copier and a write never copy the same chunk
-//! at once, and a write changes a chunk only once it is marked), and the
-//! copier finding it a hole (then the image's hole is right: nothing was
-//! written there since). Chunks are grouped by 1 MiB for the locks and the
-//! copier's reads; a write spanning groups takes their locks one after the
-//! other, never two at once, so no two tasks wait on each other.
+//! holds, on the local component, what it held at the freeze**, because a
+//! modification changes a chunk only once it is marked, and marks are
+//! never cleared. Marking needs no lock: whoever copies a chunk (a write's
+//! copy-before-write or the background copier) reads it, then checks that
+//! it is still unmarked — if so, nothing changed it before the read ended,
+//! so what was read is the data at the freeze — writes that into the image
+//! and only then marks it. Two that race on one chunk both write the same
+//! old bytes. A chunk the copier finds in a hole is marked without a copy
+//! (nothing was written there since, and the image's hole reads as zeroes).
+//! So the copier, which runs at the lowest priority, never holds anything
+//! a client's write would wait for.
 //!
 //! What the image cannot follow ends it, never the resource: a failed
 //! write into the image (a full disk), the local copy detached or
@@ -35,10 +38,8 @@ use super::{DataPath, Side};
 /// The copy-before-write unit: a write copies at most this much around
 /// each of its ends into the image.
 pub const CHUNK: u64 = 64 << 10;
-/// Chunks per lock stripe and per background read.
+/// Chunks per read: the copier's, and a large write's copy-before-write.
 const GROUP_CHUNKS: u64 = 16;
-/// Stripes of locks: groups `g`, `g + STRIPES`, … share one.
-const STRIPES: usize = 64;
 /// The copier asks the file system where the holes are this much at once.
 const HOLE_WINDOW: u64 = 64 << 20;
 
@@ -70,7 +71,6 @@ pub struct Image {
     size: u64,
     /// One bit per chunk: copied (or known a hole).
     copied: Vec<AtomicU64>,
-    stripes: Vec<tokio::sync::Mutex<()>>,
     done: AtomicU64,
     written: AtomicU64,
     preserved: AtomicU64,
@@ -95,7 +95,6 @@ impl Image {
             file,
             size,
             copied: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             done: AtomicU64::new(0),
             written: AtomicU64::new(0),
             preserved: AtomicU64::new(0),
@@ -142,13 +141,10 @@ impl Image {
         range.into_iter().all(|c| self.is_copied(c))
     }
 
-    fn stripe(&self, g: u64) -> &tokio::sync::Mutex<()> {
-        &self.stripes[(g % STRIPES as u64) as usize]
-    }
-
-    /// Copies the unsettled chunks of `range` (all in one group, its lock
-    /// held) from the local component into the image, with one read.
-    /// `preserve`: for a write about to change them (counted apart).
+    /// Copies the unsettled chunks of `range` from the local component into
+    /// the image, with one read; marks them. A chunk found marked after the
+    /// read is left alone (see the header). `preserve`: for a write about
+    /// to change them (counted apart).
     fn copy_chunks(&self, d: &LocalData<'_>, range: Range<u64>, preserve: bool) -> io::Result<()> {
         let Some(first) = range.clone().find(|&c| !self.is_copied(c)) else {
             return Ok(());
@@ -243,8 +239,6 @@ impl DataPath {
             if img.all_copied(part.clone()) {
                 continue;
             }
-            // One group's lock at a time, never two: see the header.
-            let _stripe = img.stripe(g).lock().await;
             let img2 = img.clone();
             let res = self
                 .blocking(move |d| img2.copy_chunks(&d, part, true))
@@ -269,9 +263,14 @@ impl DataPath {
 
     /// The background copy of `img`: every chunk not copied yet, in order,
     /// holes skipped; `Ok` once all are settled. Fails if the image
-    /// failed, the resource is demoted or its local copy stops being
-    /// current.
-    pub async fn copy_image(&self, img: &Arc<Image>) -> Result<(), String> {
+    /// failed (or was abandoned), the resource is demoted or its local
+    /// copy stops being current.
+    ///
+    /// Blocking: it runs on a thread of its own ([`spawn_copier`]) at the
+    /// lowest CPU and I/O priority, so that on a busy machine clients'
+    /// requests (and the copy-before-write they do) go first and the copy
+    /// takes the time left over.
+    fn copy_image_blocking(&self, img: &Image) -> Result<(), String> {
         let total = self.datasize.div_ceil(CHUNK);
         let mut window = 0..0;
         let mut g = 0;
@@ -288,41 +287,38 @@ impl DataPath {
                     img.fail("the local copy stopped being current (detached, or resynced from the peer)");
                     continue;
                 }
+                let _pending = self.progress.begin();
                 let offset = part.start * CHUNK;
                 if !window.contains(&offset) {
                     window = offset..(offset + HOLE_WINDOW).min(self.datasize);
-                    self.settle_holes(img, window.clone()).await?;
+                    self.settle_holes(img, window.clone())?;
                     if img.all_copied(part.clone()) {
                         g += 1;
                         continue;
                     }
                 }
-                let _stripe = img.stripe(g).lock().await;
-                let img2 = img.clone();
-                self.blocking(move |d| img2.copy_chunks(&d, part, false))
-                    .await
-                    .map_err(|e| {
-                        let why = format!("copy failed: {e}");
-                        img.fail(why.clone());
-                        why
-                    })?;
+                img.copy_chunks(&self.local(), part, false).map_err(|e| {
+                    let why = format!("copy failed: {e}");
+                    img.fail(why.clone());
+                    why
+                })?;
             }
             g += 1;
         }
-        if let Some(why) = img.failure() {
-            return Err(why.to_string());
+        match img.failure() {
+            Some(why) => Err(why.to_string()),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Marks settled every chunk wholly inside a hole of `window`. A chunk
     /// not copied yet holds what it held at the freeze (the header's
     /// invariant), so a hole now was a hole then.
-    async fn settle_holes(&self, img: &Arc<Image>, window: Range<u64>) -> Result<(), String> {
+    fn settle_holes(&self, img: &Image, window: Range<u64>) -> Result<(), String> {
         let (start, len) = (window.start, window.end - window.start);
         let runs = self
-            .blocking(move |d| d.allocation(start, len, Runs::All))
-            .await
+            .local()
+            .allocation(start, len, Runs::All)
             .map_err(|e| format!("cannot read the allocation map: {e}"))?;
         let mut pos = start;
         for (n, hole) in runs {
@@ -341,6 +337,41 @@ impl DataPath {
             pos += n;
         }
         Ok(())
+    }
+}
+
+/// Starts the background copy of `img` on its own thread; the receiver
+/// gets its outcome.
+pub fn spawn_copier(
+    dp: Arc<DataPath>,
+    img: Arc<Image>,
+) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = dp.name().to_string();
+    let spawned = std::thread::Builder::new()
+        .name("hast-snapshot".into())
+        .spawn(move || {
+            lowest_priority();
+            let _ = tx.send(dp.copy_image_blocking(&img));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(resource = %name, "cannot start the snapshot copier: {e}");
+    }
+    // A thread that could not start drops its sender: the receiver says so.
+    rx
+}
+
+/// This thread at nice 19 and the lowest best-effort I/O priority: it
+/// yields the CPU and the disk to anything else hastd does.
+fn lowest_priority() {
+    // SAFETY: gettid has no arguments; setpriority and ioprio_set take
+    // plain integers naming this thread. Failures only leave the
+    // priority as it was.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        // IOPRIO_WHO_PROCESS = 1; class best-effort (2) << 13, level 7.
+        libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7);
     }
 }
 

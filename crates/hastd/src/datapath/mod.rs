@@ -74,7 +74,7 @@ pub use detach::{marker_path, remove_marker, AttachStart, LocalState};
 pub use fence::Fence;
 use gate::{Gate, Hold};
 pub use hast_core::edge::Zeroing;
-pub use image::Image;
+pub use image::{spawn_copier, Image};
 use inline::{page_cache_writes, INLINE_SLOW};
 pub use lease::{lease_deadline, Lease};
 use local::LocalData;
