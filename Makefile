@@ -89,4 +89,4 @@ deb-assets: build
 	for m in $(MAN5) $(MAN8); do gzip -9n < man/$$m > $(DEB_ASSETS)/man/$$m.gz || exit 1; done
 
 deb: deb-assets
-	$(CARGO) deb --no-build --locked
+	$(CARGO) deb --no-build --locked --strip
