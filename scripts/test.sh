@@ -2,7 +2,8 @@
 # THE test command (README, and .ci/run calls it): formatting, lints, every test —
 # unit, integration tests that drive real hastd/hastctl processes with real NBD
 # clients (qemu-io, nbdinfo, nbdcopy, nbdfuse, fio, python3-libnbd), the root-only
-# ext4-over-nbdfuse test — then a short fuzz smoke run of every fuzz target.
+# ext4-over-nbdfuse test — then a short fuzz smoke run of every fuzz target, and
+# the Debian package built, installed and smoke-tested (scripts/deb-smoke.sh).
 #
 #   scripts/test.sh
 #
@@ -106,6 +107,26 @@ else
     fi
 fi
 
+# The Debian package as an operator installs it (README "Install"): a release
+# build, cargo-deb, dpkg -i, a smoke test of the installed paths, dpkg -r.
+deb_rc=0
+deb_result=
+step "Debian package: scripts/deb-smoke.sh (log: $TARGET_DIR/deb-smoke.log)"
+if [ "$(id -u)" != 0 ]; then
+    skip_or_fail "Debian package: not root (dpkg -i)"
+elif ! cargo deb --version >/dev/null 2>&1; then
+    skip_or_fail "Debian package: cargo-deb not installed (cargo install cargo-deb --locked)"
+else
+    deb_start=$(date +%s)
+    scripts/deb-smoke.sh 2>&1 | tee "$TARGET_DIR/deb-smoke.log"
+    if [ "${PIPESTATUS[0]}" = 0 ]; then
+        deb_result="deb package: ok (build, dpkg -i, smoke test, dpkg -r; $(($(date +%s) - deb_start)) s)"
+    else
+        deb_rc=1
+        deb_result="deb package: FAILED ($(grep -m1 'deb-smoke: FAILED' "$TARGET_DIR/deb-smoke.log" || echo "see $TARGET_DIR/deb-smoke.log"))"
+    fi
+fi
+
 step "summary"
 # One line per test binary: which binary, then its result line.
 # "Running unittests src/lib.rs (target/debug/deps/hast_meta-0123abcd)" -> "hast_meta src/lib.rs"
@@ -117,8 +138,9 @@ awk '/^ *Running / { path = $NF; gsub(/[()]/, "", path); n = split(path, p, "/")
 grep -h "SKIPPED" "$TEST_LOG" | sort -u || true
 for s in "${skipped[@]}"; do echo "SKIPPED: $s"; done
 for f in "${fuzz_results[@]}"; do echo "$f"; done
-if [ "$test_rc" != 0 ] || [ "$fuzz_rc" != 0 ]; then
-    echo "FAILED (cargo test exit $test_rc, fuzz $fuzz_rc; full test output in $TEST_LOG)"
+[ -z "$deb_result" ] || echo "$deb_result"
+if [ "$test_rc" != 0 ] || [ "$fuzz_rc" != 0 ] || [ "$deb_rc" != 0 ]; then
+    echo "FAILED (cargo test exit $test_rc, fuzz $fuzz_rc, deb $deb_rc; full test output in $TEST_LOG)"
     exit 1
 fi
 echo "ALL PASSED"

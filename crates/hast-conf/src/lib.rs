@@ -36,6 +36,15 @@ pub use secret::{Secret, SecretError};
 pub use tls::Fingerprint;
 pub use value::{parse_size, Checksum, Compression, OnIoError, ParseKeywordError, Replication};
 
+/// Every keyword of hast.conf: the two section words, then each statement's
+/// (the parser's own table). hast.conf(5) documents each one, which
+/// tests/install.rs checks against this list.
+pub fn keywords() -> impl Iterator<Item = &'static str> {
+    ["on", "resource"]
+        .into_iter()
+        .chain(parser::KEYS.iter().map(|&(word, _)| word))
+}
+
 /// Larger files are refused before they are read.
 pub const FILE_SIZE_MAX: u64 = 1 << 20;
 /// Longest word or quoted string, in bytes.

@@ -100,7 +100,7 @@ pub(crate) struct RawConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key {
+pub(crate) enum Key {
     Control,
     Pidfile,
     Listen,
@@ -140,48 +140,52 @@ enum Key {
     TlsPeerFingerprint,
 }
 
+/// Every statement keyword of hast.conf with its key: the one list the
+/// parser reads, and [`crate::KEYWORDS`] (the manual page is checked
+/// against it, tests/install.rs) is made from.
+pub(crate) const KEYS: &[(&str, Key)] = &[
+    ("control", Key::Control),
+    ("pidfile", Key::Pidfile),
+    ("listen", Key::Listen),
+    ("nbd_listen", Key::NbdListen),
+    ("nbd_socket_dir", Key::NbdSocketDir),
+    ("state_dir", Key::StateDir),
+    ("exec_timeout", Key::ExecTimeout),
+    ("metrics_listen", Key::MetricsListen),
+    ("discovery_listen", Key::DiscoveryListen),
+    ("nbd_max_buffer", Key::NbdMaxBuffer),
+    ("nbd_idle_timeout", Key::NbdIdleTimeout),
+    ("nbd_tls", Key::NbdTls),
+    ("nbd_tls_cert", Key::NbdTlsCertFile),
+    ("nbd_tls_key", Key::NbdTlsKeyFile),
+    ("nbd_tls_client_fingerprint", Key::NbdTlsClientFingerprint),
+    ("replication", Key::Replication),
+    ("checksum", Key::Checksum),
+    ("compression", Key::Compression),
+    ("timeout", Key::Timeout),
+    ("ping_timeout", Key::PingTimeout),
+    ("exec", Key::Exec),
+    ("fence_peer", Key::FencePeer),
+    ("metaflush", Key::Metaflush),
+    ("freeze_timeout", Key::FreezeTimeout),
+    ("on_io_error", Key::OnIoError),
+    ("resync_rate", Key::ResyncRate),
+    ("secret_file", Key::SecretFile),
+    ("nbd_socket_owner", Key::NbdSocketOwner),
+    ("nbd_socket_group", Key::NbdSocketGroup),
+    ("nbd_socket_mode", Key::NbdSocketMode),
+    ("name", Key::Name),
+    ("local", Key::Local),
+    ("remote", Key::Remote),
+    ("source", Key::Source),
+    ("tls_cert", Key::TlsCert),
+    ("tls_key", Key::TlsKeyPath),
+    ("tls_peer_fingerprint", Key::TlsPeerFingerprint),
+];
+
 impl Key {
     fn from_keyword(word: &str) -> Option<Key> {
-        Some(match word {
-            "control" => Key::Control,
-            "pidfile" => Key::Pidfile,
-            "listen" => Key::Listen,
-            "nbd_listen" => Key::NbdListen,
-            "nbd_socket_dir" => Key::NbdSocketDir,
-            "state_dir" => Key::StateDir,
-            "exec_timeout" => Key::ExecTimeout,
-            "metrics_listen" => Key::MetricsListen,
-            "discovery_listen" => Key::DiscoveryListen,
-            "nbd_max_buffer" => Key::NbdMaxBuffer,
-            "nbd_idle_timeout" => Key::NbdIdleTimeout,
-            "nbd_tls" => Key::NbdTls,
-            "nbd_tls_cert" => Key::NbdTlsCertFile,
-            "nbd_tls_key" => Key::NbdTlsKeyFile,
-            "nbd_tls_client_fingerprint" => Key::NbdTlsClientFingerprint,
-            "replication" => Key::Replication,
-            "checksum" => Key::Checksum,
-            "compression" => Key::Compression,
-            "timeout" => Key::Timeout,
-            "ping_timeout" => Key::PingTimeout,
-            "exec" => Key::Exec,
-            "fence_peer" => Key::FencePeer,
-            "metaflush" => Key::Metaflush,
-            "freeze_timeout" => Key::FreezeTimeout,
-            "on_io_error" => Key::OnIoError,
-            "resync_rate" => Key::ResyncRate,
-            "secret_file" => Key::SecretFile,
-            "nbd_socket_owner" => Key::NbdSocketOwner,
-            "nbd_socket_group" => Key::NbdSocketGroup,
-            "nbd_socket_mode" => Key::NbdSocketMode,
-            "name" => Key::Name,
-            "local" => Key::Local,
-            "remote" => Key::Remote,
-            "source" => Key::Source,
-            "tls_cert" => Key::TlsCert,
-            "tls_key" => Key::TlsKeyPath,
-            "tls_peer_fingerprint" => Key::TlsPeerFingerprint,
-            _ => return None,
-        })
+        KEYS.iter().find(|(w, _)| *w == word).map(|&(_, k)| k)
     }
 }
 

@@ -33,6 +33,11 @@ pub struct HastcdArgs {
     pub idl: Option<PathBuf>,
 }
 
+/// The command line as clap sees it (shell completions).
+pub fn command() -> clap::Command {
+    <HastcdArgs as clap::CommandFactory>::command()
+}
+
 impl HastcdArgs {
     /// Parses `args` (the program name first). `Err` is the exit status
     /// after help or the version was printed (0) or a usage error (64).

@@ -45,6 +45,11 @@ struct Args {
     cmd: Cmd,
 }
 
+/// hastcctl's command line as clap sees it (shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// List the endpoints: resource, state, primary, epoch, local URIs.

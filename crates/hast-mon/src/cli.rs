@@ -39,6 +39,16 @@ struct HastmonArgs {
     node: Option<String>,
 }
 
+/// hastmon's command line as clap sees it (shell completions).
+pub fn hastmon_command() -> clap::Command {
+    <HastmonArgs as clap::CommandFactory>::command()
+}
+
+/// hastmonctl's command line as clap sees it (shell completions).
+pub fn hastmonctl_command() -> clap::Command {
+    <CtlArgs as clap::CommandFactory>::command()
+}
+
 /// Parses arguments; `Err` is the exit code after printing usage or help.
 fn parse<T: Parser>(program: &str, usage: &str) -> Result<T, i32> {
     T::try_parse().map_err(|e| hast_sys::usage_error(program, usage, &e))

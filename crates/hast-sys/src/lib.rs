@@ -27,6 +27,34 @@ pub mod exit {
     pub const CONFIG: i32 = 78;
 }
 
+/// `PROGRAM --completions SHELL` (bash, zsh, fish, elvish, powershell):
+/// prints the shell's completion script for `command` and returns the exit
+/// status; `None` for any other command line. The thin binaries in `src/bin`
+/// call it before parsing, so the flag stays out of `--help` (which the
+/// manual pages are checked against) and packagers get the scripts from the
+/// built binaries (`make install`, the Debian package).
+pub fn completions(command: impl FnOnce() -> clap::Command) -> Option<i32> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != "--completions" {
+        return None;
+    }
+    let mut cmd = command();
+    let name = cmd.get_name().to_string();
+    let shell = args
+        .next()
+        .and_then(|s| s.to_str()?.parse::<clap_complete::Shell>().ok());
+    match (shell, args.next()) {
+        (Some(shell), None) => {
+            clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+            Some(exit::OK)
+        }
+        _ => {
+            eprintln!("usage: {name} --completions bash|zsh|fish|elvish|powershell");
+            Some(exit::USAGE)
+        }
+    }
+}
+
 /// What every hast command does with a command line clap refused: help or
 /// the version is printed (exit 0); anything else is one line naming the
 /// problem and the usage, exit 64 (`EX_USAGE`).

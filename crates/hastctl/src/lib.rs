@@ -63,6 +63,11 @@ struct Common {
     node: Option<String>,
 }
 
+/// The command line as clap sees it (shell completions).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Initialize the local component of the given resources.

@@ -60,6 +60,11 @@ pub struct Args {
     pub node: Option<String>,
 }
 
+/// The command line as clap sees it (shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 /// Entry point of the `hastd` binary; returns the process exit status.
 pub fn main() -> i32 {
     let args = match Args::try_parse() {

@@ -42,6 +42,13 @@ pub use error::{ConfigError, ErrorKind};
 pub use hast_conf::Addr;
 pub use level::Level;
 
+/// Every keyword of hastmon.conf, sections (`on`, `resource`, `key`)
+/// included: the parser's own table. hastmon.conf(5) documents each one,
+/// which tests/install.rs checks against this list.
+pub fn keywords() -> impl Iterator<Item = &'static str> {
+    parser::WORDS.iter().map(|&(word, _)| word)
+}
+
 /// Default port of `listen` and `remote` addresses: hastmon's own (hastd has 8457, its FreeBSD default, and the
 /// two run side by side on a data node).
 pub const MON_PORT: u16 = 8459;

@@ -79,7 +79,7 @@ pub(super) struct RawConfig {
 
 /// Every word that starts a statement or a section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Word {
+pub(super) enum Word {
     Control,
     Listen,
     Pidfile,
@@ -101,30 +101,34 @@ enum Word {
     Key,
 }
 
+/// Every word of hastmon.conf with its meaning: the one list the parser
+/// reads, and `conf::keywords` (the manual page is checked against it,
+/// tests/install.rs) is made from.
+pub(super) const WORDS: &[(&str, Word)] = &[
+    ("control", Word::Control),
+    ("listen", Word::Listen),
+    ("pidfile", Word::Pidfile),
+    ("state_dir", Word::StateDir),
+    ("hastd_control", Word::HastdControl),
+    ("exec", Word::Exec),
+    ("heartbeat_interval", Word::HeartbeatInterval),
+    ("complaint_count", Word::ComplaintCount),
+    ("complaint_interval", Word::ComplaintInterval),
+    ("timeout", Word::Timeout),
+    ("attempts", Word::Attempts),
+    ("lease", Word::Lease),
+    ("remote", Word::Remote),
+    ("priority", Word::Priority),
+    ("secret", Word::Secret),
+    ("secret_file", Word::SecretFile),
+    ("on", Word::On),
+    ("resource", Word::Resource),
+    ("key", Word::Key),
+];
+
 impl Word {
     fn from_keyword(word: &str) -> Option<Word> {
-        Some(match word {
-            "control" => Word::Control,
-            "listen" => Word::Listen,
-            "pidfile" => Word::Pidfile,
-            "state_dir" => Word::StateDir,
-            "hastd_control" => Word::HastdControl,
-            "exec" => Word::Exec,
-            "heartbeat_interval" => Word::HeartbeatInterval,
-            "complaint_count" => Word::ComplaintCount,
-            "complaint_interval" => Word::ComplaintInterval,
-            "timeout" => Word::Timeout,
-            "attempts" => Word::Attempts,
-            "lease" => Word::Lease,
-            "remote" => Word::Remote,
-            "priority" => Word::Priority,
-            "secret" => Word::Secret,
-            "secret_file" => Word::SecretFile,
-            "on" => Word::On,
-            "resource" => Word::Resource,
-            "key" => Word::Key,
-            _ => return None,
-        })
+        WORDS.iter().find(|(w, _)| *w == word).map(|&(_, k)| k)
     }
 }
 
