@@ -327,6 +327,37 @@ fn a_metrics_port_in_use_stops_hastd_at_start() {
     drop(taken);
 }
 
+/// SIGHUP with another `metrics_listen`: logged as needing a restart, like
+/// the other listeners; the running endpoint keeps serving.
+#[test]
+fn a_changed_metrics_listen_waits_for_a_restart() {
+    let port = free_port();
+    let mut n = metrics_node("metrics-reload", port);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    scrape(addr);
+    let other = free_port();
+    let path = n.layout().config_path.clone();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("metrics_listen tcp://127.0.0.1:{port}"),
+        &format!("metrics_listen tcp://127.0.0.1:{other}"),
+    );
+    std::fs::write(&path, text).unwrap();
+    n.signal(libc::SIGHUP);
+    let said = wait_for(WAIT, || {
+        let log = std::fs::read_to_string(n.log_path()).ok()?;
+        log.lines()
+            .any(|l| l.contains("change of metrics_listen") && l.contains("when hastd restarts"))
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", tail(n.log_path(), 30));
+    scrape(addr);
+    let moved = SocketAddr::from(([127, 0, 0, 1], other));
+    assert!(
+        get(moved, "/metrics").is_none(),
+        "the new port serves before a restart"
+    );
+}
+
 /// A real Prometheus scrapes both nodes of a pair: `up` becomes 1 and the
 /// primary's role is queryable.
 #[test]
