@@ -260,6 +260,35 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
         },
     ));
     let ctl_task = tokio::spawn(serve_control(control, routes.clone()));
+    let metrics_task = match &config.metrics_listen {
+        Some(addr) => {
+            let routes = routes.clone();
+            let gather = move || {
+                let routes = routes.clone();
+                async move {
+                    let req = CtlRequest::Status { names: Vec::new() };
+                    match self::control(&routes, req).await {
+                        CtlResponse::Status { resources } => Some(resources),
+                        _ => None,
+                    }
+                }
+            };
+            match crate::metrics::listen(addr, config.node.clone(), gather).await {
+                Ok((local, task)) => {
+                    tracing::info!(listen = %local, "metrics listener ready");
+                    Some(task)
+                }
+                Err(e) => {
+                    tracing::error!("cannot listen for metrics on {addr}: {e}");
+                    peer_task.abort();
+                    ctl_task.abort();
+                    let _ = std::fs::remove_file(&control_path);
+                    return exit::CANTCREAT;
+                }
+            }
+        }
+        None => None,
+    };
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(code) => return code,
@@ -282,6 +311,9 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
     notify(Notify::Stopping);
     peer_task.abort();
     ctl_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&control_path);
     exit::OK
 }
@@ -308,6 +340,11 @@ async fn reload(old: &Config, new: &Config, routes: &Routes, shared: &Shared) {
             "hastd_control",
             format!("{:?}", old.hastd_control),
             format!("{:?}", new.hastd_control),
+        ),
+        (
+            "metrics_listen",
+            format!("{:?}", old.metrics_listen.as_ref().map(|a| a.to_string())),
+            format!("{:?}", new.metrics_listen.as_ref().map(|a| a.to_string())),
         ),
     ] {
         if a != b {

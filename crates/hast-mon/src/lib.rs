@@ -7,8 +7,9 @@
 //! what the exchanges carry and `policy` the pure takeover state machine.
 //! `daemon` runs the policies (with `exec` for the resource script,
 //! `storage` for hastd's lease and status in-process, and `store` for the
-//! watchdog's durable state); `ctl` is the control socket
-//! and `cli` the command lines of `hastmon` and `hastmonctl`.
+//! watchdog's durable state); `ctl` is the control socket,
+//! `metrics` the Prometheus endpoint (`metrics_listen`, served by
+//! `hast-metrics`) and `cli` the command lines of `hastmon` and `hastmonctl`.
 
 pub mod auth;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod conf;
 pub mod ctl;
 pub mod daemon;
 pub mod exec;
+pub mod metrics;
 pub mod msg;
 pub mod net;
 pub mod policy;

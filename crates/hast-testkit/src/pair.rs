@@ -180,9 +180,17 @@ pub struct PairBuilder {
     fuse_disk: Option<Side>,
     /// nbdkit filter arguments of the fuse disk (`--filter=delay`, …).
     fuse_filters: Vec<String>,
+    metrics: bool,
 }
 
 impl PairBuilder {
+    /// A Prometheus endpoint on each node: `metrics_listen` on a free
+    /// loopback port in its `on` section ([`Pair::metrics_addr`]).
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     /// `side`'s component behind nbdkit + nbdfuse (a [`FuseDisk`] over its
     /// image file), so that its disk can be stalled with [`Pair::disk_mut`].
     pub fn fuse_disk(mut self, side: Side) -> Self {
@@ -316,6 +324,8 @@ impl PairBuilder {
             (side, disk)
         });
         let text = fuse_config(&text, &a, &b, disk.as_ref());
+        let metrics = self.metrics.then(|| [free_port(), free_port()]);
+        let text = metrics_config(&text, &a, &b, metrics);
         for n in [&a, &b] {
             std::fs::write(&n.layout().config_path, &text).expect("write pair config");
         }
@@ -350,6 +360,7 @@ impl PairBuilder {
             secret,
             certs,
             disk,
+            metrics,
         }
     }
 
@@ -484,6 +495,25 @@ fn fuse_config(text: &str, a: &Node, b: &Node, disk: Option<&(Side, FuseDisk)>) 
     text.replace(&local, &format!("local {}\n", disk.path().display()))
 }
 
+/// `metrics_listen tcp://127.0.0.1:PORT` in each node's section, when
+/// `ports` are given (A's, B's).
+fn metrics_config(text: &str, a: &Node, b: &Node, ports: Option<[u16; 2]>) -> String {
+    let Some(ports) = ports else {
+        return text.to_string();
+    };
+    let mut text = text.to_string();
+    for (n, port) in [a, b].into_iter().zip(ports) {
+        let listen = format!("    listen tcp://127.0.0.1:{}\n", n.layout().repl_port);
+        assert!(text.contains(&listen), "no {listen:?} in the pair config");
+        text = text.replacen(
+            &listen,
+            &format!("{listen}    metrics_listen tcp://127.0.0.1:{port}\n"),
+            1,
+        );
+    }
+    text
+}
+
 /// The config both nodes share.
 pub fn pair_config(
     a: &Layout,
@@ -556,6 +586,8 @@ pub struct Pair {
     /// The side whose component is behind nbdkit + nbdfuse (released first
     /// on drop, see the module's doc).
     disk: Option<(Side, FuseDisk)>,
+    /// A's and B's `metrics_listen` ports ([`PairBuilder::metrics`]).
+    metrics: Option<[u16; 2]>,
 }
 
 impl Pair {
@@ -570,6 +602,7 @@ impl Pair {
             timeout_secs: 3,
             proxy: false,
             options: Vec::new(),
+            metrics: false,
             secret: true,
             tls: false,
             fuse_disk: None,
@@ -661,6 +694,7 @@ impl Pair {
             );
         }
         self.config_text = fuse_config(&self.config_text, &self.a, &self.b, self.disk.as_ref());
+        self.config_text = metrics_config(&self.config_text, &self.a, &self.b, self.metrics);
         for side in [Side::A, Side::B] {
             let path = self.node(side).layout().config_path.clone();
             std::fs::write(&path, &self.config_text).expect("rewrite pair config");
@@ -668,6 +702,13 @@ impl Pair {
                 self.node_mut(side).signal(libc::SIGHUP);
             }
         }
+    }
+
+    /// `side`'s `metrics_listen` address; panics unless built with
+    /// [`PairBuilder::metrics`].
+    pub fn metrics_addr(&self, side: Side) -> SocketAddr {
+        let ports = self.metrics.expect("this pair was built without metrics");
+        SocketAddr::from(([127, 0, 0, 1], ports[side as usize]))
     }
 
     /// `nbd://127.0.0.1:PORT/r0` of `side` (served only while it is primary).

@@ -236,6 +236,22 @@ async fn run(
         }
         None => None,
     };
+    let metrics_task = match &config.metrics_listen {
+        Some(addr) => {
+            match crate::metrics::listen(addr, resources.clone(), config.node.clone()).await {
+                Ok((local, task)) => {
+                    tracing::info!(listen = %local, "metrics listener ready");
+                    Some(task)
+                }
+                Err(e) => {
+                    tracing::error!("cannot listen for metrics on {addr}: {e}");
+                    let _ = std::fs::remove_file(&control_path);
+                    return exit::CANTCREAT;
+                }
+            }
+        }
+        None => None,
+    };
     event_service.set_recover(crate::events::recover_with(resources.clone()));
     let control_task = tokio::spawn(control::serve(
         listener,
@@ -259,7 +275,7 @@ async fn run(
         // What the peer must pin (tls_peer_fingerprint), for the operator.
         tracing::info!(fingerprint = %id.fingerprint, "TLS certificate loaded");
     }
-    warn_not_yet_applied(&config);
+    warn_exposed(&config);
     notify(Notify::Ready);
     let mut current = config;
     while signals.next().await == Signal::Reload {
@@ -286,7 +302,7 @@ async fn run(
                         new.state_dir.display()
                     );
                 }
-                warn_not_yet_applied(&new);
+                warn_exposed(&new);
                 current = new;
             }
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
@@ -311,7 +327,11 @@ async fn run(
     if let Some((_, task)) = nbd_tcp {
         task.abort();
     }
-    for t in repl_tasks.into_iter().chain(discovery_task) {
+    for t in repl_tasks
+        .into_iter()
+        .chain(discovery_task)
+        .chain(metrics_task)
+    {
         t.abort();
     }
     let _ = std::fs::remove_file(&control_path);
@@ -349,6 +369,11 @@ async fn reload(
             "discovery_listen",
             format!("{:?}", old.discovery_listen.as_ref().map(|a| a.to_string())),
             format!("{:?}", new.discovery_listen.as_ref().map(|a| a.to_string())),
+        ),
+        (
+            "metrics_listen",
+            format!("{:?}", old.metrics_listen.as_ref().map(|a| a.to_string())),
+            format!("{:?}", new.metrics_listen.as_ref().map(|a| a.to_string())),
         ),
         (
             "nbd_socket_dir",
@@ -424,24 +449,8 @@ async fn reload(
     *list = next;
 }
 
-/// Options hast.conf accepts (SPEC §3) for parts of hastd that are not built
-/// yet — the metrics endpoint.
-/// A config written for them loads, but the operator is told they do
-/// nothing yet rather than left to believe they do.
-fn not_yet_applied(c: &hast_conf::Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(a) = &c.metrics_listen {
-        out.push(format!(
-            "metrics_listen {a}: the metrics endpoint is not implemented yet"
-        ));
-    }
-    out
-}
-
-fn warn_not_yet_applied(c: &hast_conf::Config) {
-    for w in not_yet_applied(c) {
-        tracing::warn!("{w} (option accepted and ignored)");
-    }
+/// Settings that leave something open to others, said at start and reload.
+fn warn_exposed(c: &hast_conf::Config) {
     if let Some(hast_conf::Addr::Tcp { host, .. }) = &c.nbd_listen {
         let ip = host
             .trim_start_matches('[')
@@ -469,37 +478,5 @@ fn warn_not_yet_applied(c: &hast_conf::Config) {
             "no secret_file: replication connections are checked by source address only \
              (any local user on the peer's host can connect); see docs/security.md"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::not_yet_applied;
-
-    #[test]
-    fn options_of_parts_not_built_yet_are_reported() {
-        let base = "resource r0 {\n on n { local /tmp/x\n remote none }\n}\n";
-        let cases: [(&str, &[&str]); 7] = [
-            ("", &[]),
-            ("metrics_listen tcp://127.0.0.1:9100\n", &["metrics_listen"]),
-            // Built: the event journal and its hook.
-            ("state_dir /tmp/hast-state\n", &[]),
-            ("exec /bin/true\n", &[]),
-            // Built: freeze/thaw (crate::freeze).
-            ("freeze_timeout 30\n", &[]),
-            // Implemented (datapath/detach.rs): no warning.
-            ("on_io_error pass_on\n", &[]),
-            ("on_io_error fail\n", &[]),
-        ];
-        for (extra, want) in cases {
-            let text = format!("{extra}{base}");
-            let c = hast_conf::parse(&text, std::path::Path::new("t.conf"), "n")
-                .unwrap_or_else(|e| panic!("{extra}: {e}"));
-            let got = not_yet_applied(&c);
-            assert_eq!(got.len(), want.len(), "{extra}: {got:?}");
-            for (g, w) in got.iter().zip(want) {
-                assert!(g.contains(w), "{extra}: {g} lacks {w}");
-            }
-        }
     }
 }

@@ -7,7 +7,8 @@
 //! range lock, activemap, lease, peer fencing, local component),
 //! [`nbdfront`] (binds the NBD server of `hast-nbd` to the data paths),
 //! [`control`] (the control socket), [`discovery`] (the read-only
-//! discovery listener the connector polls), [`epoch`] (the fencing-token rules of
+//! discovery listener the connector polls), [`metrics`] (the Prometheus
+//! endpoint, `metrics_listen`), [`epoch`] (the fencing-token rules of
 //! role changes), [`hook`] (bounded runs of the operator's shell hooks),
 //! [`freeze`] (`hastctl freeze / thaw`: groups of primaries whose writes are
 //! held, the timeout and thaw rules), [`snapshot`] (`hastctl snapshot`:
@@ -22,6 +23,7 @@ mod events;
 mod freeze;
 mod hook;
 mod link;
+mod metrics;
 mod nbdfront;
 mod nbdtls;
 mod replication;

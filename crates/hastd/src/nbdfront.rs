@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::datapath::{Change, DataPath, DpError, Runs, Zeroing};
+use crate::datapath::{Change, DataPath, DpError, RequestOp, Runs, Zeroing};
 use crate::nbdtls::NbdTls;
 
 /// NBD connections served at once per listener; more are refused.
@@ -193,23 +193,35 @@ impl Export for NbdExport {
     }
 
     async fn read(&self, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>, Errno> {
-        self.dp.read(offset, buf).await.map_err(errno)
+        let t = Instant::now();
+        let res = self.dp.read(offset, buf).await.map_err(errno);
+        self.dp.observe(RequestOp::Read, t.elapsed());
+        res
     }
 
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), Errno> {
-        self.ack(self.dp.write(offset, data.into(), fua).await)
+        let t = Instant::now();
+        let res = self.ack(self.dp.write(offset, data.into(), fua).await);
+        self.dp.observe(RequestOp::Write, t.elapsed());
+        res
     }
 
     async fn flush(&self) -> Result<(), Errno> {
-        self.ack(self.dp.flush().await)
+        let t = Instant::now();
+        let res = self.ack(self.dp.flush().await);
+        self.dp.observe(RequestOp::Flush, t.elapsed());
+        res
     }
 
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), Errno> {
-        self.ack(
+        let t = Instant::now();
+        let res = self.ack(
             self.dp
                 .zero(offset, Change::trim(u64::from(len)), fua)
                 .await,
-        )
+        );
+        self.dp.observe(RequestOp::Trim, t.elapsed());
+        res
     }
 
     async fn write_zeroes(
@@ -220,7 +232,8 @@ impl Export for NbdExport {
         fast_only: bool,
         fua: bool,
     ) -> Result<(), Errno> {
-        self.ack(
+        let t = Instant::now();
+        let res = self.ack(
             self.dp
                 .zero(
                     offset,
@@ -234,7 +247,9 @@ impl Export for NbdExport {
                     fua,
                 )
                 .await,
-        )
+        );
+        self.dp.observe(RequestOp::Zero, t.elapsed());
+        res
     }
 
     async fn cache(&self, offset: u64, len: u32) -> Result<(), Errno> {

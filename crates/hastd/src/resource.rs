@@ -62,6 +62,8 @@ pub enum Command {
     /// ending no later than the CLOCK_MONOTONIC instant (ns) given.
     Lease(u64, Option<u64>, oneshot::Sender<Result<u64, ApiError>>),
     Status(oneshot::Sender<ResourceStatus>),
+    /// The status plus what only the metrics endpoint shows (`crate::metrics`).
+    Metrics(oneshot::Sender<crate::metrics::Sample>),
     /// `hastctl attach` / the retry of an aborted `detach` event: see
     /// [`ResourceHandle::attach`].
     Attach(oneshot::Sender<Result<String, ApiError>>),
@@ -271,6 +273,9 @@ impl ResourceTask {
                 }
                 Command::Status(reply) => {
                     let _ = reply.send(self.status().await);
+                }
+                Command::Metrics(reply) => {
+                    let _ = reply.send(self.metrics().await);
                 }
                 Command::Attach(reply) => {
                     let res = match self.state.dp() {
@@ -831,6 +836,24 @@ impl ResourceTask {
             why
         });
         *session = Some((task, epoch));
+    }
+
+    /// `status` (the one source of truth for role, state and counters) and
+    /// the data path's request durations, peer queue and link state.
+    async fn metrics(&self) -> crate::metrics::Sample {
+        let status = self.status().await;
+        let dp = self.state.dp();
+        let peer_connected = match (&self.state, self.config.remote.is_some()) {
+            (State::Primary { dp, .. }, true) => Some(dp.peer_connected()),
+            (State::Secondary { dp, .. }, true) => Some(dp.peer_state().is_connected()),
+            _ => None,
+        };
+        crate::metrics::Sample {
+            status,
+            durations: dp.map(|dp| dp.durations()).unwrap_or_default(),
+            replication_queue_depth: dp.map_or(0, |dp| dp.replication_queue_depth()),
+            peer_connected,
+        }
     }
 
     async fn status(&self) -> ResourceStatus {

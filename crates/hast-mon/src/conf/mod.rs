@@ -6,6 +6,7 @@
 //! control unix:///var/run/hastmonctl      # host options: global or in a
 //! listen 0.0.0.0                          # top-level `on NODE { }`
 //! hastd_control unix:///run/hastctl       # lease + status in-process
+//! metrics_listen 127.0.0.1:9118           # Prometheus endpoint (off)
 //! heartbeat_interval 1                    # resource options: global
 //! key { secret "at least 16 bytes" }      # defaults, overridden per resource
 //! resource www {
@@ -115,6 +116,9 @@ pub struct Config {
     /// resources go there in-process (the resource of the same name);
     /// `None` (`hastd_control none`): the `exec` script does them.
     pub hastd_control: Option<PathBuf>,
+    /// The Prometheus endpoint (`metrics_listen`, `Addr::Tcp`); `None`
+    /// (the default, or `metrics_listen none`): off.
+    pub metrics_listen: Option<Addr>,
     /// The node name the sections were chosen by.
     pub node: String,
     /// Every resource of the file, in file order, including those without

@@ -19,7 +19,7 @@ use hast_conf::Addr;
 
 use super::error::{ConfigError, ErrorKind};
 use super::level::Level;
-use super::value::{duration, number, remote_addr, tcp_addr, unix_addr};
+use super::value::{duration, metrics_addr, number, remote_addr, tcp_addr, unix_addr};
 use super::{Key, NODE_SECTIONS_MAX, REMOTES_MAX, RESOURCES_MAX, RESOURCE_NODES_MAX};
 
 /// Options of the daemon on one host (global and top-level `on` sections).
@@ -31,6 +31,8 @@ pub(super) struct HostOpts {
     pub(super) state_dir: Option<At<PathBuf>>,
     /// hastd's control socket, or `None` for `hastd_control none`.
     pub(super) hastd_control: Option<At<Option<Addr>>>,
+    /// The Prometheus endpoint, or `None` for `metrics_listen none`.
+    pub(super) metrics_listen: Option<At<Option<Addr>>>,
 }
 
 /// Options of a resource (global defaults and the resource section).
@@ -85,6 +87,7 @@ pub(super) enum Word {
     Pidfile,
     StateDir,
     HastdControl,
+    MetricsListen,
     Exec,
     HeartbeatInterval,
     ComplaintCount,
@@ -110,6 +113,7 @@ pub(super) const WORDS: &[(&str, Word)] = &[
     ("pidfile", Word::Pidfile),
     ("state_dir", Word::StateDir),
     ("hastd_control", Word::HastdControl),
+    ("metrics_listen", Word::MetricsListen),
     ("exec", Word::Exec),
     ("heartbeat_interval", Word::HeartbeatInterval),
     ("complaint_count", Word::ComplaintCount),
@@ -346,7 +350,12 @@ impl Parser<'_> {
         let at = |e: ErrorKind| ConfigError::at(file, line, e);
         match (w, target) {
             (
-                Word::Control | Word::Listen | Word::Pidfile | Word::StateDir | Word::HastdControl,
+                Word::Control
+                | Word::Listen
+                | Word::Pidfile
+                | Word::StateDir
+                | Word::HastdControl
+                | Word::MetricsListen,
                 Target::Global(host, _) | Target::Node(host),
             ) => {
                 let v = self.r.value(word)?;
@@ -452,6 +461,14 @@ fn apply_host(w: Word, key: &str, v: &str, line: u32, o: &mut HostOpts) -> Resul
                 Some(unix_addr(key, v)?)
             };
             set(&mut o.hastd_control, a, key, line)
+        }
+        Word::MetricsListen => {
+            let a = if v == "none" {
+                None
+            } else {
+                Some(metrics_addr(key, v)?)
+            };
+            set(&mut o.metrics_listen, a, key, line)
         }
         _ => Err(ErrorKind::WrongLevel {
             key: key.to_owned(),

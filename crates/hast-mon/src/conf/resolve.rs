@@ -46,6 +46,8 @@ pub(super) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         }) => Some(p.clone()),
         Some(_) => None,
     };
+    let metrics_listen =
+        inherit(&section.metrics_listen, &g.metrics_listen).and_then(|a| a.value.clone());
 
     let mut resources = Vec::with_capacity(raw.resources.len());
     for res in &raw.resources {
@@ -57,6 +59,7 @@ pub(super) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
         pidfile,
         state_dir,
         hastd_control,
+        metrics_listen,
         node: node.to_owned(),
         resources,
     })

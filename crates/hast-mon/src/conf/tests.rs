@@ -196,6 +196,30 @@ on nodea { listen 10.0.0.1 }
 ", "nodea", |c| {
             assert_eq!(c.hastd_control, None);
         }),
+        ("metrics_listen: off by default", "\
+on nodea { listen 10.0.0.1 }
+", "nodea", |c| {
+            assert_eq!(c.metrics_listen, None);
+        }),
+        ("metrics_listen: global, a node's own, or none", "\
+metrics_listen 0.0.0.0:9118
+on nodea { metrics_listen tcp://127.0.0.1:9200 }
+on nodeb { metrics_listen none }
+", "nodea", |c| {
+            assert_eq!(c.metrics_listen, Some(tcp("127.0.0.1", 9200)));
+        }),
+        ("metrics_listen none in a node section turns the global one off", "\
+metrics_listen [::1]:9118
+on nodeb { metrics_listen none }
+", "nodeb", |c| {
+            assert_eq!(c.metrics_listen, None);
+        }),
+        ("metrics_listen inherited from the global section", "\
+metrics_listen [::1]:9118
+on nodeb { metrics_listen none }
+", "nodea", |c| {
+            assert_eq!(c.metrics_listen, Some(tcp("::1", 9118)));
+        }),
         ("a resource's key replaces the global one", "\
 key { secret \"global-key-0123456789\" }
 exec /x
@@ -299,6 +323,11 @@ fn refused() {
         ("state_dir var".into(), "1: invalid state_dir \"var\": must be an absolute path"),
         ("hastd_control tcp://h:1".into(), "1: invalid hastd_control \"tcp://h:1\": must be a Unix socket (unix:///path)"),
         ("resource r {\n hastd_control none\n}".into(), "2: \"hastd_control\" is not allowed in the resource section"),
+        ("metrics_listen 127.0.0.1".into(), "1: invalid metrics_listen \"127.0.0.1\": a port is required"),
+        ("metrics_listen unix:///run/m.sock".into(), "1: invalid metrics_listen \"unix:///run/m.sock\": must be a TCP address"),
+        ("metrics_listen tls://h:9118".into(), "1: invalid metrics_listen \"tls://h:9118\": must be a TCP address"),
+        ("metrics_listen h:1\nmetrics_listen h:2".into(), "2: \"metrics_listen\" is already set in this section at line 1"),
+        ("resource r {\n metrics_listen h:1\n}".into(), "2: \"metrics_listen\" is not allowed in the resource section"),
         ("exec relative".into(), "1: invalid exec \"relative\": must be an absolute path"),
         ("lease 2\nlease 3".into(), "2: \"lease\" is already set in this section at line 1"),
         ("listen 0.0.0.0\nlisten 10.0.0.1".into(), "2: \"listen\" is already set in this section at line 1"),

@@ -101,6 +101,20 @@ pub(super) fn tcp_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
     Ok(a)
 }
 
+/// `metrics_listen`: TCP, and the port must be written (hast.conf's rule:
+/// no port is the endpoint's by convention).
+pub(super) fn metrics_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
+    let a = match value.strip_prefix("unix://") {
+        Some(_) => return Err(bad(key, value, "must be a TCP address")),
+        None => Addr::parse(value, None),
+    };
+    let a = a.map_err(|e| -> ErrorKind { bad(key, value, e.to_string()) })?;
+    if a.is_unix() || a.is_tls() {
+        return Err(bad(key, value, "must be a TCP address"));
+    }
+    Ok(a)
+}
+
 pub(super) fn remote_addr(key: &str, value: &str) -> Result<Addr, ErrorKind> {
     let a = tcp_addr(key, value)?;
     if a.port() == Some(0) {

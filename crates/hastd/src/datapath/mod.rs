@@ -86,6 +86,7 @@ use periods::{Alone, Periods};
 pub use progress::Progress;
 pub use rangelock::RangeGuard;
 use rangelock::RangeLock;
+pub use stats::RequestOp;
 use stats::{op_of, Op};
 use stats::{Counters, SyncCounters};
 
@@ -1135,6 +1136,11 @@ impl DataPath {
     pub fn dirty_bytes(&self) -> u64 {
         let m = self.map();
         m.dirty_count() * u64::from(m.extentsize())
+    }
+
+    /// Requests sent to the peer and not answered yet; 0 without a link.
+    pub fn replication_queue_depth(&self) -> u64 {
+        self.link().map_or(0, |l| l.pending_count() as u64)
     }
 
     pub fn inflight(&self) -> u64 {

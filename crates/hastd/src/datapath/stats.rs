@@ -1,13 +1,15 @@
-//! What a data path counts for `hastctl list` and `hastctl status`:
-//! request and error counters and resync progress. Relaxed atomics, never a
-//! lock, so counting costs the request path nothing it would wait on.
+//! What a data path counts for `hastctl list`, `hastctl status` and the
+//! metrics endpoint: request and error counters, request durations and
+//! resync progress. Relaxed atomics, never a lock, so counting costs the
+//! request path nothing it would wait on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Change, DataPath, DpError};
 use hast_api::{Stats, SyncProgress};
+use hast_metrics::{Histogram, HistogramSnapshot};
 
 /// Counters published in `hastctl list`; relaxed atomics, never a lock.
 #[derive(Default)]
@@ -26,6 +28,39 @@ pub(super) struct Counters {
     pub flush_errors: AtomicU64,
     pub connections: AtomicU64,
     pub resynced_bytes: AtomicU64,
+    /// Durations of client requests, by [`RequestOp`] (its index).
+    pub durations: [Histogram; RequestOp::ALL.len()],
+}
+
+/// The kinds of client request whose durations are measured (the `op`
+/// label of `hast_request_duration_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOp {
+    Read,
+    Write,
+    Flush,
+    Trim,
+    Zero,
+}
+
+impl RequestOp {
+    pub const ALL: [RequestOp; 5] = [
+        RequestOp::Read,
+        RequestOp::Write,
+        RequestOp::Flush,
+        RequestOp::Trim,
+        RequestOp::Zero,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestOp::Read => "read",
+            RequestOp::Write => "write",
+            RequestOp::Flush => "flush",
+            RequestOp::Trim => "trim",
+            RequestOp::Zero => "zero",
+        }
+    }
 }
 
 /// Resync progress, published for `hastctl status`.
@@ -64,6 +99,19 @@ impl DataPath {
             flush_errors: k.flush_errors.load(Relaxed),
             resynced_bytes: k.resynced_bytes.load(Relaxed),
         }
+    }
+
+    /// A client request of kind `op` took `took`, answer included.
+    pub fn observe(&self, op: RequestOp, took: Duration) {
+        self.counters.durations[op as usize].observe(took);
+    }
+
+    /// The request durations measured since the data path opened.
+    pub fn durations(&self) -> Vec<(RequestOp, HistogramSnapshot)> {
+        RequestOp::ALL
+            .iter()
+            .map(|&op| (op, self.counters.durations[op as usize].snapshot()))
+            .collect()
     }
 
     /// Open NBD connections to this export.

@@ -156,6 +156,12 @@ impl Link {
         *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
+    /// Requests sent and not yet answered (the metrics' replication queue
+    /// depth).
+    pub fn pending_count(&self) -> usize {
+        self.pending().len()
+    }
+
     pub fn is_dead(&self) -> bool {
         self.dead.load(SeqCst)
     }
