@@ -169,10 +169,17 @@ fn group_snapshots_are_coherent_and_one_by_one_ones_are_not() {
     // As a group: 20 snapshots, each coherent, the writer going on between.
     let mut last = 0;
     let mut frozen = Vec::new();
+    let mut preserved = 0;
     for round in 0..20 {
         let d = outdir(&n, &format!("group-{round}"));
         let done = snapshot(&n, &d, &["r0", "r1"]);
         frozen.push(done["frozen_ms"].as_u64().expect("frozen_ms"));
+        preserved += done["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .map(|i| i["preserved_bytes"].as_u64().unwrap_or(0))
+            .sum::<u64>();
         let records = slots(&d.join("r0.img"), SLOTS);
         let commits = slots(&d.join("r1.img"), SLOTS);
         let bad = violations(&records, &commits);
@@ -190,7 +197,7 @@ fn group_snapshots_are_coherent_and_one_by_one_ones_are_not() {
     }
     frozen.sort_unstable();
     eprintln!(
-        "20 group snapshots coherent; frozen ms median {} max {}",
+        "20 group snapshots coherent; frozen ms median {} max {}; {preserved} bytes copied before writes",
         frozen[10], frozen[19]
     );
     std::fs::write(&stop, "").expect("stop file");

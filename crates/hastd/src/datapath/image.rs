@@ -76,6 +76,9 @@ pub struct Image {
     preserved: AtomicU64,
     /// Why the image can no longer be point-in-time, once it cannot.
     failed: OnceLock<String>,
+    /// Writes into the image can be page-cache copies (not on FUSE): a
+    /// write's copy-before-write may then be done on the runtime thread.
+    inline_ok: bool,
 }
 
 /// An image's counters (bytes).
@@ -92,13 +95,14 @@ impl Image {
     pub fn new(file: File, size: u64) -> Image {
         let n = size.div_ceil(CHUNK);
         Image {
-            file,
             size,
             copied: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             done: AtomicU64::new(0),
             written: AtomicU64::new(0),
             preserved: AtomicU64::new(0),
             failed: OnceLock::new(),
+            inline_ok: super::inline::page_cache_writes(&file),
+            file,
         }
     }
 
@@ -146,15 +150,28 @@ impl Image {
     /// read is left alone (see the header). `preserve`: for a write about
     /// to change them (counted apart).
     fn copy_chunks(&self, d: &LocalData<'_>, range: Range<u64>, preserve: bool) -> io::Result<()> {
-        let Some(first) = range.clone().find(|&c| !self.is_copied(c)) else {
+        let Some((chunks, bytes)) = self.unsettled(range) else {
             return Ok(());
         };
+        let mut buf = vec![0u8; (bytes.end - bytes.start) as usize];
+        d.read(bytes.start, &mut buf)?;
+        self.store(chunks, bytes.start, &buf, preserve)
+    }
+
+    /// The chunks of `range` from its first unsettled one to its last, and
+    /// their bytes; `None` if all are settled.
+    fn unsettled(&self, range: Range<u64>) -> Option<(Range<u64>, Range<u64>)> {
+        let first = range.clone().find(|&c| !self.is_copied(c))?;
         let last = range.rev().find(|&c| !self.is_copied(c)).unwrap_or(first);
-        let start = chunk_span(first, self.size).start;
-        let end = chunk_span(last, self.size).end;
-        let mut buf = vec![0u8; (end - start) as usize];
-        d.read(start, &mut buf)?;
-        for c in first..=last {
+        let bytes = chunk_span(first, self.size).start..chunk_span(last, self.size).end;
+        Some((first..last + 1, bytes))
+    }
+
+    /// Writes the chunks of `buf` (read from `start` on, after which each
+    /// chunk's mark is checked again: see the header) that are still
+    /// unsettled into the image, and marks them.
+    fn store(&self, chunks: Range<u64>, start: u64, buf: &[u8], preserve: bool) -> io::Result<()> {
+        for c in chunks {
             if self.is_copied(c) {
                 continue;
             }
@@ -220,8 +237,11 @@ impl DataPath {
 
     /// Copy-before-write: called by a modification of `[offset, offset +
     /// len)` holding its range, before it changes anything. A failure
-    /// fails the image, never the write.
-    pub(super) async fn preserve(&self, img: &Arc<Image>, offset: u64, len: u64) {
+    /// fails the image, never the write. `inline`: the write itself is a
+    /// page-cache copy on this thread ([`DataPath::applies_in_memory`]);
+    /// then so is its copy-before-write, when the cache holds the chunks —
+    /// the trip to the blocking pool would cost more than the copy.
+    pub(super) async fn preserve(&self, img: &Arc<Image>, offset: u64, len: u64, inline: bool) {
         if img.failure().is_some() {
             return;
         }
@@ -239,6 +259,16 @@ impl DataPath {
             if img.all_copied(part.clone()) {
                 continue;
             }
+            if inline {
+                match self.preserve_inline(img, part.clone()) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        img.fail(format!("copy-before-write failed: {e}"));
+                        return;
+                    }
+                }
+            }
             let img2 = img.clone();
             let res = self
                 .blocking(move |d| img2.copy_chunks(&d, part, true))
@@ -248,6 +278,29 @@ impl DataPath {
                 return;
             }
         }
+    }
+
+    /// Copies the unsettled chunks of `part` on this thread if the page
+    /// cache holds them all (`Ok(false)`: it does not, nothing done). A
+    /// copy into the image that sleeps in the kernel pauses inline writes,
+    /// as a slow inline write does.
+    fn preserve_inline(&self, img: &Image, part: Range<u64>) -> io::Result<bool> {
+        if !img.inline_ok {
+            return Ok(false);
+        }
+        let Some((chunks, bytes)) = img.unsettled(part) else {
+            return Ok(true);
+        };
+        let mut buf = vec![0u8; (bytes.end - bytes.start) as usize];
+        if !self.read_cached(bytes.start, &mut buf)? {
+            return Ok(false);
+        }
+        let began = std::time::Instant::now();
+        img.store(chunks, bytes.start, &buf, true)?;
+        if began.elapsed() > super::INLINE_SLOW {
+            self.pause_inline();
+        }
+        Ok(true)
     }
 
     /// A resync from the peer is about to change `[offset, offset + len)`

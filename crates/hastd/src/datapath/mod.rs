@@ -612,7 +612,9 @@ impl DataPath {
         if let Some(img) = self.image() {
             // Copy-before-write: what this changes goes into the snapshot
             // first, while the range is ours (`image.rs`).
-            self.preserve(&img, offset, len).await;
+            let inline =
+                matches!(&change, Change::Write(d) if self.applies_in_memory(offset, d.len(), fua));
+            self.preserve(&img, offset, len, inline).await;
         }
         // The primary: hast-core's `WriteOp` decides the order (fence,
         // activemap, send, apply, acknowledge per the mode, degrade on a
