@@ -560,3 +560,69 @@ fn replication_events_are_journalled_on_each_node() {
     let stop = ["disconnect", "role", "demote", "role", "split-brain"];
     assert!(has_in_order(&a, &stop), "A: {a:?}, want {stop:?} in order");
 }
+
+/// A follower that never reads (a stranger to the journal's pace: a
+/// stuck script, a client that connected and went to sleep): the burst of
+/// changes fills its socket, hastd's writes to it time out and it is
+/// dropped, while every other control request is answered at once.
+#[test]
+fn a_follower_that_never_reads_is_dropped_and_blocks_nothing() {
+    use std::io::{Read, Write};
+    let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut n = node("events-stuck", &refs, 5);
+    for r in &refs {
+        n.promote(r);
+    }
+    let mut stuck = std::os::unix::net::UnixStream::connect(n.dir().join("ctl.sock"))
+        .expect("connect to the control socket");
+    let req = hast_api::encode(&hast_api::Envelope::new(hast_api::Request::Events {
+        all: true,
+        follow: true,
+    }))
+    .expect("encode");
+    stuck.write_all(&req).expect("send the request");
+    // From now on nothing is read from `stuck` until hastd gave up on it.
+    for round in 0..40 {
+        let t = std::time::Instant::now();
+        n.hastctl_ok(&["freeze", "-t", "30", "all"]);
+        n.hastctl_ok(&["thaw", "all"]);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "round {round}: freeze and thaw took {:?} beside a follower that never reads",
+            t.elapsed()
+        );
+    }
+    let changes = settle(&n).len();
+    // hastd's write to the follower blocks on the full socket and times
+    // out after 10 s; until then nothing may drain it.
+    std::thread::sleep(Duration::from_secs(13));
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("read timeout");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut queued = 0usize;
+    loop {
+        match stuck.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => queued += k,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hastd still serves a follower that never read ({queued} bytes were queued)"
+        );
+    }
+    eprintln!(
+        "a follower that never read was dropped with {queued} bytes queued; {changes} events settled"
+    );
+    assert!(queued > 0, "the follower got its first chunk");
+    n.hastctl_ok(&["status"]);
+    assert!(n.stop().success());
+}
