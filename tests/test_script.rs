@@ -59,7 +59,10 @@ fn skipped_tests_are_counted_and_named_not_passed() {
     assert!(out.contains("SKIPPED test: cut_link"), "{out}");
     assert!(out.contains("SKIPPED test: kill_primary"), "{out}");
     assert!(out.contains("SKIPPED step: Debian package"), "{out}");
-    assert!(!out.contains("ALL PASSED"), "said all passed with skips:\n{out}");
+    assert!(
+        !out.contains("ALL PASSED"),
+        "said all passed with skips:\n{out}"
+    );
     assert_eq!(code, 2, "exit status with skips and no failure");
 }
 
@@ -76,7 +79,10 @@ fn failures_and_a_clean_run() {
 
     let clean = LOG.replace("*** SKIPPED", "(not a skip)");
     let (code, out) = summary(&clean, "ok: fuzz nbd_request (20 s)\n");
-    assert!(out.contains("8 passed, 0 failed, 0 skipped, 1 ignored"), "{out}");
+    assert!(
+        out.contains("8 passed, 0 failed, 0 skipped, 1 ignored"),
+        "{out}"
+    );
     assert!(out.trim_end().ends_with("ALL PASSED"), "{out}");
     assert_eq!(code, 0);
 }
@@ -100,11 +106,17 @@ fn ci_packages() -> BTreeSet<String> {
 fn readme_packages() -> BTreeSet<String> {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("read README.md");
     let anchor = "`.ci/run` installs them on Debian";
-    let at = readme.find(anchor).expect("README names what .ci/run installs") + anchor.len();
+    let at = readme
+        .find(anchor)
+        .expect("README names what .ci/run installs")
+        + anchor.len();
     let rest = &readme[at..];
     let open = rest.find('`').expect("a backquoted package list") + 1;
     let close = open + rest[open..].find('`').expect("closing backquote");
-    rest[open..close].split_whitespace().map(str::to_owned).collect()
+    rest[open..close]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
