@@ -14,7 +14,10 @@
 #   HAST_CRASH_ROUNDS=3   rounds of the kill -9 test (tests/crash.rs)
 #   HAST_KEEP_TMP=1       keep the test nodes' directories (logs, configs, images)
 #
-# Ends with the summary line of every test binary, so the result is on screen.
+# Ends with the summary line of every test binary, every skipped test and step
+# by name and `N passed, N failed, N skipped, N ignored` (scripts/test-summary.sh).
+# Exit status: 0 all ran and passed, 1 something failed, 2 nothing failed but
+# something skipped (outside CI only: there a skip is a failure).
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,14 +35,17 @@ step() {
     printf '\n==> %s\n' "$*"
 }
 
-skipped=()
+# Steps other than cargo test, one line each for scripts/test-summary.sh:
+# "ok: WHAT", "FAILED: WHAT" or "SKIPPED: WHAT".
+STEPS=$TARGET_DIR/test-steps.txt
+: >"$STEPS"
 skip_or_fail() {
     if in_ci; then
         echo "ERROR: $1 (CI must run everything)" >&2
         exit 1
     fi
     echo "*** SKIPPED: $1 ***" >&2
-    skipped+=("$1")
+    echo "SKIPPED: $1" >>"$STEPS"
 }
 
 step "cargo fmt --all -- --check"
@@ -49,7 +55,9 @@ step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings || exit 1
 
 if [ "$(id -u)" != 0 ]; then
-    skip_or_fail "not root: tests that mount (ext4 over nbdfuse) will skip themselves"
+    # Not a skip of its own: each test that needs root says SKIPPED and is counted.
+    in_ci && { echo "ERROR: not root (CI must run everything)" >&2; exit 1; }
+    echo "note: not root: the tests that mount, use namespaces or iptables will skip themselves" >&2
 fi
 
 step "cargo test --workspace"
@@ -68,7 +76,6 @@ TOKIO_WORKER_THREADS=2 cargo test --no-fail-fast --test replication --test crash
 [ "${PIPESTATUS[0]}" = 0 ] || test_rc=1
 
 fuzz_rc=0
-fuzz_results=()
 step "fuzz smoke: ${FUZZ_SECONDS} s per target"
 # cargo-fuzz needs nightly flags (-Zsanitizer). Use the nightly toolchain when
 # the machine has one; otherwise the stable compiler with RUSTC_BOOTSTRAP=1,
@@ -89,7 +96,7 @@ else
     fi
     if [ -n "$targets" ] && ! "${fuzz_cargo[@]}" fuzz build; then
         fuzz_rc=1
-        fuzz_results+=("fuzz build: FAILED")
+        echo "FAILED: fuzz build" >>"$STEPS"
     elif [ -n "$targets" ]; then
         for t in $targets; do
             echo "--- fuzz target $t (log: $TARGET_DIR/fuzz-$t.log)"
@@ -98,9 +105,9 @@ else
             rc=$?
             tail -n 5 "$TARGET_DIR/fuzz-$t.log"
             if [ "$rc" = 0 ]; then
-                fuzz_results+=("fuzz $t: ok (${FUZZ_SECONDS} s)")
+                echo "ok: fuzz $t (${FUZZ_SECONDS} s)" >>"$STEPS"
             else
-                fuzz_results+=("fuzz $t: FAILED (exit $rc; see fuzz/artifacts/$t)")
+                echo "FAILED: fuzz $t (exit $rc; see fuzz/artifacts/$t)" >>"$STEPS"
                 fuzz_rc=1
             fi
         done
@@ -110,7 +117,6 @@ fi
 # The Debian package as an operator installs it (README "Install"): a release
 # build, cargo-deb, dpkg -i, a smoke test of the installed paths, dpkg -r.
 deb_rc=0
-deb_result=
 step "Debian package: scripts/deb-smoke.sh (log: $TARGET_DIR/deb-smoke.log)"
 if [ "$(id -u)" != 0 ]; then
     skip_or_fail "Debian package: not root (dpkg -i)"
@@ -120,27 +126,21 @@ else
     deb_start=$(date +%s)
     scripts/deb-smoke.sh 2>&1 | tee "$TARGET_DIR/deb-smoke.log"
     if [ "${PIPESTATUS[0]}" = 0 ]; then
-        deb_result="deb package: ok (build, dpkg -i, smoke test, dpkg -r; $(($(date +%s) - deb_start)) s)"
+        echo "ok: deb package (build, dpkg -i, smoke test, dpkg -r; $(($(date +%s) - deb_start)) s)" >>"$STEPS"
     else
         deb_rc=1
-        deb_result="deb package: FAILED ($(grep -m1 'deb-smoke: FAILED' "$TARGET_DIR/deb-smoke.log" || echo "see $TARGET_DIR/deb-smoke.log"))"
+        echo "FAILED: deb package ($(grep -m1 'deb-smoke: FAILED' "$TARGET_DIR/deb-smoke.log" || echo "see $TARGET_DIR/deb-smoke.log"))" >>"$STEPS"
     fi
 fi
 
 step "summary"
-# One line per test binary: which binary, then its result line.
-# "Running unittests src/lib.rs (target/debug/deps/hast_meta-0123abcd)" -> "hast_meta src/lib.rs"
-awk '/^ *Running / { path = $NF; gsub(/[()]/, "", path); n = split(path, p, "/");
-                     crate = p[n]; sub(/-[0-9a-f]+$/, "", crate);
-                     src = ($2 == "unittests") ? $3 : $2; bin = crate " " src }
-     /^ *Doc-tests / { bin = $2 " doc-tests" }
-     /^test result:/ { printf "%-40s %s\n", bin, $0 }' "$TEST_LOG"
-grep -h "SKIPPED" "$TEST_LOG" | sort -u || true
-for s in "${skipped[@]}"; do echo "SKIPPED: $s"; done
-for f in "${fuzz_results[@]}"; do echo "$f"; done
-[ -z "$deb_result" ] || echo "$deb_result"
-if [ "$test_rc" != 0 ] || [ "$fuzz_rc" != 0 ] || [ "$deb_rc" != 0 ]; then
+# One line per test binary, every skipped test and step by name, then
+# "N passed, N failed, N skipped, N ignored". Never "ALL PASSED" when
+# something skipped (exit 2 then, outside CI; in CI a skip already failed).
+scripts/test-summary.sh "$TEST_LOG" "$STEPS"
+summary_rc=$?
+if [ "$test_rc" != 0 ] || [ "$fuzz_rc" != 0 ] || [ "$deb_rc" != 0 ] || [ "$summary_rc" = 1 ]; then
     echo "FAILED (cargo test exit $test_rc, fuzz $fuzz_rc, deb $deb_rc; full test output in $TEST_LOG)"
     exit 1
 fi
-echo "ALL PASSED"
+exit "$summary_rc"

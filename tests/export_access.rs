@@ -88,7 +88,7 @@ fn export_socket_is_private_by_default_and_tcp_is_opt_in() {
 
     // No TCP listener: the only export is the Unix socket, and list says who.
     let st: serde_json::Value =
-        serde_json::from_str(&n.hastctl_ok(&["status", "--json", RES])).expect("json");
+        serde_json::from_str(&n.hastctl_ok(&["list", "--json", RES])).expect("json");
     let nbd = st
         .pointer("/resources/0/nbd")
         .or_else(|| st.pointer("/0/nbd"))

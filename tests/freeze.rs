@@ -5,7 +5,7 @@
 //! secondary) and hastd stopping thaw the group, and `thaw` afterwards says
 //! so (exit 65); double freeze (75) and double thaw (64); a role change
 //! refused while frozen; a group with a resource that is not primary
-//! freezes nothing; `query`'s exit codes and lines, `status --json`'s
+//! freezes nothing; `query`'s exit codes and lines, `list --json`'s
 //! fields, the `freeze`/`thaw` events with their reasons.
 //!
 //! The group's coherence: `tests/py/dependent_writer.py` writes record N to
@@ -72,8 +72,8 @@ fn refused(n: &Node, args: &[&str], want: i32, says: &str) -> String {
 }
 
 fn status(n: &Node, res: &str) -> Value {
-    let text = n.hastctl_ok(&["status", "--json", res]);
-    let v: Value = serde_json::from_str(&text).expect("status --json is JSON");
+    let text = n.hastctl_ok(&["list", "--json", res]);
+    let v: Value = serde_json::from_str(&text).expect("list --json is JSON");
     v["resources"][0].clone()
 }
 
@@ -324,7 +324,7 @@ fn a_group_with_a_resource_not_primary_freezes_nothing() {
         77,
         "r2 is secondary, not primary",
     );
-    refused(&n, &["freeze", "r0", "nosuch"], 64, "unknown resource");
+    refused(&n, &["freeze", "r0", "nosuch"], 66, "unknown resource");
     let out = n.hastctl(&["query", "r0"]);
     assert_eq!(code(&out), 1, "{}", stdout(&out));
     assert_eq!(status(&n, "r0")["frozen"], false);

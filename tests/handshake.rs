@@ -100,7 +100,7 @@ fn components_of_different_sizes_are_refused() {
     let mut pair = pair("hs-size");
     // Recreate B's metadata on half of its provider.
     pair.node(Side::B)
-        .hastctl_ok(&["create", "-m", "64M", "r0"]);
+        .hastctl_ok(&["create", "--force", "-m", "64M", "r0"]);
     pair.start();
     pair.make_secondary(Side::B);
     pair.make_primary(Side::A);

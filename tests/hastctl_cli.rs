@@ -105,6 +105,16 @@ fn create_then_dump_shows_every_field() {
     assert!(all.contains("resource: r0"), "{all}");
     // -d is accepted.
     node.hastctl_ok(&["dump", "-d", "r0"]);
+    // --json: the same fields, numbers as numbers.
+    let j: serde_json::Value =
+        serde_json::from_str(&node.hastctl_ok(&["dump", "--json", "r0"])).expect("dump --json");
+    let r = &j["resources"][0];
+    assert_eq!(r["resource"], "r0", "{j}");
+    for key in d.keys() {
+        assert!(!r[key.as_str()].is_null(), "dump --json lacks {key}: {j}");
+    }
+    assert_eq!(r["datasize"].as_u64(), Some(datasize), "{j}");
+    assert_eq!(r["prevrole"], "init", "{j}");
 }
 
 #[test]
@@ -170,9 +180,9 @@ fn create_errors() {
         "create on a 4 KiB provider succeeded"
     );
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
-    // Unknown resource name.
+    // Unknown resource name: 66 (the name is well formed, the resource missing).
     let out = node.hastctl(&["create", "nosuch"]);
-    assert_fails(&out, EX_USAGE, "create nosuch");
+    assert_fails(&out, EX_NOINPUT, "create nosuch");
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
 }
 
@@ -280,7 +290,6 @@ fn usage_errors() {
         &["lease"],
         &["lease", "r0"],
         &["lease", "-t", "1000"],
-        &["lease", "-t", "0", "r0"],
         &["lease", "-t", "86400001", "r0"],
         &["lease", "-t", "1s", "r0"],
         &["attach"],
@@ -289,7 +298,6 @@ fn usage_errors() {
         &["freeze", "-t", "x", "r0"],
         &["freeze", "-t", "86401", "r0"],
         &["freeze", "-t"],
-        &["freeze", "nosuch"],
         &["thaw"],
         &["thaw", "-t", "1", "r0"],
         &["query"],
@@ -297,9 +305,29 @@ fn usage_errors() {
         &["snapshot", "-o", "/tmp"],
         &["snapshot", "-o"],
         &["snapshot", "-t", "x", "-o", "/tmp", "r0"],
-        &["snapshot", "-o", "/tmp", "nosuch"],
     ] {
         assert_fails(&node.hastctl(args), EX_USAGE, &format!("hastctl {args:?}"));
+    }
+    // A missing argument is named, not just "not provided".
+    let out = node.hastctl(&["role"]);
+    assert!(
+        stderr(&out).contains("init | primary | secondary") && stderr(&out).contains("all | name"),
+        "role without arguments names nothing missing: {}",
+        stderr(&out)
+    );
+    let out = node.hastctl(&["role", "primary"]);
+    assert!(stderr(&out).contains("all | name"), "{}", stderr(&out));
+    // An unknown resource is 66 (EX_NOINPUT) before any daemon is asked.
+    for args in [
+        &["freeze", "nosuch"][..],
+        &["snapshot", "-o", "/tmp", "nosuch"],
+        &["dump", "nosuch"],
+    ] {
+        assert_fails(
+            &node.hastctl(args),
+            EX_NOINPUT,
+            &format!("hastctl {args:?}"),
+        );
     }
 }
 
@@ -311,7 +339,7 @@ fn epoch_and_lease_exit_statuses() {
         .tag("fenceflags")
         .resource(ResourceSpec::new("r0", 64 * MIB))
         .start();
-    let epoch = |node: &Node| resource(&status_json(node, "status"), "r0")["epoch"].as_u64();
+    let epoch = |node: &Node| resource(&status_json(node, "list"), "r0")["epoch"].as_u64();
     assert_eq!(epoch(&node), Some(0), "epoch of a fresh component in init");
     assert_fails(
         &node.hastctl(&["lease", "-t", "1000", "r0"]),
@@ -344,13 +372,31 @@ fn epoch_and_lease_exit_statuses() {
         "{text}"
     );
 
+    // `lease -t 0` cancels: no deadline, still primary, still serving.
+    node.hastctl_ok(&["lease", "-t", "0", "r0"]);
+    let l = status_json(&node, "list");
+    assert!(
+        resource(&l, "r0")["lease_ms"].is_null(),
+        "lease not cancelled: {l}"
+    );
+    assert_eq!(resource(&l, "r0")["role"], "primary", "{l}");
+    assert!(node.hastctl_ok(&["list", "r0"]).contains("  lease: none"));
+    // A short lease cancelled before its end does not demote.
+    node.hastctl_ok(&["lease", "-t", "300", "r0"]);
+    node.hastctl_ok(&["lease", "-t", "0", "r0"]);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(
+        resource(&status_json(&node, "list"), "r0")["role"],
+        "primary"
+    );
+
     // Back to init: the epoch stays on disk; a manual promotion bumps it.
     node.hastctl_ok(&["role", "init", "r0"]);
     assert_eq!(num(&node.dump("r0"), "epoch"), 4);
     assert_eq!(epoch(&node), Some(4));
     node.promote("r0");
     assert_eq!(epoch(&node), Some(5));
-    assert!(resource(&status_json(&node, "status"), "r0")["lease_ms"].is_null());
+    assert!(resource(&status_json(&node, "list"), "r0")["lease_ms"].is_null());
 }
 
 #[test]
@@ -476,6 +522,22 @@ fn status_and_list_text_and_json() {
         assert!(["complete", "degraded", "-"].contains(&st), "status {st:?}");
     }
 
+    // Terse: exactly the columns of `status`'s text; `list --json` has everything.
+    let keys = |r: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = r.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(resource(&v, "r0")),
+        ["local", "name", "remote", "role", "status"],
+        "status --json is not terse: {v}"
+    );
+    assert!(
+        keys(resource(&status_json(&node, "list"), "r0")).len() > 10,
+        "list --json is not verbose"
+    );
+
     node.promote("r0");
     let v = status_json(&node, "status");
     assert_eq!(resource(&v, "r0")["role"], "primary");
@@ -554,20 +616,12 @@ fn status_and_list_text_and_json() {
         );
     }
 
-    // Unknown resource names with a daemon running.
+    // Unknown resource names with a daemon running: 66, as in hastmonctl.
     let out = node.hastctl(&["role", "primary", "nosuch"]);
-    assert!(
-        !out.status.success(),
-        "role on an unknown resource succeeded"
-    );
-    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_fails(&out, EX_NOINPUT, "role on an unknown resource");
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
     let out = node.hastctl(&["status", "nosuch"]);
-    assert!(
-        !out.status.success(),
-        "status of an unknown resource succeeded"
-    );
-    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_fails(&out, EX_NOINPUT, "status of an unknown resource");
 }
 
 #[test]
@@ -625,7 +679,19 @@ fn role_transitions_control_the_export() {
     assert_eq!(role(&node, "r1"), "init");
     // A resource that has been primary has an identity; create makes a new one.
     assert_ne!(resuid, "0", "resuid still 0 after being primary");
-    node.hastctl_ok(&["create", "r0"]);
+    // Not without --force (drbdadm create-md asks): exit 73, metadata kept.
+    let epoch = node.dump("r0")["epoch"].clone();
+    assert_ne!(epoch, "0", "epoch still 0 after being primary");
+    let out = node.hastctl(&["create", "r0"]);
+    assert_fails(&out, 73, "create over valid metadata without --force");
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_eq!(
+        node.dump("r0")["epoch"],
+        epoch,
+        "create without --force reset the epoch"
+    );
+    assert_eq!(node.dump("r0")["resuid"], resuid);
+    node.hastctl_ok(&["create", "--force", "r0"]);
     assert_ne!(
         node.dump("r0")["resuid"],
         resuid,
@@ -766,7 +832,46 @@ fn attach_exit_statuses() {
     assert!(text.contains("no errors"), "{text}");
     let list = node.hastctl_ok(&["list", "r0"]);
     assert!(list.contains("local: attached, 0 errors"), "{list}");
-    let st = resource(&status_json(&node, "status"), "r0").clone();
+    let st = resource(&status_json(&node, "list"), "r0").clone();
     assert_eq!(st["local_state"], "attached", "{st}");
     assert_eq!(st["status"], "complete", "{st}");
+}
+
+/// A user other than root reaches hastd's control socket (0600, root's):
+/// told "Permission denied … hastctl needs root" with 77, not "is hastd
+/// running?" with 69 while hastd runs. Run as `nobody` through setpriv.
+#[test]
+fn non_root_is_told_permission_denied() {
+    if !hast_testkit::env::require_root() || !hast_testkit::env::require_tool("setpriv") {
+        return;
+    }
+    let node = Node::builder(bins!())
+        .tag("nonroot")
+        .resource(ResourceSpec::new("r0", 64 * MIB))
+        .start();
+    // The binary and a copy of the configuration where nobody can read them.
+    let dir = hast_testkit::tmp::TempDir::new("hastctl-nobody");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("hastctl");
+    std::fs::copy(&node.bins().hastctl, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = dir.path().join("hast.conf");
+    std::fs::copy(&node.layout().config_path, &conf).unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = hast_testkit::run(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(["status", "-c"])
+            .arg(&conf)
+            .args(["--node", &node.layout().node_name]),
+        timeout_s(30),
+    );
+    assert_fails(&out, EX_NOPERM, "status as nobody");
+    let err = stderr(&out);
+    assert!(
+        err.contains("Permission denied") && err.contains("hastctl needs root"),
+        "{err}"
+    );
+    assert!(!err.contains("is hastd running"), "{err}");
 }

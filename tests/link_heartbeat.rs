@@ -455,7 +455,7 @@ fn lease_not_after_caps_a_late_renewal() {
     let past = hast_sys::mono_now_ns() - 1;
     let err = lease(60_000, Some(past)).expect_err("a past not_after must be refused");
     assert_eq!(err.kind, ErrorKind::NoPerm, "{err:?}");
-    let st = node.hastctl_ok(&["status", "--json", "r0"]);
+    let st = node.hastctl_ok(&["list", "--json", "r0"]);
     let v: serde_json::Value = serde_json::from_str(&st).expect("status json");
     let r = &v["resources"][0];
     assert_eq!(r["role"], "primary", "{st}");

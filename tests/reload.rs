@@ -6,7 +6,7 @@
 //!   primary's `resynced_bytes` rises at least fourfold, the resync completes and
 //!   the copies are identical;
 //! - `replication fullsync` becomes `async` by SIGHUP while the nodes are
-//!   connected: `status --json` and `list` report `async` from the same daemon
+//!   connected: `list --json` and `list` report `async` from the same daemon
 //!   processes (PIDs unchanged), a write is acknowledged while the secondary is
 //!   SIGSTOPped (a fullsync write would wait for it until `timeout`), the link
 //!   survives, the write reaches the secondary and the copies end identical.

@@ -132,7 +132,7 @@ fn split_brain_is_refused_and_recovered_by_recreating_one_side() {
 
     // Recovery: discard A's changes.
     pair.make_init(Side::A);
-    pair.node(Side::A).hastctl_ok(&["create", "r0"]);
+    pair.node(Side::A).hastctl_ok(&["create", "--force", "r0"]);
     pair.make_secondary(Side::A);
     pair.wait_complete(timeout_s(90));
     pair.assert_identical(timeout_s(20));
@@ -162,4 +162,43 @@ fn split_brain_is_refused_and_recovered_by_recreating_one_side() {
         "recovery was not a full sync: {}",
         b.brief()
     );
+}
+
+/// Making the split-brain by hand is refused: `hastctl role primary` on a
+/// secondary whose primary is connected exits 77 naming the cause and
+/// changes nothing (as drbdadm primary refuses with a primary peer); the
+/// operator's `--force` does it.
+#[test]
+fn promotion_beside_a_connected_primary_needs_force() {
+    let mut pair = Pair::builder(bins!())
+        .tag("twoprimaries")
+        .file_size(64 * MIB)
+        .start();
+    pair.setup(Side::A, timeout_s(60));
+    pair.wait_complete(timeout_s(30));
+    let b = pair.node(Side::B);
+    let out = b.hastctl(&["role", "primary", "r0"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "promotion beside a primary: {err}"
+    );
+    assert!(
+        err.contains("peer is primary and connected") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        pair.status(Side::B).role,
+        "secondary",
+        "refused promotion changed B"
+    );
+    assert_eq!(
+        pair.status(Side::A).status,
+        "complete",
+        "refused promotion disturbed A"
+    );
+    pair.node(Side::B)
+        .hastctl_ok(&["role", "--force", "primary", "r0"]);
+    assert_eq!(pair.status(Side::B).role, "primary");
 }

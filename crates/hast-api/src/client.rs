@@ -18,6 +18,14 @@ pub enum ClientError {
         path: String,
         source: std::io::Error,
     },
+    /// The socket is there but this user may not connect (mode 0600,
+    /// root's): not "is hastd running?", which sent users looking for a
+    /// daemon that was running all along.
+    #[error("cannot connect to hastd at {path}: {source} (hastctl needs root)")]
+    Denied {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("control connection to {path} failed: {source}")]
     Io {
         path: String,
@@ -34,6 +42,7 @@ impl ClientError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::Unavailable { .. } => 69,
+            ClientError::Denied { .. } => 77,
             ClientError::Io { .. } => 74,
             ClientError::Protocol(_) | ClientError::Version(_) => 76,
         }
@@ -66,9 +75,13 @@ impl Session {
         read_timeout: Option<Duration>,
     ) -> Result<Session, ClientError> {
         let path = socket.display().to_string();
-        let stream = UnixStream::connect(socket).map_err(|source| ClientError::Unavailable {
-            path: path.clone(),
-            source,
+        let stream = UnixStream::connect(socket).map_err(|source| {
+            let path = path.clone();
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                ClientError::Denied { path, source }
+            } else {
+                ClientError::Unavailable { path, source }
+            }
         })?;
         let mut s = Session { stream, path };
         s.stream

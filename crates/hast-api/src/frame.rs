@@ -58,6 +58,7 @@ mod tests {
                 role: Role::Primary,
                 names: vec!["shared".into()],
                 epoch: Some(7),
+                force: false,
             },
             Request::Lease {
                 ms: 3000,
@@ -120,7 +121,8 @@ mod tests {
             Request::Role {
                 role: Role::Primary,
                 names: vec!["r0".into()],
-                epoch: None
+                epoch: None,
+                force: false,
             }
         );
     }

@@ -32,12 +32,17 @@ pub enum Request {
         names: Vec<String>,
         #[serde(default)]
         epoch: Option<u64>,
+        /// `role --force primary`: promote even a secondary attached to a
+        /// primary peer (without `epoch` that is refused: two primaries).
+        #[serde(default)]
+        force: bool,
     },
     Status {
         names: Vec<String>,
     },
     /// `hastctl lease -t ms`: a primary demotes itself to secondary `ms`
-    /// milliseconds from now unless a later lease replaces this one.
+    /// milliseconds from now unless a later lease replaces this one; `ms` 0
+    /// cancels the lease (no deadline; an expired one is not revived).
     ///
     /// `not_after`: an absolute CLOCK_MONOTONIC deadline in nanoseconds
     /// (`hast_sys::mono_now_ns`; the caller is on the same host). The lease
@@ -124,11 +129,11 @@ pub const LEASE_MS_MAX: u64 = 86_400_000;
 /// Why a request failed; each kind maps to one sysexits(3) code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
-    /// Bad arguments (unknown resource name, bad version).
+    /// Bad arguments (a bad value, bad version).
     Usage,
     /// The metadata on the local component is invalid or does not match.
     DataErr,
-    /// The local component cannot be opened.
+    /// The local component cannot be opened, or no resource has that name.
     NoInput,
     /// The resource cannot do this now (busy, frozen, shutting down).
     TempFail,

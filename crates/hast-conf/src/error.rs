@@ -56,9 +56,12 @@ pub enum ErrorKind {
         other: String,
         other_line: u32,
     },
-    #[error("resource \"{resource}\": local \"{path}\" is already used by resource \"{other}\" (line {other_line})")]
+    #[error("resource \"{resource}\": local {path} is already used by resource \"{other}\" (line {other_line})")]
     DuplicateLocal {
         resource: String,
+        /// `"PATH"`, or `"PATH" (the same file as "OTHER")` when the other
+        /// resource reaches it by another path (one field: every config
+        /// error carries this enum's size).
         path: String,
         other: String,
         other_line: u32,

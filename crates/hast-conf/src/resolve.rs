@@ -24,6 +24,47 @@ fn acceptable_names(node: &str) -> String {
     }
 }
 
+/// What makes two `local` paths the same component: the device and inode
+/// when the file exists (a symlink, `..` or a hard link reach the same one),
+/// else the path with `.` and `..` taken out lexically. The only I/O of this
+/// module, a stat per resource: two resources on one disk would each
+/// overwrite the other's data and metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FileKey {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+impl FileKey {
+    fn of(path: &Path) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => FileKey::Inode(m.dev(), m.ino()),
+            Err(_) => FileKey::Path(lexical(path)),
+        }
+    }
+}
+
+/// `path` without `.` components and with each `..` removing the component
+/// before it (as a shell's `cd -L` would; a file that does not exist yet has
+/// no symlinks to follow).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 /// The innermost of up to three levels that sets the option.
 fn inherit<T>(levels: [Option<&At<T>>; 3]) -> Option<&T> {
     levels.into_iter().flatten().next().map(|at| &at.value)
@@ -115,7 +156,7 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
 
     let mut resources = Vec::with_capacity(raw.resources.len());
     let mut exports: HashMap<String, (String, u32)> = HashMap::new();
-    let mut locals: HashMap<PathBuf, (String, u32)> = HashMap::new();
+    let mut locals: HashMap<FileKey, (String, u32, PathBuf)> = HashMap::new();
     for res in &raw.resources {
         let r = resource(&raw, res, node).map_err(err)?;
         if let Some(remote) = r.remote.as_ref().filter(|a| a.is_tls()) {
@@ -162,19 +203,24 @@ pub(crate) fn resolve(raw: RawConfig, file: &Path, node: &str) -> Result<Config,
                 },
             )));
         }
-        if let Some((other, other_line)) = locals.get(&r.local) {
+        let key = FileKey::of(&r.local);
+        if let Some((other, other_line, other_path)) = locals.get(&key) {
+            let mut path = format!("\"{}\"", r.local.display());
+            if *other_path != r.local {
+                path.push_str(&format!(" (the same file as \"{}\")", other_path.display()));
+            }
             return Err(err((
                 r.line,
                 ErrorKind::DuplicateLocal {
                     resource: r.name.clone(),
-                    path: r.local.display().to_string(),
+                    path,
                     other: other.clone(),
                     other_line: *other_line,
                 },
             )));
         }
         exports.insert(r.provider_name.clone(), (r.name.clone(), r.line));
-        locals.insert(r.local.clone(), (r.name.clone(), r.line));
+        locals.insert(key, (r.name.clone(), r.line, r.local.clone()));
         resources.push(r);
     }
 

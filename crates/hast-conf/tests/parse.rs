@@ -589,6 +589,8 @@ fn errors() {
             "4: resource \"s\": export name \"x\" is already used by resource \"r\" (line 1)".into()),
         ("resource r {\n on a { local /d; remote none }\n}\nresource s {\n on a { local /d; remote none }\n}\n".into(), "a",
             "4: resource \"s\": local \"/d\" is already used by resource \"r\" (line 1)".into()),
+        ("resource r {\n on a { local /nonexistent/x/../d; remote none }\n}\nresource s {\n on a { local /nonexistent/./d; remote none }\n}\n".into(), "a",
+            "4: resource \"s\": local \"/nonexistent/./d\" (the same file as \"/nonexistent/x/../d\") is already used by resource \"r\" (line 1)".into()),
         (format!("nbd_socket_dir /{}\nresource r {{\n on a {{ local /d; remote none }}\n}}\n", "d".repeat(102)), "a",
             format!("2: resource \"r\": NBD socket path \"/{}/r.nbd\" is longer than 107 bytes", "d".repeat(102))),
     ];
@@ -735,4 +737,38 @@ fn nbd_limits() {
         assert_eq!(e.to_string(), format!("/etc/hast.conf:{want}"), "{head:?}");
         assert_eq!(e.exit_code(), 78);
     }
+}
+
+/// One existing component reached through a symlink and through `..`: the
+/// same file (device and inode), refused like the same path twice.
+#[test]
+fn same_local_file_through_a_symlink_or_dotdot() {
+    let dir = std::env::temp_dir().join(format!("hast-conf-samefile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, b"").unwrap();
+    std::os::unix::fs::symlink(&disk, dir.join("link")).unwrap();
+    let d = dir.display();
+    for other in [format!("{d}/link"), format!("{d}/sub/../disk.img")] {
+        let text = format!(
+            "resource r {{\n on a {{ local {d}/disk.img; remote none }}\n}}\n\
+             resource s {{\n on a {{ local {other}; remote none }}\n}}\n"
+        );
+        let e = err(&text, "a").to_string();
+        assert!(
+            e.contains(&format!("local \"{other}\" (the same file as \"{d}/disk.img\") is already used by resource \"r\"")),
+            "{e}"
+        );
+    }
+    // Two different files are fine.
+    std::fs::write(dir.join("other.img"), b"").unwrap();
+    conf(
+        &format!(
+            "resource r {{\n on a {{ local {d}/disk.img; remote none }}\n}}\n\
+             resource s {{\n on a {{ local {d}/other.img; remote none }}\n}}\n"
+        ),
+        "a",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -469,6 +469,20 @@ impl ActiveMap {
         self.needsync_count
     }
 
+    /// Bytes of the data area in dirty extents. The last extent may be
+    /// shorter than `extentsize` (datasize need not be a multiple of it), so
+    /// this is not `dirty_count * extentsize`, which could exceed datasize
+    /// (seen in `hastctl list` when every extent was dirty).
+    pub fn dirty_bytes(&self) -> u64 {
+        let es = u64::from(self.extentsize);
+        let mut bytes = self.dirty_count * es;
+        let last = self.extent_count.saturating_sub(1);
+        if self.extent_count > 0 && self.is_dirty(last) {
+            bytes -= es - (self.datasize - last * es);
+        }
+        bytes
+    }
+
     /// Extents with at least one write in flight.
     pub fn inflight_extents(&self) -> u64 {
         self.memtab.len() as u64

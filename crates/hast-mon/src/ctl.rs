@@ -96,6 +96,17 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Sends one request to the hastmon on `socket` (blocking).
 pub fn call(socket: &Path, req: &CtlRequest) -> Result<CtlResponse, (i32, String)> {
     let unavailable = |e: std::io::Error| {
+        // A socket this user may not open (0600, root's) is no sign that
+        // hastmon is down: say so, 77.
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return (
+                hast_sys::exit::NOPERM,
+                format!(
+                    "cannot connect to hastmon at {}: {e} (hastmonctl needs root)",
+                    socket.display()
+                ),
+            );
+        }
         (
             hast_sys::exit::UNAVAILABLE,
             format!(

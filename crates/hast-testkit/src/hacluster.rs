@@ -530,7 +530,7 @@ impl HaCluster {
             &self.bins.hastctl,
             self.hast_conf(n),
             n,
-            &["status", "--json", RES],
+            &["list", "--json", RES],
         )?;
         if !out.status.success() {
             return None;

@@ -85,7 +85,7 @@ impl std::fmt::Display for Side {
     }
 }
 
-/// The fields of `hastctl status --json` the tests look at, for one resource.
+/// The fields of `hastctl list --json` the tests look at, for one resource.
 #[derive(Clone, Debug)]
 pub struct ResStatus {
     /// `init`, `primary`, `secondary`.
@@ -791,19 +791,19 @@ impl Pair {
         self.node_mut(side).start_daemon();
     }
 
-    /// `hastctl status --json r0` on `side`, the resource's object.
+    /// `hastctl list --json r0` on `side`, the resource's object.
     pub fn status_json(&self, side: Side) -> serde_json::Value {
-        let text = self.node(side).hastctl_ok(&["status", "--json", RES]);
+        let text = self.node(side).hastctl_ok(&["list", "--json", RES]);
         let mut v: serde_json::Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("status --json on {side} is not JSON ({e}):\n{text}"));
+            .unwrap_or_else(|e| panic!("list --json on {side} is not JSON ({e}):\n{text}"));
         let list = v
             .get_mut("resources")
             .and_then(|r| r.as_array_mut())
-            .unwrap_or_else(|| panic!("status --json on {side} has no resources:\n{text}"));
+            .unwrap_or_else(|| panic!("list --json on {side} has no resources:\n{text}"));
         let pos = list
             .iter()
             .position(|r| r.get("name").and_then(|n| n.as_str()) == Some(RES))
-            .unwrap_or_else(|| panic!("status --json on {side} lacks {RES}:\n{text}"));
+            .unwrap_or_else(|| panic!("list --json on {side} lacks {RES}:\n{text}"));
         list.swap_remove(pos)
     }
 
@@ -816,7 +816,7 @@ impl Pair {
     pub fn describe(&self) -> String {
         let mut s = String::new();
         for side in [Side::A, Side::B] {
-            let st = self.node(side).hastctl(&["status", "--json", RES]);
+            let st = self.node(side).hastctl(&["list", "--json", RES]);
             let brief = if st.status.success() {
                 serde_json::from_slice::<serde_json::Value>(&st.stdout)
                     .ok()

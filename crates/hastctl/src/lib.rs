@@ -72,9 +72,13 @@ pub fn command() -> clap::Command {
 enum Cmd {
     /// Initialize the local component of the given resources.
     #[command(
-        override_usage = "hastctl create [-d] [-c config] [-e extentsize] [-k keepdirty] [-m mediasize] name ..."
+        override_usage = "hastctl create [-d] [-c config] [--force] [-e extentsize] [-k keepdirty] [-m mediasize] name ..."
     )]
     Create {
+        /// Overwrite valid metadata (its resuid, counters and epoch: the
+        /// copy's history is lost), as drbdadm create-md asks before doing.
+        #[arg(long)]
+        force: bool,
         /// Extent size (k, M, G suffixes), a power of two >= 4k. Default 2M.
         #[arg(short = 'e', value_name = "extentsize")]
         extentsize: Option<String>,
@@ -89,30 +93,35 @@ enum Cmd {
     },
     /// Change the role of the given resources.
     #[command(
-        override_usage = "hastctl role [-d] [-c config] [-E epoch] <init | primary | secondary> all | name ..."
+        override_usage = "hastctl role [-d] [-c config] [-E epoch] [--force] <init | primary | secondary> all | name ..."
     )]
     Role {
+        /// Promote even while a primary peer is connected (a split-brain
+        /// on purpose; refused with exit 77 otherwise, unless -E is given).
+        #[arg(long)]
+        force: bool,
         /// Fencing token: promotion is refused (exit 77) below the stored
         /// epoch, which is raised to it otherwise. Without it a promotion
         /// raises the stored epoch by one.
         #[arg(short = 'E', long = "epoch", value_name = "epoch")]
         epoch: Option<u64>,
-        #[arg(value_parser = parse_role)]
+        #[arg(value_parser = parse_role, value_name = "init | primary | secondary")]
         role: Role,
         #[arg(required = true, value_name = "all | name")]
         names: Vec<String>,
     },
     /// Give primary resources a lease: unless renewed within the given
-    /// milliseconds, hastd demotes them to secondary itself.
+    /// milliseconds, hastd demotes them to secondary itself; `-t 0`
+    /// cancels the lease (the resource stays primary, without a deadline).
     #[command(override_usage = "hastctl lease [-d] [-c config] -t milliseconds all | name ...")]
     Lease {
         /// Lease length in milliseconds (1 to 86400000), from now: hastd ends it at
-        /// min(its receipt + ms, hastctl's start + ms).
+        /// min(its receipt + ms, hastctl's start + ms). 0 cancels the lease.
         #[arg(
             short = 't',
             value_name = "milliseconds",
             required = true,
-            value_parser = clap::value_parser!(u64).range(1..=hast_api::LEASE_MS_MAX)
+            value_parser = clap::value_parser!(u64).range(0..=hast_api::LEASE_MS_MAX)
         )]
         ms: u64,
         #[arg(required = true, value_name = "all | name")]
@@ -196,14 +205,19 @@ enum Cmd {
     /// Terse status of the resources.
     #[command(override_usage = "hastctl status [-d] [-c config] [--json] [all | name ...]")]
     Status {
+        /// Print JSON for scripts: the fields of the text (name, status,
+        /// role, local, remote); `list --json` has everything.
         #[arg(long)]
         json: bool,
         #[arg(value_name = "all | name")]
         names: Vec<String>,
     },
     /// Dump the metadata stored on the local components.
-    #[command(override_usage = "hastctl dump [-d] [-c config] [all | name ...]")]
+    #[command(override_usage = "hastctl dump [-d] [-c config] [--json] [all | name ...]")]
     Dump {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
         #[arg(value_name = "all | name")]
         names: Vec<String>,
     },
@@ -286,12 +300,7 @@ pub fn main() -> i32 {
                 let _ = e.print();
                 return exit::USAGE;
             }
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("bad arguments");
-            eprintln!(
-                "hastctl: {} (see hastctl --help)",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("hastctl: {} (see hastctl --help)", usage_line(&e));
             return exit::USAGE;
         }
     };
@@ -304,16 +313,43 @@ pub fn main() -> i32 {
     }
 }
 
+/// clap's error as one line. Its first line may end in a colon with the
+/// missing arguments on the lines after it ("the following required
+/// arguments were not provided:"): those are the point, so they are kept.
+fn usage_line(e: &clap::Error) -> String {
+    let msg = e.to_string();
+    let mut lines = msg.lines();
+    let first = lines
+        .next()
+        .unwrap_or("bad arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    if !first.ends_with(':') {
+        return first;
+    }
+    let items: Vec<&str> = lines
+        .take_while(|l| l.starts_with(' ') && !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    format!("{} {}", first, items.join(", "))
+}
+
 fn run(common: &Common, cmd: Cmd) -> Res {
     match cmd {
         Cmd::Create {
+            force,
             extentsize,
             keepdirty,
             mediasize,
             names,
-        } => create(common, extentsize, keepdirty, mediasize, &names),
-        Cmd::Dump { names } => dump(common, &names),
-        Cmd::Role { epoch, role, names } => set_role(common, role, epoch, &names),
+        } => create(common, force, extentsize, keepdirty, mediasize, &names),
+        Cmd::Dump { json, names } => dump(common, json, &names),
+        Cmd::Role {
+            epoch,
+            force,
+            role,
+            names,
+        } => set_role(common, role, epoch, force, &names),
         Cmd::Lease { ms, names } => lease(common, ms, &names),
         Cmd::Attach { names } => attach(common, &names),
         Cmd::Freeze { timeout, names } => freeze(common, timeout, &names),
@@ -388,9 +424,11 @@ fn select<'a>(cfg: &'a hast_conf::Config, names: &[String]) -> Res<Vec<&'a hast_
     names
         .iter()
         .map(|n| {
+            // 66 as in hastmonctl and hastcctl: the name is well formed,
+            // what it names is missing (64 stays for a malformed command line).
             cfg.resource(n).ok_or_else(|| {
                 Fail(
-                    exit::USAGE,
+                    exit::NOINPUT,
                     format!("unknown resource \"{n}\" (not in {})", cfg.file.display()),
                 )
             })
@@ -404,6 +442,7 @@ fn meta_fail(e: hast_meta::MetaError) -> Fail {
 
 fn create(
     common: &Common,
+    force: bool,
     extentsize: Option<String>,
     keepdirty: Option<u32>,
     mediasize: Option<String>,
@@ -432,6 +471,9 @@ fn create(
     let cfg = load(common)?;
     for r in select(&cfg, names)? {
         let _lock = lock_provider(&r.local)?;
+        if !force {
+            refuse_valid_metadata(&r.name, &r.local)?;
+        }
         let h = hast_meta::Store::create(&r.local, &r.name, mediasize, extentsize, keepdirty)
             .map_err(meta_fail)?;
         if common.debug > 0 {
@@ -442,6 +484,33 @@ fn create(
         }
     }
     Ok(())
+}
+
+/// `create` without `--force` keeps valid metadata: re-initializing drops
+/// the resuid, counters and epoch (a copy's history, on which the resync
+/// direction and the fencing rules stand). Like drbdadm create-md, which asks
+/// first; there is no one to ask here, so it refuses. Unreadable or invalid
+/// metadata (a new provider, zeros) is created without a word.
+fn refuse_valid_metadata(name: &str, path: &Path) -> Res {
+    let Ok(store) = hast_meta::Store::open(path) else {
+        return Ok(());
+    };
+    let Ok(picked) = store.read_header() else {
+        return Ok(());
+    };
+    let h = &picked.header;
+    Err(Fail(
+        exit::CANTCREAT,
+        format!(
+            "{name}: {} already holds valid metadata (resource {}, epoch {}, localcnt {}, remotecnt {}): \
+             not overwritten; hastctl create --force {name} re-initializes it",
+            path.display(),
+            h.name,
+            h.epoch,
+            h.localcnt,
+            h.remotecnt
+        ),
+    ))
 }
 
 /// Takes the lock hastd holds on components it has open, so `create` cannot
@@ -471,16 +540,30 @@ fn lock_provider(path: &Path) -> Res<std::fs::File> {
     Ok(f)
 }
 
-fn dump(common: &Common, names: &[String]) -> Res {
+fn dump(common: &Common, json: bool, names: &[String]) -> Res {
     let cfg = load(common)?;
     let mut out = String::new();
+    let mut objects = Vec::new();
     for r in select(&cfg, names)? {
         let store = hast_meta::Store::open(&r.local).map_err(meta_fail)?;
         let picked = store.read_header().map_err(meta_fail)?;
-        out.push_str(&render::dump(&r.name, &picked));
+        if json {
+            objects.push(render::dump_json(&r.name, &picked));
+        } else {
+            out.push_str(&render::dump(&r.name, &picked));
+        }
+    }
+    if json {
+        out = to_json(&serde_json::json!({ "resources": objects }))?;
     }
     print!("{out}");
     Ok(())
+}
+
+fn to_json(v: &serde_json::Value) -> Res<String> {
+    let mut s = serde_json::to_string_pretty(v).map_err(|e| Fail(exit::SOFTWARE, e.to_string()))?;
+    s.push('\n');
+    Ok(s)
 }
 
 fn control_path(cfg: &hast_conf::Config) -> Res<PathBuf> {
@@ -505,7 +588,7 @@ fn call(common: &Common, cfg: &hast_conf::Config, req: Request) -> Res<Response>
     }
 }
 
-fn set_role(common: &Common, role: Role, epoch: Option<u64>, names: &[String]) -> Res {
+fn set_role(common: &Common, role: Role, epoch: Option<u64>, force: bool, names: &[String]) -> Res {
     let cfg = load(common)?;
     // Check names locally first so a typo changes nothing anywhere.
     select(&cfg, names)?;
@@ -516,6 +599,7 @@ fn set_role(common: &Common, role: Role, epoch: Option<u64>, names: &[String]) -
             role,
             names: names.to_vec(),
             epoch,
+            force,
         },
     )?
     else {
@@ -553,9 +637,11 @@ fn lease(common: &Common, ms: u64, names: &[String]) -> Res {
     };
     let failures = outcomes.into_iter().filter_map(|o| match o.result {
         Err(e) => Some((o.name, e)),
-        Ok(ms) => {
-            if common.debug > 0 {
-                eprintln!("hastctl: {}: lease {ms} ms", o.name);
+        Ok(granted) => {
+            if common.debug > 0 && ms == 0 {
+                eprintln!("hastctl: {}: lease cancelled", o.name);
+            } else if common.debug > 0 {
+                eprintln!("hastctl: {}: lease {granted} ms", o.name);
             }
             None
         }
@@ -709,12 +795,10 @@ fn status(common: &Common, json: bool, names: &[String], verbose: bool) -> Res {
     else {
         return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
     };
-    let text = if json {
-        let v = serde_json::json!({ "resources": list });
-        let mut s =
-            serde_json::to_string_pretty(&v).map_err(|e| Fail(exit::SOFTWARE, e.to_string()))?;
-        s.push('\n');
-        s
+    let text = if json && verbose {
+        to_json(&serde_json::json!({ "resources": list }))?
+    } else if json {
+        to_json(&render::status_json(&list))?
     } else if verbose {
         render::list(&list)
     } else {

@@ -50,6 +50,45 @@ pub fn dump(name: &str, p: &Picked) -> String {
     s
 }
 
+/// `dump --json`: the fields of the text, numbers as numbers.
+pub fn dump_json(name: &str, p: &Picked) -> serde_json::Value {
+    let h = &p.header;
+    serde_json::json!({
+        "resource": name,
+        "datasize": h.datasize,
+        "extentsize": h.extentsize,
+        "keepdirty": h.keepdirty,
+        "localoff": h.data_offset,
+        "resuid": h.resuid,
+        "localcnt": h.localcnt,
+        "remotecnt": h.remotecnt,
+        "prevrole": h.prevrole,
+        "epoch": h.epoch,
+        "generation": h.generation,
+        "slot": if p.slot == 0 { "A" } else { "B" },
+        "name": h.name,
+        "other_slot_error": p.other_error.as_ref().map(|e| e.to_string()),
+    })
+}
+
+/// `status --json`: the terse view, the columns of `status`'s text (the
+/// same names as in `list --json`, which has every field).
+pub fn status_json(list: &[ResourceStatus]) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = list
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "status": r.status,
+                "role": r.role,
+                "local": r.local,
+                "remote": r.remote,
+            })
+        })
+        .collect();
+    serde_json::json!({ "resources": rows })
+}
+
 pub fn status(list: &[ResourceStatus]) -> String {
     let mut s = String::from("Name\tStatus\t Role\t\tComponents\n");
     for r in list {

@@ -258,8 +258,10 @@ pub(crate) fn select(
                 .iter()
                 .find(|r| &r.name == n)
                 .cloned()
+                // 66 as hastctl and hastmonctl: a well-formed name of
+                // something this hastd does not have.
                 .ok_or_else(|| ApiError {
-                    kind: ErrorKind::Usage,
+                    kind: ErrorKind::NoInput,
                     message: format!("unknown resource \"{n}\""),
                 })
         })
@@ -269,7 +271,12 @@ pub(crate) fn select(
 async fn handle(req: Request, resources: &Resources) -> Response {
     let all = resources.read().await.clone();
     match req {
-        Request::Role { role, names, epoch } => {
+        Request::Role {
+            role,
+            names,
+            epoch,
+            force,
+        } => {
             let targets = match select(&names, &all) {
                 Ok(t) => t,
                 Err(e) => return Response::Error(e),
@@ -277,7 +284,7 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             let mut out = Vec::with_capacity(targets.len());
             for r in targets {
                 let (tx, rx) = oneshot::channel();
-                let result = match r.tx.send(Command::Role(role, epoch, tx)).await {
+                let result = match r.tx.send(Command::Role(role, epoch, force, tx)).await {
                     Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(&r.name))),
                     Err(_) => Err(gone(&r.name)),
                 };
@@ -298,10 +305,10 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             names,
             not_after,
         } => {
-            if ms == 0 || ms > LEASE_MS_MAX {
+            if ms > LEASE_MS_MAX {
                 return error(
                     ErrorKind::Usage,
-                    format!("lease of {ms} ms: expected 1..={LEASE_MS_MAX}"),
+                    format!("lease of {ms} ms: expected 0 (cancel) to {LEASE_MS_MAX}"),
                 );
             }
             let targets = match select(&names, &all) {

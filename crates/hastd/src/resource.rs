@@ -57,7 +57,8 @@ pub type RoleReply = Result<(Role, Option<u64>), ApiError>;
 
 pub enum Command {
     /// A role, and the epoch `hastctl role -E` gave.
-    Role(Role, Option<u64>, oneshot::Sender<RoleReply>),
+    /// A role change: the role, `-E epoch`, `--force`.
+    Role(Role, Option<u64>, bool, oneshot::Sender<RoleReply>),
     /// A lease of this many milliseconds for a primary (`hastctl lease -t`),
     /// ending no later than the CLOCK_MONOTONIC instant (ns) given.
     Lease(u64, Option<u64>, oneshot::Sender<Result<u64, ApiError>>),
@@ -253,12 +254,15 @@ impl ResourceTask {
             };
             let Some(cmd) = cmd else { break };
             match cmd {
-                Command::Role(role, epoch, reply) => {
+                Command::Role(role, epoch, force, reply) => {
                     let was = self.state.role();
                     let res = match self.env.freezer.may_change(&self.config.name) {
                         // The role stays (an epoch raised, a no-op): allowed.
                         Err(e) if role != was => Err(e),
-                        _ => self.set_role(role, epoch).await,
+                        _ => match self.two_primaries(role, epoch, force) {
+                            Some(e) => Err(e),
+                            None => self.set_role(role, epoch).await,
+                        },
                     };
                     match &res {
                         Ok((role, epoch)) => self.log_role(was, *role, *epoch, "hastctl role"),
@@ -383,7 +387,35 @@ impl ResourceTask {
         }
     }
 
-    /// `hastctl lease -t ms`: only a primary holds a lease; a renewal
+    /// A hand-made promotion (no `-E epoch`, no `--force`) of a secondary
+    /// that a primary is attached to right now: both would accept writes,
+    /// a split-brain made on purpose. Refused (77), as drbdadm primary
+    /// refuses while the peer is primary. With `-E` the caller is hastmon,
+    /// whose epoch fences the old primary (it may look attached while it is
+    /// SIGSTOPped, its lease already over); `--force` is the operator's word.
+    fn two_primaries(&self, role: Role, epoch: Option<u64>, force: bool) -> Option<ApiError> {
+        let State::Secondary {
+            dp,
+            session: Some(_),
+        } = &self.state
+        else {
+            return None;
+        };
+        if role != Role::Primary || epoch.is_some() || force || !dp.peer_state().is_connected() {
+            return None;
+        }
+        Some(api_err(
+            ErrorKind::NoPerm,
+            format!(
+                "{}: the peer is primary and connected: a second primary makes a split-brain; \
+                 demote it first, or hastctl role --force primary {}",
+                self.config.name, self.config.name
+            ),
+        ))
+    }
+
+    /// `hastctl lease -t ms`: only a primary holds a lease; `ms` 0 cancels
+    /// it (the primary then has no deadline, as before any lease); a renewal
     /// replaces the deadline, but an expired lease is never revived, and a
     /// renewal never reaches past its `not_after` (a CLOCK_MONOTONIC instant
     /// in ns: one that waited in the control socket while hastd was frozen
@@ -410,6 +442,13 @@ impl ResourceTask {
                     self.config.name
                 ),
             ));
+        }
+        if ms == 0 {
+            // A cancel is not a renewal: an expired lease stays expired
+            // (checked above), a live one ends here and the primary stays.
+            dp.lease().cancel();
+            tracing::info!(resource = %self.config.name, "lease cancelled");
+            return Ok(0);
         }
         let Some(deadline) = crate::datapath::lease_deadline(now, ms, limit) else {
             // Not renewed, as for an expired lease: the current deadline

@@ -811,3 +811,21 @@ fn dirty_ahead_marks_the_next_extent_of_a_sequential_stream_only() {
         "4 was never marked: wait"
     );
 }
+
+/// A data area that ends inside its last extent: with every extent dirty,
+/// `dirty_bytes` is the data size, never `extents * extentsize` past it.
+#[test]
+fn dirty_bytes_never_exceed_datasize() {
+    let datasize = 3 * ES + 512;
+    let ondisk = vec![0u8; map_size(datasize, ES as u32) as usize];
+    let mut am = ActiveMap::new(ES as u32, datasize, 8, &ondisk, true).unwrap();
+    assert_eq!(am.dirty_bytes(), 0);
+    am.write_start(0, ES);
+    assert_eq!(am.dirty_bytes(), ES);
+    am.write_start(3 * ES, 512);
+    assert_eq!(am.dirty_bytes(), ES + 512);
+    am.set_all_needsync();
+    am.write_start(0, datasize);
+    assert_eq!(am.dirty_count(), 4);
+    assert_eq!(am.dirty_bytes(), datasize);
+}

@@ -75,6 +75,13 @@ impl Lease {
         self.changed.notify_waiters();
     }
 
+    /// Ends the lease without a demotion (`hastctl lease -t 0`): the
+    /// primary stays primary with no deadline, as before its first lease.
+    pub fn cancel(&self) {
+        self.deadline.store(NONE, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
     /// Resolves once a lease is set and its deadline passed, following
     /// renewals (later or earlier) made meanwhile.
     pub async fn passed(&self) {

@@ -1136,8 +1136,7 @@ impl DataPath {
     }
 
     pub fn dirty_bytes(&self) -> u64 {
-        let m = self.map();
-        m.dirty_count() * u64::from(m.extentsize())
+        self.map().dirty_bytes()
     }
 
     /// Requests sent to the peer and not answered yet; 0 without a link.
