@@ -369,20 +369,23 @@ fn a_lost_peer_thaws_and_held_writes_complete() {
 /// `async`: a write is answered before the secondary applied it; the
 /// freeze still waits for its REPLY (and flushes the peer), so while frozen
 /// both copies are the same byte for byte, under a writer with many writes
-/// in flight. On loopback the secondary keeps up within the milliseconds
-/// the comparison takes: this shows the property but does not catch a
-/// freeze that skips the wait (tried: neither the tail's drain nor the
-/// barrier removed fails it); a slow secondary disk would.
+/// in flight. The secondary's disk is slow to write (nbdkit's delay filter
+/// behind nbdfuse, 5 ms a write), so its copy lags the primary's by many
+/// writes: a freeze that neither drained the tails nor flushed the peer
+/// is caught (seen: "frozen, the copies differ" with both removed; either
+/// one alone is enough, since the peer's FLUSH follows its writes).
 #[test]
 fn a_frozen_async_pair_has_identical_copies() {
-    if !require_python_nbd() {
+    if !require_python_nbd() || !require_tool("nbdkit") || !require_tool("nbdfuse") {
         return;
     }
     let mut p = Pair::builder(bins!())
         .tag("freeze-async")
         .file_size(64 * MIB)
         .replication("async")
-        .start();
+        .fuse_disk_filtered(Side::B, &["--filter=delay", "delay-write=5ms"])
+        .build();
+    p.start();
     p.setup(Side::A, WAIT);
     let a = Side::A;
     let dir = p.node(a).dir().to_path_buf();
