@@ -63,6 +63,33 @@ pub fn main(opts: Options) -> i32 {
             return e.exit_code();
         }
     };
+    // As hastd refuses a resource without a section for this node: a
+    // hastmon that takes part in nothing (a host name that matches no `on`
+    // section) would run and watch nothing, silently.
+    if !config
+        .resources
+        .iter()
+        .any(|r| r.local(&config.node).is_some())
+    {
+        let names: Vec<String> = config
+            .resources
+            .iter()
+            .flat_map(|r| r.nodes.iter().map(|n| n.name.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        eprintln!(
+            "hastmon: {}: no resource has an \"on {}\" section (nodes named: {}); use --node NAME",
+            config_path.display(),
+            config.node,
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        return exit::CONFIG;
+    }
     let pid_path = opts.pidfile.clone().unwrap_or(config.pidfile.clone());
     let Daemon {
         pidfile,
