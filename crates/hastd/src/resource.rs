@@ -7,7 +7,7 @@
 //! (secondary) reach the [`DataPath`] directly; a role change only closes
 //! that data path, waits for it to drain, and opens the next one.
 //!
-//! Fencing (SPEC §5): every role change records the epoch it decides
+//! Fencing (docs/overview.md §5): every role change records the epoch it decides
 //! (`crate::epoch`) in the same header write as the role, before an export
 //! is offered; a primary's lease (`hastctl lease`) is a deadline this task
 //! sleeps on, demoting the resource to secondary when it passes. Every

@@ -1,4 +1,4 @@
-//! `/etc/hastmon.conf` to a typed `Config` (SPEC §5), in hastmon's grammar
+//! `/etc/hastmon.conf` to a typed `Config` (docs/overview.md §5), in hastmon's grammar
 //! on hast.conf's lexical and block syntax (`hast_conf::lexer` and
 //! `hast_conf::syntax`):
 //!
