@@ -34,7 +34,7 @@ fn port_pair() -> u16 {
 }
 
 fn quickstart(dir: &Path, nbd: u16, repl: u16) -> Command {
-    let hastd = PathBuf::from(bins!().hastd);
+    let hastd = bins!().hastd;
     let mut c = Command::new(repo_root().join("quickstart"));
     c.env("HAST_DIR", dir)
         .env("HAST_SIZE", "256M")
