@@ -148,6 +148,12 @@ fn readme_quickstart_then_ext4_recipe() {
     assert_eq!(st.code(), Some(0));
     let gone = wait_for(WAIT, || pids.iter().all(|&p| !alive(p)).then_some(()));
     assert!(gone.is_some(), "both hastd stopped");
+    // Ctrl-C is answered on the terminal (issue 16: it printed nothing).
+    let said = std::fs::read_to_string(tmp.join("quickstart.out")).unwrap();
+    assert!(
+        said.contains("quickstart: stopping both hastd") && said.contains("quickstart: stopped"),
+        "{said}"
+    );
     let log = std::fs::read_to_string(qs.dir.join("nodea/hastd.log")).unwrap();
     // quickstart's own Ctrl-C handler stops them with SIGTERM, and the
     // log says so.
