@@ -87,6 +87,10 @@ fn open_sink(ident: &'static std::ffi::CStr, fallback: &std::path::Path) -> Sink
         return Sink::Syslog;
     }
     use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = fallback.parent() {
+        // hastmon's state_dir may not exist before its first saved state.
+        let _ = std::fs::create_dir_all(dir);
+    }
     match std::fs::OpenOptions::new()
         .append(true)
         .create(true)
