@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark hastd (one node, `remote none`) against qemu-nbd and nbdkit serving the
-# same kind of file, in ONE run on this machine (SPEC §11, issue 2).
+# same kind of file, in ONE run on this machine (docs/overview.md §11, issue 2).
 #
 #   bench/compare.sh            # 4 GiB files, 20 s per figure
 #   BENCH_SIZE=1G BENCH_RUNTIME=5 bench/compare.sh     # quick look

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Failover time with default settings (issue 4, SPEC §5): in three network
+# Failover time with default settings (issue 4, docs/overview.md §5): in three network
 # namespaces (two data nodes running hastd + hastmon, a witness running
 # hastmon) and a client writing (fullsync) to whichever node is primary,
 # inject one fault, time until the client's writes are acknowledged again,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark replicated hastd (two nodes on this machine, sharing its one disk)
-# against qemu-nbd, in ONE run (SPEC §11, issue 3), printed as ratios.
+# against qemu-nbd, in ONE run (docs/overview.md §11, issue 3), printed as ratios.
 #
 #   bench/replicated.sh                              # 2 GiB, 15 s per figure
 #   BENCH_SIZE=1G BENCH_RUNTIME=5 bench/replicated.sh   # quick look

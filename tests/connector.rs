@@ -1,4 +1,4 @@
-//! The connector's promise (SPEC §8, issue 12): a filesystem on hastcd's
+//! The connector's promise (docs/overview.md §8, issue 12): a filesystem on hastcd's
 //! endpoint does not notice a failover.
 //!
 //! In network namespaces (`hast_testkit::hacluster`): data hosts `a`, `b`

@@ -1,6 +1,7 @@
 //! hastd as a daemon: pidfile and single instance, control socket mode,
 //! SIGHUP reload (add, remove, bad config kept out), sd_notify messages,
-//! backgrounding without -F, and SIGTERM exiting 0.
+//! backgrounding without -F (start-up errors on the terminal, the log file
+//! where there is no syslog), and SIGTERM exiting 0.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -217,4 +218,84 @@ fn backgrounds_without_foreground_flag() {
         "background hastd answers hastctl"
     );
     assert!(stop().is_some(), "background hastd did not stop on SIGTERM");
+}
+
+/// hastd without `-F` reports what stops it on the terminal before it
+/// detaches (issue 16: a port in use was only in the log, and the caller
+/// waited for a daemon that had died). Seen failing before the fix: exit 0,
+/// nothing on stderr.
+#[test]
+fn background_start_failure_is_said_on_the_terminal() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let n = Node::builder(bins!())
+        .tag("daemon-bg-fail")
+        .nbd_port(port)
+        .resource(ResourceSpec::new("r0", 64 * MIB))
+        .build();
+    let l = n.layout();
+    let out = run(
+        Command::new(&n.bins().hastd)
+            .arg("-c")
+            .arg(&l.config_path)
+            .arg("--node")
+            .arg(&l.node_name),
+        WAIT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(73), "EX_CANTCREAT: {out:?}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("hastd: ") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
+    assert!(!l.control.exists(), "no control socket left");
+    assert!(!l.pidfile.exists(), "no pidfile left");
+}
+
+/// Without `-F` and without a syslog daemon the log goes to
+/// `<state_dir>/hastd.log` (said on the terminal), the start-up lines
+/// included, and a stop names its signal.
+#[test]
+fn background_logs_to_state_dir_without_syslog() {
+    if std::path::Path::new("/dev/log").exists()
+        && !hast_testkit::env::skip("/dev/log exists: this host logs to syslog")
+    {
+        return;
+    }
+    let n = Node::builder(bins!())
+        .tag("daemon-bg-log")
+        .resource(ResourceSpec::new("r0", 64 * MIB))
+        .build();
+    let l = n.layout();
+    let out = run(
+        Command::new(&n.bins().hastd)
+            .arg("-c")
+            .arg(&l.config_path)
+            .arg("--node")
+            .arg(&l.node_name),
+        WAIT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let log = l.state_dir.join("hastd.log");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&log.display().to_string()), "{err}");
+    // Exit 0 means ready: the control socket answers at once.
+    assert!(n.hastctl(&["status"]).status.success());
+    let pid: i32 = std::fs::read_to_string(&l.pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signalling the pid our daemon wrote.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    // SAFETY: signal 0 only checks the process exists.
+    let gone = wait_for(WAIT, || (unsafe { libc::kill(pid, 0) } != 0).then_some(()));
+    assert!(gone.is_some(), "hastd did not stop on SIGINT");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("hastd started"), "{text}");
+    assert!(text.contains("nbd=127.0.0.1:"), "plain fields: {text}");
+    assert!(!text.contains("Some("), "plain fields: {text}");
+    assert!(text.contains("stopping on SIGINT"), "{text}");
 }

@@ -1,4 +1,4 @@
-//! The HA event journal end to end (SPEC §7, docs/events.md), with a real
+//! The HA event journal end to end (docs/overview.md §7, docs/events.md), with a real
 //! hastd and a real `exec` hook: a shell script that logs its arguments and
 //! `HAST_*` variables, and fails (exit 3) or hangs (forking a grandchild
 //! that would leave a mark) for the event kinds a test asks it to.

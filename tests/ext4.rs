@@ -1,4 +1,4 @@
-//! The full path of SPEC §2: nbdfuse -> mkfs.ext4 -> mount -o loop -> files ->
+//! The full path of docs/overview.md §2: nbdfuse -> mkfs.ext4 -> mount -o loop -> files ->
 //! umount -> stop and restart hastd -> mount again -> files intact -> fsck.ext4 -n.
 //!
 //! Needs root, /dev/fuse and loop devices. Mounts are undone by guards even when an

@@ -1,5 +1,5 @@
 //! kill -9 of the primary under a `fullsync` write load, promotion of the secondary,
-//! and no acknowledged write lost (issue 3, SPEC §4.2: in `fullsync` a write is
+//! and no acknowledged write lost (issue 3, docs/overview.md §4.2: in `fullsync` a write is
 //! acknowledged only once the secondary has written it).
 //!
 //! Each round: tests/py/versioned_writer.py writes versioned 4 KiB blocks (LBA,

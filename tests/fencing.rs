@@ -1,4 +1,4 @@
-//! The three safety mechanisms hastd gives automatic failover (SPEC §5, hastmon):
+//! The three safety mechanisms hastd gives automatic failover (docs/overview.md §5, hastmon):
 //!
 //! - **epoch** (fencing token): `hastctl role -E` refuses a promotion below the
 //!   stored epoch (exit 77), raises it otherwise, a manual promotion bumps it; it is

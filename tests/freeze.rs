@@ -1,4 +1,4 @@
-//! `hastctl freeze / thaw / query` (SPEC §6, after freezefs(2)) against a
+//! `hastctl freeze / thaw / query` (docs/overview.md §6, after freezefs(2)) against a
 //! real hastd with real clients: a write sent while frozen is held (not on
 //! disk, not answered) and completes without error after the thaw, while
 //! reads and flushes go on; the timeout, a lost peer (kill -9 of the

@@ -1,4 +1,4 @@
-//! The replication handshake refuses what must never be replicated (SPEC §4.3,
+//! The replication handshake refuses what must never be replicated (docs/overview.md §4.3,
 //! §10): a connection from an address that is not the configured `remote`, a
 //! primary meeting a primary, two different resources (resuid mismatch) and
 //! copies of different sizes. Each refusal moves no data and says why in

@@ -1,4 +1,4 @@
-//! `hastctl` from the outside (SPEC §4.1, §4.4): every command, its output shape
+//! `hastctl` from the outside (docs/overview.md §4.1, §4.4): every command, its output shape
 //! and its error paths, each with its sysexits(3) status and one line on stderr.
 
 use std::os::unix::fs::{FileExt, PermissionsExt};

@@ -131,6 +131,45 @@ fn usage_and_config_errors() {
     // No daemon.
     let out = ctl(&conf, &["status"]);
     assert_exit(&out, EX_UNAVAILABLE, "no daemon", "is hastmon running?");
+
+    // Issue 16: a host named in no resource started and watched nothing.
+    let mut cmd = Command::new(hastmon());
+    cmd.arg("-F")
+        .arg("-c")
+        .arg(&conf)
+        .args(["--node", "elsewhere"]);
+    let out = run(&mut cmd, timeout_s(20));
+    assert_exit(
+        &out,
+        EX_CONFIG,
+        "hastmon on a host no resource names",
+        "no resource has an \"on elsewhere\" section (nodes named: nodea, nodeb, nodew)",
+    );
+    // Issue 16: the example's placeholder secret was accepted.
+    let example = std::fs::read_to_string(
+        hast_testkit::env::repo_root().join("contrib/hastmon/hastmon.conf.example"),
+    )
+    .unwrap();
+    let copied = dir.join("example.conf");
+    std::fs::write(&copied, &example).unwrap();
+    let line = 1 + example
+        .lines()
+        .position(|l| l.trim_start().starts_with("secret \""))
+        .expect("the example sets a secret");
+    let mut cmd = Command::new(hastmon());
+    cmd.arg("-F")
+        .arg("-c")
+        .arg(&copied)
+        .args(["--node", "nodea"]);
+    assert_exit(
+        &run(&mut cmd, timeout_s(20)),
+        EX_CONFIG,
+        "hastmon on the example as is",
+        &format!(
+            "{}:{line}: the secret is the example's placeholder",
+            copied.display()
+        ),
+    );
 }
 
 #[test]

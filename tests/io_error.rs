@@ -1,4 +1,4 @@
-//! `on_io_error` (SPEC §4.2): a primary whose local component fails writes.
+//! `on_io_error` (docs/overview.md §4.2): a primary whose local component fails writes.
 //!
 //! - `detach` (default) with a healthy fullsync secondary: the component is
 //!   detached, the client sees no error, every acknowledged write reads back;

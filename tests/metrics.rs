@@ -1,4 +1,4 @@
-//! The Prometheus endpoint (`metrics_listen`, SPEC §9) of hastd and hastmon
+//! The Prometheus endpoint (`metrics_listen`, docs/overview.md §9) of hastd and hastmon
 //! from the outside, over real TCP on loopback: values that follow real
 //! NBD I/O and role changes, `promtool check metrics` on every scraped
 //! text, a real `prometheus` server scraping a pair, a bind failure at

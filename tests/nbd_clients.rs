@@ -1,5 +1,5 @@
 //! Real NBD clients that nobody on this project wrote, against a primary with
-//! `remote none`: nbdinfo, qemu-io, qemu-img, nbdcopy and fio (SPEC §2).
+//! `remote none`: nbdinfo, qemu-io, qemu-img, nbdcopy and fio (docs/overview.md §2).
 //!
 //! Each test starts its own hastd on free loopback ports with a small sparse
 //! resource, so they run in parallel.

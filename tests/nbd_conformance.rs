@@ -1,4 +1,4 @@
-//! NBD conformance from the outside (SPEC §2, issue 2): bad requests and broken
+//! NBD conformance from the outside (docs/overview.md §2, issue 2): bad requests and broken
 //! handshakes sent by libnbd with strict mode off and by a raw-socket client
 //! (tests/py/conformance.py), answered with the errno the NBD protocol prescribes,
 //! without hurting other clients; the same requests sent to `qemu-nbd` for

@@ -1,4 +1,4 @@
-//! A local read error on the primary (SPEC §4.2): the read is retried on the
+//! A local read error on the primary (docs/overview.md §4.2): the read is retried on the
 //! secondary, the client gets the right data, and the primary counts the failure
 //! in `stats.read_errors` (`hastctl list --json`). With `on_io_error detach` (the
 //! default) the component is detached (`status` says `detached`) until `hastctl

@@ -296,3 +296,81 @@ fn sighup_switches_replication_from_fullsync_to_async_while_connected() {
     pair.wait_complete(timeout_s(30));
     pair.assert_identical(timeout_s(30));
 }
+
+/// Replace `from` (there once) by `to` in both nodes' config files as they
+/// are now, without signalling anyone.
+fn swap_in_files(pair: &Pair, from: &str, to: &str) {
+    let path = &pair.node(Side::A).layout().config_path;
+    let text = std::fs::read_to_string(path).expect("read config");
+    assert_eq!(text.matches(from).count(), 1, "`{from}` once in:\n{text}");
+    let new = text.replace(from, to);
+    for side in [Side::A, Side::B] {
+        std::fs::write(&pair.node(side).layout().config_path, &new).expect("rewrite config");
+    }
+}
+
+/// Issue 16: a SIGHUP changing `remote` was logged as "configuration
+/// reloaded" but the running link kept its old peer until the role was
+/// cycled. As FreeBSD's hastd does, a changed `remote` (or `source`) drops
+/// the link and the next connection follows the new configuration, on
+/// either role: a primary told of a dead remote goes degraded and, told
+/// the right one again, resyncs to complete; a secondary told to accept
+/// its primary only from 127.0.0.2 drops the session and refuses the
+/// primary's reconnection, and accepts it again when told back. Seen
+/// failing without the fix: both sides stayed `complete` on the old link.
+#[test]
+fn sighup_applies_a_changed_remote_on_both_roles() {
+    let mut pair = Pair::builder(bins!())
+        .tag("reload-remote")
+        .file_size(64 * MIB)
+        .start();
+    pair.setup(Side::A, timeout_s(60));
+    let (a_repl, b_repl) = (
+        pair.node(Side::A).layout().repl_port,
+        pair.node(Side::B).layout().repl_port,
+    );
+    let dead = hast_testkit::free_port();
+    let pids = [Side::A, Side::B].map(|s| pair.node(s).daemon_pid());
+
+    // The primary: its remote moved to a port nobody listens on.
+    let b_addr = format!("remote tcp://127.0.0.1:{b_repl}\n");
+    let dead_addr = format!("remote tcp://127.0.0.1:{dead}\n");
+    swap_in_files(&pair, &b_addr, &dead_addr);
+    pair.node_mut(Side::A).signal(libc::SIGHUP);
+    pair.wait_status(Side::A, timeout_s(10), "disconnected", |s| {
+        s.peer.as_deref() != Some("connected")
+    });
+    assert!(
+        pair.node(Side::A).log().contains("remote changed"),
+        "the reason is logged:\n{}",
+        pair.describe()
+    );
+    swap_in_files(&pair, &dead_addr, &b_addr);
+    pair.node_mut(Side::A).signal(libc::SIGHUP);
+    pair.wait_status(Side::A, timeout_s(20), "complete again", |s| {
+        s.is_complete()
+    });
+
+    // The secondary: it accepts its primary only from another address.
+    let a_addr = format!("remote tcp://127.0.0.1:{a_repl}\n");
+    let elsewhere = format!("remote tcp://127.0.0.2:{a_repl}\n");
+    swap_in_files(&pair, &a_addr, &elsewhere);
+    pair.node_mut(Side::B).signal(libc::SIGHUP);
+    pair.wait_status(Side::A, timeout_s(10), "disconnected", |s| {
+        s.peer.as_deref() != Some("connected")
+    });
+    // And stays so: the reconnection comes from 127.0.0.1.
+    std::thread::sleep(Duration::from_secs(2));
+    let st = pair.status(Side::A);
+    assert_ne!(st.peer.as_deref(), Some("connected"), "{}", st.brief());
+    swap_in_files(&pair, &elsewhere, &a_addr);
+    pair.node_mut(Side::B).signal(libc::SIGHUP);
+    pair.wait_status(Side::A, timeout_s(20), "complete again", |s| {
+        s.is_complete()
+    });
+    assert_eq!(
+        [Side::A, Side::B].map(|s| pair.node(s).daemon_pid()),
+        pids,
+        "the same daemons throughout"
+    );
+}

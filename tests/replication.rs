@@ -1,4 +1,4 @@
-//! Replication between two hastd processes on loopback (issue 3, SPEC §4.2, §4.3).
+//! Replication between two hastd processes on loopback (issue 3, docs/overview.md §4.2, §4.3).
 //!
 //! - writes through NBD (nbdcopy of a random file, qemu-io patterns, write-zeroes,
 //!   trim) arrive on the secondary, and after sync both data areas are

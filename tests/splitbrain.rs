@@ -1,4 +1,4 @@
-//! Split-brain: both copies written while apart (issue 3, SPEC §4.3).
+//! Split-brain: both copies written while apart (issue 3, docs/overview.md §4.3).
 //!
 //! A and B in sync; the link is cut; A (primary) is written, degraded, and stopped;
 //! B is restarted, promoted and written too. When A comes back as secondary, the

@@ -598,7 +598,7 @@ def group_handshake(t):
     case("many_unknown_options", "ERR_UNSUP each time (closing after >= 16 allowed)",
          many_options)
 
-    case("extended_headers_err_unsup", "ERR_UNSUP (SPEC s2, until implemented), then GO works",
+    case("extended_headers_err_unsup", "ERR_UNSUP (docs/overview.md s2, until implemented), then GO works",
          option_then_go(nbdraw.OPT_EXTENDED_HEADERS, b"", nbdraw.REP_ERR_UNSUP))
     case("list_with_data_err_invalid", "ERR_INVALID, then GO works",
          option_then_go(nbdraw.OPT_LIST, b"junk", nbdraw.REP_ERR_INVALID))

@@ -1,4 +1,4 @@
-//! hast-conf: `/etc/hast.conf` to a typed `Config` for one node (SPEC §3).
+//! hast-conf: `/etc/hast.conf` to a typed `Config` for one node (docs/overview.md §3).
 //!
 //! The FreeBSD hast.conf(5) grammar is accepted unchanged, plus our options
 //! (`nbd_listen`, `freeze_timeout`, `on_io_error`, `resync_rate`, ...).

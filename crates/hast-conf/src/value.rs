@@ -65,7 +65,7 @@ macro_rules! keyword_enum {
 }
 
 keyword_enum! {
-    /// When a write is acknowledged to the client (SPEC 4.2).
+    /// When a write is acknowledged to the client (docs/overview.md §4.2).
     Replication, "fullsync, memsync, async" {
         /// Local write done and the secondary has written it.
         Fullsync = "fullsync",

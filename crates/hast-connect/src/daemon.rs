@@ -598,13 +598,18 @@ async fn run(
         conf.connections.len()
     );
     notify(Notify::Ready);
-    while let Signal::Reload = signals.next().await {
-        notify(Notify::Reloading);
-        daemon.reload(&path);
-        notify(Notify::Ready);
-    }
+    let signal = loop {
+        match signals.next().await {
+            Signal::Reload => {
+                notify(Notify::Reloading);
+                daemon.reload(&path);
+                notify(Notify::Ready);
+            }
+            Signal::Stop(name) => break name,
+        }
+    };
     notify(Notify::Stopping);
-    tracing::info!("stopping");
+    tracing::info!("stopping on {signal}");
     for t in &tasks {
         t.abort();
     }

@@ -1,4 +1,4 @@
-//! hast-connect: `hastcd`, the connector on client hosts (SPEC §8, STACD(8)).
+//! hast-connect: `hastcd`, the connector on client hosts (docs/overview.md §8, STACD(8)).
 //!
 //! For every resource it connects, hastcd serves one stable local NBD
 //! endpoint and forwards each request to the node that is primary now. It

@@ -1,4 +1,4 @@
-//! The HA event journal (SPEC §7, after ha_star): every event a node sees —
+//! The HA event journal (docs/overview.md §7, after ha_star): every event a node sees —
 //! a role change, a link coming or going, a resync, a split-brain, a local
 //! disk failing — is appended durably to a per-node journal *before* it is
 //! handled, and its handling moves it through [`State`]s that are recorded

@@ -1,4 +1,4 @@
-//! hast-metrics: the Prometheus endpoint (`metrics_listen`, SPEC §9) that
+//! hast-metrics: the Prometheus endpoint (`metrics_listen`, docs/overview.md §9) that
 //! hastd and hastmon share. Each daemon builds a snapshot of its own state
 //! and renders it with [`text`]; this crate serves the result.
 //!

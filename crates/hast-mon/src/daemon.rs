@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hast_conf::Addr;
-use hast_sys::daemon::{notify, Daemon, Notify, Signal, Signals};
+use hast_sys::daemon::{notify, Daemon, Detach, Notify, Signal, Signals};
 use hast_sys::exit;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -63,18 +63,50 @@ pub fn main(opts: Options) -> i32 {
             return e.exit_code();
         }
     };
+    // As hastd refuses a resource without a section for this node: a
+    // hastmon that takes part in nothing (a host name that matches no `on`
+    // section) would run and watch nothing, silently.
+    if !config
+        .resources
+        .iter()
+        .any(|r| r.local(&config.node).is_some())
+    {
+        let names: Vec<String> = config
+            .resources
+            .iter()
+            .flat_map(|r| r.nodes.iter().map(|n| n.name.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        eprintln!(
+            "hastmon: {}: no resource has an \"on {}\" section (nodes named: {}); use --node NAME",
+            config_path.display(),
+            config.node,
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        return exit::CONFIG;
+    }
     let pid_path = opts.pidfile.clone().unwrap_or(config.pidfile.clone());
-    let Daemon { pidfile, runtime } = match hast_sys::daemon::start(
+    let Daemon {
+        pidfile,
+        runtime,
+        detach,
+    } = match hast_sys::daemon::start(
         c"hastmon",
         &pid_path,
         opts.foreground,
         opts.debug,
         hast_sys::daemon::Threads::PerCore,
+        &config.state_dir.join("hastmon.log"),
     ) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let code = runtime.block_on(run(config, config_path, opts.node.clone()));
+    let code = runtime.block_on(run(config, config_path, opts.node.clone(), detach));
     runtime.shutdown_timeout(Duration::from_secs(2));
     pidfile.remove();
     code
@@ -178,7 +210,12 @@ fn spawn_actor(r: &Resource, sh: &Shared) -> Result<Option<mpsc::Sender<Input>>,
     Ok(Some(tx))
 }
 
-async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 {
+async fn run(
+    config: Config,
+    config_path: PathBuf,
+    node: Option<String>,
+    mut detach: Detach,
+) -> i32 {
     let control_path = match &config.control {
         Addr::Unix(p) => p.clone(),
         other => {
@@ -294,9 +331,15 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
         Err(code) => return code,
     };
     tracing::info!(node = %config.node, listen = %listen_addr, resources = count, "hastmon started");
+    // Every listener is bound: a background hastmon leaves the terminal
+    // now, and its parent exits 0.
+    detach.ready();
     notify(Notify::Ready);
     let mut current = config;
-    while signals.next().await == Signal::Reload {
+    let signal = loop {
+        if let Signal::Stop(name) = signals.next().await {
+            break name;
+        }
         notify(Notify::Reloading);
         match conf::load(&config_path, node.as_deref()) {
             Ok(new) => {
@@ -306,8 +349,8 @@ async fn run(config: Config, config_path: PathBuf, node: Option<String>) -> i32 
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
         }
         notify(Notify::Ready);
-    }
-    tracing::info!("stopping");
+    };
+    tracing::info!("stopping on {signal}");
     notify(Notify::Stopping);
     peer_task.abort();
     ctl_task.abort();

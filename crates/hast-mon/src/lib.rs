@@ -1,4 +1,4 @@
-//! hast-mon: the failover monitor of SPEC §5 (`hastmon`, `hastmonctl`).
+//! hast-mon: the failover monitor of docs/overview.md §5 (`hastmon`, `hastmonctl`).
 //!
 //! `conf` reads `/etc/hastmon.conf` (hastmon's grammar, with the tokenizer of
 //! hast.conf); `auth` is the sans-IO, replay-protected request/reply framing

@@ -3,7 +3,7 @@
 //! I/O; it returns [`Action`]s (send a request, run the `exec` script,
 //! persist the witness state) that the daemon carries out and reports back.
 //!
-//! The rules (SPEC §5, HASTMON(8) plus what makes it safe):
+//! The rules (docs/overview.md §5, HASTMON(8) plus what makes it safe):
 //! - **Lease.** The primary heartbeats every remote each `heartbeat_interval`.
 //!   A remote that grants promises, on its own clock, not to help anyone take
 //!   over for `lease` from when it received the heartbeat. The primary counts

@@ -650,7 +650,7 @@ impl Negotiation {
                 self.meta_context(opt, payload, catalog, &mut out);
                 Outcome::Continue
             }
-            // EXTENDED_HEADERS is unsupported here (SPEC §2): qemu falls back on
+            // EXTENDED_HEADERS is unsupported here (docs/overview.md §2): qemu falls back on
             // ERR_UNSUP.
             _ => {
                 push_option_reply(&mut out, opt, REP_ERR_UNSUP, b"option not supported");

@@ -1,4 +1,4 @@
-//! hast-nbd: the NBD protocol as hast's client access path (SPEC §2).
+//! hast-nbd: the NBD protocol as hast's client access path (docs/overview.md §2).
 //!
 //! A pure, sans-IO codec — [`proto`] (constants and value types),
 //! [`handshake`] (fixed-newstyle option haggling as the [`Negotiation`]

@@ -18,7 +18,7 @@ type TlsIdentity = Arc<crate::replication::tls::Identity>;
 
 /// How long a stopping hastd waits for the journal to take its last events.
 const JOURNAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-use hast_sys::daemon::{notify, Daemon, Notify, Signal, Signals};
+use hast_sys::daemon::{notify, Daemon, Detach, Notify, Signal, Signals};
 
 pub fn main(args: Args) -> i32 {
     // Absolute config path: a daemon must find it again on SIGHUP whatever
@@ -33,7 +33,11 @@ pub fn main(args: Args) -> i32 {
     };
     keep_payload_buffers();
     let pid_path = args.pidfile.clone().unwrap_or(config.pidfile.clone());
-    let Daemon { pidfile, runtime } = match hast_sys::daemon::start(
+    let Daemon {
+        pidfile,
+        runtime,
+        detach,
+    } = match hast_sys::daemon::start(
         c"hastd",
         &pid_path,
         args.foreground,
@@ -44,6 +48,7 @@ pub fn main(args: Args) -> i32 {
         // cross-thread wake-ups cost more than the work they share.
         // Disk waits stay on the blocking pool (see `datapath`).
         hast_sys::daemon::Threads::One,
+        &config.state_dir.join("hastd.log"),
     ) {
         Ok(d) => d,
         Err(code) => return code,
@@ -54,6 +59,7 @@ pub fn main(args: Args) -> i32 {
         tls_identity,
         config_path,
         args.node.clone(),
+        detach,
     ));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     pidfile.remove();
@@ -123,6 +129,7 @@ async fn run(
     tls_identity: Option<TlsIdentity>,
     config_path: std::path::PathBuf,
     node: Option<String>,
+    mut detach: Detach,
 ) -> i32 {
     let control_path = match &config.control {
         hast_conf::Addr::Unix(p) => p.clone(),
@@ -267,7 +274,7 @@ async fn run(
         node = %config.node,
         resources = config.resources.len(),
         control = %control_path.display(),
-        nbd = ?env.nbd_tcp,
+        nbd = %env.nbd_tcp.as_deref().unwrap_or("none"),
         nbd_tls = %tls_shown,
         "hastd started"
     );
@@ -276,9 +283,15 @@ async fn run(
         tracing::info!(fingerprint = %id.fingerprint, "TLS certificate loaded");
     }
     warn_exposed(&config);
+    // Every listener is bound: a background hastd leaves the terminal now,
+    // and its parent exits 0.
+    detach.ready();
     notify(Notify::Ready);
     let mut current = config;
-    while signals.next().await == Signal::Reload {
+    let signal = loop {
+        if let Signal::Stop(name) = signals.next().await {
+            break name;
+        }
         notify(Notify::Reloading);
         match load(&config_path, node.as_deref()) {
             Ok((new, tls, identity)) => {
@@ -308,8 +321,8 @@ async fn run(
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
         }
         notify(Notify::Ready);
-    }
-    tracing::info!("stopping");
+    };
+    tracing::info!("stopping on {signal}");
     notify(Notify::Stopping);
     control_task.abort();
     registry.set_stopping();

@@ -1,4 +1,4 @@
-//! hastd's side of the event journal (SPEC §7, after ha_star).
+//! hastd's side of the event journal (docs/overview.md §7, after ha_star).
 //!
 //! [`Events`] is the handle every part of hastd emits through. Emitting
 //! never blocks the caller (the data path, a role change, the replication

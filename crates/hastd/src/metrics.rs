@@ -1,4 +1,4 @@
-//! The Prometheus endpoint of hastd (`metrics_listen`, SPEC §9). At each
+//! The Prometheus endpoint of hastd (`metrics_listen`, docs/overview.md §9). At each
 //! scrape every resource task is asked for a [`Sample`]: its `hastctl
 //! status` snapshot (the same code builds both, so the endpoint and the CLI
 //! cannot disagree) plus the data path's request durations, replication

@@ -7,7 +7,7 @@
 //! (secondary) reach the [`DataPath`] directly; a role change only closes
 //! that data path, waits for it to drain, and opens the next one.
 //!
-//! Fencing (SPEC §5): every role change records the epoch it decides
+//! Fencing (docs/overview.md §5): every role change records the epoch it decides
 //! (`crate::epoch`) in the same header write as the role, before an export
 //! is offered; a primary's lease (`hastctl lease`) is a deadline this task
 //! sleeps on, demoting the resource to secondary when it passes. Every
@@ -93,6 +93,7 @@ impl ResourceHandle {
         let task = ResourceTask {
             secret: watch::channel(config.secret.clone()).0,
             pins: watch::channel(config.tls_peer_fingerprints.clone()).0,
+            endpoints: watch::channel(primary::Endpoints::of(&config)).0,
             config: config.clone(),
             env,
             state: State::Init,
@@ -193,6 +194,9 @@ struct ResourceTask {
     /// `config.tls_peer_fingerprints`, shared the same way (a certificate
     /// rotation pins the new fingerprint with a reload).
     pins: watch::Sender<Vec<hast_conf::Fingerprint>>,
+    /// `config.remote` and `config.source`, followed by the primary's
+    /// connector: a reload that changes them reconnects.
+    endpoints: watch::Sender<primary::Endpoints>,
     env: Env,
     state: State,
     /// The component (and the lock on it) between closing one role and
@@ -325,8 +329,12 @@ impl ResourceTask {
                     }
                     self.secret.send_replace(cfg.secret.clone());
                     self.pins.send_replace(cfg.tls_peer_fingerprints.clone());
+                    let moved = primary::Endpoints::of(&cfg) != *self.endpoints.borrow();
                     self.config = *cfg;
                     tracing::info!(resource = %self.config.name, "configuration reloaded");
+                    if moved {
+                        self.follow_remote().await;
+                    }
                 }
                 Command::Peer(conn) => self.peer(*conn).await,
                 Command::Stop(reply) => {
@@ -795,6 +803,7 @@ impl ResourceTask {
             tokio::spawn(primary::run(
                 dp.clone(),
                 self.config.clone(),
+                self.endpoints.subscribe(),
                 self.env.node.clone(),
                 self.secret.subscribe(),
                 self.pins.subscribe(),
@@ -810,6 +819,46 @@ impl ResourceTask {
             connector,
         };
         Ok(epoch)
+    }
+
+    /// `remote` or `source` changed by a reload: as FreeBSD's hastd, drop
+    /// the link so that the next connection follows the new configuration.
+    /// A primary's connector reconnects to the new remote (one is started if
+    /// the resource had none); a secondary drops its primary's session, and
+    /// the primary's reconnection is checked against the new `remote`.
+    async fn follow_remote(&mut self) {
+        let endpoints = primary::Endpoints::of(&self.config);
+        self.endpoints.send_replace(endpoints);
+        match &mut self.state {
+            State::Init => {}
+            State::Primary { dp, connector, .. } => {
+                if connector.is_none() && self.config.remote.is_some() {
+                    *connector = Some(tokio::spawn(primary::run(
+                        dp.clone(),
+                        self.config.clone(),
+                        self.endpoints.subscribe(),
+                        self.env.node.clone(),
+                        self.secret.subscribe(),
+                        self.pins.subscribe(),
+                        self.env.tls.clone(),
+                    )));
+                }
+            }
+            State::Secondary { dp, session } => {
+                if let Some((task, _)) = session.take() {
+                    let live = !task.is_finished();
+                    task.abort();
+                    let _ = task.await;
+                    if live {
+                        let why = "remote changed by reload";
+                        tracing::info!(resource = %self.config.name, "{why}: dropping the primary's connection");
+                        dp.set_peer_tls(None);
+                        dp.set_peer_state(PeerState::Disconnected(Some(why.to_string())));
+                        dp.emit(Kind::Disconnect, &[why], &[("REASON", why.to_string())]);
+                    }
+                }
+            }
+        }
     }
 
     /// A primary connected for this resource.

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     #[error("\"{key}\" is not allowed in the {level}")]
     WrongLevel { key: String, level: Level },
 
+    #[error("the secret is the example's placeholder: generate one with `head -c 32 /dev/urandom | base64`")]
+    PlaceholderSecret,
     #[error("the secret is {len} bytes; at least {min} are required")]
     SecretTooShort { len: usize, min: usize },
     /// The key file hastd's `secret_file` uses too (`hast_conf::secret`).

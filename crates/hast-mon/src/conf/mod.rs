@@ -1,4 +1,4 @@
-//! `/etc/hastmon.conf` to a typed `Config` (SPEC §5), in hastmon's grammar
+//! `/etc/hastmon.conf` to a typed `Config` (docs/overview.md §5), in hastmon's grammar
 //! on hast.conf's lexical and block syntax (`hast_conf::lexer` and
 //! `hast_conf::syntax`):
 //!
@@ -65,6 +65,10 @@ pub const REMOTES_MAX: usize = RESOURCE_NODES_MAX - 1;
 /// Longest duration option, so that deadlines computed from it (`Instant +
 /// Duration`) can never overflow.
 pub const DURATION_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// The `secret` of `contrib/hastmon/hastmon.conf.example`: anyone who read
+/// the example could join, so a copied example is refused until changed.
+pub const PLACEHOLDER_SECRET: &str = "change-me-to-a-random-string-of-32+-chars";
+
 /// Largest `secret_file` read (the key file is shared with hastd).
 pub use hast_conf::secret::SECRET_FILE_SIZE_MAX;
 

@@ -296,6 +296,9 @@ impl Parser<'_> {
             }
             let value = self.r.value(&word)?;
             let key = if word == "secret" {
+                if value == super::PLACEHOLDER_SECRET {
+                    return Err(self.r.err(kw_line, ErrorKind::PlaceholderSecret));
+                }
                 let len = value.len();
                 Key::new(value.into_bytes())
                     .map_err(|_| ErrorKind::SecretTooShort {

@@ -525,13 +525,32 @@ fn load_reads_with_limits() {
     );
 }
 
-/// The shipped example parses for each of its three hosts.
+/// The shipped example is refused as is (its placeholder secret, with its
+/// line) and parses for each of its three hosts once the secret is set.
 #[test]
 fn shipped_example() {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/hastmon/hastmon.conf.example");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.contains(PLACEHOLDER_SECRET))
+        .unwrap();
+    let err = load(&path, Some("nodea")).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{}:{line}: the secret is the example's placeholder",
+            path.display()
+        )),
+        "{err}"
+    );
+    let set = TempFile::new(
+        "example.conf",
+        text.replace(PLACEHOLDER_SECRET, "a-real-secret-of-32-random-chars")
+            .as_bytes(),
+    );
     for node in ["nodea", "nodeb", "nodew"] {
-        let c = load(&path, Some(node)).unwrap_or_else(|e| panic!("{node}: {e}"));
+        let c = load(&set.0, Some(node)).unwrap_or_else(|e| panic!("{node}: {e}"));
         let r = c.resource("shared").unwrap();
         assert_eq!(r.exec, PathBuf::from("/usr/libexec/hast/hastmon-hastd"));
         assert_eq!(r.nodes.len(), 3);

@@ -1,4 +1,4 @@
-//! Freeze and thaw (`hastctl freeze / thaw / query`, SPEC §6): a group of
+//! Freeze and thaw (`hastctl freeze / thaw / query`, docs/overview.md §6): a group of
 //! primary resources whose new modifications are held at admission
 //! (`datapath::gate::Hold`) while reads, flushes and block status go on;
 //! `freeze` answers only once every modification admitted before the hold

@@ -1,4 +1,4 @@
-//! The rules of `hastctl freeze / thaw / query` (SPEC §6, after Tru64
+//! The rules of `hastctl freeze / thaw / query` (docs/overview.md §6, after Tru64
 //! freezefs(2)), with no I/O and no clock: the caller passes `now`. The
 //! book says which resources a freeze may take (none already frozen or
 //! being frozen), how long a group stays frozen, and what `thaw` answers

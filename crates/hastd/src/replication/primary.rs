@@ -28,13 +28,41 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// Bound on connecting and on every handshake step.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the connector dials: the resource's `remote` and `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub remote: Option<Addr>,
+    pub source: Option<Addr>,
+}
+
+impl Endpoints {
+    pub fn of(cfg: &hast_conf::Resource) -> Endpoints {
+        Endpoints {
+            remote: cfg.remote.clone(),
+            source: cfg.source.clone(),
+        }
+    }
+}
+
+/// Resolves when `endpoints` differ from `now` (never if the sender is
+/// gone: the resource task outlives its connector).
+async fn moved(endpoints: &mut watch::Receiver<Endpoints>, now: &Endpoints) {
+    if endpoints.wait_for(|e| e != now).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Runs until the data path is withdrawn (demotion, stop).
 /// `secret` follows the resource's `secret_file` across reloads, `pins` its
 /// `tls_peer_fingerprint` and `identity` the node's `tls_cert`/`tls_key`;
-/// each connection attempt uses what is current then.
+/// each connection attempt uses what is current then. `endpoints` follows
+/// `remote` and `source`: a change drops the link (as FreeBSD's hastd does
+/// on reload) and the next attempt dials the new remote at once.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     dp: Arc<DataPath>,
-    cfg: hast_conf::Resource,
+    mut cfg: hast_conf::Resource,
+    mut endpoints: watch::Receiver<Endpoints>,
     node: String,
     secret: watch::Receiver<Option<hast_conf::Secret>>,
     pins: watch::Receiver<Vec<hast_conf::Fingerprint>>,
@@ -56,6 +84,18 @@ pub async fn run(
             dp.set_peer_state(PeerState::Failed(why.to_string()));
             tokio::select! {
                 _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                _ = dp.withdrawn() => break,
+            }
+            continue;
+        }
+        let now = endpoints.borrow_and_update().clone();
+        cfg.remote.clone_from(&now.remote);
+        cfg.source.clone_from(&now.source);
+        if cfg.remote.is_none() {
+            // `remote none` by a reload: nothing to dial until one is set.
+            dp.set_peer_state(PeerState::None);
+            tokio::select! {
+                _ = moved(&mut endpoints, &now) => {}
                 _ = dp.withdrawn() => break,
             }
             continue;
@@ -98,6 +138,16 @@ pub async fn run(
                 // still flushes the peer through this link, and only then is
                 // the link failed (by the resource task). So on withdrawal
                 // just stop copying and let the link live until then.
+                let follow = {
+                    let (mut endpoints, link, name) =
+                        (endpoints.clone(), link.clone(), cfg.name.clone());
+                    let now = now.clone();
+                    tokio::spawn(async move {
+                        moved(&mut endpoints, &now).await;
+                        tracing::info!(resource = %name, "remote changed by reload: reconnecting");
+                        link.fail("remote changed by reload");
+                    })
+                };
                 let synced = resync::run(dp.clone(), link.clone(), direction).await;
                 match synced {
                     Ok(bytes) => match finish_sync(&dp, &link, &peer).await {
@@ -113,6 +163,7 @@ pub async fn run(
                     Err(e) => link.fail(&e),
                 }
                 link.dead().await;
+                follow.abort();
                 dp.set_link(None);
                 runner.abort();
                 dp.set_sync_from_peer(false);
@@ -151,6 +202,12 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = dp.withdrawn() => break,
+            // A new remote is tried at once.
+            _ = moved(&mut endpoints, &now) => {
+                backoff = BACKOFF_FIRST;
+                last_error.clear();
+                continue;
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
