@@ -132,7 +132,7 @@ fn sighup_reload_adds_removes_and_refuses_bad_config() {
     .unwrap_or_else(|| panic!("r0 still exported after removal:\n{}", n.log()));
     assert_eq!(gone, vec!["r1".to_string()]);
     let out = n.hastctl(&["status", "r0"]);
-    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert_eq!(out.status.code(), Some(66), "{out:?}");
     // The removed resource was closed cleanly: its metadata says init.
     // The export goes first, the metadata is written after the drain.
     let closed = wait_for(WAIT, || {
