@@ -75,9 +75,13 @@ fn no_reference_outside_the_repository() {
                 .chars()
                 .take_while(|c| c.is_ascii_digit())
                 .collect();
+            if n.is_empty() {
+                // Not a citation: this file's own strings, a `§N` placeholder.
+                continue;
+            }
             let heading = format!("## {n}. ");
             let sub = format!("**{n}.");
-            if n.is_empty() || !(overview.contains(&heading) || overview.contains(&sub)) {
+            if !(overview.contains(&heading) || overview.contains(&sub)) {
                 bad.push(format!("{f}: overview.md §{n} is no section"));
             }
         }
