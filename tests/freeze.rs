@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use hast_testkit::coherence::{self, DependentWriter};
 use hast_testkit::pair::{qemu_io, VersionedWriter};
 use hast_testkit::{
-    bins, python_command, require_python_nbd, require_tool, tail, timeout_s, wait_for, Node, Pair,
-    Proc, ResourceSpec, Side, MIB,
+    bins, require_python_nbd, require_tool, tail, timeout_s, wait_for, Node, Pair, Proc,
+    ResourceSpec, Side, MIB,
 };
 use serde_json::Value;
 
@@ -488,24 +489,9 @@ fn a_reload_keeps_a_frozen_resources_identity() {
     assert!(init.is_some(), "{}", status(&n, "r0"));
 }
 
-/// Reads `slots` u64 values (the first 8 bytes of each 4 KiB block) of
-/// `res`'s data area from its component file.
+/// Reads `count` slots of `res`'s data area from its component file.
 fn slots(n: &Node, res: &str, count: usize) -> Vec<u64> {
-    let raw = on_disk(n, res, 0, count * 4096);
-    raw.chunks(4096)
-        .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes")))
-        .collect()
-}
-
-/// The slots where a commit (r1) is newer than its record (r0).
-fn violations(records: &[u64], commits: &[u64]) -> Vec<(usize, u64, u64)> {
-    records
-        .iter()
-        .zip(commits)
-        .enumerate()
-        .filter(|(_, (r, c))| c > r)
-        .map(|(i, (r, c))| (i, *r, *c))
-        .collect()
+    coherence::slots(&on_disk(n, res, 0, count * coherence::SLOT))
 }
 
 #[test]
@@ -515,27 +501,12 @@ fn a_group_freeze_gives_a_coherent_copy_of_dependent_writes() {
     }
     const SLOTS: usize = 64;
     let n = node("freeze-coherent", &["r0", "r1"], &["r0", "r1"]);
-    let stop = n.dir().join("writer.stop");
-    let out = n.dir().join("writer.out");
-    let mut cmd = python_command(
-        "dependent_writer.py",
-        &[
-            "--records",
-            &n.uri("r0"),
-            "--commits",
-            &n.uri("r1"),
-            "--slots",
-            &SLOTS.to_string(),
-            "--stop-file",
-            stop.to_str().expect("utf-8"),
-        ],
-    );
-    let mut writer = Proc::spawn(&mut cmd, "dependent_writer", Some(&out)).expect("start writer");
+    let writer = DependentWriter::start(n.dir(), &n.uri("r0"), &n.uri("r1"), SLOTS);
     let progress = |n: &Node| slots(n, "r1", SLOTS).into_iter().max().unwrap_or(0);
     assert!(
         wait_for(WAIT, || (progress(&n) > 1000).then_some(())).is_some(),
         "the writer does not progress: {}",
-        std::fs::read_to_string(&out).unwrap_or_default()
+        writer.output()
     );
 
     // Without a freeze, r0 then r1 copied a little apart: commits newer
@@ -545,7 +516,7 @@ fn a_group_freeze_gives_a_coherent_copy_of_dependent_writes() {
         let records = slots(&n, "r0", SLOTS);
         std::thread::sleep(Duration::from_millis(50));
         let commits = slots(&n, "r1", SLOTS);
-        seen += violations(&records, &commits).len();
+        seen += coherence::violations(&records, &commits).len();
         if seen > 0 {
             break;
         }
@@ -567,7 +538,7 @@ fn a_group_freeze_gives_a_coherent_copy_of_dependent_writes() {
         let commits = slots(&n, "r1", SLOTS);
         let again = slots(&n, "r0", SLOTS);
         n.hastctl_ok(&["thaw", "r0", "r1"]);
-        let bad = violations(&records, &commits);
+        let bad = coherence::violations(&records, &commits);
         assert!(
             bad.is_empty(),
             "round {round}: commits without records (slot, record, commit): {bad:?}"
@@ -582,8 +553,5 @@ fn a_group_freeze_gives_a_coherent_copy_of_dependent_writes() {
         "5 frozen copies coherent; the writer reached n={}",
         progress(&n)
     );
-    std::fs::write(&stop, "").expect("stop file");
-    let st = writer.wait_timeout(timeout_s(30)).expect("writer stops");
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    assert!(st.success(), "writer failed ({st}):\n{text}");
+    writer.finish();
 }

@@ -22,12 +22,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use hast_testkit::coherence::{self, DependentWriter};
 use hast_testkit::hastcd::Ext4Client;
 use hast_testkit::pair::qemu_io;
 use hast_testkit::tools::{fsck_ext4, require_ext4};
 use hast_testkit::{
-    bins, python_command, require_python_nbd, require_tool, tail, timeout_s, wait_for, LoopMount,
-    Node, Pair, Proc, ResourceSpec, Side, TempDir, MIB,
+    bins, require_python_nbd, require_tool, tail, timeout_s, wait_for, LoopMount, Node, Pair, Proc,
+    ResourceSpec, Side, TempDir, MIB,
 };
 use serde_json::Value;
 
@@ -91,26 +92,13 @@ fn outdir(n: &Node, name: &str) -> PathBuf {
     d
 }
 
-/// `count` slots (the first 8 bytes of each 4 KiB block) of an image.
+/// `count` slots of an image.
 fn slots(image: &Path, count: usize) -> Vec<u64> {
-    let mut raw = vec![0u8; count * 4096];
+    let mut raw = vec![0u8; count * coherence::SLOT];
     std::fs::File::open(image)
         .and_then(|mut f| f.read_exact(&mut raw))
         .unwrap_or_else(|e| panic!("read {}: {e}", image.display()));
-    raw.chunks(4096)
-        .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes")))
-        .collect()
-}
-
-/// The slots where a commit (r1) is newer than its record (r0).
-fn violations(records: &[u64], commits: &[u64]) -> Vec<(usize, u64, u64)> {
-    records
-        .iter()
-        .zip(commits)
-        .enumerate()
-        .filter(|(_, (r, c))| c > r)
-        .map(|(i, (r, c))| (i, *r, *c))
-        .collect()
+    coherence::slots(&raw)
 }
 
 #[test]
@@ -120,22 +108,7 @@ fn group_snapshots_are_coherent_and_one_by_one_ones_are_not() {
     }
     const SLOTS: usize = 64;
     let n = node("snap-coherent", &[("r0", 32 * MIB), ("r1", 32 * MIB)]);
-    let stop = n.dir().join("writer.stop");
-    let out = n.dir().join("writer.out");
-    let mut cmd = python_command(
-        "dependent_writer.py",
-        &[
-            "--records",
-            &n.uri("r0"),
-            "--commits",
-            &n.uri("r1"),
-            "--slots",
-            &SLOTS.to_string(),
-            "--stop-file",
-            stop.to_str().expect("utf-8"),
-        ],
-    );
-    let mut writer = Proc::spawn(&mut cmd, "dependent_writer", Some(&out)).expect("start writer");
+    let writer = DependentWriter::start(n.dir(), &n.uri("r0"), &n.uri("r1"), SLOTS);
     let progress = |d: &Path| {
         slots(&d.join("r1.img"), SLOTS)
             .into_iter()
@@ -150,7 +123,7 @@ fn group_snapshots_are_coherent_and_one_by_one_ones_are_not() {
         let d1 = outdir(&n, &format!("apart-{round}-r1"));
         snapshot(&n, &d0, &["r0"]);
         snapshot(&n, &d1, &["r1"]);
-        let bad = violations(
+        let bad = coherence::violations(
             &slots(&d0.join("r0.img"), SLOTS),
             &slots(&d1.join("r1.img"), SLOTS),
         );
@@ -162,7 +135,7 @@ fn group_snapshots_are_coherent_and_one_by_one_ones_are_not() {
     assert!(
         seen > 0,
         "snapshots taken one after the other never showed a commit without its record: {}",
-        std::fs::read_to_string(&out).unwrap_or_default()
+        writer.output()
     );
     eprintln!("one-by-one snapshots: {seen} slots with a commit newer than its record");
 
@@ -182,7 +155,7 @@ fn group_snapshots_are_coherent_and_one_by_one_ones_are_not() {
             .sum::<u64>();
         let records = slots(&d.join("r0.img"), SLOTS);
         let commits = slots(&d.join("r1.img"), SLOTS);
-        let bad = violations(&records, &commits);
+        let bad = coherence::violations(&records, &commits);
         assert!(
             bad.is_empty(),
             "round {round}: commits without records (slot, record, commit): {bad:?}"
@@ -200,10 +173,7 @@ fn group_snapshots_are_coherent_and_one_by_one_ones_are_not() {
         "20 group snapshots coherent; frozen ms median {} max {}; {preserved} bytes copied before writes",
         frozen[10], frozen[19]
     );
-    std::fs::write(&stop, "").expect("stop file");
-    let st = writer.wait_timeout(timeout_s(30)).expect("writer stops");
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    assert!(st.success(), "writer failed ({st}):\n{text}");
+    writer.finish();
 }
 
 #[test]

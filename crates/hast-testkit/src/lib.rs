@@ -14,6 +14,7 @@
 //! name, every wait has a bound, and a failing test prints the daemon's log.
 
 pub mod cluster;
+pub mod coherence;
 pub mod env;
 pub mod faults;
 pub mod hacluster;
