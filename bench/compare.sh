@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# Benchmark hastd (one node, `remote none`) against qemu-nbd and nbdkit serving the
-# same kind of file, in ONE run on this machine (docs/overview.md §11, issue 2).
+# Benchmark hastd (one node, `remote none`) against nbdkit and qemu-nbd serving the
+# same kind of file, in ONE run on this machine (docs/overview.md §11, issues 2 and 15).
 #
 #   bench/compare.sh            # 4 GiB files, 20 s per figure
 #   BENCH_SIZE=1G BENCH_RUNTIME=5 bench/compare.sh     # quick look
 #
-# Every server gets its own sparse file of BENCH_SIZE, filled once through NBD
-# (1 MiB sequential writes) so reads hit data, not holes. qemu-nbd runs with the
-# page cache in writeback mode (--cache=writeback -f raw --aio=threads), nbdkit's
-# file plugin with its default cache (the page cache), hastd with `remote none`.
-# Each workload is run against the three servers in turn (interleaved, so drift
-# in the machine's state hits all three alike) with fio --ioengine=nbd:
+# Servers: hastd (`remote none`); nbdkit's file plugin (its default cache: the page
+# cache); qemu-nbd with --aio=threads and with --aio=io_uring (page cache in
+# writeback mode, -f raw); and nbdkit's memory plugin, which keeps no file at all:
+# the ceiling of the protocol on this machine, shown but not a peer to beat. Every
+# file-backed server gets its own sparse file of BENCH_SIZE, filled once through
+# NBD (1 MiB sequential writes) so reads hit data, not holes. Each workload is run
+# against every server in turn (interleaved, so drift in the machine's state hits
+# all alike) with fio --ioengine=nbd:
 #
 #   4 KiB random read  QD32        4 KiB random write QD32
 #   1 MiB sequential read QD4      1 MiB sequential write QD4
 #   4 KiB random write QD1 (latency)
 #
-# and a table prints IOPS, MiB/s, mean and p99 completion latency, and the ratio
-# hastd/qemu-nbd. Goal (unreplicated): ratio >= 1.0 for IOPS and MiB/s, <= 1.0
-# for latency. hastd is built in release mode first. Every process started here is
-# stopped by its PID on exit. Needs: cargo, fio (with the nbd engine), qemu-nbd,
-# nbdkit, nbdinfo, python3.
+# A table prints IOPS, MiB/s, mean and p99 completion latency and the server's CPU
+# cost (user + system seconds from /proc/PID/stat over the run, per 100k requests
+# for 4 KiB workloads, per GiB moved for 1 MiB ones), and the ratio of hastd to the
+# best peer (nbdkit file, qemu-nbd threads or io_uring) on each row. Goal: >= 1.00
+# for IOPS and MiB/s, <= 1.00 for latency and CPU. hastd is built in release mode
+# first. Every process started here is stopped by its PID on exit. Needs: cargo,
+# fio (with the nbd engine), qemu-nbd, nbdkit, nbdinfo, python3.
 #
 # Environment: BENCH_SIZE (4G), BENCH_RUNTIME (seconds per figure, 20),
 # BENCH_RAMP (seconds, 2), BENCH_DIR (where the files go, /var/tmp),
@@ -62,14 +66,19 @@ EOF
 "$HASTCTL" create -c "$H/hast.conf" --node benchnode bench
 "$HASTD" -F -c "$H/hast.conf" --node benchnode 2>"$H/hastd.log" &
 PIDS+=($!)
+SERVER_PID[hastd]=$!
 for i in $(seq 100); do [ -S "$H/ctl.sock" ] && break; sleep 0.1; done
 "$HASTCTL" role -c "$H/hast.conf" --node benchnode primary bench
 HURI=nbd://127.0.0.1:$HPORT/bench
 wait_export "$HURI" 20
 
-# ---- qemu-nbd ---------------------------------------------------------------
-qemu_export "$WORK/qemu" "$SIZE"
+# ---- qemu-nbd, threads and io_uring ----------------------------------------
+qemu_export "$WORK/qemu" "$SIZE" threads
 QURI=$QEMU_URI
+SERVER_PID[qemu-threads]=$QEMU_PID
+qemu_export "$WORK/qemu-uring" "$SIZE" io_uring
+QUURI=$QEMU_URI
+SERVER_PID[qemu-uring]=$QEMU_PID
 
 # ---- nbdkit file ------------------------------------------------------------
 K=$WORK/nbdkit
@@ -78,16 +87,26 @@ truncate -s "$SIZE" "$K/bench.img"
 KPORT=$(free_port)
 nbdkit -f -i 127.0.0.1 -p "$KPORT" file file="$K/bench.img" 2>"$K/nbdkit.log" &
 PIDS+=($!)
+SERVER_PID[nbdkit-file]=$!
 KURI=nbd://127.0.0.1:$KPORT/
 wait_export "$KURI" 20
 
-SERVERS=(hastd qemu-nbd nbdkit)
-declare -A URI=([hastd]=$HURI [qemu-nbd]=$QURI [nbdkit]=$KURI)
+# ---- nbdkit memory (the ceiling) --------------------------------------------
+MPORT=$(free_port)
+nbdkit -f -i 127.0.0.1 -p "$MPORT" memory size="$SIZE" 2>"$WORK/nbdkit-memory.log" &
+PIDS+=($!)
+SERVER_PID[nbdkit-memory]=$!
+MURI=nbd://127.0.0.1:$MPORT/
+wait_export "$MURI" 20
+
+SERVERS=(hastd nbdkit-file qemu-threads qemu-uring nbdkit-memory)
+declare -A URI=([hastd]=$HURI [nbdkit-file]=$KURI [qemu-threads]=$QURI [qemu-uring]=$QUURI
+    [nbdkit-memory]=$MURI)
 # The data size differs a little (hastd keeps its metadata in the file): use the
 # smallest, so every server sees the same offsets.
 DATASIZE=$(smallest_size)
 
-echo "== filling the three ${SIZE} files through NBD" >&2
+echo "== filling every server (${SIZE}) through NBD" >&2
 fill_servers
 
 # name rw bs iodepth
@@ -103,15 +122,16 @@ run_workloads
 echo
 echo "hast bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, file ${SIZE}, ${RUNTIME} s per figure"
 "$PY" - "$WORK" <<'EOF'
-import json, sys
+import json, os, sys
 work = sys.argv[1]
-servers = ["hastd", "qemu-nbd", "nbdkit"]
-workloads = [("randread-4k-qd32", "read", "4 KiB rand read QD32"),
-             ("randwrite-4k-qd32", "write", "4 KiB rand write QD32"),
-             ("seqread-1m-qd4", "read", "1 MiB seq read QD4"),
-             ("seqwrite-1m-qd4", "write", "1 MiB seq write QD4"),
-             ("randwrite-4k-qd1", "write", "4 KiB write QD1")]
-def figures(name, server, rw):
+servers = ["hastd", "nbdkit-file", "qemu-threads", "qemu-uring", "nbdkit-memory"]
+peers = ["nbdkit-file", "qemu-threads", "qemu-uring"]
+workloads = [("randread-4k-qd32", "read", "4 KiB rand read QD32", False),
+             ("randwrite-4k-qd32", "write", "4 KiB rand write QD32", False),
+             ("seqread-1m-qd4", "read", "1 MiB seq read QD4", True),
+             ("seqwrite-1m-qd4", "write", "1 MiB seq write QD4", True),
+             ("randwrite-4k-qd1", "write", "4 KiB write QD1", False)]
+def figures(name, server, rw, big):
     with open("%s/%s-%s.json" % (work, name, server)) as f:
         text = f.read()
     job = json.loads(text[text.index("{"):])["jobs"][0]
@@ -119,24 +139,44 @@ def figures(name, server, rw):
         raise SystemExit("fio reported error %s for %s on %s" % (job["error"], name, server))
     d = job[rw]
     pct = d["clat_ns"].get("percentile", {})
-    return {"IOPS": d["iops"], "MiB/s": d["bw"] / 1024.0,
-            "lat mean us": d["clat_ns"]["mean"] / 1000.0,
-            "lat p99 us": pct.get("99.000000", 0) / 1000.0}
-print("| workload | figure | hastd | qemu-nbd | nbdkit | hastd/qemu-nbd |")
-print("|---|---|---:|---:|---:|---:|")
-for name, rw, label in workloads:
-    f = {s: figures(name, s, rw) for s in servers}
-    keys = ["IOPS", "MiB/s", "lat mean us", "lat p99 us"]
+    out = {"IOPS": d["iops"], "MiB/s": d["bw"] / 1024.0,
+           "lat mean us": d["clat_ns"]["mean"] / 1000.0,
+           "lat p99 us": pct.get("99.000000", 0) / 1000.0}
+    cpu = "%s/%s-%s.cpu" % (work, name, server)
+    if os.path.exists(cpu):
+        a, b = (float(x) for x in open(cpu).read().split())
+        # The CPU was measured over the ramp too: count its requests as well,
+        # at the rate fio measured after it.
+        ios, nbytes = d["total_ios"], d["io_bytes"]
+        ramp = float(job["job options"].get("ramp_time", 0) or 0)
+        if ramp and d["runtime"]:
+            scale = (d["runtime"] / 1000.0 + ramp) / (d["runtime"] / 1000.0)
+            ios, nbytes = ios * scale, nbytes * scale
+        if big:
+            out["CPU s/GiB"] = (b - a) / (nbytes / 2**30) if nbytes else float("nan")
+        else:
+            out["CPU s/100k req"] = (b - a) / (ios / 1e5) if ios else float("nan")
+    return out
+print("| workload | figure | " + " | ".join(servers) + " | hastd / best peer |")
+print("|---|---|" + "---:|" * len(servers) + "---:|")
+for name, rw, label, big in workloads:
+    f = {s: figures(name, s, rw, big) for s in servers}
+    keys = ["IOPS", "MiB/s", "lat mean us", "lat p99 us", "CPU s/GiB" if big else "CPU s/100k req"]
     for k in keys:
-        q = f["qemu-nbd"][k]
-        ratio = f["hastd"][k] / q if q else float("nan")
+        if not all(k in f[s] for s in servers):
+            continue
         higher_is_better = k in ("IOPS", "MiB/s")
+        vals = [f[p][k] for p in peers]
+        best = max(vals) if higher_is_better else min(vals)
+        ratio = f["hastd"][k] / best if best else float("nan")
         ok = ratio >= 1.0 if higher_is_better else ratio <= 1.0
-        fmt = "%.0f" if k == "IOPS" else "%.1f"
-        print("| %s | %s | %s | %s | %s | %.2f%s |" % (
-            label, k, fmt % f["hastd"][k], fmt % f["qemu-nbd"][k], fmt % f["nbdkit"][k],
+        fmt = "%.0f" if k == "IOPS" else ("%.3f" if k.startswith("CPU") else "%.1f")
+        print("| %s | %s | %s | %.2f%s |" % (
+            label, k, " | ".join(fmt % f[s][k] for s in servers),
             ratio, "" if ok else " (below)"))
         label = ""
 print()
-print("ratio = hastd / qemu-nbd; goal >= 1.00 for IOPS and MiB/s, <= 1.00 for latency.")
+print("best peer = the best of nbdkit file, qemu-nbd threads and io_uring on that row;")
+print("goal >= 1.00 for IOPS and MiB/s, <= 1.00 for latency and CPU. nbdkit memory keeps")
+print("no file: the protocol's ceiling on this machine, not a peer.")
 EOF

@@ -5,6 +5,8 @@
 # -> nbd URI), DATASIZE, WORKLOADS, RUNTIME and RAMP.
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+# server -> PID, for the CPU each run costs it (run_workloads); optional.
+declare -A SERVER_PID=()
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
@@ -70,19 +72,26 @@ bench_build() {
     HASTCTL=$TARGET/release/hastctl
 }
 
-# qemu_export DIR SIZE: serves a fresh sparse DIR/bench.img of SIZE with qemu-nbd
-# (page cache in writeback mode), waits until it answers and sets QEMU_URI. A
-# variable rather than stdout, so the PID lands in this shell's PIDS.
+# qemu_export DIR SIZE [AIO]: serves a fresh sparse DIR/bench.img of SIZE with
+# qemu-nbd (page cache in writeback mode, --aio=AIO, default threads), waits until
+# it answers and sets QEMU_URI and QEMU_PID. Variables rather than stdout, so the
+# PID lands in this shell's PIDS.
 qemu_export() {
-    local d=$1 port
+    local d=$1 aio=${3:-threads} port
     mkdir -p "$d"
     truncate -s "$2" "$d/bench.img"
     port=$(free_port)
-    qemu-nbd -f raw --cache=writeback --aio=threads -t -e 16 -b 127.0.0.1 -p "$port" \
+    qemu-nbd -f raw --cache=writeback --aio="$aio" -t -e 16 -b 127.0.0.1 -p "$port" \
         -x bench "$d/bench.img" 2>"$d/qemu-nbd.log" &
-    PIDS+=($!)
+    QEMU_PID=$!
+    PIDS+=($QEMU_PID)
     QEMU_URI=nbd://127.0.0.1:$port/bench
     wait_export "$QEMU_URI" 20
+}
+
+# cpu_seconds PID: user + system CPU time the process used so far, in seconds.
+cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
 # smallest_size: the smallest export size among SERVERS (by URI[server]), so
@@ -104,7 +113,8 @@ fill_servers() {
 
 # run_workloads: every WORKLOADS entry ("name rw bs iodepth") against every
 # server in SERVERS in turn (interleaved, so drift in the machine's state hits
-# all alike), fio's JSON in WORK/NAME-SERVER.json. Each run starts after a
+# all alike), fio's JSON in WORK/NAME-SERVER.json; for a server whose PID is in
+# SERVER_PID, its CPU seconds before and after in WORK/NAME-SERVER.cpu. Each run starts after a
 # `sync`, so no server pays for the writeback of the one measured before it.
 run_workloads() {
     local w s name rw bs qd
@@ -113,10 +123,17 @@ run_workloads() {
         for s in "${SERVERS[@]}"; do
             echo "== $name on $s" >&2
             sync
+            local cpu0=""
+            [ -n "${SERVER_PID[$s]:-}" ] && cpu0=$(cpu_seconds "${SERVER_PID[$s]}")
             fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
                 --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
                 --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
                 --output="$WORK/$name-$s.json" >/dev/null
+            # The server's CPU over the whole run, ramp included (fio's
+            # figures leave the ramp out: the cost per request is over both).
+            if [ -n "$cpu0" ]; then
+                echo "$cpu0 $(cpu_seconds "${SERVER_PID[$s]}")" >"$WORK/$name-$s.cpu"
+            fi
         done
     done
 }
