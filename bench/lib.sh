@@ -137,3 +137,96 @@ run_workloads() {
         done
     done
 }
+
+# cert DIR NAME: a self-signed P-256 certificate DIR/NAME.crt and key
+# DIR/NAME.key (as docs/security.md makes them); prints its fingerprint.
+cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=$2" -keyout "$1/$2.key" -out "$1/$2.crt" 2>/dev/null
+    chmod 600 "$1/$2.key"
+    openssl x509 -noout -fingerprint -sha256 -in "$1/$2.crt" | cut -d= -f2
+}
+
+# pair DIR MODE SIZE [LINK [CREATE_ARGS]]: writes a two-node config for one
+# resource `bench`, creates both components (with CREATE_ARGS, e.g. "-k 2048"),
+# starts both daemons (their PIDs in PAIR_PID[a] and PAIR_PID[b]); prints
+# nothing. Roles are set by the caller. LINK: plain (default), hmac (a
+# secret_file) or tls.
+declare -A PAIR_PID=()
+pair() {
+    local d=$1 mode=$2 size=$3 link=${4:-plain} create_args=${5:-}
+    mkdir -p "$d"
+    local na nb ra rb scheme=tcp tls_a="" tls_b="" pin_a="" pin_b="" secret=""
+    na=$(free_port); nb=$(free_port); ra=$(free_port); rb=$(free_port)
+    if [ "$link" = hmac ]; then
+        (umask 077; head -c 32 /dev/urandom | base64 >"$d/repl.key")
+        secret="secret_file $d/repl.key"
+    elif [ "$link" = tls ]; then
+        scheme=tls
+        tls_a="tls_cert $d/a.crt
+    tls_key $d/a.key"
+        tls_b="tls_cert $d/b.crt
+    tls_key $d/b.key"
+        pin_b="tls_peer_fingerprint $(cert "$d" a)"
+        pin_a="tls_peer_fingerprint $(cert "$d" b)"
+    fi
+    cat >"$d/hast.conf" <<CONF
+$secret
+on nodea {
+    control uds://$d/a.sock
+    pidfile $d/a.pid
+    nbd_listen tcp://127.0.0.1:$na
+    nbd_socket_dir $d/nbda
+    state_dir $d/statea
+    listen $scheme://127.0.0.1:$ra
+    $tls_a
+}
+on nodeb {
+    control uds://$d/b.sock
+    pidfile $d/b.pid
+    nbd_listen tcp://127.0.0.1:$nb
+    nbd_socket_dir $d/nbdb
+    state_dir $d/stateb
+    listen $scheme://127.0.0.1:$rb
+    $tls_b
+}
+resource bench {
+    replication $mode
+    on nodea {
+        local $d/a.img
+        remote $scheme://127.0.0.1:$rb
+        $pin_a
+    }
+    on nodeb {
+        local $d/b.img
+        remote $scheme://127.0.0.1:$ra
+        $pin_b
+    }
+}
+CONF
+    truncate -s "$size" "$d/a.img" "$d/b.img"
+    local n i
+    for n in nodea nodeb; do
+        # shellcheck disable=SC2086 # CREATE_ARGS is a list of words
+        "$HASTCTL" create -c "$d/hast.conf" --node $n $create_args bench
+        pair_start "$d" $n
+    done
+    for n in a b; do
+        for i in $(seq 100); do [ -S "$d/$n.sock" ] && break; sleep 0.1; done
+    done
+    echo "nbd://127.0.0.1:$na/bench" >"$d/uri"
+}
+# pair_start DIR NODE: starts that node's hastd of the pair in DIR.
+pair_start() {
+    "$HASTD" -F -c "$1/hast.conf" --node "$2" 2>>"$1/$2.log" &
+    PIDS+=($!)
+    PAIR_PID[${2#node}]=$!
+}
+ctl() { local d=$1 n=$2; shift 2; "$HASTCTL" -c "$d/hast.conf" --node "$n" "$@"; }
+wait_complete() {
+    local d=$1 deadline=$((SECONDS + $2))
+    until ctl "$d" nodea status bench | grep -q complete && ctl "$d" nodeb status bench | grep -q complete; do
+        [ $SECONDS -lt $deadline ] || { echo "$BENCH_NAME: $d not in sync after $2 s" >&2; return 1; }
+        sleep 0.05
+    done
+}
