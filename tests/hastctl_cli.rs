@@ -73,7 +73,7 @@ fn create_then_dump_shows_every_field() {
     let datasize = num(&d, "datasize");
     let localoff = num(&d, "localoff");
     assert_eq!(num(&d, "extentsize"), 2 * MIB, "default extent size");
-    assert_eq!(num(&d, "keepdirty"), 64, "default keepdirty");
+    assert_eq!(num(&d, "keepdirty"), 2048, "default keepdirty");
     assert_eq!(num(&d, "localcnt"), 0);
     assert_eq!(num(&d, "remotecnt"), 0);
     assert_eq!(d["prevrole"], "init");
@@ -567,7 +567,7 @@ fn status_and_list_text_and_json() {
     let l = status_json(&node, "list");
     let (r0, r1) = (resource(&l, "r0"), resource(&l, "r1"));
     assert_eq!(meta(r0, "extentsize"), Some(2 * MIB), "{l}");
-    assert_eq!(meta(r0, "keepdirty"), Some(64), "{l}");
+    assert_eq!(meta(r0, "keepdirty"), Some(2048), "{l}");
     assert_eq!(meta(r1, "extentsize"), Some(MIB), "{l}");
     assert_eq!(meta(r1, "keepdirty"), Some(16), "{l}");
     assert_eq!(meta(r0, "datasize"), Some(node.datasize("r0")), "{l}");

@@ -123,6 +123,16 @@ pub enum FreezeTimeout {
 /// Longest timeout `hastctl freeze -t` may ask for: one day.
 pub const FREEZE_TIMEOUT_MAX_SECS: u64 = 86_400;
 
+/// How hastd's refusal of a hand-made promotion beside a connected primary
+/// begins (after the resource's name): `hastctl` waits a little and asks
+/// again, since the peer it saw may be demoting right now (the switchover
+/// recipe: `role secondary` there, then at once `role primary` here).
+pub const PEER_IS_PRIMARY: &str = "the peer is primary and connected";
+
+/// How long `hastctl role primary` keeps asking while the peer it is
+/// connected to still looks primary.
+pub const PEER_IS_PRIMARY_PATIENCE_MS: u64 = 3000;
+
 /// Longest lease `hastctl lease -t` may ask for: one day.
 pub const LEASE_MS_MAX: u64 = 86_400_000;
 

@@ -415,9 +415,11 @@ impl ResourceTask {
         Some(api_err(
             ErrorKind::NoPerm,
             format!(
-                "{}: the peer is primary and connected: a second primary makes a split-brain; \
+                "{}: {}: a second primary makes a split-brain; \
                  demote it first, or hastctl role --force primary {}",
-                self.config.name, self.config.name
+                self.config.name,
+                hast_api::PEER_IS_PRIMARY,
+                self.config.name
             ),
         ))
     }
