@@ -276,6 +276,7 @@ async fn run(
         tracing::info!(fingerprint = %id.fingerprint, "TLS certificate loaded");
     }
     warn_exposed(&config);
+    crate::remotes::warn_unresolvable(&config);
     notify(Notify::Ready);
     let mut current = config;
     while signals.next().await == Signal::Reload {
@@ -303,6 +304,7 @@ async fn run(
                     );
                 }
                 warn_exposed(&new);
+                crate::remotes::warn_unresolvable(&new);
                 current = new;
             }
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
