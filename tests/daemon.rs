@@ -148,6 +148,60 @@ fn sighup_reload_adds_removes_and_refuses_bad_config() {
     assert_eq!(n.stop().code(), Some(0));
 }
 
+/// A `remote` host name that does not resolve is a warning naming
+/// hast.conf's file and the resource's line, at the start and at a reload;
+/// hastd runs on (DNS may come up later). A name that resolves is quiet.
+#[test]
+fn unresolvable_remote_is_a_warning_naming_file_line() {
+    // RFC 6761: `.invalid` never resolves.
+    const MISSING: &str = "tcp://no-such-host.invalid:8457";
+    let mut n = Node::builder(bins!())
+        .tag("daemon-resolve")
+        .resource(ResourceSpec::new("r0", 64 * MIB))
+        .resource(ResourceSpec::new("r1", 64 * MIB))
+        .config(|l| {
+            l.default_config()
+                .replacen("remote none", "remote tcp://localhost:8457", 1)
+                .replacen("remote none", &format!("remote {MISSING}"), 1)
+        })
+        .start();
+    let l = n.layout().clone();
+    let text = std::fs::read_to_string(&l.config_path).unwrap();
+    let line_of = |text: &str, res: &str| {
+        1 + text
+            .lines()
+            .position(|x| x.starts_with(&format!("resource {res} ")))
+            .expect("resource line")
+    };
+    let warning = |res: &str, line: usize, addr: &str| {
+        format!(
+            "{}:{line}: resource \"{res}\": remote {addr} does not resolve (",
+            l.config_path.display()
+        )
+    };
+    let want = warning("r1", line_of(&text, "r1"), MISSING);
+    let seen = wait_for(WAIT, || n.log().contains(&want).then_some(()));
+    assert!(seen.is_some(), "no `{want}` in:\n{}", n.log());
+    // One lookup after the other: r0's (localhost) was done before r1's.
+    assert!(
+        !n.log().contains("resource \"r0\": remote"),
+        "localhost resolves:\n{}",
+        n.log()
+    );
+    assert!(n.daemon_running());
+    // A reload that names another missing host for r0 says so too.
+    const ALSO: &str = "tcp://also-missing.invalid:8457";
+    let changed = text.replacen("remote tcp://localhost:8457", &format!("remote {ALSO}"), 1);
+    std::fs::write(&l.config_path, &changed).unwrap();
+    n.signal(libc::SIGHUP);
+    let want = warning("r0", line_of(&changed, "r0"), ALSO);
+    let seen = wait_for(WAIT, || n.log().contains(&want).then_some(()));
+    assert!(seen.is_some(), "no `{want}` after SIGHUP in:\n{}", n.log());
+    // The resource works meanwhile: primary, degraded.
+    n.hastctl_ok(&["role", "primary", "r0"]);
+    assert_eq!(n.stop().code(), Some(0));
+}
+
 fn recv(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     match sock.recv(&mut buf) {

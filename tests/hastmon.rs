@@ -893,3 +893,92 @@ fn adoption_of_a_running_pair() {
         m.resume_s
     );
 }
+
+/// An outdated secondary says so itself (issue 16, 11): with the link cut
+/// under writes, the primary has the watchdog mark its peer outdated, and
+/// the secondary's own `hastmonctl status` (text, JSON) shows it while the
+/// primary runs; a promotion there is refused naming the mark. Healed and
+/// resynced, the mark is cleared and so are the secondary's `outdated` and
+/// its refusal (which named the old epoch).
+#[test]
+fn an_outdated_secondary_says_so_until_resynced() {
+    let Some((_one, mut c)) = cluster_with(HaOptions::default()) else {
+        return;
+    };
+    let mut run = Run::new(&mut c);
+    let p = run.c.wait_in_sync(timeout_s(120));
+    let s = other(p);
+    let (mut writer, history, stop) = run.start_writer();
+    run.wait_acks(&history, 200, "outdated");
+    let outdated = |c: &HaCluster| {
+        c.mon_status(s)
+            .and_then(|v| v.get("outdated").and_then(|o| o.as_bool()))
+    };
+    assert_eq!(outdated(run.c), Some(false), "{}", run.c.describe());
+    run.c.net.cut(p, s);
+    let seen = wait_for(timeout_s(20), || {
+        let o = outdated(run.c) == Some(true);
+        if !o {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        o.then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "{s} never said it was outdated while cut from {p}\n{}",
+        run.c.describe()
+    );
+    let text = run.c.hastmonctl_ok(s, &["status", RES]);
+    assert!(text.contains("outdated: yes"), "{text}");
+    // Still the primary's: writes go on without the peer.
+    let before = count_acks(&history);
+    run.wait_acks(&history, before + 50, "outdated: degraded writes");
+    let out = run.c.hastmonctl(s, &["role", "primary", RES]);
+    assert_eq!(out.status.code(), Some(75), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains(&format!("{s} is outdated")),
+        "{}",
+        output_text(&out)
+    );
+    let refusal = |c: &HaCluster| {
+        c.mon_status(s)
+            .map(|v| v.get("last_refusal").cloned().unwrap_or_default())
+    };
+    let why = refusal(run.c).unwrap_or_default();
+    assert!(
+        why.as_str().is_some_and(|w| w.contains("outdated")),
+        "{why}"
+    );
+    assert_eq!(run.c.primaries(), vec![p], "{}", run.c.describe());
+    run.c.net.heal_all();
+    run.c.wait_in_sync(timeout_s(120));
+    // The watchdog tells at its next heartbeat (1 s).
+    let cleared = wait_for(timeout_s(10), || {
+        let done =
+            outdated(run.c) == Some(false) && refusal(run.c) == Some(serde_json::Value::Null);
+        if !done {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        done.then_some(())
+    });
+    assert!(
+        cleared.is_some(),
+        "{s} resynced but still says outdated {:?} / refused {:?}\n{}",
+        outdated(run.c),
+        refusal(run.c),
+        run.c.describe()
+    );
+    let text = run.c.hastmonctl_ok(s, &["status", RES]);
+    assert!(
+        !text.contains("outdated") && !text.contains("refused"),
+        "{text}"
+    );
+    std::fs::write(&stop, b"").expect("stop file");
+    let st = writer.wait_timeout(timeout_s(90));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "outdated: writer failed: {}",
+        writer.tail(30)
+    );
+    run.verify("outdated");
+}

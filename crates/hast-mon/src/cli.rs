@@ -259,6 +259,12 @@ pub fn render(resources: &[ResourceStatus]) -> String {
             .unwrap_or_default();
         let _ = writeln!(s, "  state: {state}");
         let _ = writeln!(s, "  epoch: {}", r.epoch);
+        if r.outdated {
+            let _ = writeln!(
+                s,
+                "  outdated: yes (the watchdog's mark: no takeover until the primary has resynced this copy)"
+            );
+        }
         if let Some(st) = &r.storage {
             let _ = writeln!(s, "  storage: {}, epoch {}", st.role.as_str(), st.epoch);
         }

@@ -60,6 +60,10 @@ pub struct ResourceStatus {
     /// The durable state, on the watchdog.
     pub witness: Option<WitnessState>,
     pub last_refusal: Option<String>,
+    /// The watchdog holds this node's copy outdated (as of its last status
+    /// request): it cannot take over until the primary has resynced it.
+    #[serde(default)]
+    pub outdated: bool,
     /// A takeover request is waiting for the watchdog's answer.
     #[serde(default)]
     pub takeover_pending: bool,

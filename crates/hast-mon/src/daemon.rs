@@ -994,6 +994,7 @@ impl Actor {
             primary: p.primary_name().map(str::to_owned),
             witness: (p.role() == Role::Watchdog).then(|| p.witness().clone()),
             last_refusal: p.last_refusal.clone(),
+            outdated: p.outdated(),
             takeover_pending: p.takeover_pending(),
             storage: p
                 .storage()

@@ -163,6 +163,14 @@ pub fn render(node: &str, list: &[ResourceStatus]) -> String {
     per_resource(
         &mut x,
         list,
+        "hast_mon_outdated",
+        Kind::Gauge,
+        "1 while the watchdog holds this node's copy outdated (no takeover until the primary has resynced it).",
+        |r| (r.role != Role::Watchdog).then_some(r.outdated),
+    );
+    per_resource(
+        &mut x,
+        list,
         "hast_mon_takeover_pending",
         Kind::Gauge,
         "1 while a takeover request waits for the watchdog's answer.",
@@ -245,6 +253,7 @@ mod tests {
             primary: None,
             witness: None,
             last_refusal: None,
+            outdated: false,
             takeover_pending: false,
             storage: None,
         }
@@ -266,6 +275,7 @@ mod tests {
         let mut s = status("db", Role::Secondary, RunState::Stopped);
         s.complaints = 2;
         s.takeover_pending = true;
+        s.outdated = true;
         let text = render("nodea", &[p, s]);
         let cases: &[(&str, Option<&str>)] = &[
             (
@@ -310,6 +320,8 @@ mod tests {
                 Some("3"),
             ),
             ("hast_mon_complaints{resource=\"db\"}", Some("2")),
+            ("hast_mon_outdated{resource=\"db\"}", Some("1")),
+            ("hast_mon_outdated{resource=\"www\"}", Some("0")),
             ("hast_mon_takeover_pending{resource=\"db\"}", Some("1")),
             ("hast_mon_takeover_pending{resource=\"www\"}", Some("0")),
             (
@@ -339,7 +351,7 @@ mod tests {
     #[test]
     fn no_resources_still_declares_every_family() {
         let text = render("n", &[]);
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 12);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 13);
         assert!(text.lines().all(|l| l.starts_with('#')), "{text}");
     }
 }

@@ -59,8 +59,15 @@ pub enum RequestBody {
     /// Primary → everyone, every heartbeat: "I run it in `epoch`; renew my
     /// lease". The answer is a [`ReplyBody::Lease`].
     Heartbeat { epoch: u64, state: RunState },
-    /// Watchdog → everyone, every heartbeat: "what are you?".
-    Status,
+    /// Watchdog → everyone, every heartbeat: "what are you?". `outdated`:
+    /// the nodes the watchdog holds outdated, so that an outdated node
+    /// knows it (and its `hastmonctl status` says so) while a primary runs,
+    /// and knows when the mark is cleared; `None` from a watchdog that
+    /// predates the field (the node's knowledge then stays as it was).
+    Status {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outdated: Option<Vec<String>>,
+    },
     /// Watchdog → secondaries when no node is primary/run.
     Complain {
         epoch: u64,
@@ -75,6 +82,11 @@ pub enum RequestBody {
     Outdate { epoch: u64, peer: String, seq: u64 },
     /// Primary → watchdog: "`peer` caught up with everything up to (epoch, seq)".
     Clear { epoch: u64, peer: String, seq: u64 },
+}
+
+impl RequestBody {
+    /// A status request that says nothing of outdated nodes.
+    pub const STATUS: RequestBody = RequestBody::Status { outdated: None };
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,5 +212,32 @@ mod tests {
             assert_eq!(decode::<ReplyBody>(text.as_bytes()).unwrap(), want);
             assert_eq!(encode(&want), text.as_bytes());
         }
+    }
+
+    /// A status request without `outdated` (an older watchdog) decodes,
+    /// and one with it still decodes in a hastmon that predates the field
+    /// (there `status` had no fields: serde skips the unknown one).
+    #[test]
+    fn status_requests_across_versions() {
+        let old = r#"{"kind":"status"}"#;
+        assert_eq!(
+            decode::<RequestBody>(old.as_bytes()).unwrap(),
+            RequestBody::STATUS
+        );
+        assert_eq!(encode(&RequestBody::STATUS), old.as_bytes());
+        let new = RequestBody::Status {
+            outdated: Some(vec!["b".into()]),
+        };
+        let text = encode(&new);
+        assert_eq!(text, br#"{"kind":"status","outdated":["b"]}"#);
+        assert_eq!(decode::<RequestBody>(&text).unwrap(), new);
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        enum Before {
+            Status,
+            Complain { epoch: u64, outdated: Vec<String> },
+        }
+        assert_eq!(decode::<Before>(&text).unwrap(), Before::Status);
+        assert!(decode::<Before>(br#"{"kind":"complain","epoch":1,"outdated":[]}"#).is_ok());
     }
 }

@@ -35,7 +35,9 @@
 //! - **Outdated.** Before the primary acknowledges writes without its peer,
 //!   hastd's `fence_peer` hook makes it tell the watchdog (`Outdate`); only
 //!   an in-sync report for a later (epoch, seq) clears the mark. An outdated
-//!   node is never granted a takeover.
+//!   node is never granted a takeover. Every status request of the watchdog
+//!   lists the outdated nodes, so a node knows (and shows) that it is one
+//!   while a primary runs, and when it no longer is.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -169,7 +171,9 @@ pub struct Policy {
     started: Ms,
     next_heartbeat: Ms,
     peers: Vec<PeerView>,
-    /// Why the last request of ours was refused, for `hastmonctl status`.
+    /// Why the last request of ours was refused, for `hastmonctl status`;
+    /// cleared by the next role command, a grant, or the watchdog clearing
+    /// our outdated mark (the refusal's reason and epoch are then history).
     pub last_refusal: Option<String>,
     // Storage checks (every role but the watchdog).
     /// When the running check started.
@@ -189,6 +193,8 @@ pub struct Policy {
     primary_name: Option<String>,
     primary_connected: bool,
     complaints: VecDeque<Ms>,
+    /// The watchdog holds this node's copy outdated (as of its last status
+    /// request or complaint).
     outdated_me: bool,
     /// The last status check of the local resource passed: it can take over.
     ready: bool,
@@ -282,6 +288,11 @@ impl Policy {
     }
     /// A takeover request is waiting for the watchdog's answer, or an
     /// operator's is retried after a temporary refusal.
+    /// Whether the watchdog, when it last said, held this copy outdated.
+    pub fn outdated(&self) -> bool {
+        self.outdated_me
+    }
+
     pub fn takeover_pending(&self) -> bool {
         self.takeover_sent.is_some() || self.manual_takeover
     }
@@ -447,10 +458,15 @@ impl Policy {
                     self.round.clear();
                     self.round_open = true;
                     self.round_started = now;
+                    // Each node learns from it whether it is outdated.
+                    let outdated = self.witness.outdated.keys().cloned().collect();
+                    let req = RequestBody::Status {
+                        outdated: Some(outdated),
+                    };
                     for to in 0..self.peers.len() {
                         out.push(Action::Send {
                             to,
-                            req: RequestBody::Status,
+                            req: req.clone(),
                         });
                     }
                 }
@@ -594,9 +610,14 @@ impl Policy {
                     role: self.role,
                 }
             }
-            RequestBody::Status => {
+            RequestBody::Status { ref outdated } => {
                 // Only the watchdog asks.
                 self.watchdog_name = Some(from.to_owned());
+                if let Some(list) = outdated {
+                    if self.role != Role::Watchdog {
+                        self.learn_outdated(list, &mut out);
+                    }
+                }
                 ReplyBody::Status {
                     node: self.node.clone(),
                     role: self.role,
@@ -615,7 +636,7 @@ impl Policy {
                     while self.complaints.len() > 64 {
                         self.complaints.pop_front();
                     }
-                    self.outdated_me = outdated.iter().any(|n| n == &self.node);
+                    self.learn_outdated(outdated, &mut out);
                     self.epoch = self.epoch.max(epoch);
                     out.push(Action::Exec(Exec::Complain));
                 }
@@ -671,6 +692,25 @@ impl Policy {
             }
         };
         (reply, out)
+    }
+
+    /// The watchdog's list of outdated nodes: whether we are one. When our
+    /// mark is cleared (the primary resynced us), a refusal we got for being
+    /// outdated is history and goes with it.
+    fn learn_outdated(&mut self, list: &[String], out: &mut Vec<Action>) {
+        let now = list.iter().any(|n| n == &self.node);
+        if now && !self.outdated_me {
+            out.push(Action::Log(
+                "the watchdog holds this copy outdated: no takeover until the primary has resynced it"
+                    .into(),
+            ));
+        } else if !now && self.outdated_me {
+            self.last_refusal = None;
+            out.push(Action::Log(
+                "the watchdog no longer holds this copy outdated".into(),
+            ));
+        }
+        self.outdated_me = now;
     }
 
     /// Outdate and clear marks are the watchdog's, and only the primary of
@@ -826,7 +866,7 @@ impl Policy {
         // is complained about without waiting out the round.
         if self.role == Role::Watchdog
             && self.round_open
-            && *req == RequestBody::Status
+            && matches!(req, RequestBody::Status { .. })
             && sent_at >= self.round_started
         {
             let answer = match reply {
@@ -894,7 +934,7 @@ impl Policy {
                 }
             }
             (
-                RequestBody::Status,
+                RequestBody::Status { .. },
                 ReplyBody::Status {
                     node,
                     role,
@@ -916,6 +956,7 @@ impl Policy {
                 }
                 self.takeover_sent = None;
                 self.manual_takeover = false;
+                self.last_refusal = None;
                 // Only the watchdog grants: now we know which remote it is,
                 // and so which node is the data peer `fence_peer` names.
                 if let Some(peer) = self.peers.get_mut(to) {

@@ -283,6 +283,7 @@ async fn run(
         tracing::info!(fingerprint = %id.fingerprint, "TLS certificate loaded");
     }
     warn_exposed(&config);
+    crate::remotes::warn_unresolvable(&config);
     // Every listener is bound: a background hastd leaves the terminal now,
     // and its parent exits 0.
     detach.ready();
@@ -316,6 +317,7 @@ async fn run(
                     );
                 }
                 warn_exposed(&new);
+                crate::remotes::warn_unresolvable(&new);
                 current = new;
             }
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),

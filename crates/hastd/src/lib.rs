@@ -26,6 +26,7 @@ mod link;
 mod metrics;
 mod nbdfront;
 mod nbdtls;
+mod remotes;
 mod replication;
 mod resource;
 mod snapshot;

@@ -252,7 +252,7 @@ fn a_grant_names_the_watchdog_so_the_data_peer_is_known() {
     old.set_role(Role::Secondary, 0);
     assert_eq!(old.data_peer(&nodes), None);
     // …until the watchdog's own requests name it.
-    old.on_request("w", &RequestBody::Status, 10);
+    old.on_request("w", &RequestBody::STATUS, 10);
     assert_eq!(old.data_peer(&nodes), Some("b"));
     // With two nodes there is no doubt.
     assert_eq!(old.data_peer(&nodes[..2]), Some("b"));
@@ -269,7 +269,7 @@ fn adoption_epochs_and_storage_primaries() {
     );
     a.observe_storage(Role::Primary, 7);
     a.on_exec(Exec::Status, false, 1);
-    let (st, _) = a.on_request("w", &RequestBody::Status, 10);
+    let (st, _) = a.on_request("w", &RequestBody::STATUS, 10);
     assert_eq!(
         st,
         ReplyBody::Status {
@@ -291,9 +291,9 @@ fn adoption_epochs_and_storage_primaries() {
     for round in 0..3u64 {
         let now = 3000 + round * 1000;
         w.tick(now);
-        let acts = w.on_reply(0, &RequestBody::Status, Some(&st), now, now + 1);
+        let acts = w.on_reply(0, &RequestBody::STATUS, Some(&st), now, now + 1);
         assert!(acts.is_empty());
-        let acts = w.on_reply(1, &RequestBody::Status, Some(&b_status), now, now + 2);
+        let acts = w.on_reply(1, &RequestBody::STATUS, Some(&b_status), now, now + 2);
         assert!(
             !acts.iter().any(|x| matches!(
                 x,
@@ -324,7 +324,7 @@ fn adoption_epochs_and_storage_primaries() {
     // A watchdog that only saw the epoch in a status reply grants above it too.
     let mut w2 = watchdog(0, None, 2);
     w2.tick(3000);
-    w2.on_reply(0, &RequestBody::Status, Some(&st), 3000, 3001);
+    w2.on_reply(0, &RequestBody::STATUS, Some(&st), 3000, 3001);
     let (reply, _) = w2.on_request(
         "b",
         &RequestBody::Takeover {
@@ -346,7 +346,7 @@ fn a_round_is_judged_once_every_remote_answered() {
     let mut w = watchdog(1, Some("a"), 0);
     w.tick(3000);
     assert!(w
-        .on_reply(0, &RequestBody::Status, None, 3000, 3005)
+        .on_reply(0, &RequestBody::STATUS, None, 3000, 3005)
         .is_empty());
     let b_status = ReplyBody::Status {
         node: "b".into(),
@@ -355,7 +355,7 @@ fn a_round_is_judged_once_every_remote_answered() {
         epoch: 1,
         storage: None,
     };
-    let acts = w.on_reply(1, &RequestBody::Status, Some(&b_status), 3000, 3010);
+    let acts = w.on_reply(1, &RequestBody::STATUS, Some(&b_status), 3000, 3010);
     assert_eq!(
         acts,
         vec![Action::Send {
@@ -370,7 +370,7 @@ fn a_round_is_judged_once_every_remote_answered() {
     // A late answer to the previous round counts for nothing, and the
     // tick does not judge the same round twice.
     assert!(w
-        .on_reply(1, &RequestBody::Status, Some(&b_status), 2000, 3020)
+        .on_reply(1, &RequestBody::STATUS, Some(&b_status), 2000, 3020)
         .is_empty());
     w.tick(4000);
     assert_eq!(w.complaint_rounds(), 1);
@@ -382,8 +382,8 @@ fn a_round_is_judged_once_every_remote_answered() {
         epoch: 1,
         storage: Some(Role::Primary),
     };
-    w.on_reply(0, &RequestBody::Status, Some(&failing), 4000, 4001);
-    w.on_reply(1, &RequestBody::Status, Some(&b_status), 4000, 4002);
+    w.on_reply(0, &RequestBody::STATUS, Some(&failing), 4000, 4001);
+    w.on_reply(1, &RequestBody::STATUS, Some(&b_status), 4000, 4002);
     assert_eq!(w.complaint_rounds(), 2);
 }
 
@@ -672,6 +672,107 @@ fn outdated_secondary_never_asks() {
         .tick(5000)
         .iter()
         .any(|a| matches!(a, Action::Send { .. })));
+}
+
+/// The watchdog's status requests tell each node whether it is outdated,
+/// also while a primary runs (no complaints then); the refusal an outdated
+/// node got goes when its mark is cleared, and a grant clears any refusal.
+#[test]
+fn a_node_knows_it_is_outdated_and_forgets_the_refusal_once_cleared() {
+    let mut w = watchdog(3, Some("a"), 0);
+    let mut b = Policy::new("b", params(), 2, WitnessState::default(), 0);
+    b.set_role(Role::Secondary, 0);
+    let status_req = |w: &mut Policy, now| {
+        w.tick(now)
+            .into_iter()
+            .find_map(|x| match x {
+                Action::Send { to: 1, req } => Some(req),
+                _ => None,
+            })
+            .expect("a status request to b")
+    };
+    let (reply, _) = w.on_request(
+        "a",
+        &RequestBody::Outdate {
+            epoch: 3,
+            peer: "b".into(),
+            seq: 1,
+        },
+        1000,
+    );
+    assert_eq!(reply, ReplyBody::Ack);
+    let req = status_req(&mut w, 3000);
+    assert_eq!(
+        req,
+        RequestBody::Status {
+            outdated: Some(vec!["b".into()])
+        }
+    );
+    let (_, acts) = b.on_request("w", &req, 3000);
+    assert!(b.outdated());
+    assert!(
+        acts.iter()
+            .any(|x| matches!(x, Action::Log(l) if l.contains("holds this copy outdated"))),
+        "{acts:?}"
+    );
+    // An operator's takeover is refused, and says why.
+    let take = b
+        .set_role(Role::Primary, 3100)
+        .into_iter()
+        .find_map(|x| match x {
+            Action::Send { to: 1, req } => Some(req),
+            _ => None,
+        })
+        .expect("a takeover request");
+    let (reply, _) = w.on_request("b", &take, 3100);
+    b.on_reply(1, &take, Some(&reply), 3100, 3110);
+    let why = b.last_refusal.clone().unwrap();
+    assert!(why.contains("b is outdated (epoch 3 seq 1)"), "{why}");
+    // An older watchdog's status request (no list) changes nothing.
+    b.on_request("w", &RequestBody::STATUS, 3500);
+    assert!(b.outdated());
+    assert!(b.last_refusal.is_some());
+    // The primary resynced b and cleared the mark: the next status request
+    // says so, and the refusal (with its old epoch) is gone.
+    let (reply, _) = w.on_request(
+        "a",
+        &RequestBody::Clear {
+            epoch: 3,
+            peer: "b".into(),
+            seq: 1,
+        },
+        3900,
+    );
+    assert_eq!(reply, ReplyBody::Ack);
+    let req = status_req(&mut w, 4000);
+    assert_eq!(
+        req,
+        RequestBody::Status {
+            outdated: Some(vec![])
+        }
+    );
+    b.on_request("w", &req, 4000);
+    assert!(!b.outdated());
+    assert_eq!(b.last_refusal, None);
+    // A refusal for another reason, then a grant: the grant clears it.
+    let mut c = Policy::new("b", params(), 2, WitnessState::default(), 0);
+    c.last_refusal = Some("a holds a lease (retry in 1.0 s)".into());
+    c.takeover_sent = Some(0);
+    c.on_reply(
+        1,
+        &RequestBody::Takeover {
+            epoch_seen: 3,
+            manual: true,
+        },
+        Some(&ReplyBody::Granted {
+            epoch: 4,
+            node: Some("w".into()),
+        }),
+        0,
+        10,
+    );
+    assert_eq!(c.role(), Role::Primary);
+    assert_eq!(c.last_refusal, None);
 }
 
 #[test]
