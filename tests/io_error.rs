@@ -9,6 +9,9 @@
 //!   fault clears `hastctl attach` brings the resource back; the secondary,
 //!   when it returns, gets what changed.
 //! - `pass_on`: the error goes to the client, `status` is not `complete`.
+//! - both copies failing (A detached, then B; or both on the same writes):
+//!   every write fails with EIO at once, none is held; demoting A and
+//!   promoting B recovers every acknowledged write (fullsync).
 //!
 //! Errors are injected below A's component as in `tests/read_error.rs`:
 //!
@@ -25,7 +28,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hast_testkit::pair::{qemu_io, versioned_check, VersionedWriter};
+use hast_testkit::pair::{qemu_io, versioned_check, PairBuilder, VersionedWriter};
 use hast_testkit::{
     bins, free_port, nbd_info, output_text, require_fuse, require_python_nbd, require_root,
     require_tools, run, tail, timeout_s, wait_for, NbdAddr, NbdFuse, Pair, Proc, Side, TempDir,
@@ -71,6 +74,20 @@ impl Rig {
         faulty: Side,
         mode: &str,
     ) -> Rig {
+        let dir = TempDir::new(&format!("{tag}-inject"));
+        Rig::build(dir, tag, errno, options, faulty, mode, |b| b)
+    }
+
+    /// As [`Rig::with_faulty`], `more` adding to the pair's builder.
+    fn build(
+        dir: TempDir,
+        tag: &str,
+        errno: &'static str,
+        options: &[&str],
+        faulty: Side,
+        mode: &str,
+        more: impl FnOnce(PairBuilder) -> PairBuilder,
+    ) -> Rig {
         let mut b = Pair::builder(bins!())
             .tag(tag)
             .file_size(FILE_SIZE)
@@ -78,8 +95,7 @@ impl Rig {
         for o in options {
             b = b.option(o);
         }
-        let pair = b.build();
-        let dir = TempDir::new(&format!("{tag}-inject"));
+        let pair = more(b).build();
         let real = dir.join(format!("{faulty}.real"));
         let trigger = dir.join("TRIGGER");
         let nbdkit_log = dir.join("nbdkit.log");
@@ -633,4 +649,101 @@ fn secondary_lost_while_detached_fails_requests_and_demotion_keeps_the_copy_a_ta
     say(&format!("check on B {check}"));
     rig.pair.assert_identical(timeout_s(60));
     rig.finish();
+}
+
+/// Both copies fail: A's component is detached, then B's fails its writes
+/// too (ENOSPC on both, as when two thin pools fill). No copy is left to
+/// take a write, so writes fail with EIO within a bounded time — DRBD's
+/// `on-no-data-accessible io-error` — and are never held; reads of what
+/// is on B are still served.
+fn both_copies_fail(tag: &str, at_once: bool) {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new(&format!("{tag}-inject"));
+    let trigger_b = dir.join("TRIGGER_B");
+    let filter_b = [
+        "--filter=error".to_string(),
+        "error=ENOSPC".to_string(),
+        "error-pwrite-rate=1".to_string(),
+        format!("error-pwrite-file={}", trigger_b.display()),
+        "error-zero-rate=1".to_string(),
+        format!("error-zero-file={}", trigger_b.display()),
+        "error-trim-rate=1".to_string(),
+        format!("error-trim-file={}", trigger_b.display()),
+    ];
+    let filters: Vec<&str> = filter_b.iter().map(String::as_str).collect();
+    let mut rig = Rig::build(dir, tag, "ENOSPC", &[], Side::A, "fullsync", |b| {
+        b.fuse_disk_filtered(Side::B, &filters)
+    });
+    let uri = rig.uri();
+    let mut w = VersionedWriter::start(&uri, 0, BLOCKS, rig.dir.path(), "w", 0, 19);
+    w.wait_acked(300, timeout_s(60));
+    if at_once {
+        std::fs::write(&trigger_b, "ENOSPC").expect("create TRIGGER_B");
+        rig.break_writes();
+    } else {
+        rig.break_writes();
+        rig.pair
+            .wait_status(Side::A, timeout_s(60), "detached", |s| {
+                s.status == "detached"
+            });
+        w.wait_acked(w.acked() + 300, timeout_s(60));
+        // B fails under the writer's load.
+        std::fs::write(&trigger_b, "ENOSPC").expect("create TRIGGER_B");
+    }
+    // Every write in flight and after must be answered (with EIO), none held.
+    let ended = wait_for(timeout_s(30), || (!w.is_running()).then_some(()));
+    let out = w.output();
+    say(&format!("writer after B failed too: {out}"));
+    assert!(
+        ended.is_some(),
+        "the writer's requests were held: no answer 30 s after both copies failed\n{out}"
+    );
+    let summary = w.wait_failed(timeout_s(10));
+    say(&format!("writer {summary}"));
+    let started = std::time::Instant::now();
+    let (ok, text) = write_once(&uri, 8 * MIB, 0x66);
+    say(&format!(
+        "a write with both copies failing: {} in {:?}\n{text}",
+        if ok { "succeeded" } else { "failed" },
+        started.elapsed()
+    ));
+    assert!(!ok, "a write succeeded with no copy to take it:\n{text}");
+    assert!(text.contains("Input/output error"), "not EIO:\n{text}");
+    // The same again, now that both sides know: at once.
+    let (ok, text) = write_once(&uri, 9 * MIB, 0x67);
+    assert!(!ok, "a second write succeeded:\n{text}");
+    let st = rig.pair.status(Side::A);
+    say(&format!("A: {}", st.brief()));
+    let st = rig.pair.status(Side::B);
+    say(&format!("B: {}", st.brief()));
+    // Repaired: A, with no copy to serve from, does not reconnect (as when
+    // its secondary is lost); demoted, its copy is a resync target. B,
+    // attached, holds every acknowledged write (fullsync) and is promoted.
+    std::fs::remove_file(&trigger_b).expect("remove TRIGGER_B");
+    rig.heal();
+    let (ok, text) = rig.attach_on(Side::B);
+    say(&format!("attach on B: {text}"));
+    assert!(ok, "attach on B failed after the repair: {text}");
+    rig.pair.make_secondary(Side::A);
+    let st = rig.pair.status(Side::A);
+    assert_eq!(st.inconsistent, Some(true), "{}", st.brief());
+    rig.pair.make_primary(Side::B);
+    rig.pair.wait_complete(timeout_s(120));
+    let uri = rig.pair.uri(Side::B);
+    let check = versioned_check(&uri, &[w_log(&rig)]);
+    say(&format!("check {check}"));
+    rig.pair.assert_identical(timeout_s(60));
+    rig.finish();
+}
+
+#[test]
+fn both_copies_failing_one_after_the_other_writes_fail_with_eio() {
+    both_copies_fail("ioerr-both", false);
+}
+
+#[test]
+fn both_copies_failing_the_same_writes_fail_with_eio() {
+    both_copies_fail("ioerr-both2", true);
 }

@@ -1179,7 +1179,25 @@ impl VersionedWriter {
         v
     }
 
+    /// Wait (bounded) for a writer the server answered with an error
+    /// (exit 2); returns its summary.
+    pub fn wait_failed(mut self, bound: Duration) -> serde_json::Value {
+        let (st, v) = self.end(bound);
+        assert_eq!(st.code(), Some(2), "the writer did not fail: {st}: {v}");
+        v
+    }
+
     fn finish(&mut self, bound: Duration) -> serde_json::Value {
+        let (st, v) = self.end(bound);
+        assert!(
+            st.success(),
+            "versioned writer failed ({st}):\n{}",
+            self.output()
+        );
+        v
+    }
+
+    fn end(&mut self, bound: Duration) -> (std::process::ExitStatus, serde_json::Value) {
         let st = self.proc.wait_timeout(bound).unwrap_or_else(|| {
             self.proc.kill9();
             panic!(
@@ -1188,11 +1206,12 @@ impl VersionedWriter {
             )
         });
         let out = self.output();
-        assert!(st.success(), "versioned writer failed ({st}):\n{out}");
-        out.lines()
+        let v = out
+            .lines()
             .rev()
             .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .unwrap_or_else(|| panic!("no summary from the versioned writer:\n{out}"))
+            .unwrap_or_else(|| panic!("no summary from the versioned writer ({st}):\n{out}"));
+        (st, v)
     }
 }
 
