@@ -193,8 +193,12 @@ impl Export for NbdExport {
     }
 
     async fn read(&self, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>, Errno> {
+        self.read_new(offset, buf.len() as u32).await
+    }
+
+    async fn read_new(&self, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
         let t = Instant::now();
-        let res = self.dp.read(offset, buf).await.map_err(errno);
+        let res = self.dp.read(offset, len as usize).await.map_err(errno);
         self.dp.observe(RequestOp::Read, t.elapsed());
         res
     }

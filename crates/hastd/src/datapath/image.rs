@@ -291,8 +291,8 @@ impl DataPath {
         let Some((chunks, bytes)) = img.unsettled(part) else {
             return Ok(true);
         };
-        let mut buf = vec![0u8; (bytes.end - bytes.start) as usize];
-        if !self.read_cached(bytes.start, &mut buf)? {
+        let mut buf = Vec::new();
+        if !self.read_cached(bytes.start, (bytes.end - bytes.start) as usize, &mut buf)? {
             return Ok(false);
         }
         let began = std::time::Instant::now();

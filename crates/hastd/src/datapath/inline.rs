@@ -37,13 +37,19 @@ const INLINE_READ_MAX: usize = 256 << 10;
 const PAGE: u64 = 4096;
 
 impl DataPath {
-    /// Fills `buf` from the page cache without leaving the worker, if all of
-    /// it is cached; `Ok(false)` sends the caller to the blocking pool.
-    pub(super) fn read_cached(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
-        if buf.len() > INLINE_READ_MAX {
+    /// Reads `len` bytes into `buf` from the page cache without leaving the
+    /// worker, if all of it is cached; `Ok(false)` sends the caller to the
+    /// blocking pool.
+    pub(super) fn read_cached(
+        &self,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        if len > INLINE_READ_MAX {
             return Ok(false);
         }
-        self.local().read_cached(offset, buf)
+        self.local().read_cached(offset, len, buf)
     }
 
     /// This write would be copied into the page cache at once, on the

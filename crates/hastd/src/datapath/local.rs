@@ -39,36 +39,81 @@ impl LocalData<'_> {
         self.file.read_exact_at(buf, self.data_offset + offset)
     }
 
+    /// `len` bytes at `offset` in a new buffer that is never zeroed first:
+    /// the kernel fills it straight from the page cache. A client's read
+    /// costs one copy, not a memset and a copy (1 MiB reads: the memset was
+    /// 3% of hastd's CPU).
+    pub fn read_new(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = buf.len();
+            let n = self.pread_spare(&mut buf, len, offset + at as u64, 0)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(buf)
+    }
+
     /// Reads the range only if the page cache holds all of it
-    /// (`preadv2(RWF_NOWAIT)`): `Ok(false)` means it would have waited for
-    /// the disk (or the kernel cannot tell), and the caller reads it on the
-    /// blocking pool instead. Never blocks on the device.
-    pub fn read_cached(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: one iovec over `buf`, which outlives the call; the kernel
-        // writes at most `buf.len()` bytes into it.
-        let n = unsafe {
-            libc::preadv2(
-                self.file.as_raw_fd(),
-                &iov,
-                1,
-                (self.data_offset + offset) as libc::off_t,
-                libc::RWF_NOWAIT,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
+    /// (`preadv2(RWF_NOWAIT)`) into `buf` (emptied first, never zeroed):
+    /// `Ok(true)` with the `len` bytes in `buf`; `Ok(false)` means it would
+    /// have waited for the disk (or the kernel cannot tell), and the caller
+    /// reads it on the blocking pool instead. Never blocks on the device.
+    pub fn read_cached(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<bool> {
+        buf.clear();
+        match self.pread_spare(buf, len, offset, libc::RWF_NOWAIT) {
+            // A short read (part cached) is redone whole on the blocking pool.
+            Ok(n) => Ok(n == len),
+            Err(e) => match e.raw_os_error() {
                 // EAGAIN: not all cached; EOPNOTSUPP/EINVAL: no RWF_NOWAIT here.
                 Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL) => Ok(false),
                 _ => Err(e),
-            };
+            },
         }
-        // A short read (part cached) is redone whole on the blocking pool.
-        Ok(n as usize == buf.len())
+    }
+
+    /// One `preadv2` of up to `len - buf.len()` bytes at data offset
+    /// `offset` into `buf`'s spare capacity, which then counts as filled.
+    /// EINTR is retried.
+    fn pread_spare(
+        &self,
+        buf: &mut Vec<u8>,
+        len: usize,
+        offset: u64,
+        flags: i32,
+    ) -> io::Result<usize> {
+        buf.reserve(len.saturating_sub(buf.len()));
+        let want = len - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..want];
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: want,
+        };
+        loop {
+            // SAFETY: one iovec over `want` bytes of `buf`'s spare capacity,
+            // which outlives the call; the kernel writes at most that many.
+            let n = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    &iov,
+                    1,
+                    (self.data_offset + offset) as libc::off_t,
+                    flags,
+                )
+            };
+            if n >= 0 {
+                let n = n as usize;
+                // SAFETY: the kernel initialised the first `n` (<= want)
+                // bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -297,11 +342,34 @@ mod tests {
         };
         let data: Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8).collect();
         d.write(4096, &data).unwrap();
-        let mut buf = vec![0u8; data.len()];
-        assert!(d.read_cached(4096, &mut buf).unwrap());
+        let mut buf = vec![7u8; 3];
+        assert!(d.read_cached(4096, data.len(), &mut buf).unwrap());
         assert_eq!(buf, data);
+        assert!(d.read_cached(4096 + 100, 5000, &mut buf).unwrap());
+        assert_eq!(buf, data[100..5100]);
         // Past the end of the file: a short read is never "done".
-        let mut tail = vec![0u8; 8192];
-        assert!(!d.read_cached((8 << 20) - 8192 - 4096, &mut tail).unwrap());
+        assert!(!d
+            .read_cached((8 << 20) - 8192 - 4096, 8192, &mut buf)
+            .unwrap());
+    }
+
+    /// `read_new` returns exactly the bytes there, past holes and in one
+    /// buffer of the asked length; a range beyond the end is an error, not
+    /// a short buffer.
+    #[test]
+    fn read_new_reads_whole_ranges() {
+        let f = tmpfile(8 << 20);
+        let d = LocalData {
+            file: &f,
+            data_offset: 8192,
+        };
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        d.write(1 << 20, &data).unwrap();
+        assert_eq!(d.read_new(1 << 20, data.len()).unwrap(), data);
+        let around = d.read_new((1 << 20) - 4096, 8192).unwrap();
+        assert!(around[..4096].iter().all(|&b| b == 0));
+        assert_eq!(around[4096..], data[..4096]);
+        let e = d.read_new((8 << 20) - 8192 - 4096, 8192).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

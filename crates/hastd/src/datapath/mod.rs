@@ -456,9 +456,10 @@ impl DataPath {
         .map_err(|e| io::Error::other(format!("I/O worker failed: {e}")))?
     }
 
-    pub async fn read(&self, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, DpError> {
+    /// A client's read of `len` bytes at `offset`.
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, DpError> {
         let _pass = self.gate.enter().ok_or(DpError::Shutdown)?;
-        let len = buf.len() as u64;
+        let len = len as u64;
         if self.side == Side::Primary && self.detach.is_detached() {
             // No local copy: the peer's, or nothing.
             if let Some(data) = self.read_peer_ordered(offset, len).await {
@@ -482,10 +483,11 @@ impl DataPath {
                 "extent not yet resynced and the peer is unreachable",
             )));
         }
-        let res = match self.read_cached(offset, &mut buf) {
+        let mut buf = Vec::new();
+        let res = match self.read_cached(offset, len as usize, &mut buf) {
             Ok(true) => Ok(buf),
             Ok(false) => {
-                self.blocking(move |d| d.read(offset, &mut buf).map(|()| buf))
+                self.blocking(move |d| d.read_new(offset, len as usize))
                     .await
             }
             Err(e) => Err(e),
@@ -1053,11 +1055,7 @@ impl DataPath {
     /// Resync access: the caller holds the extent's range lock and its bit
     /// is already durable (needsync), so no gate and no activemap here.
     pub async fn read_unlocked(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.blocking(move |d| {
-            let mut buf = vec![0u8; len];
-            d.read(offset, &mut buf).map(|()| buf)
-        })
-        .await
+        self.blocking(move |d| d.read_new(offset, len)).await
     }
 
     /// A resynced chunk: zeroes are punched, keeping the copy as sparse as
