@@ -12,7 +12,10 @@
 //! r0 and, only once r0 acknowledged it, commit N to r1; a copy of both
 //! components taken while the group is frozen never holds a commit without
 //! its record, and copies taken one after the other without a freeze do
-//! (so the checker is known to see what it looks for).
+//! (so the checker is known to see what it looks for). README.md's freeze
+//! block itself, run by bash as printed on resources `data` and `log` under
+//! the same writer: `nbdcopy`'s images of both are coherent, and the block
+//! ends with `query`'s 1 and no "thawed before we were done".
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
