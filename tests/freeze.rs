@@ -12,7 +12,10 @@
 //! r0 and, only once r0 acknowledged it, commit N to r1; a copy of both
 //! components taken while the group is frozen never holds a commit without
 //! its record, and copies taken one after the other without a freeze do
-//! (so the checker is known to see what it looks for).
+//! (so the checker is known to see what it looks for). README.md's freeze
+//! block itself, run by bash as printed on resources `data` and `log` under
+//! the same writer: `nbdcopy`'s images of both are coherent, and the block
+//! ends with `query`'s 1 and no "thawed before we were done".
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -552,6 +555,89 @@ fn a_group_freeze_gives_a_coherent_copy_of_dependent_writes() {
     eprintln!(
         "5 frozen copies coherent; the writer reached n={}",
         progress(&n)
+    );
+    writer.finish();
+}
+
+/// README.md's freeze block, found by its first line and run by bash as
+/// printed (only `hastctl` given the test's binary and config, and the NBD
+/// address its port), on resources named `data` and `log` that
+/// `dependent_writer.py` writes to meanwhile (records to `data`, commits to
+/// `log`): the copies `nbdcopy` makes while frozen are coherent, the
+/// `thaw` succeeds (its "thawed before we were done" is not printed) and
+/// the block ends with `query`'s status 1 on the thawed group.
+#[test]
+fn the_readme_freeze_block_copies_a_coherent_group() {
+    if !require_python_nbd() || !require_tool("nbdcopy") {
+        return;
+    }
+    const SLOTS: usize = 64;
+    let n = node("freeze-readme", &["data", "log"], &["data", "log"]);
+    let writer = DependentWriter::start(n.dir(), &n.uri("data"), &n.uri("log"), SLOTS);
+    let progress = |n: &Node| slots(n, "log", SLOTS).into_iter().max().unwrap_or(0);
+    assert!(
+        wait_for(WAIT, || (progress(&n) > 1000).then_some(())).is_some(),
+        "the writer does not progress: {}",
+        writer.output()
+    );
+    let l = n.layout();
+    let hastctl = format!(
+        "'{}' -c '{}' --node '{}'",
+        n.bins().hastctl.display(),
+        l.config_path.display(),
+        l.node_name
+    );
+    let addr = format!("127.0.0.1:{}", l.nbd_port);
+    let block = hast_testkit::readme::substitute(
+        &hast_testkit::readme::sh_block("hastctl freeze -t 30 data log"),
+        &[("hastctl", &hastctl), ("127.0.0.1", &addr)],
+    );
+    let copies = n.dir().join("copies");
+    std::fs::create_dir(&copies).expect("mkdir copies");
+    let before = progress(&n);
+    let out = hast_testkit::run(
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &block])
+            .current_dir(&copies),
+        timeout_s(60),
+    );
+    let (said, err) = (stdout(&out), stderr(&out));
+    assert_eq!(
+        code(&out),
+        1,
+        "the block ends with `query` on a thawed group:\n{block}\nstdout: {said}\nstderr: {err}"
+    );
+    assert!(
+        !said.contains("thawed before we were done"),
+        "the group thawed before the copy was done:\n{said}\n{}",
+        tail(n.log_path(), 30)
+    );
+    assert!(
+        said.contains("data: not frozen, thawed at ")
+            && said.contains(" by hastctl thaw (group data log"),
+        "query's line:\n{said}"
+    );
+    let size = n.datasize("data");
+    let image = |name: &str| {
+        let raw = std::fs::read(copies.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(raw.len() as u64, size, "{name}: the resource's size");
+        coherence::slots(&raw[..SLOTS * coherence::SLOT])
+    };
+    let (records, commits) = (image("data.raw"), image("log.raw"));
+    assert!(
+        commits.iter().max().is_some_and(|&c| c >= before),
+        "log.raw holds the writes made before the block: {commits:?}"
+    );
+    let bad = coherence::violations(&records, &commits);
+    assert!(
+        bad.is_empty(),
+        "commits without records in the copies (slot, record, commit): {bad:?}"
+    );
+    // `-t 30` as printed, thawed by the block's `thaw`.
+    wait_freeze_events(&n, "data", &[("freeze", "30"), ("thaw", "hastctl thaw")]);
+    assert!(
+        wait_for(WAIT, || (progress(&n) > before + 100).then_some(())).is_some(),
+        "the writer does not go on after the thaw"
     );
     writer.finish();
 }

@@ -312,3 +312,68 @@ fn daemon_status_roles_and_refusals() {
     assert!(st.success(), "exit status {st}");
     assert!(!dir.join("mon.sock").exists(), "control socket removed");
 }
+
+/// As hastd for hast.conf: a `remote` host that does not resolve is a
+/// warning naming hastmon.conf's file and the `remote` line, at the start
+/// and at a reload; hastmon runs on (DNS may come up later, each exchange
+/// looks the name up again). A name that resolves is quiet.
+#[test]
+fn unresolvable_remote_is_a_warning_naming_file_line() {
+    // RFC 6761: `.invalid` never resolves.
+    let dir = TempDir::new("hastmonctl-resolve");
+    let conf = std::fs::canonicalize(config(dir.path())).unwrap();
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let missing = format!("tcp://no-such-host.invalid:{p3}");
+    let nodea = |b: &str, w: &str| format!("  on nodea {{ remote {b} {w} }}");
+    let old = text
+        .lines()
+        .find(|l| l.starts_with("  on nodea "))
+        .expect("nodea's section");
+    let text = text.replace(old, &nodea(&format!("tcp://localhost:{p2}"), &missing));
+    std::fs::write(&conf, &text).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("  on nodea "))
+        .unwrap();
+    let warning = |addr: &str| {
+        format!(
+            "{}:{line}: resource \"r0\": remote {addr} does not resolve (",
+            conf.display()
+        )
+    };
+    let log = dir.join("hastmon.log");
+    let logged = |what: &str| {
+        wait_for(timeout_s(20), || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains(what))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no `{what}` in:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+    };
+    let mut mon = start(&conf, dir.path());
+    let seen = logged(&warning(&missing));
+    assert!(
+        !seen.contains("remote tcp://localhost"),
+        "localhost resolves:\n{seen}"
+    );
+    assert!(mon.is_running(), "hastmon runs on:\n{seen}");
+    assert!(ctl(&conf, &["status"]).status.success());
+    // A reload that names another missing host says so too.
+    let also = format!("tcp://also-missing.invalid:{p2}");
+    std::fs::write(&conf, text.replace(&format!("tcp://localhost:{p2}"), &also)).unwrap();
+    mon.signal(libc::SIGHUP);
+    logged(&warning(&also));
+    assert!(mon.is_running());
+    assert!(ctl(&conf, &["status"]).status.success());
+    mon.signal(libc::SIGTERM);
+    let st = mon
+        .wait_timeout(Duration::from_secs(10))
+        .expect("hastmon exits on SIGTERM");
+    assert!(st.success(), "exit status {st}");
+}

@@ -1,7 +1,8 @@
 //! `./quickstart` and the README's ext4 recipe, run as printed: the script
 //! itself (with its own directory and ports through the environment it
-//! documents), and the fenced block README.md marks for this file, extracted
-//! and run by bash with only the port and the two mount points replaced.
+//! documents), and the fenced block README.md marks for this file, found by
+//! its first line and run by bash with only the port and the two mount
+//! points replaced.
 //! Also what issue 16 found: a second quickstart on a running one's
 //! directory is refused and changes nothing; a port in use stops it with
 //! hastd's own cause and a non-zero status, instead of "Export ready".
@@ -11,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hast_testkit::env::repo_root;
-use hast_testkit::{bins, free_port, run, wait_for, Proc, TempDir};
+use hast_testkit::{bins, free_port, readme, run, wait_for, Proc, TempDir};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -95,17 +96,6 @@ impl Drop for Quickstart {
     }
 }
 
-/// The fenced block after README.md's `<!-- tests/quickstart.rs … -->`.
-fn readme_block() -> String {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let at = readme
-        .find("<!-- tests/quickstart.rs")
-        .expect("README.md marks the ext4 recipe for tests/quickstart.rs");
-    let rest = &readme[at..];
-    let body = &rest[rest.find("```sh\n").expect("a ```sh block follows") + 6..];
-    body[..body.find("```").expect("the block ends")].to_string()
-}
-
 #[test]
 fn readme_quickstart_then_ext4_recipe() {
     if !hast_testkit::tools::require_ext4(&["flock", "timeout"]) {
@@ -114,15 +104,15 @@ fn readme_quickstart_then_ext4_recipe() {
     let tmp = TempDir::new("quickstart-readme");
     let (nbd, repl) = (port_pair(), port_pair());
     let qs = Quickstart::start(&tmp, nbd, repl);
-    let mut recipe = readme_block();
-    for (printed, ours) in [
-        ("10809", nbd.to_string()),
-        ("/mnt/x", tmp.join("x").display().to_string()),
-        ("/mnt/fs", tmp.join("fs").display().to_string()),
-    ] {
-        assert!(recipe.contains(printed), "the recipe names {printed}");
-        recipe = recipe.replace(printed, &ours);
-    }
+    let (x, fs) = (tmp.join("x"), tmp.join("fs"));
+    let recipe = readme::substitute(
+        &readme::sh_block("mkdir -p /mnt/x /mnt/fs"),
+        &[
+            ("10809", &nbd.to_string()),
+            ("/mnt/x", &x.display().to_string()),
+            ("/mnt/fs", &fs.display().to_string()),
+        ],
+    );
     let out = run(
         Command::new("bash").args(["-euo", "pipefail", "-c", &recipe]),
         WAIT,

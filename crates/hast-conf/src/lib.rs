@@ -10,13 +10,15 @@
 //! `lexer` turns text into tokens, `syntax` reads statements and sections
 //! from them (both shared with hastmon.conf), `parser` builds hast.conf's raw
 //! tree of typed values with line numbers, `resolve` picks this node's
-//! sections and applies inheritance.
+//! sections and applies inheritance. `lookup` (the warning about a `remote`
+//! whose host does not resolve) is shared with hastmon.conf as well.
 
 mod addr;
 mod error;
 mod level;
 /// Public so hastmon.conf (crate `hast-mon`) shares this tokenizer.
 pub mod lexer;
+pub mod lookup;
 pub mod nbd_tls;
 mod parser;
 mod resolve;

@@ -161,6 +161,13 @@ mod tests {
             ("  0123456789abcdef \r\n\n\n", K1, None),
             ("0123456789abcdef\nfedcba9876543210-next\n", K1, Some(K2)),
             ("0123456789abcdef\n\n", K1, None),
+            // README.md's recipe, `head -c 32 /dev/urandom | base64`: the
+            // text is the key, as it is (padding included, not decoded).
+            (
+                "EB5T4bWGb0NJkJ1Kcl9Qlg4PI2/G1c091WPY2nwYwQ4=\n",
+                "EB5T4bWGb0NJkJ1Kcl9Qlg4PI2/G1c091WPY2nwYwQ4=",
+                None,
+            ),
         ];
         for (text, cur, next) in ok {
             let s = Secret::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{text:?}: {e}"));

@@ -331,6 +331,7 @@ async fn run(
         Err(code) => return code,
     };
     tracing::info!(node = %config.node, listen = %listen_addr, resources = count, "hastmon started");
+    warn_unresolvable(&config, &config_path);
     // Every listener is bound: a background hastmon leaves the terminal
     // now, and its parent exits 0.
     detach.ready();
@@ -344,6 +345,7 @@ async fn run(
         match conf::load(&config_path, node.as_deref()) {
             Ok(new) => {
                 reload(&current, &new, &routes, &shared).await;
+                warn_unresolvable(&new, &config_path);
                 current = new;
             }
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
@@ -359,6 +361,31 @@ async fn run(
     }
     let _ = std::fs::remove_file(&control_path);
     exit::OK
+}
+
+/// Warns (in the background) about each `remote` of this node's sections
+/// whose host does not resolve, naming hastmon.conf's file and the
+/// `remote` line, as hastd does for hast.conf (`hast_conf::lookup`): each
+/// exchange connects anew, so the name is looked up again every time.
+fn warn_unresolvable(c: &Config, file: &std::path::Path) {
+    let remotes = c
+        .resources
+        .iter()
+        .filter_map(|r| Some((r, r.local(&c.node)?)))
+        .flat_map(|(r, section)| {
+            section.remote.iter().map(|addr| hast_conf::lookup::Remote {
+                line: section.remote_line,
+                resource: r.name.clone(),
+                addr: addr.clone(),
+            })
+        })
+        .collect();
+    hast_conf::lookup::warn_unresolvable(
+        file.to_path_buf(),
+        remotes,
+        "hastmon looks it up again at each exchange",
+        |w| tracing::warn!("{w}"),
+    );
 }
 
 /// SIGHUP: resources added start in init (HASTMON(8): no role by itself),

@@ -8,7 +8,8 @@
 //! checks that skip loudly outside CI and fail inside it ([`env`]), and a hastd
 //! [`node::Node`] generic over node name and config text, which the multi-node and
 //! network-namespace harness will build on; and the outside tools tests drive
-//! ([`tools`]: the python NBD scripts, a qemu-nbd reference, FUSE/loop mounts).
+//! ([`tools`]: the python NBD scripts, a qemu-nbd reference, FUSE/loop mounts);
+//! README.md's command blocks, found by their first line ([`readme`]).
 //!
 //! Rules this crate keeps so tests stay trustworthy: no process is ever killed by
 //! name, every wait has a bound, and a failing test prints the daemon's log.
@@ -24,6 +25,7 @@ pub mod node;
 pub mod pair;
 pub mod proc;
 pub mod proxy;
+pub mod readme;
 pub mod tmp;
 pub mod tools;
 

@@ -372,13 +372,15 @@ impl PairBuilder {
     }
 }
 
-/// Writes a fresh random key file, mode 0600, as an operator would
-/// (`head -c 32 /dev/urandom | base64 > key; chmod 600 key`).
+/// Writes a fresh random key file, mode 0600, in the format README.md's
+/// recipe makes (`umask 077; head -c 32 /dev/urandom | base64 > key`): the
+/// base64 text of 32 random bytes and a newline, so every pair runs on the
+/// documented format (the key is that text as it is, not decoded).
 pub fn write_secret(path: &Path) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let key: [u8; 24] = rand::random();
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let key: [u8; 32] = rand::random();
+    let text = base64(&key);
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -386,7 +388,30 @@ pub fn write_secret(path: &Path) {
         .mode(0o600)
         .open(path)
         .expect("create key file");
-    writeln!(f, "{hex}").expect("write key file");
+    writeln!(f, "{text}").expect("write key file");
+}
+
+/// RFC 4648 base64 with padding, as coreutils' `base64` prints it (one
+/// line: a key is far below its 76-column wrap).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// A node's TLS certificate and key (PEM files) and its SHA-256
@@ -1381,5 +1406,23 @@ mod tests {
             "{e}"
         );
         assert_ne!(digest_area(&pa, area), digest_area(&pb, area));
+    }
+
+    #[test]
+    fn base64_is_coreutils_base64() {
+        // RFC 4648's test vectors.
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded, "{plain:?}");
+        }
+        assert_eq!(base64(&[0xff; 32]).len(), 44);
+        assert!(base64(&[0xfb, 0xff]).contains('+') && base64(&[0xff, 0xff]).contains('/'));
     }
 }

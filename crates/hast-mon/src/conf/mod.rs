@@ -171,6 +171,9 @@ pub struct NodeSection {
     pub priority: u32,
     /// Line of `on NODE {`.
     pub line: u32,
+    /// Line of its `remote` statement (the warning about a host that does
+    /// not resolve names it).
+    pub remote_line: u32,
 }
 
 /// The timing options of a resource. Every duration is in

@@ -104,6 +104,7 @@ fn resource(raw: &RawConfig, res: &RawResource, node: &str) -> Result<Resource, 
             remote: remote.value.clone(),
             priority: n.priority.as_ref().map_or(0, |p| p.value),
             line: n.line,
+            remote_line: remote.line,
         });
     }
     pick(&res.nodes, |n| (&n.name, n.line), node)?;

@@ -103,6 +103,7 @@ fn accepted() {
                     remote: vec![tcp("b", 8459)],
                     priority: 0,
                     line: 4,
+                    remote_line: 4,
                 }
             );
         }),
@@ -112,7 +113,7 @@ fn accepted() {
             assert_eq!(names, [("nodea", 0), ("nodeb", 1), ("nodew", 0)]);
             let w = r.local("nodew").unwrap();
             assert_eq!(w.remote, [tcp("10.0.0.1", 8459), tcp("10.0.0.2", 8459)]);
-            assert_eq!(w.line, 13);
+            assert_eq!((w.line, w.remote_line), (13, 14));
             assert_eq!(r.local("nodeb").unwrap().priority, 1);
         }),
         ("three hosts, as a host in none of them", THREE_HOSTS, "other", |c| {
