@@ -45,32 +45,9 @@ bench_init bench
 bench_build
 
 # ---- hastd ------------------------------------------------------------------
-H=$WORK/hastd
-mkdir -p "$H/nbd" "$H/state"
-truncate -s "$SIZE" "$H/bench.img"
-HPORT=$(free_port)
-cat >"$H/hast.conf" <<EOF
-control uds://$H/ctl.sock
-pidfile $H/hastd.pid
-nbd_listen tcp://127.0.0.1:$HPORT
-nbd_socket_dir $H/nbd
-state_dir $H/state
-listen tcp://127.0.0.1:$(free_port)
-resource bench {
-    on benchnode {
-        local $H/bench.img
-        remote none
-    }
-}
-EOF
-"$HASTCTL" create -c "$H/hast.conf" --node benchnode bench
-"$HASTD" -F -c "$H/hast.conf" --node benchnode 2>"$H/hastd.log" &
-PIDS+=($!)
-SERVER_PID[hastd]=$!
-for i in $(seq 100); do [ -S "$H/ctl.sock" ] && break; sleep 0.1; done
-"$HASTCTL" role -c "$H/hast.conf" --node benchnode primary bench
-HURI=nbd://127.0.0.1:$HPORT/bench
-wait_export "$HURI" 20
+single "$WORK/hastd" "bench:$SIZE"
+SERVER_PID[hastd]=$SINGLE_PID
+HURI=nbd://127.0.0.1:$SINGLE_PORT/bench
 
 # ---- qemu-nbd, threads and io_uring ----------------------------------------
 qemu_export "$WORK/qemu" "$SIZE" threads
@@ -81,15 +58,9 @@ QUURI=$QEMU_URI
 SERVER_PID[qemu-uring]=$QEMU_PID
 
 # ---- nbdkit file ------------------------------------------------------------
-K=$WORK/nbdkit
-mkdir -p "$K"
-truncate -s "$SIZE" "$K/bench.img"
-KPORT=$(free_port)
-nbdkit -f -i 127.0.0.1 -p "$KPORT" file file="$K/bench.img" 2>"$K/nbdkit.log" &
-PIDS+=($!)
-SERVER_PID[nbdkit-file]=$!
-KURI=nbd://127.0.0.1:$KPORT/
-wait_export "$KURI" 20
+nbdkit_export "$WORK/nbdkit" "$SIZE"
+SERVER_PID[nbdkit-file]=$NBDKIT_PID
+KURI=$NBDKIT_URI
 
 # ---- nbdkit memory (the ceiling) --------------------------------------------
 MPORT=$(free_port)

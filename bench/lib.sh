@@ -89,6 +89,56 @@ qemu_export() {
     wait_export "$QEMU_URI" 20
 }
 
+# single DIR NAME:SIZE...: one hastd (`remote none`, node benchnode) serving a
+# fresh sparse DIR/NAME.img of SIZE per resource, every resource primary and
+# served; sets SINGLE_PORT (its NBD port), SINGLE_PID and SINGLE_CTL (hastctl
+# with the config, an array). Prints nothing.
+single() {
+    local d=$1 spec name
+    shift
+    mkdir -p "$d/nbd" "$d/state"
+    SINGLE_PORT=$(free_port)
+    {
+        echo "control uds://$d/ctl.sock"
+        echo "pidfile $d/hastd.pid"
+        echo "nbd_listen tcp://127.0.0.1:$SINGLE_PORT"
+        echo "nbd_socket_dir $d/nbd"
+        echo "state_dir $d/state"
+        echo "listen tcp://127.0.0.1:$(free_port)"
+        for spec in "$@"; do
+            name=${spec%%:*}
+            truncate -s "${spec#*:}" "$d/$name.img"
+            printf 'resource %s {\n    on benchnode {\n        local %s\n        remote none\n    }\n}\n' \
+                "$name" "$d/$name.img"
+        done
+    } >"$d/hast.conf"
+    SINGLE_CTL=("$HASTCTL" -c "$d/hast.conf" --node benchnode)
+    local names=("${@%%:*}") i
+    "${SINGLE_CTL[@]}" create "${names[@]}"
+    "$HASTD" -F -c "$d/hast.conf" --node benchnode 2>"$d/hastd.log" &
+    SINGLE_PID=$!
+    PIDS+=($SINGLE_PID)
+    for i in $(seq 100); do [ -S "$d/ctl.sock" ] && break; sleep 0.1; done
+    "${SINGLE_CTL[@]}" role primary "${names[@]}"
+    for name in "${names[@]}"; do
+        wait_export "nbd://127.0.0.1:$SINGLE_PORT/$name" 20
+    done
+}
+
+# nbdkit_export DIR SIZE: `nbdkit file` serving a fresh sparse DIR/bench.img of
+# SIZE (its default cache: the page cache); sets NBDKIT_URI and NBDKIT_PID.
+nbdkit_export() {
+    local port
+    mkdir -p "$1"
+    truncate -s "$2" "$1/bench.img"
+    port=$(free_port)
+    nbdkit -f -i 127.0.0.1 -p "$port" file file="$1/bench.img" 2>"$1/nbdkit.log" &
+    NBDKIT_PID=$!
+    PIDS+=($NBDKIT_PID)
+    NBDKIT_URI=nbd://127.0.0.1:$port/
+    wait_export "$NBDKIT_URI" 20
+}
+
 # cpu_seconds PID: user + system CPU time the process used so far, in seconds.
 cpu_seconds() {
     awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"

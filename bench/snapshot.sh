@@ -37,37 +37,10 @@ fio --enghelp 2>/dev/null | grep -qw nbd || { echo "snapshot.sh: this fio has no
 bench_init snapshot
 bench_build
 
-H=$WORK/hastd
-mkdir -p "$H/nbd" "$H/state" "$WORK/snaps"
-truncate -s 1G "$H/g1.img"
-truncate -s 8G "$H/g8.img"
-PORT=$(free_port)
-cat >"$H/hast.conf" <<EOF
-control uds://$H/ctl.sock
-pidfile $H/hastd.pid
-nbd_listen tcp://127.0.0.1:$PORT
-nbd_socket_dir $H/nbd
-state_dir $H/state
-listen tcp://127.0.0.1:$(free_port)
-resource g1 {
-    on benchnode {
-        local $H/g1.img
-        remote none
-    }
-}
-resource g8 {
-    on benchnode {
-        local $H/g8.img
-        remote none
-    }
-}
-EOF
-CTL=("$HASTCTL" -c "$H/hast.conf" --node benchnode)
-"${CTL[@]}" create g1 g8
-"$HASTD" -F -c "$H/hast.conf" --node benchnode 2>"$H/hastd.log" &
-PIDS+=($!)
-for i in $(seq 100); do [ -S "$H/ctl.sock" ] && break; sleep 0.1; done
-"${CTL[@]}" role primary g1 g8
+mkdir -p "$WORK/snaps"
+single "$WORK/hastd" g1:1G g8:8G
+PORT=$SINGLE_PORT
+CTL=("${SINGLE_CTL[@]}")
 for r in g1 g8; do
     wait_export "nbd://127.0.0.1:$PORT/$r" 20
     echo "== writing the first GiB of $r" >&2
