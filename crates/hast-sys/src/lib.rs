@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod logging;
 pub mod pidfile;
 pub mod sock;
+pub mod tcp;
 
 pub use clock::{mono_now_ns, mono_ns_to_instant};
 

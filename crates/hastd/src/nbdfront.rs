@@ -312,8 +312,9 @@ pub async fn listen_tcp(
         let listener = listener.clone();
         async move {
             let (stream, peer) = listener.accept().await?;
-            // Small requests and replies: latency matters more than batching.
-            let _ = stream.set_nodelay(true);
+            // Small requests and replies: latency matters more than
+            // batching; large replies: a send buffer that keeps them warm.
+            let _ = hast_sys::tcp::tune_bulk(&stream);
             Ok((stream, peer.to_string()))
         }
     }));

@@ -72,7 +72,7 @@ pub async fn listen(
                 tracing::warn!(%peer, "too many replication handshakes; dropping");
                 continue;
             };
-            let _ = stream.set_nodelay(true);
+            let _ = hast_sys::tcp::tune_bulk(&stream);
             let resources = resources.clone();
             let node = node.clone();
             let identity = with_tls.then(|| tls::current(&identity));

@@ -284,7 +284,7 @@ async fn dial(remote: &Addr, source: Option<&Addr>) -> Result<TcpStream, String>
         .await
         .map_err(|_| format!("connecting to {remote} timed out"))?
         .map_err(|e| format!("{remote}: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let _ = hast_sys::tcp::tune_bulk(&stream);
     Ok(stream)
 }
 
