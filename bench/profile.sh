@@ -75,5 +75,5 @@ calls = ", ".join("%s %.2f" % (k, v / reqs) for k, v in stat.items() if k != "ta
 print("system calls per request: %s" % (calls or "none counted"))
 P
     perf report -i "$WORK/$s.perf.data" --no-children --sort sym --stdio 2>/dev/null |
-        grep -E '^ +[0-9]' | head -15
+        grep -E '^ +[0-9]' | sed -n '1,15p'
 done
