@@ -44,15 +44,23 @@ impl LocalData<'_> {
     /// costs one copy, not a memset and a copy (1 MiB reads: the memset was
     /// 3% of hastd's CPU).
     pub fn read_new(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(len);
+        let mut buf = Vec::new();
+        self.read_into(offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// As [`LocalData::read_new`], into `buf` (emptied first): a buffer a
+    /// declined [`LocalData::read_cached`] already sized is used again.
+    pub fn read_into(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
         while buf.len() < len {
             let at = buf.len();
-            let n = self.pread_spare(&mut buf, len, offset + at as u64, 0)?;
+            let n = self.pread_spare(buf, len, offset + at as u64, 0)?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
-        Ok(buf)
+        Ok(())
     }
 
     /// Reads the range only if the page cache holds all of it
@@ -363,6 +371,10 @@ mod tests {
             file: &f,
             data_offset: 8192,
         };
+        // A buffer already holding something is emptied, then filled.
+        let mut reused = vec![9u8; 10];
+        d.read_into(0, 4096, &mut reused).unwrap();
+        assert_eq!(reused, vec![0u8; 4096]);
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
         d.write(1 << 20, &data).unwrap();
         assert_eq!(d.read_new(1 << 20, data.len()).unwrap(), data);

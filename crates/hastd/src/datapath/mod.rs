@@ -487,7 +487,7 @@ impl DataPath {
         let res = match self.read_cached(offset, len as usize, &mut buf) {
             Ok(true) => Ok(buf),
             Ok(false) => {
-                self.blocking(move |d| d.read_new(offset, len as usize))
+                self.blocking(move |d| d.read_into(offset, len as usize, &mut buf).map(|()| buf))
                     .await
             }
             Err(e) => Err(e),
