@@ -649,3 +649,86 @@ fn unfenced_primary_demoted_by_lease_is_resynced_by_the_next_primary() {
     let check = versioned_check(&pair.uri(b), &[log]);
     say(&format!("check on B: {check}"));
 }
+
+// ---------------------------------------------------------------------------
+// outdate
+
+/// `hastctl outdate` (what hastmon runs when its watchdog holds the node
+/// outdated): refused on the primary and on a secondary connected to it;
+/// on a lone secondary the copy is outdated durably (status, list, dump,
+/// across a kill -9), its promotion refused (77) even with `-E`, until the
+/// primary's resync clears the mark; `--force` promotes and clears it too.
+#[test]
+fn an_outdated_copy_is_not_promoted_until_resynced() {
+    let mut pair = Pair::builder(bins!())
+        .tag("fence-outdate")
+        .file_size(64 * MIB)
+        .start();
+    let (a, b) = (Side::A, Side::B);
+    pair.setup(a, timeout_s(60));
+    let err = fails(&pair, b, &["outdate", RES], 75);
+    assert!(err.contains("connected to its primary"), "{err}");
+    let err = fails(&pair, a, &["outdate", RES], EX_NOPERM);
+    assert!(err.contains("primary here"), "{err}");
+    let outdated = |pair: &Pair, side: Side| pair.status_json(side)["outdated"].as_bool();
+    assert_eq!(outdated(&pair, b), Some(false));
+
+    // The primary dies; B, alone, is told it is outdated.
+    pair.kill9(a);
+    pair.wait_status(b, timeout_s(20), "disconnected", |s| {
+        s.peer.as_deref() != Some("connected")
+    });
+    pair.node(b).hastctl_ok(&["outdate", RES]);
+    assert_eq!(outdated(&pair, b), Some(true));
+    assert_eq!(pair.status(b).status, "outdated");
+    let text = pair.node(b).hastctl_ok(&["status", RES]);
+    assert!(text.contains("outdated"), "{text}");
+    let text = pair.node(b).hastctl_ok(&["list", RES]);
+    assert!(text.contains("outdated: yes"), "{text}");
+    let err = fails(&pair, b, &["role", "primary", RES], EX_NOPERM);
+    assert!(err.contains("outdated"), "{err}");
+    let err = fails(&pair, b, &["role", "-E", "40", "primary", RES], EX_NOPERM);
+    assert!(err.contains("outdated"), "{err}");
+    assert_eq!(
+        pair.status(b).role,
+        "secondary",
+        "a refusal changes nothing"
+    );
+
+    // Durable: kill -9 and restart, the resource comes back in init,
+    // still outdated (and `outdate` again in init is fine).
+    pair.kill9(b);
+    pair.start_daemon(b);
+    assert_eq!(pair.status(b).role, "init");
+    assert_eq!(outdated(&pair, b), Some(true));
+    assert_eq!(
+        pair.node(b).dump(RES).get("flags").map(String::as_str),
+        Some("outdated")
+    );
+    pair.node(b).hastctl_ok(&["outdate", RES]);
+    fails(&pair, b, &["role", "primary", RES], EX_NOPERM);
+    pair.make_secondary(b);
+    assert_eq!(outdated(&pair, b), Some(true));
+
+    // The primary comes back: its resync makes B current, the mark goes.
+    pair.start_daemon(a);
+    pair.make_primary(a);
+    pair.wait_complete(timeout_s(60));
+    assert_eq!(outdated(&pair, b), Some(false), "{}", pair.describe());
+    assert_eq!(
+        pair.node(b).dump(RES).get("flags").map(String::as_str),
+        Some("none")
+    );
+
+    // `--force` is the operator's word: promoted, mark cleared, logged.
+    pair.kill9(a);
+    pair.wait_status(b, timeout_s(20), "disconnected", |s| {
+        s.peer.as_deref() != Some("connected")
+    });
+    pair.node(b).hastctl_ok(&["outdate", RES]);
+    pair.node(b)
+        .hastctl_ok(&["role", "--force", "primary", RES]);
+    pair.node(b).wait_export(RES);
+    assert_eq!(outdated(&pair, b), Some(false));
+    log_has(&pair, b, "promoted with --force although outdated");
+}

@@ -83,6 +83,12 @@ pub enum Request {
     Attach {
         names: Vec<String>,
     },
+    /// `hastctl outdate`: the named copies (secondary or init on this node)
+    /// are marked outdated, durably: the primary wrote without them. Not
+    /// promoted without `--force` until a resync completes.
+    Outdate {
+        names: Vec<String>,
+    },
     /// `hastctl freeze [-t timeout]`: the named resources (all primary on
     /// this node) frozen as one group, or none of them.
     Freeze {
@@ -203,6 +209,8 @@ pub enum Response {
     EventsCleared(Vec<u64>),
     /// Per-resource outcome of an attach request, in request order.
     Attach(Vec<AttachOutcome>),
+    /// Per-resource outcome of an outdate request, in request order.
+    Outdate(Vec<AttachOutcome>),
     /// The group is frozen (a failed freeze is an `Error`: nothing frozen).
     Frozen(FreezeDone),
     /// Per-resource outcome of a thaw request, in request order.
@@ -330,6 +338,7 @@ pub struct LeaseOutcome {
     pub result: Result<u64, ApiError>,
 }
 
+/// The outcome of `attach` or `outdate` for one resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttachOutcome {
     pub name: String,
@@ -354,6 +363,11 @@ pub enum Status {
     /// serves every request (`on_io_error detach`); `hastctl attach`.
     #[serde(rename = "detached")]
     Detached,
+    /// This copy is outdated (`hastctl outdate`, or hastmon's watchdog):
+    /// the primary wrote without it, and until its resync completes it is
+    /// not promoted without `--force`.
+    #[serde(rename = "outdated")]
+    Outdated,
     /// The component is not open (role init).
     #[serde(rename = "-")]
     Inactive,
@@ -366,6 +380,7 @@ impl Status {
             Status::Degraded => "degraded",
             Status::SplitBrain => "split-brain",
             Status::Detached => "detached",
+            Status::Outdated => "outdated",
             Status::Inactive => "-",
         }
     }
@@ -445,6 +460,11 @@ pub struct ResourceStatus {
     /// Local I/O errors since the component was last attached or opened.
     #[serde(default)]
     pub local_errors: u64,
+    /// This copy lacks writes a primary made without it (`hastctl
+    /// outdate`, or hastmon's watchdog): not promoted without `--force`
+    /// until a resync from the primary completes.
+    #[serde(default)]
+    pub outdated: bool,
     /// New modifications are held by a freeze (`hastctl freeze`).
     #[serde(default)]
     pub frozen: bool,

@@ -14,11 +14,12 @@
 //! - **FLUSH covers exactly what came before it** ([`Order`]): it runs once
 //!   every request numbered below it finished.
 //! - **SYNC_DONE** stores the counters the primary sends and clears the
-//!   inconsistent flag ([`sync_done`]).
+//!   inconsistent and outdated flags ([`sync_done`]): the copy is now the
+//!   primary's.
 
 use std::collections::BTreeSet;
 
-use hast_meta::{Header, FLAG_INCONSISTENT};
+use hast_meta::{Header, FLAG_INCONSISTENT, FLAG_OUTDATED};
 use hast_repl::{Decision, Direction, Hello, HelloStatus};
 
 use crate::mutation::{planted, Mutation};
@@ -76,11 +77,12 @@ pub fn early_received(want: bool, in_memory: bool) -> bool {
     want && !in_memory
 }
 
-/// SYNC_DONE: the counters both sides agreed on, and the copy is whole.
+/// SYNC_DONE: the counters both sides agreed on, and the copy is whole and
+/// up to date with the primary (no longer outdated either).
 pub fn sync_done(h: &mut Header, localcnt: u64, remotecnt: u64) {
     h.localcnt = localcnt;
     h.remotecnt = remotecnt;
-    h.flags &= !FLAG_INCONSISTENT;
+    h.flags &= !(FLAG_INCONSISTENT | FLAG_OUTDATED);
 }
 
 /// The requests being applied, by sequence number: what a FLUSH (or
@@ -156,6 +158,37 @@ mod tests {
         assert!(!early_received(true, true));
         assert!(!early_received(false, false));
         assert!(!early_received(false, true));
+    }
+
+    #[test]
+    fn sync_done_clears_inconsistent_and_outdated_only() {
+        let mut h = Header {
+            generation: 1,
+            name: "r0".into(),
+            datasize: 1 << 20,
+            extentsize: 1 << 16,
+            keepdirty: 64,
+            data_offset: 0,
+            map_offset: 0,
+            map_size: 0,
+            resuid: 7,
+            localcnt: 1,
+            remotecnt: 1,
+            prevrole: Role::Secondary,
+            epoch: 5,
+            flags: FLAG_INCONSISTENT | FLAG_OUTDATED,
+        };
+        sync_done(&mut h, 9, 4);
+        assert_eq!((h.localcnt, h.remotecnt, h.flags), (9, 4, 0));
+        // Adopting as a resync's target marks inconsistent, never clears
+        // outdated: only SYNC_DONE says the copy is the primary's again.
+        h.flags = FLAG_OUTDATED;
+        Adopt {
+            resuid: None,
+            inconsistent: true,
+        }
+        .apply(&mut h);
+        assert_eq!(h.flags, FLAG_INCONSISTENT | FLAG_OUTDATED);
     }
 
     #[test]

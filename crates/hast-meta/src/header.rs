@@ -13,7 +13,7 @@
 //!  26  name                        n   (1..=64 bytes of [A-Za-z0-9._-])
 //!      datasize u64, extentsize u32, keepdirty u32, data_offset u64, map_offset u64,
 //!      map_size u64, resuid u64, localcnt u64, remotecnt u64, prevrole u8, epoch u64,
-//!      flags u32 (reserved, 0)
+//!      flags u32 (FLAG_INCONSISTENT 1, FLAG_OUTDATED 2; others rejected)
 //! used crc32c u32 of bytes [0, used)
 //! ```
 //!
@@ -110,7 +110,7 @@ pub struct Header {
     pub remotecnt: u64,
     pub prevrole: Role,
     pub epoch: u64,
-    /// [`FLAG_INCONSISTENT`] and future flags; unknown bits are rejected.
+    /// [`FLAG_INCONSISTENT`], [`FLAG_OUTDATED`]; unknown bits are rejected.
     pub flags: u32,
 }
 
@@ -118,8 +118,13 @@ pub struct Header {
 /// a mix of old and new blocks, so it must not become primary, and the next
 /// connection must resume the resync rather than call the copies in sync.
 pub const FLAG_INCONSISTENT: u32 = 1;
+/// This copy lacks writes a primary made without it (`hastctl outdate`,
+/// DRBD's "Outdated"; hastmon sets it when its watchdog holds the node
+/// outdated): it is whole but old, so it is not promoted without
+/// `--force`, and the next completed resync (SYNC_DONE) clears it.
+pub const FLAG_OUTDATED: u32 = 2;
 /// Every flag this version knows.
-pub const FLAGS_KNOWN: u32 = FLAG_INCONSISTENT;
+pub const FLAGS_KNOWN: u32 = FLAG_INCONSISTENT | FLAG_OUTDATED;
 
 impl Header {
     /// The 4096-byte slot image. Fields are written as they are; call

@@ -27,7 +27,7 @@ pub use activemap::{ActiveMap, FlushJob};
 pub use error::{slot_name, HeaderError, MetaError};
 pub use header::{
     check_name, extent_count, map_size, pick_slot, validate_name, Header, Layout, Picked, Role,
-    FLAGS_KNOWN, FLAG_INCONSISTENT,
+    FLAGS_KNOWN, FLAG_INCONSISTENT, FLAG_OUTDATED,
 };
 pub use store::{min_provider_size, Store};
 

@@ -1,8 +1,9 @@
 //! `hastctl`, the control utility, as in FreeBSD's HASTCTL(8): `create` and
 //! `dump` work on the local components directly (no daemon needed); `role`,
 //! `status` and `list` ask hastd over the control socket, and so does our
-//! `lease` (with `role -E`, the fencing hooks `hastmon` drives), `attach` (a repaired local component, `on_io_error`)
-//! `freeze`/`thaw`/`query` (freezefs(2): a group's writes held for a coherent copy) and `snapshot`
+//! `lease` (with `role -E`, the fencing hooks `hastmon` drives), `attach`
+//! (a repaired local component, `on_io_error`), `outdate` (a copy the
+//! primary wrote without), `freeze`/`thaw`/`query` (freezefs(2): a group's writes held for a coherent copy) and `snapshot`
 //! (a group's point-in-time images, `snapshot.rs`). This crate only
 //! parses arguments, calls `hast-meta` or `hast-api`, and renders; every
 //! failure is one line on stderr and a sysexits(3) status.
@@ -102,7 +103,8 @@ enum Cmd {
     )]
     Role {
         /// Promote even while a primary peer is connected (a split-brain
-        /// on purpose; refused with exit 77 otherwise, unless -E is given).
+        /// on purpose; refused with exit 77 otherwise, unless -E is given),
+        /// or a copy marked outdated (see outdate; the mark is cleared).
         #[arg(long)]
         force: bool,
         /// Fencing token: promotion is refused (exit 77) below the stored
@@ -136,6 +138,16 @@ enum Cmd {
     /// one is first resynced from the secondary; errors are cleared.
     #[command(override_usage = "hastctl attach [-d] [-c config] all | name ...")]
     Attach {
+        #[arg(required = true, value_name = "all | name")]
+        names: Vec<String>,
+    },
+    /// Mark the copies of secondary (or init) resources outdated: the
+    /// primary writes without them. hastd then refuses to promote them
+    /// (exit 77) without --force until a resync from the primary
+    /// completes, which clears the mark; hastmon runs this when its
+    /// watchdog holds the node outdated. Refused while connected to the primary.
+    #[command(override_usage = "hastctl outdate [-d] [-c config] all | name ...")]
+    Outdate {
         #[arg(required = true, value_name = "all | name")]
         names: Vec<String>,
     },
@@ -357,6 +369,7 @@ fn run(common: &Common, cmd: Cmd) -> Res {
         } => set_role(common, role, epoch, force, &names),
         Cmd::Lease { ms, names } => lease(common, ms, &names),
         Cmd::Attach { names } => attach(common, &names),
+        Cmd::Outdate { names } => outdate(common, &names),
         Cmd::Freeze { timeout, names } => freeze(common, timeout, &names),
         Cmd::Thaw { names } => thaw(common, &names),
         Cmd::Query { names } => query(common, &names),
@@ -694,6 +707,28 @@ fn attach(common: &Common, names: &[String]) -> Res {
     else {
         return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
     };
+    say_outcomes(outcomes)
+}
+
+fn outdate(common: &Common, names: &[String]) -> Res {
+    let cfg = load(common)?;
+    select(&cfg, names)?;
+    let Response::Outdate(outcomes) = call(
+        common,
+        &cfg,
+        Request::Outdate {
+            names: names.to_vec(),
+        },
+    )?
+    else {
+        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    };
+    say_outcomes(outcomes)
+}
+
+/// What `attach` or `outdate` did, one line per resource on stderr; the
+/// failures decide the exit status.
+fn say_outcomes(outcomes: Vec<hast_api::AttachOutcome>) -> Res {
     let failures = outcomes.into_iter().filter_map(|o| match o.result {
         Err(e) => Some((o.name, e)),
         Ok(msg) => {

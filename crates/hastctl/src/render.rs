@@ -42,12 +42,32 @@ pub fn dump(name: &str, p: &Picked) -> String {
     let _ = writeln!(s, "    remotecnt: {}", h.remotecnt);
     let _ = writeln!(s, "    prevrole: {}", h.prevrole);
     let _ = writeln!(s, "    epoch: {}", h.epoch);
+    let _ = writeln!(s, "    flags: {}", flag_words(h.flags));
     let _ = writeln!(s, "    generation: {} (slot {slot})", h.generation);
     let _ = writeln!(s, "    name: {}", h.name);
     if let Some(e) = &p.other_error {
         let _ = writeln!(s, "    warning: other slot invalid: {e}");
     }
     s
+}
+
+/// The header's flags by name (`none`): `inconsistent` (the target of an
+/// unfinished resync), `outdated` (`hastctl outdate`).
+fn flag_words(flags: u32) -> String {
+    let names = [
+        (hast_meta::FLAG_INCONSISTENT, "inconsistent"),
+        (hast_meta::FLAG_OUTDATED, "outdated"),
+    ];
+    let set: Vec<&str> = names
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.join(",")
+    }
 }
 
 /// `dump --json`: the fields of the text, numbers as numbers.
@@ -64,6 +84,7 @@ pub fn dump_json(name: &str, p: &Picked) -> serde_json::Value {
         "remotecnt": h.remotecnt,
         "prevrole": h.prevrole,
         "epoch": h.epoch,
+        "flags": flag_words(h.flags),
         "generation": h.generation,
         "slot": if p.slot == 0 { "A" } else { "B" },
         "name": h.name,
@@ -143,6 +164,12 @@ pub fn list(list: &[ResourceStatus]) -> String {
             if m.inconsistent {
                 let _ = writeln!(s, "  inconsistent: yes (target of an unfinished resync)");
             }
+        }
+        if r.outdated {
+            let _ = writeln!(
+                s,
+                "  outdated: yes (the primary wrote without this copy: no promotion without --force until it is resynced)"
+            );
         }
         if let Some(e) = r.epoch {
             let _ = writeln!(s, "  epoch: {e}");

@@ -352,6 +352,20 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             }
             Response::Attach(out)
         }
+        Request::Outdate { names } => {
+            let targets = match select(&names, &all) {
+                Ok(t) => t,
+                Err(e) => return Response::Error(e),
+            };
+            let mut out = Vec::with_capacity(targets.len());
+            for r in targets {
+                out.push(AttachOutcome {
+                    name: r.name.clone(),
+                    result: r.outdate().await,
+                });
+            }
+            Response::Outdate(out)
+        }
         Request::Status { names } => {
             let targets = match select(&names, &all) {
                 Ok(t) => t,

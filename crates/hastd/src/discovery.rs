@@ -229,7 +229,9 @@ async fn snapshot(sources: &Sources) -> Vec<Listed> {
 fn status(s: hast_api::Status) -> Status {
     match s {
         hast_api::Status::Complete => Status::Complete,
-        hast_api::Status::Degraded | hast_api::Status::Detached => Status::Degraded,
+        hast_api::Status::Degraded | hast_api::Status::Detached | hast_api::Status::Outdated => {
+            Status::Degraded
+        }
         hast_api::Status::SplitBrain => Status::SplitBrain,
         hast_api::Status::Inactive => Status::Inactive,
     }

@@ -100,11 +100,12 @@ async fn gather(resources: &Resources) -> (Vec<Sample>, Vec<String>) {
 }
 
 const ROLES: [Role; 3] = [Role::Init, Role::Primary, Role::Secondary];
-const STATES: [Status; 5] = [
+const STATES: [Status; 6] = [
     Status::Complete,
     Status::Degraded,
     Status::SplitBrain,
     Status::Detached,
+    Status::Outdated,
     Status::Inactive,
 ];
 

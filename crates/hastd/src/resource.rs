@@ -68,6 +68,8 @@ pub enum Command {
     /// `hastctl attach` / the retry of an aborted `detach` event: see
     /// [`ResourceHandle::attach`].
     Attach(oneshot::Sender<Result<String, ApiError>>),
+    /// `hastctl outdate`: see [`ResourceTask::outdate`].
+    Outdate(oneshot::Sender<Result<String, ApiError>>),
     /// Hold new modifications as a member of the freeze of this
     /// generation (`crate::freeze::Freezer::hold`); primary only.
     Freeze(u64, oneshot::Sender<Result<(), ApiError>>),
@@ -121,6 +123,20 @@ impl ResourceHandle {
     /// event). `Err`: nothing changed (the component still fails, no peer
     /// to copy from, not open). See `replication::attach::recover`.
     pub async fn attach(&self) -> Result<String, ApiError> {
+        self.ask(Command::Attach).await
+    }
+
+    /// `hastctl outdate`: see [`ResourceTask::outdate`].
+    pub async fn outdate(&self) -> Result<String, ApiError> {
+        self.ask(Command::Outdate).await
+    }
+
+    /// Sends the command `make` builds and waits for its answer; a task
+    /// that ends first (the resource stopping) answers `TempFail`.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
+    ) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel();
         let gone = || {
             api_err(
@@ -128,10 +144,7 @@ impl ResourceHandle {
                 format!("resource \"{}\" is stopping", self.name),
             )
         };
-        self.tx
-            .send(Command::Attach(tx))
-            .await
-            .map_err(|_| gone())?;
+        self.tx.send(make(tx)).await.map_err(|_| gone())?;
         rx.await.unwrap_or_else(|_| Err(gone()))
     }
 }
@@ -265,7 +278,10 @@ impl ResourceTask {
                         Err(e) if role != was => Err(e),
                         _ => match self.two_primaries(role, epoch, force) {
                             Some(e) => Err(e),
-                            None => self.set_role(role, epoch).await,
+                            None => match self.outdated_refusal(role, force).await {
+                                Some(e) => Err(e),
+                                None => self.set_role(role, epoch).await,
+                            },
                         },
                     };
                     match &res {
@@ -299,6 +315,16 @@ impl ResourceTask {
                         Ok(m) => tracing::info!(resource = %self.config.name, "attach: {m}"),
                         Err(e) => {
                             tracing::warn!(resource = %self.config.name, "attach refused: {}", e.message)
+                        }
+                    }
+                    let _ = reply.send(res);
+                }
+                Command::Outdate(reply) => {
+                    let res = self.outdate().await;
+                    match &res {
+                        Ok(m) => tracing::warn!(resource = %self.config.name, "outdate: {m}"),
+                        Err(e) => {
+                            tracing::warn!(resource = %self.config.name, "outdate refused: {}", e.message)
                         }
                     }
                     let _ = reply.send(res);
@@ -422,6 +448,96 @@ impl ResourceTask {
                 self.config.name
             ),
         ))
+    }
+
+    /// A promotion of an outdated copy without `--force`, even with `-E`:
+    /// the primary wrote without it, so serving it would take back what
+    /// clients were told is written (DRBD refuses to promote an Outdated
+    /// disk likewise). hastmon's watchdog never grants such a node; this is
+    /// the same rule kept by the copy itself, should the watchdog's record
+    /// be lost. `--force` is the operator's word, and clears the mark.
+    async fn outdated_refusal(&self, role: Role, force: bool) -> Option<ApiError> {
+        if role != Role::Primary || force || self.state.role() == Role::Primary {
+            return None;
+        }
+        let flags = self.header_flags().await?;
+        if flags & hast_meta::FLAG_OUTDATED == 0 {
+            return None;
+        }
+        Some(api_err(
+            ErrorKind::NoPerm,
+            format!(
+                "{}: this copy is outdated (the primary wrote without it): a resync from the \
+                 primary clears it; or hastctl role --force primary {} to serve it as it is",
+                self.config.name, self.config.name
+            ),
+        ))
+    }
+
+    /// The header's flags of the open or closed component (`None` if it
+    /// cannot be read).
+    async fn header_flags(&self) -> Option<u32> {
+        if let Some(dp) = self.state.dp() {
+            return Some(dp.header().await.flags);
+        }
+        let local = self.config.local.clone();
+        tokio::task::spawn_blocking(move || {
+            Store::open(&local)
+                .and_then(|s| s.read_header())
+                .ok()
+                .map(|p| p.header.flags)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// `hastctl outdate` (hastmon runs it when its watchdog holds this node
+    /// outdated): marks this copy outdated, durably. Refused on a primary
+    /// (its copy is the current one) and on a secondary connected to its
+    /// primary (the copy is being kept up to date; a mark set now would
+    /// outlive the resync that makes it current, as DRBD refuses to outdate
+    /// a connected disk).
+    async fn outdate(&mut self) -> Result<String, ApiError> {
+        const DONE: &str = "marked outdated: not promoted without --force until a resync from the primary completes";
+        let name = &self.config.name;
+        match &self.state {
+            State::Primary { .. } => Err(api_err(
+                ErrorKind::NoPerm,
+                format!("{name} is primary here: its copy is the current one"),
+            )),
+            State::Secondary { dp, .. } if dp.peer_state().is_connected() => Err(api_err(
+                ErrorKind::TempFail,
+                format!("{name} is connected to its primary, which keeps this copy up to date"),
+            )),
+            State::Secondary { dp, .. } => {
+                dp.update_header(|h| h.flags |= hast_meta::FLAG_OUTDATED)
+                    .await
+                    .map_err(io_err)?;
+                Ok(DONE.into())
+            }
+            State::Init => {
+                let local = self.config.local.clone();
+                tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+                    let store = Store::open(&local).map_err(|e| meta_err(&e))?;
+                    lock_component(store.file(), &local)?;
+                    let res = (|| {
+                        let mut header = store.read_header().map_err(|e| meta_err(&e))?.header;
+                        if header.flags & hast_meta::FLAG_OUTDATED == 0 {
+                            header.flags |= hast_meta::FLAG_OUTDATED;
+                            header.generation += 1;
+                            store.write_header(&header).map_err(|e| meta_err(&e))?;
+                        }
+                        Ok(())
+                    })();
+                    unlock_component(store.file());
+                    res
+                })
+                .await
+                .map_err(|e| api_err(ErrorKind::Software, e.to_string()))??;
+                Ok(DONE.into())
+            }
+        }
     }
 
     /// `hastctl lease -t ms`: only a primary holds a lease; `ms` 0 cancels
@@ -730,6 +846,11 @@ impl ResourceTask {
                         ),
                     ));
                 }
+                if header.flags & hast_meta::FLAG_OUTDATED != 0 {
+                    // Only a forced promotion gets here (`outdated_refusal`).
+                    header.flags &= !hast_meta::FLAG_OUTDATED;
+                    tracing::warn!(resource = %name, "promoted with --force although outdated: what the old primary wrote without this copy is not here");
+                }
                 if header.resuid == 0 {
                     // First promotion of this resource anywhere: name it. A
                     // secondary that has never synced adopts this id.
@@ -983,19 +1104,22 @@ impl ResourceTask {
             local_errors: 0,
             frozen: false,
             freeze: None,
+            outdated: false,
         };
         (st.frozen, st.freeze) = self.env.freezer.status(&c.name);
         let Some(dp) = self.state.dp() else {
             let local = c.local.clone();
-            st.epoch = tokio::task::spawn_blocking(move || {
+            let header = tokio::task::spawn_blocking(move || {
                 Store::open(&local)
                     .and_then(|s| s.read_header())
                     .ok()
-                    .map(|p| p.header.epoch)
+                    .map(|p| p.header)
             })
             .await
             .ok()
             .flatten();
+            st.epoch = header.as_ref().map(|h| h.epoch);
+            st.outdated = header.is_some_and(|h| h.flags & hast_meta::FLAG_OUTDATED != 0);
             return st;
         };
         let header = dp.header().await;
@@ -1017,6 +1141,7 @@ impl ResourceTask {
         let syncing = dp.syncing();
         let needsync = dp.map_lock().needsync_count();
         let inconsistent = header.flags & hast_meta::FLAG_INCONSISTENT != 0;
+        st.outdated = header.flags & hast_meta::FLAG_OUTDATED != 0;
         let complete = match dp.side() {
             Side::Primary => dp.peer_connected() && !syncing && needsync == 0,
             Side::Secondary => peer_state.is_connected() && !inconsistent,
@@ -1033,6 +1158,8 @@ impl ResourceTask {
             Status::Complete
         } else if peer_state.is_split_brain() {
             Status::SplitBrain
+        } else if st.outdated {
+            Status::Outdated
         } else {
             Status::Degraded
         };

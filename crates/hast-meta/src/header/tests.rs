@@ -254,9 +254,9 @@ fn decode_rejects_bad_slots() {
         ),
         (
             "flags",
-            |s| put(s, off::FLAGS, &2u32.to_le_bytes()),
+            |s| put(s, off::FLAGS, &4u32.to_le_bytes()),
             true,
-            HeaderError::UnknownFlags(2),
+            HeaderError::UnknownFlags(4),
         ),
     ];
     for (what, edit, reseal_it, want) in cases {
