@@ -13,6 +13,9 @@
 //!   without its unacknowledged writes counting as a split-brain: the next primary
 //!   (higher epoch) resyncs it and the copies end identical, with every write the
 //!   client saw acknowledged on the new primary.
+//! - **outdate**: `hastctl outdate` marks a lone secondary's copy outdated
+//!   durably; its promotion is refused until the primary's resync clears the
+//!   mark, or `--force` serves it as it is.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

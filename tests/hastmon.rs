@@ -930,6 +930,30 @@ fn an_outdated_secondary_says_so_until_resynced() {
     );
     let text = run.c.hastmonctl_ok(s, &["status", RES]);
     assert!(text.contains("outdated: yes"), "{text}");
+    // hastmon passed the mark on (`hastmon-hastd outdate`): hastd's own
+    // status says so, and hastd itself refuses a promotion.
+    let hastd_says = |c: &HaCluster| c.hastctl_ok(s, &["list", RES]).contains("outdated: yes");
+    let passed_on = wait_for(timeout_s(10), || {
+        let o = hastd_says(run.c);
+        if !o {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        o.then_some(())
+    });
+    assert!(
+        passed_on.is_some(),
+        "{s}'s hastd was not told it is outdated\n{}",
+        run.c.describe()
+    );
+    let text = run.c.hastctl_ok(s, &["status", RES]);
+    assert!(text.contains("outdated"), "{text}");
+    let out = run.c.hastctl(s, &["role", "primary", RES]);
+    assert_eq!(out.status.code(), Some(77), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("outdated"),
+        "{}",
+        output_text(&out)
+    );
     // Still the primary's: writes go on without the peer.
     let before = count_acks(&history);
     run.wait_acks(&history, before + 50, "outdated: degraded writes");
@@ -973,6 +997,8 @@ fn an_outdated_secondary_says_so_until_resynced() {
         !text.contains("outdated") && !text.contains("refused"),
         "{text}"
     );
+    let text = run.c.hastctl_ok(s, &["list", RES]);
+    assert!(!text.contains("outdated"), "{text}");
     std::fs::write(&stop, b"").expect("stop file");
     let st = writer.wait_timeout(timeout_s(90));
     assert!(

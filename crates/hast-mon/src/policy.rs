@@ -120,6 +120,11 @@ pub enum Exec {
     /// (the daemon passes what is left when it runs, and hastd clamps to
     /// the absolute deadline, so a late renewal never extends the lease).
     Lease(Ms),
+    /// The watchdog holds this node outdated: mark the storage's copy so
+    /// (`hastctl outdate`), so that it refuses a promotion by itself and
+    /// its own status says so. Run when the mark appears; a script that
+    /// does not know the action changes nothing but a warning.
+    Outdate,
 }
 
 impl Exec {
@@ -134,6 +139,7 @@ impl Exec {
             Exec::Disconnect => vec!["disconnect".into()],
             Exec::Complain => vec!["complain".into()],
             Exec::Lease(until) => vec!["lease".into(), until.to_string()],
+            Exec::Outdate => vec!["outdate".into()],
         }
     }
 }
@@ -694,7 +700,10 @@ impl Policy {
         (reply, out)
     }
 
-    /// The watchdog's list of outdated nodes: whether we are one. When our
+    /// The watchdog's list of outdated nodes: whether we are one. When the
+    /// mark appears on a node that holds a copy (not primary), the storage
+    /// is told too ([`Exec::Outdate`]): its status then says so and it
+    /// refuses a promotion itself; its own resync clears it there. When our
     /// mark is cleared (the primary resynced us), a refusal we got for being
     /// outdated is history and goes with it.
     fn learn_outdated(&mut self, list: &[String], out: &mut Vec<Action>) {
@@ -704,6 +713,9 @@ impl Policy {
                 "the watchdog holds this copy outdated: no takeover until the primary has resynced it"
                     .into(),
             ));
+            if matches!(self.role, Role::Secondary | Role::Init) {
+                out.push(Action::Exec(Exec::Outdate));
+            }
         } else if !now && self.outdated_me {
             self.last_refusal = None;
             out.push(Action::Log(

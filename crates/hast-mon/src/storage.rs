@@ -186,6 +186,13 @@ pub fn verdict(role: Role, st: &ResourceStatus, stall_limit: Duration) -> Checke
             st.name
         ));
     }
+    if st.outdated {
+        // hastd would refuse the promotion (the watchdog's mark, passed on).
+        return fail(format!(
+            "{}: the copy is outdated (the primary wrote without it)",
+            st.name
+        ));
+    }
     if st.status == hast_api::Status::Detached {
         // Its disk failed (`on_io_error`): it lacks what the primary wrote
         // since, and hastd would refuse to promote it anyway.
@@ -286,6 +293,10 @@ mod tests {
                 "{stall:?}"
             );
         }
+        // An outdated copy cannot take over.
+        let mut st = status(Secondary, "outdated", false);
+        st.outdated = true;
+        assert!(!verdict(Role::Secondary, &st, limit).outcome.ok);
         // A secondary's slow disk is not the primary's business here.
         let mut st = status(Secondary, "-", false);
         st.local_stall_ms = Some(5000);

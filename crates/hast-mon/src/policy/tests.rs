@@ -715,6 +715,10 @@ fn a_node_knows_it_is_outdated_and_forgets_the_refusal_once_cleared() {
             .any(|x| matches!(x, Action::Log(l) if l.contains("holds this copy outdated"))),
         "{acts:?}"
     );
+    // The storage is told once, when the mark appears.
+    assert!(acts.contains(&Action::Exec(Exec::Outdate)), "{acts:?}");
+    let (_, acts) = b.on_request("w", &req, 3050);
+    assert!(!acts.contains(&Action::Exec(Exec::Outdate)), "{acts:?}");
     // An operator's takeover is refused, and says why.
     let take = b
         .set_role(Role::Primary, 3100)
