@@ -233,11 +233,16 @@ pub trait IntoHalves: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn into_halves(self) -> (Self::Read, Self::Write);
 }
 
+/// Over TCP a large WRITE payload is read once it has all arrived
+/// ([`hast_io::LowWater`]): one wake-up and one `recv` instead of one per
+/// piece the network delivers.
 impl IntoHalves for tokio::net::TcpStream {
-    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Read = hast_io::LowWater<tokio::net::tcp::OwnedReadHalf>;
     type Write = tokio::net::tcp::OwnedWriteHalf;
     fn into_halves(self) -> (Self::Read, Self::Write) {
-        self.into_split()
+        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&self);
+        let (rd, wr) = self.into_split();
+        (hast_io::LowWater::new(rd, fd, READ_BUFFER_LEN), wr)
     }
 }
 

@@ -7,19 +7,27 @@
 //! stream, uncontended on hastd's single-threaded runtime). Vectored writes
 //! are forwarded on both (`is_write_vectored` too): the `Outbox` batches
 //! frames into one `writev`, and TLS encrypts such a batch into as few
-//! records as it fits.
+//! records as it fits. Over plain TCP the read half waits for a large
+//! payload to be whole before it wakes ([`hast_io::LowWater`]): one `recv`
+//! per 1 MiB frame on the secondary instead of one per piece.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use hast_io::LowWater;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+/// The capacity of the `BufReader` each side reads the connection through
+/// once the handshake is over: replies and headers are 32-byte frames,
+/// many per segment at high depth; larger payloads bypass it.
+pub const READ_BUFFER_BYTES: usize = 256 << 10;
+
 pub enum ConnRead {
-    Tcp(OwnedReadHalf),
+    Tcp(LowWater<OwnedReadHalf>),
     Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
 }
 
@@ -29,8 +37,12 @@ pub enum ConnWrite {
 }
 
 pub fn split_tcp(s: TcpStream) -> (ConnRead, ConnWrite) {
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
     let (rd, wr) = s.into_split();
-    (ConnRead::Tcp(rd), ConnWrite::Tcp(wr))
+    (
+        ConnRead::Tcp(LowWater::new(rd, fd, READ_BUFFER_BYTES)),
+        ConnWrite::Tcp(wr),
+    )
 }
 
 pub fn split_tls(s: TlsStream<TcpStream>) -> (ConnRead, ConnWrite) {

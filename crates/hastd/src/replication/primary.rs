@@ -416,7 +416,7 @@ async fn connect(
         hast_conf::Checksum::Sha256 => hast_repl::ChecksumKind::Sha256,
     };
     // Buffered: replies are 32-byte frames, many per segment at high depth.
-    let rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
+    let rd = tokio::io::BufReader::with_capacity(stream::READ_BUFFER_BYTES, rd);
     let (link, tasks) = Link::new(peer, rd, wr, compression, checksum, 1);
     Ok((link, tasks, decision, theirs, tls_info, handshake))
 }

@@ -34,8 +34,6 @@ use crate::link::wire::{keepalive_frame, read_frame, write_all, Frame, Out, Tx};
 /// Replies queued for the writer.
 const REPLY_QUEUE_DEPTH: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer of the replication stream.
-const READ_BUFFER_BYTES: usize = 256 << 10;
 
 /// Answers a hello that must be refused, without touching any resource.
 pub async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, status: HelloStatus, message: &str) {
@@ -202,7 +200,7 @@ where
     };
     // Buffered: a header is 32 bytes, and at high queue depth many arrive
     // in one segment; large payloads bypass the buffer.
-    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, rd);
+    let mut rd = tokio::io::BufReader::with_capacity(crate::link::stream::READ_BUFFER_BYTES, rd);
     let why = session
         .clone()
         .read_loop(&mut rd, &tx, ping, timeout, adopt)
