@@ -16,7 +16,12 @@
 #
 #   4 KiB random read  QD32        4 KiB random write QD32
 #   1 MiB sequential read QD4      1 MiB sequential write QD4
-#   4 KiB random write QD1 (latency)
+#   4 KiB random write QD1 (latency), and again with the server and fio on one CPU
+#
+# The QD1 figure depends on where the kernel runs the server's woken thread: on
+# this 2-vCPU VM a wake-up that crosses CPUs costs ~25 us each way, which is most
+# of a request. The pinned row (server and client on CPU 0) leaves that out and
+# shows the server's own time per request.
 #
 # A table prints IOPS, MiB/s, mean and p99 completion latency and the server's CPU
 # cost (user + system seconds from /proc/PID/stat over the run, per 100k requests
@@ -24,7 +29,7 @@
 # best peer (nbdkit file, qemu-nbd threads or io_uring) on each row. Goal: >= 1.00
 # for IOPS and MiB/s, <= 1.00 for latency and CPU. hastd is built in release mode
 # first. Every process started here is stopped by its PID on exit. Needs: cargo,
-# fio (with the nbd engine), qemu-nbd, nbdkit, nbdinfo, python3.
+# fio (with the nbd engine), qemu-nbd, nbdkit, nbdinfo, taskset, python3.
 #
 # Environment: BENCH_SIZE (4G), BENCH_RUNTIME (seconds per figure, 20),
 # BENCH_RAMP (seconds, 2), BENCH_DIR (where the files go, /var/tmp),
@@ -39,7 +44,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-bench_need cargo fio qemu-nbd nbdkit nbdinfo
+bench_need cargo fio qemu-nbd nbdkit nbdinfo taskset
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "compare.sh: this fio has no nbd engine" >&2; exit 69; }
 bench_init bench
 bench_build
@@ -87,6 +92,7 @@ WORKLOADS=(
     "seqread-1m-qd4 read 1M 4"
     "seqwrite-1m-qd4 write 1M 4"
     "randwrite-4k-qd1 randwrite 4k 1"
+    "randwrite-4k-qd1-cpu0 randwrite 4k 1 pin"
 )
 run_workloads
 
@@ -101,7 +107,8 @@ workloads = [("randread-4k-qd32", "read", "4 KiB rand read QD32", False),
              ("randwrite-4k-qd32", "write", "4 KiB rand write QD32", False),
              ("seqread-1m-qd4", "read", "1 MiB seq read QD4", True),
              ("seqwrite-1m-qd4", "write", "1 MiB seq write QD4", True),
-             ("randwrite-4k-qd1", "write", "4 KiB write QD1", False)]
+             ("randwrite-4k-qd1", "write", "4 KiB write QD1", False),
+             ("randwrite-4k-qd1-cpu0", "write", "4 KiB write QD1, one CPU", False)]
 def figures(name, server, rw, big):
     with open("%s/%s-%s.json" % (work, name, server)) as f:
         text = f.read()
@@ -149,5 +156,6 @@ for name, rw, label, big in workloads:
 print()
 print("best peer = the best of nbdkit file, qemu-nbd threads and io_uring on that row;")
 print("goal >= 1.00 for IOPS and MiB/s, <= 1.00 for latency and CPU. nbdkit memory keeps")
-print("no file: the protocol's ceiling on this machine, not a peer.")
+print("no file: the protocol's ceiling on this machine, not a peer. 'one CPU': server and")
+print("fio pinned to CPU 0 (no wake-up crosses CPUs).")
 EOF

@@ -161,21 +161,28 @@ fill_servers() {
     done
 }
 
-# run_workloads: every WORKLOADS entry ("name rw bs iodepth") against every
-# server in SERVERS in turn (interleaved, so drift in the machine's state hits
-# all alike), fio's JSON in WORK/NAME-SERVER.json; for a server whose PID is in
-# SERVER_PID, its CPU seconds before and after in WORK/NAME-SERVER.cpu. Each run starts after a
-# `sync`, so no server pays for the writeback of the one measured before it.
+# run_workloads: every WORKLOADS entry ("name rw bs iodepth [pin]") against
+# every server in SERVERS in turn (interleaved, so drift in the machine's state
+# hits all alike), fio's JSON in WORK/NAME-SERVER.json; for a server whose PID
+# is in SERVER_PID, its CPU seconds before and after in WORK/NAME-SERVER.cpu.
+# Each run starts after a `sync`, so no server pays for the writeback of the
+# one measured before it. With `pin`, the server (every thread) and fio run on
+# CPU 0 alone for that run: no wake-up crosses CPUs, so what remains is the
+# server's own time per request (a server with a PID in SERVER_PID only).
 run_workloads() {
-    local w s name rw bs qd
+    local w s name rw bs qd pin
     for w in "${WORKLOADS[@]}"; do
-        read -r name rw bs qd <<<"$w"
+        read -r name rw bs qd pin <<<"$w"
         for s in "${SERVERS[@]}"; do
             echo "== $name on $s" >&2
             sync
-            local cpu0=""
+            local cpu0="" on=()
             [ -n "${SERVER_PID[$s]:-}" ] && cpu0=$(cpu_seconds "${SERVER_PID[$s]}")
-            fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
+            if [ -n "$pin" ] && [ -n "${SERVER_PID[$s]:-}" ]; then
+                taskset -a -p -c 0 "${SERVER_PID[$s]}" >/dev/null
+                on=(taskset -c 0)
+            fi
+            "${on[@]}" fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
                 --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
                 --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
                 --output="$WORK/$name-$s.json" >/dev/null
@@ -183,6 +190,9 @@ run_workloads() {
             # figures leave the ramp out: the cost per request is over both).
             if [ -n "$cpu0" ]; then
                 echo "$cpu0 $(cpu_seconds "${SERVER_PID[$s]}")" >"$WORK/$name-$s.cpu"
+            fi
+            if [ ${#on[@]} -gt 0 ]; then
+                taskset -a -p -c "0-$(($(nproc) - 1))" "${SERVER_PID[$s]}" >/dev/null
             fi
         done
     done
