@@ -438,6 +438,7 @@ mod tests {
             local_errors: 0,
             frozen: false,
             freeze: None,
+            outdated: false,
         }
     }
 
