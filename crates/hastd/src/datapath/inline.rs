@@ -113,17 +113,18 @@ mod tests {
     /// Which writes the worker copies into the page cache itself.
     #[test]
     fn inline_write_rule() {
-        let cases: [(u64, usize, bool, bool); 9] = [
+        let cases: [(u64, usize, bool, bool); 10] = [
             // offset, len, fua, inline
             (0, 4096, false, true),
             (8192, 65536, false, true),
             (0, 4096, true, false), // FUA: a sync follows, blocking pool
-            (0, 65536 + 4096, false, false), // larger than INLINE_WRITE_MAX
-            (512, 4096, false, false), // partial first page: may read it
-            (4096, 512, false, false), // partial page
-            (4096, 6144, false, false), // partial last page
+            (0, 65536 + 4096, false, true),
+            (0, (1 << 20) + 4096, false, false), // larger than INLINE_WRITE_MAX
+            (512, 4096, false, false),           // partial first page: may read it
+            (4096, 512, false, false),           // partial page
+            (4096, 6144, false, false),          // partial last page
             (1 << 40, 4096, false, true),
-            (0, 1 << 20, false, false),
+            (0, 1 << 20, false, true),
         ];
         for (offset, len, fua, want) in cases {
             assert_eq!(inline_write(offset, len, fua), want, "{offset} {len} {fua}");
