@@ -674,13 +674,16 @@ fn an_outdated_copy_is_not_promoted_until_resynced() {
     let err = fails(&pair, a, &["outdate", RES], EX_NOPERM);
     assert!(err.contains("primary here"), "{err}");
     let outdated = |pair: &Pair, side: Side| pair.status_json(side)["outdated"].as_bool();
+    let lone = |pair: &Pair| {
+        pair.wait_status(b, timeout_s(20), "disconnected", |s| {
+            s.peer.as_deref() != Some("connected")
+        })
+    };
     assert_eq!(outdated(&pair, b), Some(false));
 
     // The primary dies; B, alone, is told it is outdated.
     pair.kill9(a);
-    pair.wait_status(b, timeout_s(20), "disconnected", |s| {
-        s.peer.as_deref() != Some("connected")
-    });
+    lone(&pair);
     pair.node(b).hastctl_ok(&["outdate", RES]);
     assert_eq!(outdated(&pair, b), Some(true));
     assert_eq!(pair.status(b).status, "outdated");
@@ -725,9 +728,7 @@ fn an_outdated_copy_is_not_promoted_until_resynced() {
 
     // `--force` is the operator's word: promoted, mark cleared, logged.
     pair.kill9(a);
-    pair.wait_status(b, timeout_s(20), "disconnected", |s| {
-        s.peer.as_deref() != Some("connected")
-    });
+    lone(&pair);
     pair.node(b).hastctl_ok(&["outdate", RES]);
     pair.node(b)
         .hastctl_ok(&["role", "--force", "primary", RES]);

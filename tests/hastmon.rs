@@ -915,14 +915,18 @@ fn an_outdated_secondary_says_so_until_resynced() {
             .and_then(|v| v.get("outdated").and_then(|o| o.as_bool()))
     };
     assert_eq!(outdated(run.c), Some(false), "{}", run.c.describe());
+    // Polls `cond` every 200 ms until it holds or `bound` passes.
+    let until = |bound: Duration, cond: &dyn Fn() -> bool| {
+        wait_for(bound, || {
+            let o = cond();
+            if !o {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            o.then_some(())
+        })
+    };
     run.c.net.cut(p, s);
-    let seen = wait_for(timeout_s(20), || {
-        let o = outdated(run.c) == Some(true);
-        if !o {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        o.then_some(())
-    });
+    let seen = until(timeout_s(20), &|| outdated(run.c) == Some(true));
     assert!(
         seen.is_some(),
         "{s} never said it was outdated while cut from {p}\n{}",
@@ -933,13 +937,7 @@ fn an_outdated_secondary_says_so_until_resynced() {
     // hastmon passed the mark on (`hastmon-hastd outdate`): hastd's own
     // status says so, and hastd itself refuses a promotion.
     let hastd_says = |c: &HaCluster| c.hastctl_ok(s, &["list", RES]).contains("outdated: yes");
-    let passed_on = wait_for(timeout_s(10), || {
-        let o = hastd_says(run.c);
-        if !o {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        o.then_some(())
-    });
+    let passed_on = until(timeout_s(10), &|| hastd_says(run.c));
     assert!(
         passed_on.is_some(),
         "{s}'s hastd was not told it is outdated\n{}",
@@ -977,13 +975,8 @@ fn an_outdated_secondary_says_so_until_resynced() {
     run.c.net.heal_all();
     run.c.wait_in_sync(timeout_s(120));
     // The watchdog tells at its next heartbeat (1 s).
-    let cleared = wait_for(timeout_s(10), || {
-        let done =
-            outdated(run.c) == Some(false) && refusal(run.c) == Some(serde_json::Value::Null);
-        if !done {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        done.then_some(())
+    let cleared = until(timeout_s(10), &|| {
+        outdated(run.c) == Some(false) && refusal(run.c) == Some(serde_json::Value::Null)
     });
     assert!(
         cleared.is_some(),

@@ -695,32 +695,36 @@ fn lease(common: &Common, ms: u64, names: &[String]) -> Res {
 }
 
 fn attach(common: &Common, names: &[String]) -> Res {
-    let cfg = load(common)?;
-    select(&cfg, names)?;
-    let Response::Attach(outcomes) = call(
-        common,
-        &cfg,
-        Request::Attach {
-            names: names.to_vec(),
-        },
-    )?
-    else {
-        return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
+    let req = Request::Attach {
+        names: names.to_vec(),
     };
-    say_outcomes(outcomes)
+    per_resource(common, names, req, |r| match r {
+        Response::Attach(o) => Some(o),
+        _ => None,
+    })
 }
 
 fn outdate(common: &Common, names: &[String]) -> Res {
+    let req = Request::Outdate {
+        names: names.to_vec(),
+    };
+    per_resource(common, names, req, |r| match r {
+        Response::Outdate(o) => Some(o),
+        _ => None,
+    })
+}
+
+/// Sends `req` for `names` and reports its per-resource outcomes (the
+/// answer `outcomes` picks out of hastd's response).
+fn per_resource(
+    common: &Common,
+    names: &[String],
+    req: Request,
+    outcomes: fn(Response) -> Option<Vec<hast_api::AttachOutcome>>,
+) -> Res {
     let cfg = load(common)?;
     select(&cfg, names)?;
-    let Response::Outdate(outcomes) = call(
-        common,
-        &cfg,
-        Request::Outdate {
-            names: names.to_vec(),
-        },
-    )?
-    else {
+    let Some(outcomes) = outcomes(call(common, &cfg, req)?) else {
         return Err(Fail(exit::PROTOCOL, "unexpected answer from hastd".into()));
     };
     say_outcomes(outcomes)

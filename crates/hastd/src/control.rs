@@ -338,34 +338,14 @@ async fn handle(req: Request, resources: &Resources) -> Response {
             ErrorKind::Software,
             "events or freeze request routed to resources".into(),
         ),
-        Request::Attach { names } => {
-            let targets = match select(&names, &all) {
-                Ok(t) => t,
-                Err(e) => return Response::Error(e),
-            };
-            let mut out = Vec::with_capacity(targets.len());
-            for r in targets {
-                out.push(AttachOutcome {
-                    name: r.name.clone(),
-                    result: r.attach().await,
-                });
-            }
-            Response::Attach(out)
-        }
-        Request::Outdate { names } => {
-            let targets = match select(&names, &all) {
-                Ok(t) => t,
-                Err(e) => return Response::Error(e),
-            };
-            let mut out = Vec::with_capacity(targets.len());
-            for r in targets {
-                out.push(AttachOutcome {
-                    name: r.name.clone(),
-                    result: r.outdate().await,
-                });
-            }
-            Response::Outdate(out)
-        }
+        Request::Attach { names } => match each(&names, &all, Act::Attach).await {
+            Ok(out) => Response::Attach(out),
+            Err(e) => Response::Error(e),
+        },
+        Request::Outdate { names } => match each(&names, &all, Act::Outdate).await {
+            Ok(out) => Response::Outdate(out),
+            Err(e) => Response::Error(e),
+        },
         Request::Status { names } => {
             let targets = match select(&names, &all) {
                 Ok(t) => t,
@@ -478,4 +458,32 @@ fn gone(name: &str) -> ApiError {
         kind: ErrorKind::TempFail,
         message: format!("resource \"{name}\" is stopping"),
     }
+}
+
+/// A per-resource action answered by a message (`attach`, `outdate`).
+#[derive(Clone, Copy)]
+enum Act {
+    Attach,
+    Outdate,
+}
+
+/// `act` on each named resource in turn, in request order.
+async fn each(
+    names: &[String],
+    all: &[ResourceHandle],
+    act: Act,
+) -> Result<Vec<AttachOutcome>, ApiError> {
+    let targets = select(names, all)?;
+    let mut out = Vec::with_capacity(targets.len());
+    for r in targets {
+        let result = match act {
+            Act::Attach => r.attach().await,
+            Act::Outdate => r.outdate().await,
+        };
+        out.push(AttachOutcome {
+            name: r.name.clone(),
+            result,
+        });
+    }
+    Ok(out)
 }
