@@ -122,7 +122,9 @@ def figures(name, server, rw, big):
            "lat p99 us": pct.get("99.000000", 0) / 1000.0}
     cpu = "%s/%s-%s.cpu" % (work, name, server)
     if os.path.exists(cpu):
-        a, b = (float(x) for x in open(cpu).read().split())
+        # "pid before after" per PID: the server's CPU is their sum.
+        spent = sum(float(b) - float(a) for _, a, b in
+                    (line.split() for line in open(cpu) if line.strip()))
         # The CPU was measured over the ramp too: count its requests as well,
         # at the rate fio measured after it.
         ios, nbytes = d["total_ios"], d["io_bytes"]
@@ -131,9 +133,9 @@ def figures(name, server, rw, big):
             scale = (d["runtime"] / 1000.0 + ramp) / (d["runtime"] / 1000.0)
             ios, nbytes = ios * scale, nbytes * scale
         if big:
-            out["CPU s/GiB"] = (b - a) / (nbytes / 2**30) if nbytes else float("nan")
+            out["CPU s/GiB"] = spent / (nbytes / 2**30) if nbytes else float("nan")
         else:
-            out["CPU s/100k req"] = (b - a) / (ios / 1e5) if ios else float("nan")
+            out["CPU s/100k req"] = spent / (ios / 1e5) if ios else float("nan")
     return out
 print("| workload | figure | " + " | ".join(servers) + " | hastd / best peer |")
 print("|---|---|" + "---:|" * len(servers) + "---:|")

@@ -5,7 +5,8 @@
 # -> nbd URI), DATASIZE, WORKLOADS, RUNTIME and RAMP.
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-# server -> PID, for the CPU each run costs it (run_workloads); optional.
+# server -> its PIDs (space-separated: a pair is two daemons), for the CPU each
+# run costs it and for pinning (run_workloads); optional.
 declare -A SERVER_PID=()
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
@@ -144,6 +145,13 @@ cpu_seconds() {
     awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
+# machine_ticks: the whole machine's busy and total CPU time so far, in clock
+# ticks ("busy total"; idle and iowait are not busy). Softirq work and every
+# process count, fio's included: what a workload costs the machine.
+machine_ticks() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= 11; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
 # smallest_size: the smallest export size among SERVERS (by URI[server]), so
 # every server sees the same offsets whatever metadata it keeps in its file.
 smallest_size() {
@@ -163,36 +171,45 @@ fill_servers() {
 
 # run_workloads: every WORKLOADS entry ("name rw bs iodepth [pin]") against
 # every server in SERVERS in turn (interleaved, so drift in the machine's state
-# hits all alike), fio's JSON in WORK/NAME-SERVER.json; for a server whose PID
-# is in SERVER_PID, its CPU seconds before and after in WORK/NAME-SERVER.cpu.
+# hits all alike), fio's JSON in WORK/NAME-SERVER.json and the whole machine's
+# CPU ticks before and after ("busy total busy total") in WORK/NAME-SERVER.machine;
+# for a server with PIDs in SERVER_PID, each PID's CPU seconds before and after
+# ("pid before after", a line each) in WORK/NAME-SERVER.cpu.
 # Each run starts after a `sync`, so no server pays for the writeback of the
-# one measured before it. With `pin`, the server (every thread) and fio run on
-# CPU 0 alone for that run: no wake-up crosses CPUs, so what remains is the
-# server's own time per request (a server with a PID in SERVER_PID only).
+# one measured before it. With `pin`, the server (every thread of every PID)
+# and fio run on CPU 0 alone for that run: no wake-up crosses CPUs, so what
+# remains is the servers' own time per request (servers in SERVER_PID only).
 run_workloads() {
-    local w s name rw bs qd pin
+    local w s name rw bs qd pin pid
     for w in "${WORKLOADS[@]}"; do
         read -r name rw bs qd pin <<<"$w"
         for s in "${SERVERS[@]}"; do
             echo "== $name on $s" >&2
             sync
-            local cpu0="" on=()
-            [ -n "${SERVER_PID[$s]:-}" ] && cpu0=$(cpu_seconds "${SERVER_PID[$s]}")
-            if [ -n "$pin" ] && [ -n "${SERVER_PID[$s]:-}" ]; then
-                taskset -a -p -c 0 "${SERVER_PID[$s]}" >/dev/null
+            local pids=() cpu0=() on=() m0
+            read -r -a pids <<<"${SERVER_PID[$s]:-}"
+            for pid in "${pids[@]}"; do cpu0+=("$(cpu_seconds "$pid")"); done
+            if [ -n "$pin" ] && [ ${#pids[@]} -gt 0 ]; then
+                for pid in "${pids[@]}"; do taskset -a -p -c 0 "$pid" >/dev/null; done
                 on=(taskset -c 0)
             fi
+            m0=$(machine_ticks)
             "${on[@]}" fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
                 --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
                 --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
                 --output="$WORK/$name-$s.json" >/dev/null
-            # The server's CPU over the whole run, ramp included (fio's
-            # figures leave the ramp out: the cost per request is over both).
-            if [ -n "$cpu0" ]; then
-                echo "$cpu0 $(cpu_seconds "${SERVER_PID[$s]}")" >"$WORK/$name-$s.cpu"
-            fi
+            # CPU over the whole run, ramp included (fio's figures leave the
+            # ramp out: the cost per request is over both).
+            echo "$m0 $(machine_ticks)" >"$WORK/$name-$s.machine"
+            local i
+            for i in "${!pids[@]}"; do
+                echo "${pids[$i]} ${cpu0[$i]} $(cpu_seconds "${pids[$i]}")"
+            done >"$WORK/$name-$s.cpu"
+            [ ${#pids[@]} -gt 0 ] || rm -f "$WORK/$name-$s.cpu"
             if [ ${#on[@]} -gt 0 ]; then
-                taskset -a -p -c "0-$(($(nproc) - 1))" "${SERVER_PID[$s]}" >/dev/null
+                for pid in "${pids[@]}"; do
+                    taskset -a -p -c "0-$(($(nproc) - 1))" "$pid" >/dev/null
+                done
             fi
         done
     done

@@ -26,6 +26,12 @@
 # fresh secondary, timed from `role secondary` to both sides `complete`,
 # against `nbdcopy` of the same data between two qemu-nbd exports. Target:
 # resync rate >= 0.8x nbdcopy's.
+# Every row also prints what a request costs the machine (CPU per request of
+# the whole machine, from /proc/stat, and of the hastd processes, from
+# /proc/PID/stat) and the bound that puts on pair/one when the CPUs are the
+# limit; and QD1 writes run once more with every process on CPU 0 (no
+# cross-CPU wake-ups, nothing overlapped): the pair's work per request against
+# one node's.
 # Every process started here is stopped by its PID on exit.
 # Environment: BENCH_SIZE (2G), BENCH_SYNC_SIZE (1G), BENCH_RUNTIME (15),
 # BENCH_RAMP (2), BENCH_DIR (/var/tmp), BENCH_KEEP=1, CARGO_TARGET_DIR.
@@ -54,15 +60,20 @@ for mode in fullsync memsync hmac tls; do
     ctl "$WORK/$mode" nodeb role secondary bench
     ctl "$WORK/$mode" nodea role primary bench
     wait_complete "$WORK/$mode" 120
+    # Primary first, then secondary: the report reads them in this order.
+    SERVER_PID[$mode]="${PAIR_PID[a]} ${PAIR_PID[b]}"
     URI[$mode]=$(cat "$WORK/$mode/uri")
     wait_export "${URI[$mode]}" 20
 done
 single "$WORK/single" "bench:$SIZE"
 URI[single]=nbd://127.0.0.1:$SINGLE_PORT/bench
+SERVER_PID[single]=$SINGLE_PID
 nbdkit_export "$WORK/nbdkit" "$SIZE"
 URI[nbdkit-file]=$NBDKIT_URI
+SERVER_PID[nbdkit-file]=$NBDKIT_PID
 qemu_export "$WORK/qemu" "$SIZE"
 URI[qemu-nbd]=$QEMU_URI
+SERVER_PID[qemu-nbd]=$QEMU_PID
 SERVERS=(fullsync memsync hmac tls single nbdkit-file qemu-nbd)
 DATASIZE=$(smallest_size)
 echo "== filling the ${SIZE} files through NBD" >&2
@@ -79,6 +90,11 @@ WORKLOADS=(
     "randwrite-4k-qd32 randwrite 4k 32"
     "randwrite-4k-qd1 randwrite 4k 1"
 )
+run_workloads
+# QD1 with every process on CPU 0: no wake-up crosses CPUs and nothing runs
+# beside anything else, so the latency is the work one request costs.
+SERVERS=(fullsync single)
+WORKLOADS=("write-4k-qd1-cpu0 write 4k 1 pin")
 run_workloads
 # All pairs off: part 2 gets the disk to itself.
 for mode in fullsync memsync hmac tls; do
@@ -126,10 +142,11 @@ t3=$(date +%s.%N)
 
 echo
 echo "hast replicated bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, file ${SIZE}, ${RUNTIME} s per figure"
-"$PY" - "$WORK" "$SDATA" "$t0" "$t1" "$t2" "$t3" <<'REPORT'
+"$PY" - "$WORK" "$SDATA" "$t0" "$t1" "$t2" "$t3" "$(getconf CLK_TCK)" <<'REPORT'
 import json, sys
 work, sdata = sys.argv[1], int(sys.argv[2])
 t0, t1, t2, t3 = map(float, sys.argv[3:7])
+hz = float(sys.argv[7])
 # (name, rw, label, figure, target: the pair / one node hastd)
 rows = [("randread-4k-qd32", "read", "4 KiB rand read QD32 (IOPS)", "IOPS", 0.9),
         ("randwrite-4k-qd32", "write", "4 KiB rand write QD32 (IOPS)", "IOPS", 0.5),
@@ -158,6 +175,56 @@ for name, rw, label, key, target in rows:
         goal = "(see README)"
     print("| %s | %s | %s | %s |" % (label, " | ".join("%.1f" % v[s] for s in servers),
                                      " | ".join("%.2f" % r for r in ratios + peers), goal))
+def cost(name, server, rw):
+    """What a run cost: the machine's busy share, its CPU per request (every
+    process and softirq, fio's included), hastd's own (both daemons of a
+    pair) and the secondary's alone. Over the ramp too, so the requests are
+    scaled to it at the measured rate."""
+    text = open("%s/%s-%s.json" % (work, name, server)).read()
+    job = json.loads(text[text.index("{"):])["jobs"][0]
+    d = job[rw]
+    ramp = float(job["job options"].get("ramp_time", 0) or 0)
+    secs = d["runtime"] / 1000.0
+    ios = d["total_ios"] * (secs + ramp) / secs
+    b0, n0, b1, n1 = map(float, open("%s/%s-%s.machine" % (work, name, server)).read().split())
+    pids = [l.split() for l in open("%s/%s-%s.cpu" % (work, name, server)) if l.strip()]
+    spent = [float(b) - float(a) for _, a, b in pids]
+    return {"busy": (b1 - b0) / (n1 - n0), "machine": (b1 - b0) / hz * 1e6 / ios,
+            "hastd": sum(spent) * 1e6 / ios,
+            "secondary": spent[1] * 1e6 / ios if len(spent) > 1 else None,
+            "lat": d["clat_ns"]["mean"] / 1000.0}
+print()
+print("What a request costs (CPU microseconds per request; machine: every process,")
+print("fio's and the kernel's included). CPU bound: for IOPS and MiB/s, one node's machine")
+print("CPU per request over the pair's, the most pair/one can reach when the CPUs are the")
+print("limit; for latency, the pair's over one node's, the least pair/one can be when one")
+print("CPU does all the work in turn (the one-CPU row: nothing overlaps).")
+print()
+print("| workload | server | machine busy | machine CPU/req | hastd CPU/req | secondary CPU/req | pair/one | CPU bound |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+for name, rw, label, key, target in rows[1:4] + [("write-4k-qd1-cpu0", "write", "4 KiB write QD1, one CPU (us)", "lat", 1.5)]:
+    c = {s: cost(name, s, rw) for s in ("fullsync", "memsync", "single") if name != "write-4k-qd1-cpu0" or s != "memsync"}
+    for s in c:
+        if s == "single":
+            ratio = ceiling = ""
+        else:
+            f = lambda srv: c[srv]["lat"] if key == "lat" else fig(name, srv, rw, key)
+            ratio = "%.2f" % (f(s) / f("single"))
+            ceiling = "%.2f" % (c["single"]["machine"] / c[s]["machine"])
+            if key == "lat":
+                # A latency: a floor, the other way round.
+                ceiling = "%.2f" % (c[s]["machine"] / c["single"]["machine"])
+        sec = c[s]["secondary"]
+        print("| %s | %s | %.0f%% | %.1f | %.1f | %s | %s | %s |" % (
+            label, s, 100 * c[s]["busy"], c[s]["machine"], c[s]["hastd"],
+            "%.1f" % sec if sec is not None else "", ratio, ceiling))
+        label = ""
+q = cost("write-4k-qd1", "fullsync", "write")
+one = cost("write-4k-qd1", "single", "write")
+print()
+print("QD1: fullsync's secondary spends %.1f us of CPU per request, %.2fx one node's mean" % (q["secondary"], q["secondary"] / one["lat"]))
+print("latency (%.1f us); it is on the client's path (the primary waits for its reply)," % one["lat"])
+print("so fullsync/one <= 1.5 needs that share <= 0.5 plus what the primary's own write overlaps.")
 mib = sdata / 1048576.0
 rs, cp = mib / (t1 - t0), mib / (t3 - t2)
 print()
