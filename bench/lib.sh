@@ -171,48 +171,79 @@ fill_servers() {
 
 # run_workloads: every WORKLOADS entry ("name rw bs iodepth [pin]") against
 # every server in SERVERS in turn (interleaved, so drift in the machine's state
-# hits all alike), fio's JSON in WORK/NAME-SERVER.json and the whole machine's
-# CPU ticks before and after ("busy total busy total") in WORK/NAME-SERVER.machine;
-# for a server with PIDs in SERVER_PID, each PID's CPU seconds before and after
-# ("pid before after", a line each) in WORK/NAME-SERVER.cpu.
+# hits all alike), ROUNDS times (default 1: rounds go round the servers again,
+# so a passing disturbance costs one server one round, not the row), fio's
+# JSON in WORK/NAME-SERVER.rN.json and the whole machine's CPU ticks before and
+# after ("busy total busy total") in WORK/NAME-SERVER.rN.machine; for a server
+# with PIDs in SERVER_PID, each PID's CPU seconds before and after ("pid before
+# after", a line each) in WORK/NAME-SERVER.rN.cpu. The round with the most
+# requests done (for a QD1 row, the lowest mean latency) is each server's figure:
+# its files are copied to WORK/NAME-SERVER.json, .machine and .cpu, so every
+# figure of a row comes from the same run.
 # Each run starts after a `sync`, so no server pays for the writeback of the
 # one measured before it. With `pin`, the server (every thread of every PID)
 # and fio run on CPU 0 alone for that run: no wake-up crosses CPUs, so what
 # remains is the servers' own time per request (servers in SERVER_PID only).
 run_workloads() {
-    local w s name rw bs qd pin pid
+    local w s name rw bs qd pin pid r
     for w in "${WORKLOADS[@]}"; do
         read -r name rw bs qd pin <<<"$w"
-        for s in "${SERVERS[@]}"; do
-            echo "== $name on $s" >&2
-            sync
-            local pids=() cpu0=() on=() m0
-            read -r -a pids <<<"${SERVER_PID[$s]:-}"
-            for pid in "${pids[@]}"; do cpu0+=("$(cpu_seconds "$pid")"); done
-            if [ -n "$pin" ] && [ ${#pids[@]} -gt 0 ]; then
-                for pid in "${pids[@]}"; do taskset -a -p -c 0 "$pid" >/dev/null; done
-                on=(taskset -c 0)
-            fi
-            m0=$(machine_ticks)
-            "${on[@]}" fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
-                --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
-                --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
-                --output="$WORK/$name-$s.json" >/dev/null
-            # CPU over the whole run, ramp included (fio's figures leave the
-            # ramp out: the cost per request is over both).
-            echo "$m0 $(machine_ticks)" >"$WORK/$name-$s.machine"
-            local i
-            for i in "${!pids[@]}"; do
-                echo "${pids[$i]} ${cpu0[$i]} $(cpu_seconds "${pids[$i]}")"
-            done >"$WORK/$name-$s.cpu"
-            [ ${#pids[@]} -gt 0 ] || rm -f "$WORK/$name-$s.cpu"
-            if [ ${#on[@]} -gt 0 ]; then
-                for pid in "${pids[@]}"; do
-                    taskset -a -p -c "0-$(($(nproc) - 1))" "$pid" >/dev/null
-                done
-            fi
+        for r in $(seq "${ROUNDS:-1}"); do
+            for s in "${SERVERS[@]}"; do
+                echo "== $name on $s (round $r)" >&2
+                run_one "$WORK/$name-$s.r$r"
+            done
         done
+        for s in "${SERVERS[@]}"; do best_round "$WORK/$name-$s"; done
     done
+}
+
+# run_one PREFIX: one fio run of the workload and server run_workloads is at
+# (name rw bs qd pin s), its files under PREFIX.
+run_one() {
+    local out=$1 pids=() cpu0=() on=() m0 pid i
+    sync
+    read -r -a pids <<<"${SERVER_PID[$s]:-}"
+    for pid in "${pids[@]}"; do cpu0+=("$(cpu_seconds "$pid")"); done
+    if [ -n "$pin" ] && [ ${#pids[@]} -gt 0 ]; then
+        for pid in "${pids[@]}"; do taskset -a -p -c 0 "$pid" >/dev/null; done
+        on=(taskset -c 0)
+    fi
+    m0=$(machine_ticks)
+    "${on[@]}" fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" --rw="$rw" --bs="$bs" \
+        --iodepth="$qd" --size="$DATASIZE" --time_based --runtime="$RUNTIME" \
+        --ramp_time="$RAMP" --randrepeat=0 --norandommap --output-format=json \
+        --output="$out.json" >/dev/null
+    # CPU over the whole run, ramp included (fio's figures leave the ramp
+    # out: the cost per request is over both).
+    echo "$m0 $(machine_ticks)" >"$out.machine"
+    for i in "${!pids[@]}"; do
+        echo "${pids[$i]} ${cpu0[$i]} $(cpu_seconds "${pids[$i]}")"
+    done >"$out.cpu"
+    [ ${#pids[@]} -gt 0 ] || rm -f "$out.cpu"
+    if [ ${#on[@]} -gt 0 ]; then
+        for pid in "${pids[@]}"; do taskset -a -p -c "0-$(($(nproc) - 1))" "$pid" >/dev/null; done
+    fi
+}
+
+# best_round PREFIX: copies the best of PREFIX.rN.* (the most requests done)
+# to PREFIX.*.
+best_round() {
+    local best
+    best=$("$PY" - "$1" <<'BEST'
+import glob, json, sys
+def done(path):
+    text = open(path).read()
+    job = json.loads(text[text.index("{"):])["jobs"][0]
+    return job["read"]["total_ios"] + job["write"]["total_ios"]
+print(max(glob.glob(sys.argv[1] + ".r*.json"), key=done)[:-len(".json")])
+BEST
+)
+    local ext
+    for ext in json machine cpu; do
+        [ -e "$best.$ext" ] && cp "$best.$ext" "$1.$ext"
+    done
+    return 0
 }
 
 # cert DIR NAME: a self-signed P-256 certificate DIR/NAME.crt and key

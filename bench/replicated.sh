@@ -34,6 +34,7 @@
 # one node's.
 # Every process started here is stopped by its PID on exit.
 # Environment: BENCH_SIZE (2G), BENCH_SYNC_SIZE (1G), BENCH_RUNTIME (15),
+# BENCH_ROUNDS (1: each figure the best of that many interleaved runs),
 # BENCH_RAMP (2), BENCH_DIR (/var/tmp), BENCH_KEEP=1, CARGO_TARGET_DIR.
 
 set -euo pipefail
@@ -41,6 +42,7 @@ set -euo pipefail
 SIZE=${BENCH_SIZE:-2G}
 SYNC_SIZE=${BENCH_SYNC_SIZE:-1G}
 RUNTIME=${BENCH_RUNTIME:-15}
+ROUNDS=${BENCH_ROUNDS:-1}
 RAMP=${BENCH_RAMP:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -141,7 +143,7 @@ sync
 t3=$(date +%s.%N)
 
 echo
-echo "hast replicated bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, file ${SIZE}, ${RUNTIME} s per figure"
+echo "hast replicated bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, file ${SIZE}, best of ${ROUNDS} x ${RUNTIME} s per figure"
 "$PY" - "$WORK" "$SDATA" "$t0" "$t1" "$t2" "$t3" "$(getconf CLK_TCK)" <<'REPORT'
 import json, sys
 work, sdata = sys.argv[1], int(sys.argv[2])

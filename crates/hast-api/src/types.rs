@@ -208,9 +208,9 @@ pub enum Response {
     /// The events `clear` dismissed, in order.
     EventsCleared(Vec<u64>),
     /// Per-resource outcome of an attach request, in request order.
-    Attach(Vec<AttachOutcome>),
+    Attach(Vec<ResourceOutcome>),
     /// Per-resource outcome of an outdate request, in request order.
-    Outdate(Vec<AttachOutcome>),
+    Outdate(Vec<ResourceOutcome>),
     /// The group is frozen (a failed freeze is an `Error`: nothing frozen).
     Frozen(FreezeDone),
     /// Per-resource outcome of a thaw request, in request order.
@@ -338,9 +338,10 @@ pub struct LeaseOutcome {
     pub result: Result<u64, ApiError>,
 }
 
-/// The outcome of `attach` or `outdate` for one resource.
+/// The outcome of a per-resource message command (`attach`, `outdate`) for
+/// one resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttachOutcome {
+pub struct ResourceOutcome {
     pub name: String,
     /// What was done (`Ok`), or why nothing changed.
     pub result: Result<String, ApiError>,

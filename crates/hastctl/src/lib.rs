@@ -720,7 +720,7 @@ fn per_resource(
     common: &Common,
     names: &[String],
     req: Request,
-    outcomes: fn(Response) -> Option<Vec<hast_api::AttachOutcome>>,
+    outcomes: fn(Response) -> Option<Vec<hast_api::ResourceOutcome>>,
 ) -> Res {
     let cfg = load(common)?;
     select(&cfg, names)?;
@@ -732,7 +732,7 @@ fn per_resource(
 
 /// What `attach` or `outdate` did, one line per resource on stderr; the
 /// failures decide the exit status.
-fn say_outcomes(outcomes: Vec<hast_api::AttachOutcome>) -> Res {
+fn say_outcomes(outcomes: Vec<hast_api::ResourceOutcome>) -> Res {
     let failures = outcomes.into_iter().filter_map(|o| match o.result {
         Err(e) => Some((o.name, e)),
         Ok(msg) => {

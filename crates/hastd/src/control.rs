@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hast_api::{
-    decode_body, decode_len, encode, ApiError, AttachOutcome, Envelope, ErrorKind, FreezeDone,
-    FreezeTimeout, LeaseOutcome, Request, Response, RoleOutcome, ThawOutcome, HEADER_LEN,
+    decode_body, decode_len, encode, ApiError, Envelope, ErrorKind, FreezeDone, FreezeTimeout,
+    LeaseOutcome, Request, ResourceOutcome, Response, RoleOutcome, ThawOutcome, HEADER_LEN,
     LEASE_MS_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -472,7 +472,7 @@ async fn each(
     names: &[String],
     all: &[ResourceHandle],
     act: Act,
-) -> Result<Vec<AttachOutcome>, ApiError> {
+) -> Result<Vec<ResourceOutcome>, ApiError> {
     let targets = select(names, all)?;
     let mut out = Vec::with_capacity(targets.len());
     for r in targets {
@@ -480,7 +480,7 @@ async fn each(
             Act::Attach => r.attach().await,
             Act::Outdate => r.outdate().await,
         };
-        out.push(AttachOutcome {
+        out.push(ResourceOutcome {
             name: r.name.clone(),
             result,
         });
