@@ -144,8 +144,9 @@ def figures(name, server, rw, big):
         else:
             out["CPU s/100k req"] = spent / (ios / 1e5) if ios else float("nan")
     return out
-print("| workload | figure | " + " | ".join(servers) + " | hastd / best peer |")
-print("|---|---|" + "---:|" * len(servers) + "---:|")
+print("| workload | figure | " + " | ".join(servers) + " | "
+      + " | ".join("hastd / %s" % p for p in peers) + " | hastd / best peer |")
+print("|---|---|" + "---:|" * (len(servers) + len(peers)) + "---:|")
 for name, rw, label, big in workloads:
     f = {s: figures(name, s, rw, big) for s in servers}
     keys = ["IOPS", "MiB/s", "lat mean us", "lat p99 us", "CPU s/GiB" if big else "CPU s/100k req"]
@@ -158,8 +159,9 @@ for name, rw, label, big in workloads:
         ratio = f["hastd"][k] / best if best else float("nan")
         ok = ratio >= 1.0 if higher_is_better else ratio <= 1.0
         fmt = "%.0f" if k == "IOPS" else ("%.3f" if k.startswith("CPU") else "%.1f")
-        print("| %s | %s | %s | %.2f%s |" % (
-            label, k, " | ".join(fmt % f[s][k] for s in servers),
+        each = " | ".join("%.2f" % (f["hastd"][k] / f[p][k]) if f[p][k] else "-" for p in peers)
+        print("| %s | %s | %s | %s | %.2f%s |" % (
+            label, k, " | ".join(fmt % f[s][k] for s in servers), each,
             ratio, "" if ok else " (below)"))
         label = ""
 print()

@@ -146,10 +146,11 @@ cpu_seconds() {
 }
 
 # machine_ticks: the whole machine's busy and total CPU time so far, in clock
-# ticks ("busy total"; idle and iowait are not busy). Softirq work and every
-# process count, fio's included: what a workload costs the machine.
+# ticks ("busy total"; idle, iowait and time stolen by the hypervisor are not
+# busy). Softirq work and every process count, fio's included: what a workload
+# costs the machine. (/proc/stat's guest columns are already in user and nice.)
 machine_ticks() {
-    awk '/^cpu / { t = 0; for (i = 2; i <= 11; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+    awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6 - $9, t }' /proc/stat
 }
 
 # smallest_size: the smallest export size among SERVERS (by URI[server]), so
