@@ -8,8 +8,9 @@
 #   bench/profile.sh randwrite 4k 1     # fio's rw, block size, queue depth
 #
 # Prints, per server: IOPS, server CPU per request (task-clock over the
-# profiled seconds), the top 15 symbols (self time), and the calls per request
-# of the system calls that move data or wake threads. With BENCH_KEEP=1 the
+# profiled seconds), its context switches (sleeps) and CPU migrations per
+# request, the top 15 symbols (self time), and the calls per request of the
+# system calls that move data or wake threads. With BENCH_KEEP=1 the
 # perf.data files stay in the work dir for `perf report -i` (and for a flame
 # graph: `perf script -i FILE | inferno-collapse-perf | inferno-flamegraph`).
 # Needs: cargo, fio (nbd engine), nbdkit, nbdinfo, perf, python3. Environment:
@@ -50,7 +51,7 @@ for s in "${SERVERS[@]}"; do
     perf record -q -F 1999 -g -p "${PID[$s]}" -o "$WORK/$s.perf.data" -- sleep "$SECS" 2>/dev/null
     events=()
     for c in $SYSCALLS; do events+=(-e "syscalls:sys_enter_$c"); done
-    perf stat -x, -e task-clock "${events[@]}" -p "${PID[$s]}" -o "$WORK/$s.stat" -- sleep "$SECS"
+    perf stat -x, -e task-clock,context-switches,cpu-migrations "${events[@]}" -p "${PID[$s]}" -o "$WORK/$s.stat" -- sleep "$SECS"
     wait "$fio_pid"
 done
 
@@ -71,7 +72,11 @@ for line in open("%s/%s.stat" % (work, s)):
         stat[f[2].replace("syscalls:sys_enter_", "")] = float(f[0])
 reqs = iops * secs
 print("\n### %s: %.0f IOPS, %.1f us CPU per request" % (s, iops, stat.get("task-clock", 0) * 1000 / reqs))
-calls = ", ".join("%s %.2f" % (k, v / reqs) for k, v in stat.items() if k != "task-clock" and v)
+sched = ("context-switches", "cpu-migrations")
+print("sleeps and moves per request: %s" % ", ".join(
+    "%s %.2f" % (k, stat.get(k, 0) / reqs) for k in sched))
+calls = ", ".join("%s %.2f" % (k, v / reqs) for k, v in stat.items()
+                  if k != "task-clock" and k not in sched and v)
 print("system calls per request: %s" % (calls or "none counted"))
 P
     perf report -i "$WORK/$s.perf.data" --no-children --sort sym --stdio 2>/dev/null |
