@@ -15,7 +15,7 @@
 # all alike), three rounds of it, with fio --ioengine=nbd; each server's figure is
 # its best round (the issue's own figures were best of two). On this VM the same
 # server's figure can halve from one run to the next (1 MiB writes: 1,467 then
-# 2,990 IOPS, back to back): with one run per server, a passing disturbance
+# 2,990 IOPS in consecutive 20 s rounds): with one run per server, a passing disturbance
 # decided which side a row fell on.
 # Workloads:
 #
