@@ -106,7 +106,8 @@ run_workloads
 echo
 echo "hast bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, file ${SIZE}, best of ${ROUNDS} rounds of ${RUNTIME} s per figure"
 "$PY" - "$WORK" <<'EOF'
-import json, os, sys
+import os, sys
+import fiojson
 work = sys.argv[1]
 servers = ["hastd", "nbdkit-file", "qemu-threads", "qemu-uring", "nbdkit-memory"]
 peers = ["nbdkit-file", "qemu-threads", "qemu-uring"]
@@ -117,9 +118,7 @@ workloads = [("randread-4k-qd32", "read", "4 KiB rand read QD32", False),
              ("randwrite-4k-qd1", "write", "4 KiB write QD1", False),
              ("randwrite-4k-qd1-cpu0", "write", "4 KiB write QD1, one CPU", False)]
 def figures(name, server, rw, big):
-    with open("%s/%s-%s.json" % (work, name, server)) as f:
-        text = f.read()
-    job = json.loads(text[text.index("{"):])["jobs"][0]
+    job = fiojson.job("%s/%s-%s.json" % (work, name, server))
     if job.get("error"):
         raise SystemExit("fio reported error %s for %s on %s" % (job["error"], name, server))
     d = job[rw]
@@ -132,13 +131,7 @@ def figures(name, server, rw, big):
         # "pid before after" per PID: the server's CPU is their sum.
         spent = sum(float(b) - float(a) for _, a, b in
                     (line.split() for line in open(cpu) if line.strip()))
-        # The CPU was measured over the ramp too: count its requests as well,
-        # at the rate fio measured after it.
-        ios, nbytes = d["total_ios"], d["io_bytes"]
-        ramp = float(job["job options"].get("ramp_time", 0) or 0)
-        if ramp and d["runtime"]:
-            scale = (d["runtime"] / 1000.0 + ramp) / (d["runtime"] / 1000.0)
-            ios, nbytes = ios * scale, nbytes * scale
+        ios, nbytes = fiojson.with_ramp(job, d)
         if big:
             out["CPU s/GiB"] = spent / (nbytes / 2**30) if nbytes else float("nan")
         else:

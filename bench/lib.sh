@@ -10,6 +10,8 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 declare -A SERVER_PID=()
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
+# The reports' inline Python imports bench/fiojson.py.
+export PYTHONPATH=$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}
 
 # bench_init NAME: the work dir and the exit trap.
 bench_init() {
@@ -232,10 +234,10 @@ run_one() {
 best_round() {
     local best
     best=$("$PY" - "$1" <<'BEST'
-import glob, json, sys
+import glob, sys
+import fiojson
 def done(path):
-    text = open(path).read()
-    job = json.loads(text[text.index("{"):])["jobs"][0]
+    job = fiojson.job(path)
     return job["read"]["total_ios"] + job["write"]["total_ios"]
 print(max(glob.glob(sys.argv[1] + ".r*.json"), key=done)[:-len(".json")])
 BEST

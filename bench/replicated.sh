@@ -145,7 +145,8 @@ t3=$(date +%s.%N)
 echo
 echo "hast replicated bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, file ${SIZE}, best of ${ROUNDS} x ${RUNTIME} s per figure"
 "$PY" - "$WORK" "$SDATA" "$t0" "$t1" "$t2" "$t3" "$(getconf CLK_TCK)" <<'REPORT'
-import json, sys
+import sys
+import fiojson
 work, sdata = sys.argv[1], int(sys.argv[2])
 t0, t1, t2, t3 = map(float, sys.argv[3:7])
 hz = float(sys.argv[7])
@@ -156,8 +157,7 @@ rows = [("randread-4k-qd32", "read", "4 KiB rand read QD32 (IOPS)", "IOPS", 0.9)
         ("write-4k-qd1", "write", "4 KiB write QD1 mean latency (us)", "lat", 1.5),
         ("randwrite-4k-qd1", "write", "4 KiB random write QD1 mean latency (us)", "lat", None)]
 def fig(name, server, rw, key):
-    text = open("%s/%s-%s.json" % (work, name, server)).read()
-    job = json.loads(text[text.index("{"):])["jobs"][0]
+    job = fiojson.job("%s/%s-%s.json" % (work, name, server))
     if job.get("error"):
         raise SystemExit("fio error %s for %s on %s" % (job["error"], name, server))
     d = job[rw]
@@ -182,12 +182,9 @@ def cost(name, server, rw):
     process and softirq, fio's included), hastd's own (both daemons of a
     pair) and the secondary's alone. Over the ramp too, so the requests are
     scaled to it at the measured rate."""
-    text = open("%s/%s-%s.json" % (work, name, server)).read()
-    job = json.loads(text[text.index("{"):])["jobs"][0]
+    job = fiojson.job("%s/%s-%s.json" % (work, name, server))
     d = job[rw]
-    ramp = float(job["job options"].get("ramp_time", 0) or 0)
-    secs = d["runtime"] / 1000.0
-    ios = d["total_ios"] * (secs + ramp) / secs
+    ios, _ = fiojson.with_ramp(job, d)
     b0, n0, b1, n1 = map(float, open("%s/%s-%s.machine" % (work, name, server)).read().split())
     pids = [l.split() for l in open("%s/%s-%s.cpu" % (work, name, server)) if l.strip()]
     spent = [float(b) - float(a) for _, a, b in pids]
@@ -204,22 +201,24 @@ print("CPU does all the work in turn (the one-CPU row: nothing overlaps).")
 print()
 print("| workload | server | machine busy | machine CPU/req | hastd CPU/req | secondary CPU/req | pair/one | CPU bound |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
-for name, rw, label, key, target in rows[1:4] + [("write-4k-qd1-cpu0", "write", "4 KiB write QD1, one CPU (us)", "lat", 1.5)]:
-    c = {s: cost(name, s, rw) for s in ("fullsync", "memsync", "single") if name != "write-4k-qd1-cpu0" or s != "memsync"}
+pairs = ("fullsync", "memsync")
+for name, rw, label, key, target in rows[1:4] + [
+        ("write-4k-qd1-cpu0", "write", "4 KiB write QD1, one CPU (us)", "lat", 1.5)]:
+    # The one-CPU row runs fullsync alone against one node.
+    row = pairs[:1] if name.endswith("-cpu0") else pairs
+    c = {s: cost(name, s, rw) for s in row + ("single",)}
     for s in c:
-        if s == "single":
-            ratio = ceiling = ""
-        else:
-            f = lambda srv: c[srv]["lat"] if key == "lat" else fig(name, srv, rw, key)
-            ratio = "%.2f" % (f(s) / f("single"))
-            ceiling = "%.2f" % (c["single"]["machine"] / c[s]["machine"])
-            if key == "lat":
-                # A latency: a floor, the other way round.
-                ceiling = "%.2f" % (c[s]["machine"] / c["single"]["machine"])
+        ratio = bound = ""
+        if s != "single":
+            # Throughput: one node's CPU per request over the pair's (a
+            # ceiling); latency: the pair's over one node's (a floor).
+            r = fig(name, s, rw, key) / fig(name, "single", rw, key)
+            m = c["single"]["machine"] / c[s]["machine"]
+            ratio, bound = "%.2f" % r, "%.2f" % (1 / m if key == "lat" else m)
         sec = c[s]["secondary"]
         print("| %s | %s | %.0f%% | %.1f | %.1f | %s | %s | %s |" % (
             label, s, 100 * c[s]["busy"], c[s]["machine"], c[s]["hastd"],
-            "%.1f" % sec if sec is not None else "", ratio, ceiling))
+            "%.1f" % sec if sec is not None else "", ratio, bound))
         label = ""
 q = cost("write-4k-qd1", "fullsync", "write")
 one = cost("write-4k-qd1", "single", "write")
@@ -236,8 +235,7 @@ print("| hastd resync (connected -> complete, both flushed) | %.1f | %.2f |" % (
 print("| nbdcopy qemu-nbd -> qemu-nbd | %.1f | %.2f |" % (cp, t3 - t2))
 print("| ratio hastd/nbdcopy (target >= 0.8) | %.2f | |" % (rs / cp))
 def median_us(name, server):
-    text = open("%s/%s-%s.json" % (work, name, server)).read()
-    job = json.loads(text[text.index("{"):])["jobs"][0]
+    job = fiojson.job("%s/%s-%s.json" % (work, name, server))
     return job["write"]["clat_ns"]["percentile"]["50.000000"] / 1000.0
 print()
 print("| link protection (fullsync) | plaintext | hmac | tls | hmac/plain | tls/plain | target |")
